@@ -69,7 +69,10 @@ export function parseFlags(
     help: { type: "boolean", short: "h" },
   };
   for (const [name, spec] of Object.entries(specs)) {
-    options[name] = { type: spec.kind === "bool" ? "boolean" : "string", multiple: spec.multiple };
+    options[name] = {
+      type: spec.kind === "bool" ? "boolean" : "string",
+      multiple: !!spec.multiple,
+    };
   }
   let parsed;
   try {

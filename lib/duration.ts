@@ -4,15 +4,15 @@
  * @module
  */
 
-const UNIT_MS: Record<string, number> = {
-  ns: 1e-6,
-  us: 1e-3,
-  "µs": 1e-3,
-  "μs": 1e-3,
-  ms: 1,
-  s: 1000,
-  m: 60_000,
-  h: 3_600_000,
+const UNIT_NS: Record<string, number> = {
+  ns: 1,
+  us: 1e3,
+  "µs": 1e3,
+  "μs": 1e3,
+  ms: 1e6,
+  s: 1e9,
+  m: 60e9,
+  h: 3600e9,
 };
 
 const PART = /^(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)/;
@@ -40,11 +40,11 @@ export function parseDuration(input: string): number {
       }
       throw new Error(`invalid duration "${input}"`);
     }
-    total += Number(m[1]) * UNIT_MS[m[2]];
+    total += Number(m[1]) * UNIT_NS[m[2]];
     s = s.slice(m[0].length);
   }
   if (!Number.isFinite(total)) throw new Error(`invalid duration "${input}"`);
-  return sign * total;
+  return sign * (total / 1e6);
 }
 
 /** Format milliseconds the way Go's `time.Duration.String` does (`1m30s`, `500ms`, `0s`). */

@@ -1,0 +1,80 @@
+/**
+ * The proxy's SSH host key: generated once (ECDSA P-256, as the Go tower uses),
+ * kept in a file or a Secret so its fingerprint is stable, and fingerprinted
+ * the OpenSSH way (`SHA256:` + unpadded base64 of the public key blob).
+ * @module
+ */
+
+import { createHash, generateKeyPairSync } from "node:crypto";
+// @ts-types="@types/ssh2"
+import ssh2 from "ssh2";
+
+/** A parsed host key, ready for ssh2's `hostKeys`. */
+export interface HostKey {
+  /** PEM (`EC PRIVATE KEY`) as stored. */
+  pem: string;
+  /** SSH wire-format public key blob. */
+  publicBlob: Uint8Array;
+  /** `SHA256:…` fingerprint. */
+  fingerprint: string;
+}
+
+/** Generate a new ECDSA P-256 host key as SEC1 PEM. */
+export function generateHostKeyPem(): string {
+  const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+  return privateKey.export({ type: "sec1", format: "pem" }) as string;
+}
+
+/**
+ * Parse a host key PEM (any private key format ssh2 reads).
+ * @throws Error saying the key is unusable.
+ */
+export function parseHostKey(pem: string, source = "host key"): HostKey {
+  const parsed = ssh2.utils.parseKey(pem);
+  const key = Array.isArray(parsed) ? parsed[0] : parsed;
+  if (!key || key instanceof Error) {
+    throw new Error(`${source}: not a usable SSH private key: ${key ? key.message : "empty"}`);
+  }
+  if (!key.isPrivateKey()) throw new Error(`${source}: not a private key`);
+  const publicBlob = new Uint8Array(key.getPublicSSH());
+  return { pem, publicBlob, fingerprint: fingerprintOf(publicBlob) };
+}
+
+/** OpenSSH-style SHA256 fingerprint of a public key blob. */
+export function fingerprintOf(publicBlob: Uint8Array): string {
+  const digest = createHash("sha256").update(publicBlob).digest("base64");
+  return `SHA256:${digest.replace(/=+$/, "")}`;
+}
+
+/**
+ * Load the host key at `path`, creating it (mode 0600) when the file does not
+ * exist. A file that exists but does not parse is an error: it is never
+ * silently replaced, since that would change the fingerprint agents pin.
+ */
+export async function loadOrCreateHostKeyFile(
+  path: string,
+): Promise<HostKey & { created: boolean }> {
+  let pem: string;
+  try {
+    pem = await Deno.readTextFile(path);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) {
+      throw new Error(`host key ${path}: ${(err as Error).message}`);
+    }
+    pem = generateHostKeyPem();
+    try {
+      await Deno.writeTextFile(path, pem, { mode: 0o600, createNew: true });
+    } catch (werr) {
+      if (werr instanceof Deno.errors.AlreadyExists) {
+        // Another replica/process created it first: use theirs.
+        return {
+          ...parseHostKey(await Deno.readTextFile(path), `host key ${path}`),
+          created: false,
+        };
+      }
+      throw new Error(`host key ${path}: cannot create: ${(werr as Error).message}`);
+    }
+    return { ...parseHostKey(pem, `host key ${path}`), created: true };
+  }
+  return { ...parseHostKey(pem, `host key ${path}`), created: false };
+}
