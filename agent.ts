@@ -1,0 +1,150 @@
+/**
+ * `agent`: runs in a member cluster, dials out to the Tower proxy and carries
+ * the host cluster's requests to this cluster's kube-apiserver and ks-apiserver.
+ * @module
+ */
+
+import { Agent, logStartup } from "./lib/agent/agent.ts";
+import { buildAgentConfig } from "./lib/agent/member_config.ts";
+import { FlagError, type FlagSpecs, helpText, parseFlags } from "./lib/cli.ts";
+import { logger, setupLogging } from "./lib/log.ts";
+import { VERSION } from "./lib/version.ts";
+
+/** The agent's flags (SPEC §2). */
+export const AGENT_FLAGS: FlagSpecs = {
+  name: { kind: "string", help: "name of this member cluster (the Cluster object's name)" },
+  token: { kind: "string", help: "token from the Cluster's spec.connection.token" },
+  "token-file": { kind: "string", help: "read the token from this file instead of --token" },
+  "proxy-server": {
+    kind: "string",
+    default: "http://127.0.0.1:8080",
+    help: "proxy URL (http, https, ws or wss); HTTPS_PROXY/NO_PROXY are honoured",
+  },
+  "proxy-fingerprint": {
+    kind: "string",
+    help: "pin the proxy host key (SHA256:… as the proxy logs it); refuse any other",
+    validate: (v) =>
+      /^SHA256:[A-Za-z0-9+/]{43}$/.test(String(v)) ? undefined : "want SHA256:<43 base64 chars>",
+  },
+  kubeconfig: {
+    kind: "string",
+    default: "",
+    help: "kubeconfig of this cluster (empty: in-cluster)",
+  },
+  "kubernetes-service": {
+    kind: "string",
+    default: "kubernetes.default.svc",
+    help: "kube-apiserver address when in-cluster env vars are absent",
+  },
+  "kubesphere-service": {
+    kind: "string",
+    default: "ks-apiserver.kubesphere-system.svc",
+    help: "ks-apiserver address (port 80 if none)",
+  },
+  keepalive: { kind: "duration", default: 30_000, help: "interval of keepalive pings" },
+  "max-retry": {
+    kind: "int",
+    default: 0,
+    min: 0,
+    help: "give up after this many failed attempts (0: never)",
+  },
+  "max-retry-interval": {
+    kind: "duration",
+    default: 120_000,
+    help: "longest wait between attempts",
+  },
+  v: { kind: "int", default: 0, min: 0, max: 10, help: "log verbosity (klog levels)" },
+  "log-format": {
+    kind: "string",
+    default: "text",
+    help: "text (klog) or json",
+    validate: (v) => v === "text" || v === "json" ? undefined : "want text or json",
+  },
+  version: { kind: "bool", help: "print the version and exit" },
+};
+
+const USAGE = "Usage: agent --name NAME --token TOKEN [--proxy-server URL] [flags]";
+
+async function main(args: string[]): Promise<number> {
+  let flags;
+  try {
+    flags = parseFlags(args, AGENT_FLAGS);
+  } catch (err) {
+    if (err instanceof FlagError) {
+      console.error(`agent: ${err.message} (see --help)`);
+      return 2;
+    }
+    throw err;
+  }
+  const v = flags.values;
+  if (flags.help) {
+    console.log(helpText(USAGE, AGENT_FLAGS));
+    return 0;
+  }
+  if (v.version) {
+    console.log(VERSION);
+    return 0;
+  }
+  setupLogging({ verbosity: v.v as number, format: v["log-format"] as "text" | "json" });
+  const log = logger("agent");
+  let token = (v.token as string | undefined) ?? "";
+  try {
+    if (!v.name) throw new FlagError("flag --name is required");
+    if (v["token-file"]) token = (await Deno.readTextFile(v["token-file"] as string)).trim();
+    if (!token) throw new FlagError("flag --token (or --token-file) is required");
+  } catch (err) {
+    console.error(`agent: ${(err as Error).message}`);
+    return 2;
+  }
+  const configInput = {
+    name: v.name as string,
+    token,
+    kubeconfig: v.kubeconfig as string,
+    kubernetesService: v["kubernetes-service"] as string,
+    kubesphereService: v["kubesphere-service"] as string,
+  };
+  let agent: Agent;
+  try {
+    const first = await buildAgentConfig(configInput);
+    logStartup(first, v["proxy-server"] as string);
+    agent = new Agent({
+      proxyServer: v["proxy-server"] as string,
+      proxyFingerprint: v["proxy-fingerprint"] as string | undefined,
+      keepaliveMs: v.keepalive as number,
+      maxRetry: v["max-retry"] as number,
+      maxRetryIntervalMs: v["max-retry-interval"] as number,
+      config: () => buildAgentConfig(configInput),
+    });
+  } catch (err) {
+    log.error("Cannot start", { err: (err as Error).message });
+    return 1;
+  }
+
+  const stop = new AbortController();
+  const onStop = (sig: string) => () => {
+    log.info("Shutting down", { signal: sig });
+    stop.abort();
+  };
+  const onTerm = onStop("SIGTERM");
+  const onInt = onStop("SIGINT");
+  const onHup = () => {
+    log.info("SIGHUP: reconnecting now");
+    agent.retryNow();
+  };
+  Deno.addSignalListener("SIGTERM", onTerm);
+  Deno.addSignalListener("SIGINT", onInt);
+  Deno.addSignalListener("SIGHUP", onHup);
+  try {
+    await agent.run(stop.signal);
+    return 0;
+  } catch (err) {
+    log.error("Agent stopped", { err: (err as Error).message });
+    return 1;
+  } finally {
+    Deno.removeSignalListener("SIGTERM", onTerm);
+    Deno.removeSignalListener("SIGINT", onInt);
+    Deno.removeSignalListener("SIGHUP", onHup);
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,272 @@
+/**
+ * The agent: dial the proxy, run SSH over the WebSocket, present the cluster's
+ * `config`, keep the session alive with `ping`, serve `kubesphere` channels to
+ * the two configured targets only, and reconnect with jittered exponential
+ * backoff when anything fails.
+ * @module
+ */
+
+// @ts-types="@types/ssh2"
+import ssh2 from "ssh2";
+import { Buffer } from "node:buffer";
+import { logger, redact } from "../log.ts";
+import { type AgentConfig, encodeAgentConfig } from "../tunnel/handshake.ts";
+import { fingerprintOf } from "../tunnel/hostkey.ts";
+import { SSH_ALGORITHMS } from "../tunnel/protocol.ts";
+import { acceptAnyIdent, onKubesphereChannel } from "../tunnel/ssh_compat.ts";
+import { GlobalRequester } from "../tunnel/ssh_requests.ts";
+import { VERSION } from "../version.ts";
+import { Backoff } from "./backoff.ts";
+import { dialTarget, pipeChannel } from "./forward.ts";
+import { dialProxy, tunnelUrl } from "./transport.ts";
+
+const log = logger("agent");
+
+/** SSH channel open-failure reason codes (RFC 4254 §5.1). */
+const OPEN_ADMINISTRATIVELY_PROHIBITED = 1;
+const OPEN_CONNECT_FAILED = 2;
+const OPEN_RESOURCE_SHORTAGE = 4;
+
+/** Agent settings (from flags). */
+export interface AgentOptions {
+  /** `--proxy-server`. */
+  proxyServer: string;
+  /** Produces the config to send; called before every connection (credentials may rotate). */
+  config: () => Promise<AgentConfig>;
+  /** `--keepalive` (default 30 s). */
+  keepaliveMs?: number;
+  /** `--max-retry`: consecutive failed attempts before giving up; 0 = forever. */
+  maxRetry?: number;
+  /** `--max-retry-interval` (default 2 min). */
+  maxRetryIntervalMs?: number;
+  /** First retry delay (default 1 s). */
+  minRetryIntervalMs?: number;
+  /** `--proxy-fingerprint`: `SHA256:…` the proxy host key must have. */
+  proxyFingerprint?: string;
+  /** Deadline for connect + SSH + config (default 30 s). */
+  handshakeTimeoutMs?: number;
+  /** Most tunnelled streams at once (default 1024). */
+  maxStreams?: number;
+  /** Observer: session state changes (tests and metrics). */
+  onState?: (state: "connected" | "disconnected", detail?: string) => void;
+}
+
+/** The proxy refused this agent's config (bad token, unknown name, …). */
+export class RefusedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "RefusedError";
+  }
+}
+
+/** A running agent. */
+export class Agent {
+  #opts: AgentOptions;
+  #wakeUp: (() => void) | undefined;
+  #client: ssh2.Client | undefined;
+  #streams = 0;
+
+  constructor(opts: AgentOptions) {
+    this.#opts = opts;
+    tunnelUrl(opts.proxyServer); // validate early
+  }
+
+  /** Open tunnelled streams right now. */
+  get streams(): number {
+    return this.#streams;
+  }
+
+  /** Skip the current backoff wait and reconnect now (SIGHUP). */
+  retryNow(): void {
+    this.#wakeUp?.();
+  }
+
+  /**
+   * Connect and stay connected until `signal` aborts.
+   * @throws Error when `--max-retry` consecutive attempts failed.
+   */
+  async run(signal: AbortSignal): Promise<void> {
+    const backoff = new Backoff({
+      minMs: this.#opts.minRetryIntervalMs ?? 1000,
+      maxMs: this.#opts.maxRetryIntervalMs ?? 120_000,
+    });
+    const maxRetry = this.#opts.maxRetry ?? 0;
+    let failures = 0;
+    const onAbort = () => this.#client?.end();
+    signal.addEventListener("abort", onAbort);
+    try {
+      while (!signal.aborted) {
+        let connected = false;
+        try {
+          connected = await this.#connectOnce(signal);
+        } catch (err) {
+          if (signal.aborted) break;
+          const msg = (err as Error).message;
+          if (err instanceof RefusedError) log.error("Proxy refused the agent", { reason: msg });
+          else log.error("Connection to proxy failed", { err: msg });
+        }
+        if (signal.aborted) break;
+        if (connected) {
+          backoff.reset();
+          failures = 0;
+        } else {
+          failures++;
+          if (maxRetry > 0 && failures >= maxRetry) {
+            throw new Error(
+              `giving up after ${failures} failed attempts (--max-retry ${maxRetry})`,
+            );
+          }
+        }
+        const delay = backoff.next();
+        log.info("Retrying", { in: `${Math.round(delay)}ms`, attempt: failures + 1 });
+        await this.#sleep(delay, signal);
+      }
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  #sleep(ms: number, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        this.#wakeUp = undefined;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener("abort", done);
+      this.#wakeUp = done;
+    });
+  }
+
+  /** One connection; resolves true if it got to `Connected.` (then ended), false otherwise. */
+  async #connectOnce(signal: AbortSignal): Promise<boolean> {
+    const cfg = await this.#opts.config();
+    const url = tunnelUrl(this.#opts.proxyServer);
+    log.v(1, "Dialing proxy", { url: url.toString() });
+    const handshakeMs = this.#opts.handshakeTimeoutMs ?? 30_000;
+    const stream = await dialProxy(url, signal, handshakeMs);
+    log.info("Handshaking...");
+    const client = new ssh2.Client();
+    this.#client = client;
+    const allowed = new Set([cfg.KubernetesSvcHost, cfg.KubeSphereSvcHost].filter(Boolean));
+    let connected = false;
+    let hostKeyRefused = false;
+    let requester: GlobalRequester | undefined;
+
+    return await new Promise<boolean>((resolve, reject) => {
+      let pingTimer: ReturnType<typeof setInterval> | undefined;
+      let settled = false;
+      const handshakeTimer = setTimeout(() => {
+        finish(new Error(`handshake not finished within ${handshakeMs} ms`));
+      }, handshakeMs);
+      const finish = (err?: Error) => {
+        clearTimeout(handshakeTimer);
+        clearInterval(pingTimer);
+        requester?.abort();
+        client.end();
+        stream.destroy();
+        if (settled) return;
+        settled = true;
+        if (connected) {
+          log.info("Disconnected from proxy", err ? { reason: err.message } : {});
+          this.#opts.onState?.("disconnected", err?.message);
+          resolve(true);
+        } else reject(err ?? new Error("connection closed during handshake"));
+      };
+      client.on("error", (err: Error & { level?: string }) => {
+        if (hostKeyRefused) return finish(new Error("proxy host key fingerprint mismatch"));
+        if (err.level === "client-authentication") {
+          return finish(new RefusedError("Unauthorized agent: check --name and --token"));
+        }
+        finish(err);
+      });
+      client.on("close", () => finish());
+      client.on("ready", async () => {
+        log.info("Sending config");
+        const reply = await requester!.request("config", encodeAgentConfig(cfg));
+        if (settled) return;
+        if (!reply.ok) {
+          const msg = reply.payload ? new TextDecoder().decode(reply.payload) : "refused";
+          return finish(new RefusedError(msg));
+        }
+        clearTimeout(handshakeTimer);
+        connected = true;
+        log.info("Connected.");
+        this.#opts.onState?.("connected");
+        const keepalive = this.#opts.keepaliveMs ?? 30_000;
+        let outstanding = false;
+        pingTimer = setInterval(() => {
+          if (outstanding) {
+            return finish(new Error(`proxy did not answer ping within ${keepalive} ms`));
+          }
+          outstanding = true;
+          requester!.request("ping", new Uint8Array(0)).then((r) => {
+            outstanding = false;
+            if (!r.ok) log.v(4, "ping refused by proxy");
+          });
+        }, keepalive);
+      });
+
+      client.connect({
+        sock: acceptAnyIdent(stream, client),
+        username: cfg.Name,
+        password: cfg.Token,
+        ident: `Tower_${VERSION}`,
+        algorithms: SSH_ALGORITHMS,
+        readyTimeout: handshakeMs,
+        hostVerifier: (key: Buffer) => {
+          const fp = fingerprintOf(new Uint8Array(key));
+          log.info("Proxy host key", { fingerprint: fp });
+          const pinned = this.#opts.proxyFingerprint;
+          if (pinned && pinned !== fp) {
+            hostKeyRefused = true;
+            log.error("Proxy host key does not match --proxy-fingerprint; not sending config", {
+              want: pinned,
+              got: fp,
+            });
+            return false;
+          }
+          return true;
+        },
+      } as ssh2.ConnectConfig);
+      requester = new GlobalRequester(client);
+      onKubesphereChannel(client, (target, accept, rejectOpen) => {
+        if (!allowed.has(target)) {
+          log.warn("Refusing to dial a target that is not configured", { target });
+          return rejectOpen(OPEN_ADMINISTRATIVELY_PROHIBITED, `target ${target} not allowed`);
+        }
+        if (this.#streams >= (this.#opts.maxStreams ?? 1024)) {
+          return rejectOpen(OPEN_RESOURCE_SHORTAGE, "too many streams");
+        }
+        this.#streams++;
+        dialTarget(target).then(
+          (conn) => {
+            const channel = accept();
+            pipeChannel(channel as unknown as import("node:stream").Duplex, conn).finally(() => {
+              this.#streams--;
+            });
+          },
+          (err: Error) => {
+            this.#streams--;
+            log.warn("Cannot dial target", { target, err: err.message });
+            rejectOpen(OPEN_CONNECT_FAILED, `dial ${target}: ${err.message}`);
+          },
+        );
+      });
+    });
+  }
+}
+
+/** Log what the agent is about to do, secrets redacted. */
+export function logStartup(cfg: AgentConfig, proxyServer: string): void {
+  log.info("Agent starting", {
+    name: cfg.Name,
+    token: redact(cfg.Token),
+    proxy: proxyServer,
+    kubernetes: cfg.KubernetesSvcHost,
+    kubesphere: cfg.KubeSphereSvcHost,
+    version: VERSION,
+  });
+}

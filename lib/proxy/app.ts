@@ -1,0 +1,108 @@
+/**
+ * The proxy process wired together: host key, cluster source, tunnel server,
+ * agent port, and reactions to cluster changes (token rotation, removal).
+ * @module
+ */
+
+import { logger } from "../log.ts";
+import type { HostKey } from "../tunnel/hostkey.ts";
+import { startAgentPort } from "./agent_port.ts";
+import type { AgentPort } from "./agent_port.ts";
+import type { ClusterSource } from "./clusters.ts";
+import { SessionRegistry } from "./registry.ts";
+import { TunnelServer, type TunnelServerOptions } from "./tunnel_server.ts";
+
+const log = logger("proxy");
+
+/** Options for {@link ProxyApp}. */
+export interface ProxyAppOptions {
+  host: string;
+  port: number;
+  hostKey: HostKey;
+  clusters: ClusterSource;
+  keepaliveMs?: number;
+  handshakeTimeoutMs?: number;
+  maxPendingHandshakes?: number;
+  maxConfigBytes?: number;
+  maxChannelsPerSession?: number;
+  onHandshakeFailure?: TunnelServerOptions["onHandshakeFailure"];
+}
+
+/** A running proxy. */
+export class ProxyApp {
+  readonly registry = new SessionRegistry();
+  readonly tunnel: TunnelServer;
+  #opts: ProxyAppOptions;
+  #port: AgentPort | undefined;
+  #unsubscribe: (() => void) | undefined;
+
+  constructor(opts: ProxyAppOptions) {
+    this.#opts = opts;
+    this.tunnel = new TunnelServer({
+      hostKey: opts.hostKey,
+      clusters: opts.clusters,
+      registry: this.registry,
+      keepaliveMs: opts.keepaliveMs,
+      handshakeTimeoutMs: opts.handshakeTimeoutMs,
+      maxPendingHandshakes: opts.maxPendingHandshakes,
+      maxConfigBytes: opts.maxConfigBytes,
+      session: { maxChannels: opts.maxChannelsPerSession },
+      onHandshakeFailure: opts.onHandshakeFailure,
+    });
+  }
+
+  /** The agent port's bound address (after {@link start}). */
+  get addr(): Deno.NetAddr {
+    if (!this.#port) throw new Error("proxy not started");
+    return this.#port.addr;
+  }
+
+  /** Load clusters, then listen for agents. */
+  async start(): Promise<void> {
+    const { clusters } = this.#opts;
+    await clusters.ready();
+    this.#unsubscribe = clusters.subscribe((name, rec) => {
+      if (!rec || !rec.enabled) {
+        const n = this.registry.closeCluster(
+          name,
+          rec ? "cluster no longer served" : "cluster removed",
+        );
+        if (n) {
+          log.info("Closed sessions of a cluster that is no longer served", {
+            cluster: name,
+            sessions: n,
+          });
+        }
+        return;
+      }
+      const n = this.registry.closeCluster(name, "token changed", (s) => s.token !== rec.token);
+      if (n) {
+        log.info("Token changed: closed sessions that used the old one", {
+          cluster: name,
+          sessions: n,
+        });
+      }
+    });
+    this.registry.listen({
+      clusterUp: (cluster, session) => {
+        clusters.agentConnected(cluster, session.config).catch((err) =>
+          log.error("cannot record agent connection", { cluster, err: (err as Error).message })
+        );
+      },
+      clusterDown: (cluster) => {
+        clusters.agentDisconnected(cluster).catch((err) =>
+          log.error("cannot record agent disconnection", { cluster, err: (err as Error).message })
+        );
+      },
+    });
+    this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel);
+  }
+
+  /** Stop listening, close every session, stop watching clusters. */
+  async close(): Promise<void> {
+    this.#unsubscribe?.();
+    this.registry.closeAll("proxy shutting down");
+    await this.#port?.close();
+    await this.#opts.clusters.close();
+  }
+}

@@ -1,0 +1,47 @@
+/**
+ * The proxy's view of the clusters it may serve, behind one interface with two
+ * implementations: Cluster objects in the host cluster's API
+ * (`lib/controller/`) and a local file (`clusters_file.ts`, standalone mode).
+ * @module
+ */
+
+import type { AgentConfig } from "../tunnel/handshake.ts";
+
+/** What the tunnel needs to know about one cluster. */
+export interface ClusterRecord {
+  name: string;
+  /** Token agents must present (hex). Empty means no agent may connect yet. */
+  token: string;
+  /** Whether Tower serves it (`joinFederation` and `connection.type: proxy`). */
+  enabled: boolean;
+  /** Allocated listener ports, once known. */
+  kubernetesPort?: number;
+  kubespherePort?: number;
+  /** Hosts/IPs clients use to reach the endpoints (serving certificate SANs). */
+  endpointHosts: string[];
+  /** `https://host:port` written into kubeconfigs. */
+  kubernetesEndpoint?: string;
+}
+
+/** A change to the set of clusters: the new record, or `undefined` when gone. */
+export type ClusterChange = (name: string, record: ClusterRecord | undefined) => void;
+
+/** Where the proxy reads clusters from and reports what happens to their agents. */
+export interface ClusterSource {
+  /** Resolves when the initial set is loaded. */
+  ready(): Promise<void>;
+  /** The current record of a cluster, from a local cache (no I/O). */
+  lookup(name: string): ClusterRecord | undefined;
+  /** Every known cluster. */
+  list(): ClusterRecord[];
+  /** Be told of every change; returns an unsubscribe function. */
+  subscribe(listener: ClusterChange): () => void;
+  /** The first agent session of `name` came up (`config` is from that agent). */
+  agentConnected(name: string, config: AgentConfig): Promise<void>;
+  /** The last agent session of `name` went away. */
+  agentDisconnected(name: string): Promise<void>;
+  /** Make `kubeconfig` available to users of cluster `name` (Cluster object or file). */
+  publishKubeconfig(name: string, kubeconfig: string): Promise<void>;
+  /** Stop watching; pending writes are finished or dropped. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,269 @@
+/**
+ * Standalone mode (SPEC §5): clusters come from a YAML or JSON file of Cluster
+ * objects (a list, a `kind: ClusterList`, or multi-document YAML), re-read when
+ * it changes and never written to. Kubeconfigs of connected clusters are
+ * written to a directory instead of into Cluster objects.
+ * @module
+ */
+
+import { parseAllDocuments } from "yaml";
+import { dirname, join } from "node:path";
+import { logger } from "../log.ts";
+import { allocatePorts } from "../controller/ports.ts";
+import type { AgentConfig } from "../tunnel/handshake.ts";
+import type { ClusterChange, ClusterRecord, ClusterSource } from "./clusters.ts";
+
+const log = logger("proxy/clusters-file");
+
+/** Options for {@link FileClusterSource}. */
+export interface FileClusterSourceOptions {
+  /** `--clusters-file`. */
+  path: string;
+  /** `--kubeconfig-dir` (default: the file's directory). */
+  kubeconfigDir?: string;
+  /** Address clients use to reach the endpoints (`--publish-service-address`, default 127.0.0.1). */
+  publishAddress?: string;
+  /** Watch the file for changes (default true). */
+  watch?: boolean;
+}
+
+interface Entry {
+  name: string;
+  token: string;
+  enabled: boolean;
+  kubernetesPort?: number;
+  kubespherePort?: number;
+}
+
+/**
+ * Parse the clusters file's text into entries.
+ * @throws Error naming the document/entry at fault.
+ */
+export function parseClustersFile(text: string, source = "clusters file"): Entry[] {
+  const docs = parseAllDocuments(text);
+  const objects: unknown[] = [];
+  for (const [i, doc] of docs.entries()) {
+    if (doc.errors.length > 0) {
+      throw new Error(`${source}: document ${i + 1}: ${doc.errors[0].message.split("\n")[0]}`);
+    }
+    const value = doc.toJS();
+    if (value === null || value === undefined) continue;
+    if (Array.isArray(value)) objects.push(...value);
+    else if (typeof value === "object" && Array.isArray((value as { items?: unknown }).items)) {
+      objects.push(...(value as { items: unknown[] }).items);
+    } else objects.push(value);
+  }
+  const seen = new Set<string>();
+  return objects.map((obj, i) => {
+    const where = `${source}: entry ${i + 1}`;
+    if (typeof obj !== "object" || obj === null) throw new Error(`${where}: not an object`);
+    const o = obj as {
+      metadata?: { name?: unknown };
+      spec?: {
+        joinFederation?: unknown;
+        connection?: {
+          type?: unknown;
+          token?: unknown;
+          kubernetesAPIServerPort?: unknown;
+          kubesphereAPIServerPort?: unknown;
+        };
+      };
+    };
+    const name = o.metadata?.name;
+    if (typeof name !== "string" || !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(name)) {
+      throw new Error(`${where}: metadata.name missing or not a valid name`);
+    }
+    if (seen.has(name)) throw new Error(`${where}: duplicate cluster ${name}`);
+    seen.add(name);
+    const conn = o.spec?.connection ?? {};
+    if (typeof conn.token !== "string" || conn.token.length === 0) {
+      throw new Error(`${where} (${name}): spec.connection.token missing`);
+    }
+    const port = (v: unknown, field: string) => {
+      if (v === undefined || v === null || v === 0) return undefined;
+      if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > 65535) {
+        throw new Error(`${where} (${name}): spec.connection.${field}: not a port`);
+      }
+      return v;
+    };
+    return {
+      name,
+      token: conn.token,
+      enabled: o.spec?.joinFederation !== false && (conn.type ?? "proxy") === "proxy",
+      kubernetesPort: port(conn.kubernetesAPIServerPort, "kubernetesAPIServerPort"),
+      kubespherePort: port(conn.kubesphereAPIServerPort, "kubesphereAPIServerPort"),
+    };
+  });
+}
+
+/** Turn entries into records, allocating missing ports without collisions. */
+export function recordsFromEntries(
+  entries: Entry[],
+  publishAddress: string,
+  previous: ReadonlyMap<string, ClusterRecord> = new Map(),
+): Map<string, ClusterRecord> {
+  const used = new Set<number>();
+  for (const e of entries) {
+    if (e.kubernetesPort) used.add(e.kubernetesPort);
+    if (e.kubespherePort) used.add(e.kubespherePort);
+  }
+  const out = new Map<string, ClusterRecord>();
+  for (const e of entries) {
+    let k = e.kubernetesPort;
+    let s = e.kubespherePort;
+    const prev = previous.get(e.name);
+    if (!k && prev?.kubernetesPort && !used.has(prev.kubernetesPort)) k = prev.kubernetesPort;
+    if (!s && prev?.kubespherePort && !used.has(prev.kubespherePort)) s = prev.kubespherePort;
+    if (!k || !s) {
+      const pair = allocatePorts(used);
+      k ??= pair.kubernetes;
+      s ??= pair.kubesphere;
+    }
+    used.add(k);
+    used.add(s);
+    out.set(e.name, {
+      name: e.name,
+      token: e.token,
+      enabled: e.enabled,
+      kubernetesPort: k,
+      kubespherePort: s,
+      endpointHosts: [publishAddress],
+      kubernetesEndpoint: `https://${hostForUrl(publishAddress)}:${k}`,
+    });
+  }
+  return out;
+}
+
+function hostForUrl(h: string): string {
+  return h.includes(":") && !h.startsWith("[") ? `[${h}]` : h;
+}
+
+/** Clusters from a file. */
+export class FileClusterSource implements ClusterSource {
+  #opts: FileClusterSourceOptions;
+  #records = new Map<string, ClusterRecord>();
+  #listeners: ClusterChange[] = [];
+  #watcher: Deno.FsWatcher | undefined;
+  #reloadTimer: ReturnType<typeof setTimeout> | undefined;
+  #loaded: Promise<void>;
+
+  constructor(opts: FileClusterSourceOptions) {
+    this.#opts = opts;
+    this.#loaded = this.#load(true);
+  }
+
+  ready(): Promise<void> {
+    return this.#loaded;
+  }
+
+  lookup(name: string): ClusterRecord | undefined {
+    return this.#records.get(name);
+  }
+
+  list(): ClusterRecord[] {
+    return [...this.#records.values()];
+  }
+
+  subscribe(listener: ClusterChange): () => void {
+    this.#listeners.push(listener);
+    return () => {
+      this.#listeners = this.#listeners.filter((l) => l !== listener);
+    };
+  }
+
+  agentConnected(name: string, config: AgentConfig): Promise<void> {
+    log.v(2, "cluster agent up", { cluster: name, version: config.Version });
+    return Promise.resolve();
+  }
+
+  agentDisconnected(name: string): Promise<void> {
+    log.v(2, "cluster agent down", { cluster: name });
+    return Promise.resolve();
+  }
+
+  /** Directory kubeconfigs are written to. */
+  get kubeconfigDir(): string {
+    return this.#opts.kubeconfigDir ?? dirname(this.#opts.path);
+  }
+
+  /** Path of the kubeconfig file of `name`. */
+  kubeconfigPath(name: string): string {
+    return join(this.kubeconfigDir, `${name}.kubeconfig`);
+  }
+
+  async publishKubeconfig(name: string, kubeconfig: string): Promise<void> {
+    const path = this.kubeconfigPath(name);
+    const tmp = `${path}.tmp-${crypto.randomUUID()}`;
+    try {
+      await Deno.writeTextFile(tmp, kubeconfig, { mode: 0o600 });
+      await Deno.rename(tmp, path);
+    } catch (err) {
+      await Deno.remove(tmp).catch(() => {});
+      throw new Error(`cluster ${name}: write kubeconfig ${path}: ${(err as Error).message}`);
+    }
+    log.info("Wrote kubeconfig", { cluster: name, path });
+  }
+
+  async #load(initial: boolean): Promise<void> {
+    const path = this.#opts.path;
+    let next: Map<string, ClusterRecord>;
+    try {
+      const text = await Deno.readTextFile(path);
+      next = recordsFromEntries(
+        parseClustersFile(text, path),
+        this.#opts.publishAddress ?? "127.0.0.1",
+        this.#records,
+      );
+    } catch (err) {
+      const msg = `clusters file ${path}: ${(err as Error).message.replace(`${path}: `, "")}`;
+      if (initial) throw new Error(msg);
+      log.error("Keeping the previous clusters: cannot reload", { err: msg });
+      return;
+    }
+    const before = this.#records;
+    this.#records = next;
+    log.info("Loaded clusters", { path, clusters: next.size });
+    for (const name of new Set([...before.keys(), ...next.keys()])) {
+      const a = before.get(name);
+      const b = next.get(name);
+      if (JSON.stringify(a) !== JSON.stringify(b)) {
+        for (const l of this.#listeners) l(name, b);
+      }
+    }
+    if (initial && this.#opts.watch !== false) this.#startWatch();
+  }
+
+  #startWatch(): void {
+    const dir = dirname(this.#opts.path);
+    try {
+      this.#watcher = Deno.watchFs(dir, { recursive: false });
+    } catch (err) {
+      log.warn("Cannot watch the clusters file; changes need a restart", {
+        err: (err as Error).message,
+      });
+      return;
+    }
+    (async () => {
+      try {
+        for await (const ev of this.#watcher!) {
+          if (!ev.paths.some((p) => p.endsWith(this.#opts.path.split("/").pop()!))) continue;
+          // Coalesce the bursts editors and `mv` produce into one reload.
+          clearTimeout(this.#reloadTimer);
+          this.#reloadTimer = setTimeout(() => this.#load(false), 50);
+        }
+      } catch {
+        // watcher closed
+      }
+    })();
+  }
+
+  close(): Promise<void> {
+    clearTimeout(this.#reloadTimer);
+    try {
+      this.#watcher?.close();
+    } catch {
+      // already closed
+    }
+    return Promise.resolve();
+  }
+}

@@ -1,0 +1,170 @@
+/**
+ * `proxy`: runs in (or beside) the host cluster, accepts agents of member
+ * clusters and serves each member's kube-apiserver and ks-apiserver.
+ * @module
+ */
+
+import { FlagError, type FlagSpecs, helpText, parseFlags } from "./lib/cli.ts";
+import { logger, setupLogging } from "./lib/log.ts";
+import { ProxyApp } from "./lib/proxy/app.ts";
+import { FileClusterSource } from "./lib/proxy/clusters_file.ts";
+import { loadOrCreateHostKeyFile } from "./lib/tunnel/hostkey.ts";
+import { VERSION } from "./lib/version.ts";
+import { dirname, join } from "node:path";
+
+/** The proxy's flags (SPEC §2 plus this project's). */
+export const PROXY_FLAGS: FlagSpecs = {
+  "ca-cert": {
+    kind: "string",
+    default: "",
+    help: "CA certificate used to issue serving certs and kubeconfigs",
+  },
+  "ca-key": { kind: "string", default: "", help: "private key of --ca-cert" },
+  host: { kind: "string", default: "0.0.0.0", help: "address to listen on for agents" },
+  port: {
+    kind: "port",
+    default: 8080,
+    min: 1024,
+    max: 49151,
+    help: "port to listen on for agents",
+  },
+  "publish-service-address": {
+    kind: "string",
+    default: "",
+    help: "address clients reach the per-cluster endpoints at (instead of the Service ClusterIP)",
+  },
+  kubeconfig: { kind: "string", default: "", help: "host cluster kubeconfig (empty: in-cluster)" },
+  "leader-elect": {
+    kind: "bool",
+    default: false,
+    help: "elect a leader with a Lease before reconciling",
+  },
+  "clusters-file": {
+    kind: "string",
+    default: "",
+    help: "standalone mode: read Cluster objects from this YAML/JSON file instead of the host API",
+  },
+  "kubeconfig-dir": {
+    kind: "string",
+    default: "",
+    help: "standalone mode: where to write kubeconfigs (default: beside --clusters-file)",
+  },
+  "host-key": {
+    kind: "string",
+    default: "",
+    help: "SSH host key file, created on first start (standalone default: beside --clusters-file)",
+  },
+  keepalive: {
+    kind: "duration",
+    default: 30_000,
+    help: "SSH keepalive; silent agents are dropped after 2 intervals",
+  },
+  "handshake-timeout": {
+    kind: "duration",
+    default: 10_000,
+    help: "deadline from connect to accepted config",
+  },
+  "max-pending-handshakes": {
+    kind: "int",
+    default: 256,
+    min: 1,
+    help: "unauthenticated connections at once",
+  },
+  "max-config-bytes": {
+    kind: "int",
+    default: 262144,
+    min: 1024,
+    help: "largest accepted config payload",
+  },
+  "max-channels-per-session": {
+    kind: "int",
+    default: 1024,
+    min: 1,
+    help: "open streams per agent session",
+  },
+  v: { kind: "int", default: 0, min: 0, max: 10, help: "log verbosity (klog levels)" },
+  "log-format": {
+    kind: "string",
+    default: "text",
+    help: "text (klog) or json",
+    validate: (v) => v === "text" || v === "json" ? undefined : "want text or json",
+  },
+  version: { kind: "bool", help: "print the version and exit" },
+};
+
+const USAGE = "Usage: proxy [--clusters-file FILE | --kubeconfig FILE] [flags]";
+
+async function main(args: string[]): Promise<number> {
+  let flags;
+  try {
+    flags = parseFlags(args, PROXY_FLAGS);
+  } catch (err) {
+    if (err instanceof FlagError) {
+      console.error(`proxy: ${err.message} (see --help)`);
+      return 2;
+    }
+    throw err;
+  }
+  const v = flags.values;
+  if (flags.help) {
+    console.log(helpText(USAGE, PROXY_FLAGS));
+    return 0;
+  }
+  if (v.version) {
+    console.log(VERSION);
+    return 0;
+  }
+  setupLogging({ verbosity: v.v as number, format: v["log-format"] as "text" | "json" });
+  const log = logger("proxy");
+  for (const [k, val] of Object.entries(v)) {
+    if (!["v", "log-format", "version"].includes(k)) log.info(`Flag --${k} set`, { value: val });
+  }
+  const clustersFile = v["clusters-file"] as string;
+  if (!clustersFile) {
+    console.error("proxy: Kubernetes mode is not available in this build yet: use --clusters-file");
+    return 2;
+  }
+  let app: ProxyApp;
+  try {
+    const hostKeyPath = (v["host-key"] as string) || join(dirname(clustersFile), "proxy_host_key");
+    const hostKey = await loadOrCreateHostKeyFile(hostKeyPath);
+    log.info("SSH host key", {
+      path: hostKeyPath,
+      fingerprint: hostKey.fingerprint,
+      created: hostKey.created,
+    });
+    const clusters = new FileClusterSource({
+      path: clustersFile,
+      kubeconfigDir: (v["kubeconfig-dir"] as string) || undefined,
+      publishAddress: (v["publish-service-address"] as string) || undefined,
+    });
+    app = new ProxyApp({
+      host: v.host as string,
+      port: v.port as number,
+      hostKey,
+      clusters,
+      keepaliveMs: v.keepalive as number,
+      handshakeTimeoutMs: v["handshake-timeout"] as number,
+      maxPendingHandshakes: v["max-pending-handshakes"] as number,
+      maxConfigBytes: v["max-config-bytes"] as number,
+      maxChannelsPerSession: v["max-channels-per-session"] as number,
+    });
+    await app.start();
+  } catch (err) {
+    log.error("Cannot start", { err: (err as Error).message });
+    return 1;
+  }
+  const stopped = Promise.withResolvers<string>();
+  const onTerm = () => stopped.resolve("SIGTERM");
+  const onInt = () => stopped.resolve("SIGINT");
+  Deno.addSignalListener("SIGTERM", onTerm);
+  Deno.addSignalListener("SIGINT", onInt);
+  const sig = await stopped.promise;
+  log.info("Shutting down", { signal: sig });
+  Deno.removeSignalListener("SIGTERM", onTerm);
+  Deno.removeSignalListener("SIGINT", onInt);
+  await app.close();
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
