@@ -109,11 +109,6 @@ export class ProxySession implements AgentSession {
       this.#channels--;
       throw new SessionError(`session ${this.id}: open ${target}: ${(err as Error).message}`);
     }
-    // TODO(ssh_compat): ssh2 closes server-side channels when their writable side finishes;
-    // a tunnel stream needs half-close (EOF out, keep reading), like a client channel.
-    const c = channel as unknown as { server: boolean; allowHalfOpen: boolean };
-    c.server = false;
-    c.allowHalfOpen = true;
     channel.once("close", () => this.#channels--);
     return channel;
   }

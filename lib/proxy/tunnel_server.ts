@@ -48,7 +48,10 @@ export interface TunnelServerOptions {
   handshakeTimeoutMs?: number;
   /** Most unauthenticated connections at once (default 256). */
   maxPendingHandshakes?: number;
-  /** Largest `config` payload (default 256 KiB). */
+  /**
+   * Largest `config` payload (default 32 KiB). ssh2 drops any SSH packet over
+   * 35,000 bytes before we see it, so larger values cannot take effect.
+   */
   maxConfigBytes?: number;
   session?: SessionLimits;
   /** Observer hooks (metrics). */

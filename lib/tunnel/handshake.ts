@@ -31,7 +31,7 @@ export interface AgentConfig {
 
 /** Limits applied by {@link decodeAgentConfig}. */
 export interface ConfigLimits {
-  /** Largest accepted payload in bytes (default 256 KiB). */
+  /** Largest accepted payload in bytes (default 32 KiB). */
   maxBytes?: number;
   /** Longest accepted plain string field (default 1024 chars). */
   maxString?: number;
@@ -71,7 +71,7 @@ export function encodeAgentConfig(cfg: AgentConfig): Uint8Array {
  * @throws ConfigError naming the offending field, for any bad input.
  */
 export function decodeAgentConfig(payload: Uint8Array, limits: ConfigLimits = {}): AgentConfig {
-  const maxBytes = limits.maxBytes ?? 256 * 1024;
+  const maxBytes = limits.maxBytes ?? 32 * 1024;
   const maxString = limits.maxString ?? 1024;
   if (payload.length === 0) throw new ConfigError("empty config payload");
   if (payload.length > maxBytes) {

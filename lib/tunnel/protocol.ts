@@ -15,6 +15,8 @@ export const CHANNEL_TYPE = "kubesphere";
  * including the original Go tower, finds a cipher in common.
  */
 export const SSH_ALGORITHMS = {
+  // ssh2's zlib compression throws under Deno; never negotiate it.
+  compress: ["none"],
   cipher: [
     "chacha20-poly1305@openssh.com",
     "aes128-gcm@openssh.com",

@@ -151,6 +151,7 @@ export class GlobalRequester {
     };
     this.#proto._handlers.REQUEST_SUCCESS = answer(true);
     this.#proto._handlers.REQUEST_FAILURE = answer(false);
+    client.once("close", () => this.abort());
   }
 
   /** Send `name` with `payload`; resolves with the reply, or at once when no reply is wanted. */

@@ -48,7 +48,12 @@ export interface TestProxy {
 /** Start a proxy in this process with a clusters file in a fresh temp dir. */
 export async function startTestProxy(
   clusters: TestCluster[],
-  opts: { handshakeTimeoutMs?: number; keepaliveMs?: number; maxPendingHandshakes?: number } = {},
+  opts: {
+    handshakeTimeoutMs?: number;
+    keepaliveMs?: number;
+    maxPendingHandshakes?: number;
+    maxConfigBytes?: number;
+  } = {},
 ): Promise<TestProxy> {
   const dir = await Deno.makeTempDir({ prefix: "tower-proxy-" });
   const clustersPath = `${dir}/clusters.json`;

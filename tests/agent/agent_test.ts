@@ -1,0 +1,179 @@
+/**
+ * The agent process: CLI, reconnection after a proxy restart, SIGHUP and
+ * SIGTERM, and refusing targets it was not configured for.
+ */
+
+// @ts-types="@types/ssh2"
+import ssh2 from "ssh2";
+import {
+  assert,
+  assertEquals,
+  assertMatch,
+  assertRejects,
+  assertStringIncludes,
+} from "../helpers/assert.ts";
+import { denoRun, freePort, run, tempDir } from "../helpers/proc.ts";
+import { clustersYaml, echoServer, readAllNode, startAgent } from "../helpers/tunnel.ts";
+import { AGENT_FLAGS } from "../../agent.ts";
+import { PROXY_FLAGS } from "../../proxy.ts";
+import { generateHostKeyPem } from "../../lib/tunnel/hostkey.ts";
+import {
+  acceptAnyIdent,
+  ChannelOpenError,
+  openKubesphereChannel,
+} from "../../lib/tunnel/ssh_compat.ts";
+import { serveGlobalRequests } from "../../lib/tunnel/ssh_requests.ts";
+import { websocketStream } from "../../lib/tunnel/ws_stream.ts";
+import { WS_PROTOCOL } from "../../lib/tunnel/protocol.ts";
+
+const TOKEN = "e5".repeat(32);
+
+Deno.test("CLI: --help lists every flag; bad values give a one-line error naming the flag", async () => {
+  for (const [script, flags] of [["agent.ts", AGENT_FLAGS], ["proxy.ts", PROXY_FLAGS]] as const) {
+    const help = await run(Deno.execPath(), ["run", "-A", "--quiet", script, "--help"]);
+    assertEquals(help.code, 0);
+    for (const name of Object.keys(flags)) assertStringIncludes(help.stdout, `--${name}`);
+  }
+  const cases: [string, string[], string][] = [
+    ["agent.ts", ["--name", "a", "--token", "t", "--keepalive", "30"], "--keepalive"],
+    [
+      "agent.ts",
+      ["--name", "a", "--token", "t", "--max-retry-interval", "soon"],
+      "--max-retry-interval",
+    ],
+    ["agent.ts", ["--token", "t"], "--name"],
+    ["agent.ts", ["--name", "a", "--bogus"], "--bogus"],
+    ["proxy.ts", ["--port", "80"], "--port"],
+    ["proxy.ts", ["--port", "http"], "--port"],
+    ["proxy.ts", ["--keepalive", "1y"], "--keepalive"],
+  ];
+  for (const [script, args, flag] of cases) {
+    const r = await run(Deno.execPath(), ["run", "-A", "--quiet", script, ...args]);
+    assertEquals(r.code, 2, `${script} ${args.join(" ")}: ${r.stderr}`);
+    const lines = r.stderr.trim().split("\n");
+    assertEquals(lines.length, 1, r.stderr);
+    assertStringIncludes(lines[0], flag);
+  }
+});
+
+Deno.test("proxy killed and restarted: the agent reconnects by itself; SIGHUP retries at once; SIGTERM exits 0", async () => {
+  await using dir = await tempDir();
+  const port = freePort();
+  const clusters = `${dir.path}/clusters.json`;
+  await Deno.writeTextFile(clusters, clustersYaml([{ name: "alpha", token: TOKEN }]));
+  const proxyArgs = ["--clusters-file", clusters, "--host", "127.0.0.1", "--port", String(port)];
+  let proxy = denoRun("proxy", "proxy.ts", proxyArgs);
+  const agent = await startAgent({
+    name: "alpha",
+    token: TOKEN,
+    proxyUrl: `http://127.0.0.1:${port}`,
+    dir: dir.path,
+    kubernetesPort: 1,
+    kubespherePort: 2,
+    extra: ["--max-retry-interval", "60s"],
+  });
+  try {
+    await agent.waitFor(/Connected\./);
+    const fp1 = await proxy.waitFor(/SSH host key/);
+    proxy.signal("SIGKILL");
+    await proxy.status();
+    await agent.waitFor(/Disconnected from proxy/);
+    proxy = denoRun("proxy-2", "proxy.ts", proxyArgs);
+    const fp2 = await proxy.waitFor(/SSH host key/);
+    // The host key file persisted: same fingerprint after the restart.
+    assertEquals(fp2.match(/SHA256:\S+"/)?.[0], fp1.match(/SHA256:\S+"/)?.[0]);
+    const from = agent.lines.length;
+    await agent.waitFor(/Connected\./, 30_000, from);
+
+    // SIGHUP while waiting to retry: kill the proxy, let the backoff grow, then HUP.
+    proxy.signal("SIGKILL");
+    await proxy.status();
+    await agent.waitFor(/Retrying/, 20_000, from);
+    proxy = denoRun("proxy-3", "proxy.ts", proxyArgs);
+    await proxy.waitFor(/Listening on/);
+    const beforeHup = agent.lines.length;
+    agent.signal("SIGHUP");
+    await agent.waitFor(/SIGHUP: reconnecting now/, 10_000, beforeHup);
+    await agent.waitFor(/Connected\./, 10_000, beforeHup);
+
+    const status = await agent.stop();
+    assertEquals(status.code, 0, agent.tail());
+    assertStringIncludes(agent.output, "Shutting down");
+  } finally {
+    await agent.stop();
+    await proxy.stop();
+  }
+});
+
+Deno.test("--max-retry gives up with a non-zero exit", async () => {
+  await using dir = await tempDir();
+  const agent = await startAgent({
+    name: "alpha",
+    token: TOKEN,
+    proxyUrl: `http://127.0.0.1:${freePort()}`,
+    dir: dir.path,
+    kubernetesPort: 1,
+    kubespherePort: 2,
+    extra: ["--max-retry", "2", "--max-retry-interval", "200ms"],
+  });
+  const status = await agent.status();
+  assertEquals(status.code, 1);
+  assertMatch(agent.output, /giving up after 2 failed attempts/);
+});
+
+/** A minimal stand-in proxy: accepts any agent, then lets the test open channels. */
+async function fakeProxy() {
+  const server = new ssh2.Server({ hostKeys: [generateHostKeyPem()] });
+  const conns = Promise.withResolvers<ssh2.Connection>();
+  server.on("connection", (conn: ssh2.Connection) => {
+    conn.on("error", () => {});
+    conn.on("authentication", (ctx: ssh2.AuthContext) => ctx.accept());
+    serveGlobalRequests(conn, () => ({ ok: true }));
+    conn.on("ready", () => conns.resolve(conn));
+  });
+  const http = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+    const { socket, response } = Deno.upgradeWebSocket(req, {
+      protocol: WS_PROTOCOL,
+      idleTimeout: 0,
+    });
+    const stream = websocketStream(socket);
+    server.injectSocket(acceptAnyIdent(stream, server) as never);
+    return response;
+  });
+  return { url: `http://127.0.0.1:${http.addr.port}`, conn: conns.promise, http };
+}
+
+Deno.test("the agent dials only its two configured targets", async () => {
+  await using dir = await tempDir();
+  const fake = await fakeProxy();
+  const echo = echoServer();
+  const agent = await startAgent({
+    name: "alpha",
+    token: TOKEN,
+    proxyUrl: fake.url,
+    dir: dir.path,
+    kubernetesPort: echo.port,
+    kubespherePort: echo.port,
+  });
+  try {
+    await agent.waitFor(/Connected\./);
+    const conn = await fake.conn;
+    const err = await assertRejects(
+      () => openKubesphereChannel(conn, `127.0.0.1:${echo.port + 1}`),
+      ChannelOpenError,
+    );
+    assertEquals((err as ChannelOpenError).reason, 1);
+    await agent.waitFor(/Refusing to dial a target that is not configured/);
+    assertEquals(echo.connections, 0);
+    // A configured target works on the same session.
+    const ch = await openKubesphereChannel(conn, `127.0.0.1:${echo.port}`);
+    const back = readAllNode(ch as never);
+    ch.end("hello");
+    assertEquals((await back).toString(), "hello");
+    assert(echo.connections === 1);
+  } finally {
+    await agent.stop();
+    await fake.http.shutdown();
+    await echo.close();
+  }
+});
