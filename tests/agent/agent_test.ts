@@ -122,7 +122,7 @@ Deno.test("--max-retry gives up with a non-zero exit", async () => {
 });
 
 /** A minimal stand-in proxy: accepts any agent, then lets the test open channels. */
-async function fakeProxy() {
+function fakeProxy() {
   const server = new ssh2.Server({ hostKeys: [generateHostKeyPem()] });
   const conns = Promise.withResolvers<ssh2.Connection>();
   server.on("connection", (conn: ssh2.Connection) => {
@@ -145,7 +145,7 @@ async function fakeProxy() {
 
 Deno.test("the agent dials only its two configured targets", async () => {
   await using dir = await tempDir();
-  const fake = await fakeProxy();
+  const fake = fakeProxy();
   const echo = echoServer();
   const agent = await startAgent({
     name: "alpha",
