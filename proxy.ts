@@ -72,9 +72,10 @@ export const PROXY_FLAGS: FlagSpecs = {
   },
   "max-config-bytes": {
     kind: "int",
-    default: 262144,
+    default: 32768,
     min: 1024,
-    help: "largest accepted config payload",
+    max: 34000,
+    help: "largest accepted config payload (ssh2 drops SSH packets over 35000 bytes anyway)",
   },
   "max-channels-per-session": {
     kind: "int",
