@@ -1,0 +1,66 @@
+/**
+ * `deno task build`: compile `proxy.ts` and `agent.ts` into `bin/proxy` and
+ * `bin/agent` with exactly the permissions each needs.
+ *
+ * `deno compile` downloads its base runtime (`denort`) unless `DENORT_BIN`
+ * points at one of the same Deno version (offline builds; see DEVELOPERS.md).
+ * Extra arguments are passed to `deno compile` (e.g. `--target`).
+ * @module
+ */
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+/** Permissions of each binary: network, env (kube/proxy settings), files it reads/writes. */
+const TARGETS = [
+  {
+    name: "proxy",
+    entry: "proxy.ts",
+    // read: kubeconfig, CA, clusters file; write: host key, kubeconfig dir; sys: hostname for leases.
+    perms: ["--allow-net", "--allow-env", "--allow-read", "--allow-write", "--allow-sys"],
+  },
+  {
+    name: "agent",
+    entry: "agent.ts",
+    // read: kubeconfig or service-account files; sys: os info used by the Kubernetes client.
+    perms: ["--allow-net", "--allow-env", "--allow-read", "--allow-sys"],
+  },
+];
+
+/** The `deno compile` arguments for one target (exported for tests). */
+export function compileArgs(target: (typeof TARGETS)[number], extra: string[] = []): string[] {
+  return [
+    "compile",
+    "--quiet",
+    "--no-prompt",
+    ...target.perms,
+    "--output",
+    `bin/${target.name}`,
+    ...extra,
+    target.entry,
+  ];
+}
+
+if (import.meta.main) {
+  await Deno.mkdir(`${ROOT}bin`, { recursive: true });
+  const denort = Deno.env.get("DENORT_BIN");
+  if (denort) console.error(`build: using DENORT_BIN=${denort}`);
+  for (const target of TARGETS) {
+    const args = compileArgs(target, Deno.args);
+    console.error(`build: deno ${args.join(" ")}`);
+    const { code } = await new Deno.Command(Deno.execPath(), {
+      args,
+      cwd: ROOT,
+      env: denort ? { DENORT_BIN: denort } : {},
+      stdout: "inherit",
+      stderr: "inherit",
+    }).output();
+    if (code !== 0) {
+      console.error(
+        `build: deno compile ${target.entry} failed (exit ${code}). Without network access set ` +
+          `DENORT_BIN to a denort binary of Deno ${Deno.version.deno}.`,
+      );
+      Deno.exit(code);
+    }
+  }
+  console.error("build: bin/proxy bin/agent ready");
+}
