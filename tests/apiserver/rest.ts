@@ -1,0 +1,1071 @@
+/**
+ * The transport-agnostic core of the test API server: routes a request
+ * (`ApiRequest`) to discovery, list/watch/get/create/update/patch/delete of
+ * any served resource with the real server's semantics (resourceVersion,
+ * uid, generation, conflicts, finalizers, selectors, status subresource,
+ * CRD schemas), and returns an `ApiResponse` whose body may be a stream
+ * (watch, follow logs).
+ * @module
+ */
+
+import { parse as parseYaml } from "yaml";
+import * as discovery from "./discovery.ts";
+import { fromEventsV1, toEventsV1 } from "./events.ts";
+import { Faults } from "./faults.ts";
+import { fixtures } from "./fixtures.ts";
+import { jsonPatch, mergePatch, strategicMergePatch } from "./patch.ts";
+import { defsFromCrd, Registry } from "./registry.ts";
+import { pruneAndValidate } from "./schema.ts";
+import { parseFieldSelector, parseLabelSelector } from "./selectors.ts";
+import { DEFAULT_NETWORK, prepareService, type ServiceNetwork } from "./services.ts";
+import { Store, type StoreEvent } from "./store.ts";
+import { partialMetadata, toTable } from "./tables.ts";
+import {
+  alreadyExists,
+  ApiError,
+  apiVersionOf,
+  badRequest,
+  clone,
+  conflict,
+  invalid,
+  type JsonObject,
+  type KubeObject,
+  notFound,
+  type ResourceDef,
+  storageKeyOf,
+} from "./types.ts";
+
+type Obj = Record<string, unknown>;
+
+/** Who is calling (from the client certificate or the token). */
+export interface UserInfo {
+  name: string;
+  groups: string[];
+}
+
+/** A request, already authenticated, with its whole body. */
+export interface ApiRequest {
+  method: string;
+  url: URL;
+  headers: Headers;
+  body: Uint8Array;
+  /** Aborted when the client goes away (ends streams). */
+  signal: AbortSignal;
+  user: UserInfo;
+}
+
+/** A response; `body` is a stream for watches and followed logs. */
+export interface ApiResponse {
+  status: number;
+  headers: Record<string, string>;
+  body: string | ReadableStream<Uint8Array>;
+}
+
+/** Options of the core. */
+export interface CoreOptions {
+  /** Service CIDR and node-port range. */
+  network?: ServiceNetwork;
+  /** How often watches with `allowWatchBookmarks=true` get a BOOKMARK (ms, default 1000). */
+  bookmarkIntervalMs?: number;
+  /** Extra namespaces to create at start (e.g. `kubesphere-system`). */
+  namespaces?: string[];
+  /** How many changes the watch history keeps (older revisions → 410 Gone). */
+  historyLimit?: number;
+  /** Interval between lines of `pods/<p>/log?follow=true` (ms, default 200). */
+  logLineIntervalMs?: number;
+  /** `host:port` advertised in `/api`. */
+  serverAddress?: string;
+}
+
+const JSON_HEADERS = { "content-type": "application/json" };
+
+function jsonResponse(status: number, body: unknown, headers: Record<string, string> = {}) {
+  return { status, headers: { ...JSON_HEADERS, ...headers }, body: JSON.stringify(body) };
+}
+
+/** A `Status` response for an error. */
+export function errorResponse(err: ApiError): ApiResponse {
+  const headers: Record<string, string> = {};
+  if (err.details?.retryAfterSeconds) {
+    headers["retry-after"] = String(err.details.retryAfterSeconds);
+  }
+  return jsonResponse(err.code, err.toStatus(), headers);
+}
+
+function now(): string {
+  return new Date().toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+function randomSuffix(n = 5): string {
+  const alphabet = "bcdfghjklmnpqrstvwxz2456789";
+  const b = crypto.getRandomValues(new Uint8Array(n));
+  return Array.from(b, (x) => alphabet[x % alphabet.length]).join("");
+}
+
+/** Deep equality of JSON values, independent of key order. */
+function sameJson(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const ak = Object.keys(a).filter((k) => (a as Obj)[k] !== undefined);
+  const bk = Object.keys(b).filter((k) => (b as Obj)[k] !== undefined);
+  if (ak.length !== bk.length) return false;
+  return ak.every((k) => sameJson((a as Obj)[k], (b as Obj)[k]));
+}
+
+function withoutKeys(o: KubeObject, keys: string[]): Obj {
+  const c: Obj = { ...o };
+  for (const k of keys) delete c[k];
+  return c;
+}
+
+/** A parsed resource path. */
+interface Target {
+  def: ResourceDef;
+  namespace: string;
+  name?: string;
+  sub?: string;
+}
+
+/** The core server. */
+export class ApiCore {
+  readonly registry = new Registry();
+  readonly store: Store;
+  readonly faults = new Faults();
+  readonly network: ServiceNetwork;
+  readonly bookmarkIntervalMs: number;
+  readonly logLineIntervalMs: number;
+  serverAddress: string;
+  /** Open follow-log streams (for tests: a stream ends when its client goes away). */
+  openLogStreams = 0;
+
+  constructor(readonly opts: CoreOptions = {}, store?: Store) {
+    this.network = opts.network ?? DEFAULT_NETWORK;
+    this.bookmarkIntervalMs = opts.bookmarkIntervalMs ?? 1000;
+    this.logLineIntervalMs = opts.logLineIntervalMs ?? 200;
+    this.serverAddress = opts.serverAddress ?? "127.0.0.1:6443";
+    this.store = store ?? new Store(opts.historyLimit ?? 5000);
+    if (!store) this.loadFixtures();
+    else this.#reloadCrds();
+  }
+
+  /** Create the fixture objects. */
+  loadFixtures(): void {
+    for (const f of fixtures(this.opts.namespaces)) {
+      const def = this.registry.find(...f.resource)!;
+      this.createObject(def, f.object.metadata.namespace ?? "", clone(f.object));
+    }
+  }
+
+  /** Drop all objects and CRDs, then load fixtures again (a restart that lost state). */
+  reset(): void {
+    for (const d of this.registry.all()) if (d.crd) this.registry.removeCrd(d.crd);
+    this.store.clear();
+    this.loadFixtures();
+  }
+
+  #reloadCrds(): void {
+    const crdDef = this.registry.find("apiextensions.k8s.io", "v1", "customresourcedefinitions")!;
+    for (const crd of this.store.list(storageKeyOf(crdDef))) {
+      this.registry.setCrd(crd.metadata.name!, defsFromCrd(crd as JsonObject));
+    }
+  }
+
+  /** Handle one request; never throws. */
+  async handle(req: ApiRequest): Promise<ApiResponse> {
+    try {
+      await this.faults.check(req.method, req.url.pathname);
+      return await this.#route(req);
+    } catch (err) {
+      if (err instanceof ApiError) return errorResponse(err);
+      return errorResponse(
+        new ApiError(500, "InternalError", `Internal error occurred: ${(err as Error).message}`),
+      );
+    }
+  }
+
+  #route(req: ApiRequest): ApiResponse | Promise<ApiResponse> {
+    const path = req.url.pathname.replace(/\/+$/, "") || "/";
+    const segs = path.split("/").filter((s) => s !== "").map(decodeURIComponent);
+    if (req.method === "GET") {
+      switch (path) {
+        case "/version":
+          return jsonResponse(200, discovery.versionInfo());
+        case "/healthz":
+        case "/livez":
+        case "/readyz":
+          return { status: 200, headers: { "content-type": "text/plain" }, body: "ok" };
+        case "/api":
+          return jsonResponse(200, discovery.coreVersions(this.serverAddress));
+        case "/apis":
+          return jsonResponse(200, discovery.groupList(this.registry));
+        case "/openapi/v3":
+          return jsonResponse(200, discovery.openApiV3Root(this.registry));
+        case "/openapi/v2":
+          return jsonResponse(
+            404,
+            new ApiError(404, "NotFound", "the server could not find the requested resource")
+              .toStatus(),
+          );
+      }
+      if (segs[0] === "openapi" && segs[1] === "v3") {
+        const [g, v] = segs[2] === "api" ? ["", segs[3]] : [segs[3], segs[4]];
+        const doc = discovery.openApiV3GroupVersion(this.registry, g ?? "", v ?? "");
+        if (doc) return jsonResponse(200, doc);
+      }
+    }
+    let group: string, version: string, rest: string[];
+    if (segs[0] === "api" && segs.length >= 2) {
+      [group, version, rest] = ["", segs[1], segs.slice(2)];
+    } else if (segs[0] === "apis" && segs.length >= 3) {
+      [group, version, rest] = [segs[1], segs[2], segs.slice(3)];
+    } else if (segs[0] === "apis" && segs.length === 2 && req.method === "GET") {
+      const g = discovery.group(this.registry, segs[1]);
+      if (g) return jsonResponse(200, g);
+      throw new ApiError(404, "NotFound", "the server could not find the requested resource");
+    } else {
+      throw new ApiError(404, "NotFound", "the server could not find the requested resource");
+    }
+    if (rest.length === 0 && req.method === "GET") {
+      const list = discovery.resourceList(this.registry, group, version);
+      if (list) return jsonResponse(200, list);
+    }
+    const target = this.#target(group, version, rest);
+    return this.#dispatch(req, target);
+  }
+
+  #target(group: string, version: string, rest: string[]): Target {
+    let namespace = "";
+    let r = rest;
+    if (r[0] === "namespaces" && r.length >= 3 && r[2] !== "status" && r[2] !== "finalize") {
+      namespace = r[1];
+      r = r.slice(2);
+    }
+    const def = this.registry.find(group, version, r[0] ?? "");
+    if (!def || r.length > 3 || (namespace && !def.namespaced)) {
+      throw new ApiError(404, "NotFound", "the server could not find the requested resource");
+    }
+    return { def, namespace, name: r[1], sub: r[2] };
+  }
+
+  #dispatch(req: ApiRequest, t: Target): ApiResponse | Promise<ApiResponse> {
+    const q = req.url.searchParams;
+    const { def, namespace, name, sub } = t;
+    if (name === undefined) {
+      switch (req.method) {
+        case "GET":
+          if (q.get("watch") === "true" || q.get("watch") === "1") return this.#watch(req, t);
+          return this.#list(req, t);
+        case "POST": {
+          const body = this.#parseBody(req);
+          const created = this.#create(def, namespace, body, q);
+          return this.#respond(req, def, created, 201);
+        }
+        case "DELETE":
+          return this.#deleteCollection(req, t);
+      }
+      throw new ApiError(
+        405,
+        "MethodNotAllowed",
+        `the server does not allow this method on the requested resource`,
+      );
+    }
+    if (sub === "log" && def.kind === "Pod" && req.method === "GET") return this.#podLog(req, t);
+    if (sub && sub !== "status" && !(sub === "finalize" && def.kind === "Namespace")) {
+      if (["exec", "attach", "portforward"].includes(sub) && def.subresources.includes(sub)) {
+        this.#mustGet(def, namespace, name);
+        throw new ApiError(400, "BadRequest", "Upgrade request required");
+      }
+      throw new ApiError(404, "NotFound", "the server could not find the requested resource");
+    }
+    if (sub === "status" && !def.statusSubresource) {
+      throw new ApiError(404, "NotFound", "the server could not find the requested resource");
+    }
+    const statusOnly = sub === "status";
+    switch (req.method) {
+      case "GET":
+        return this.#respond(req, def, this.#read(def, this.#mustGet(def, namespace, name)), 200);
+      case "PUT": {
+        const body = this.#parseBody(req);
+        return this.#respond(
+          req,
+          def,
+          this.#update(def, namespace, name, body, q, statusOnly),
+          200,
+        );
+      }
+      case "PATCH":
+        return this.#respond(req, def, this.#patch(req, def, namespace, name, statusOnly), 200);
+      case "DELETE": {
+        if (statusOnly) break;
+        const opts = req.body.length ? this.#parseBody(req) as Obj : {};
+        return this.#respond(req, def, this.#delete(def, namespace, name, opts, q), 200);
+      }
+    }
+    throw new ApiError(
+      405,
+      "MethodNotAllowed",
+      `the server does not allow this method on the requested resource`,
+    );
+  }
+
+  #parseBody(req: ApiRequest): KubeObject {
+    const text = new TextDecoder().decode(req.body);
+    const ct = req.headers.get("content-type") ?? "";
+    try {
+      const v = ct.includes("yaml") ? parseYaml(text) : JSON.parse(text);
+      if (v === null || typeof v !== "object") throw new Error("not an object");
+      return v as KubeObject;
+    } catch (err) {
+      throw badRequest(`the body of the request could not be decoded: ${(err as Error).message}`);
+    }
+  }
+
+  /** Convert a stored object to the shape of `def`'s API version. */
+  #read(def: ResourceDef, obj: KubeObject): KubeObject {
+    if (def.group === "events.k8s.io") return toEventsV1(obj);
+    return { apiVersion: apiVersionOf(def), kind: def.kind, ...obj } as KubeObject;
+  }
+
+  #respond(req: ApiRequest, def: ResourceDef, obj: KubeObject, status: number): ApiResponse {
+    const accept = req.headers.get("accept") ?? "";
+    const out = this.#read(def, obj);
+    if (/as=Table/.test(accept.split(",")[0])) {
+      const q = req.url.searchParams;
+      return jsonResponse(
+        status,
+        toTable(
+          def,
+          [out],
+          { resourceVersion: out.metadata.resourceVersion ?? "" },
+          q.get("includeObject") ?? "Metadata",
+        ),
+      );
+    }
+    if (/as=PartialObjectMetadata/.test(accept.split(",")[0])) {
+      return jsonResponse(status, partialMetadata(out));
+    }
+    return jsonResponse(status, out);
+  }
+
+  #mustGet(def: ResourceDef, namespace: string, name: string): KubeObject {
+    const o = this.store.get(storageKeyOf(def), def.namespaced ? namespace : "", name);
+    if (!o) throw notFound(def, name);
+    return o;
+  }
+
+  // ---- list / watch -------------------------------------------------------
+
+  #matcher(req: ApiRequest, t: Target): (o: KubeObject) => boolean {
+    const q = req.url.searchParams;
+    const labels = parseLabelSelector(q.get("labelSelector"));
+    const fields = parseFieldSelector(q.get("fieldSelector"));
+    const ns = t.def.namespaced ? t.namespace : "";
+    return (o) => (!ns || o.metadata.namespace === ns) && labels(o) && fields(this.#read(t.def, o));
+  }
+
+  #list(req: ApiRequest, t: Target): ApiResponse {
+    const q = req.url.searchParams;
+    const rv = q.get("resourceVersion");
+    if (rv && rv !== "0" && q.get("resourceVersionMatch") === "Exact") {
+      if (Number(rv) < this.store.compactedRevision) throw this.#expired(Number(rv));
+    }
+    const match = this.#matcher(req, t);
+    let items = this.store.list(
+      storageKeyOf(t.def),
+      t.def.namespaced ? t.namespace || undefined : undefined,
+    )
+      .filter(match);
+    const meta: JsonObject = { resourceVersion: String(this.store.revision) };
+    const cont = q.get("continue");
+    if (cont) {
+      let after = "";
+      try {
+        after = JSON.parse(atob(cont)).start;
+      } catch {
+        throw badRequest("continue key is not valid");
+      }
+      items = items.filter((o) => `${o.metadata.namespace ?? ""}/${o.metadata.name}` > after);
+    }
+    const limit = Number(q.get("limit") ?? 0);
+    if (limit > 0 && items.length > limit) {
+      const last = items[limit - 1];
+      meta.continue = btoa(JSON.stringify({
+        rv: this.store.revision,
+        start: `${last.metadata.namespace ?? ""}/${last.metadata.name}`,
+      }));
+      meta.remainingItemCount = items.length - limit;
+      items = items.slice(0, limit);
+    }
+    const out = items.map((o) => this.#read(t.def, o));
+    const accept = (req.headers.get("accept") ?? "").split(",")[0];
+    if (/as=Table/.test(accept)) {
+      return jsonResponse(200, toTable(t.def, out, meta, q.get("includeObject") ?? "Metadata"));
+    }
+    if (/as=PartialObjectMetadataList/.test(accept)) {
+      return jsonResponse(200, {
+        kind: "PartialObjectMetadataList",
+        apiVersion: "meta.k8s.io/v1",
+        metadata: meta,
+        items: out.map(partialMetadata),
+      });
+    }
+    return jsonResponse(200, {
+      apiVersion: apiVersionOf(t.def),
+      kind: t.def.listKind,
+      metadata: meta,
+      items: out as unknown as JsonObject[],
+    });
+  }
+
+  #expired(rv: number): ApiError {
+    return new ApiError(
+      410,
+      "Expired",
+      `too old resource version: ${rv} (${this.store.compactedRevision})`,
+    );
+  }
+
+  #watch(req: ApiRequest, t: Target): ApiResponse {
+    const q = req.url.searchParams;
+    const match = this.#matcher(req, t);
+    const resource = storageKeyOf(t.def);
+    const accept = (req.headers.get("accept") ?? "").split(",")[0];
+    const asTable = /as=Table/.test(accept);
+    const asPartial = /as=PartialObjectMetadata/.test(accept);
+    const includeObject = q.get("includeObject") ?? "Metadata";
+    const bookmarks = q.get("allowWatchBookmarks") === "true";
+    const initialEvents = q.get("sendInitialEvents") === "true";
+    const timeoutSeconds = Number(q.get("timeoutSeconds") ?? 0);
+    const rvParam = q.get("resourceVersion") ?? "";
+    const enc = new TextEncoder();
+    let firstTable = true;
+    const encodeObj = (o: KubeObject): unknown => {
+      const out = this.#read(t.def, o);
+      if (asTable) {
+        const table = toTable(
+          t.def,
+          [out],
+          { resourceVersion: out.metadata.resourceVersion ?? "" },
+          includeObject,
+          !firstTable,
+        );
+        firstTable = false;
+        return table;
+      }
+      return asPartial ? partialMetadata(out) : out;
+    };
+    const line = (type: string, object: unknown) =>
+      enc.encode(JSON.stringify({ type, object }) + "\n");
+    const bookmark = (extra: Obj = {}) =>
+      line("BOOKMARK", {
+        kind: t.def.kind,
+        apiVersion: apiVersionOf(t.def),
+        metadata: { resourceVersion: String(this.store.revision), ...extra },
+      });
+    const toLine = (e: StoreEvent): Uint8Array | undefined => {
+      if (e.resource !== resource) return undefined;
+      const now = match(e.object);
+      const before = e.prev ? match(e.prev) : false;
+      if (e.type === "MODIFIED") {
+        if (now && before) return line("MODIFIED", encodeObj(e.object));
+        if (now) return line("ADDED", encodeObj(e.object));
+        if (before) return line("DELETED", encodeObj(e.object));
+        return undefined;
+      }
+      return now ? line(e.type, encodeObj(e.object)) : undefined;
+    };
+    let cleanup = () => {};
+    const body = new ReadableStream<Uint8Array>({
+      start: (ctl) => {
+        let closed = false;
+        const timers: ReturnType<typeof setTimeout>[] = [];
+        const close = () => {
+          if (closed) return;
+          closed = true;
+          cleanup();
+          try {
+            ctl.close();
+          } catch {
+            // already closed or cancelled
+          }
+        };
+        const send = (b: Uint8Array | undefined) => {
+          if (b && !closed) ctl.enqueue(b);
+        };
+        if (rvParam !== "" && rvParam !== "0" && !initialEvents) {
+          const since = Number(rvParam);
+          if (!(since >= this.store.compactedRevision)) {
+            send(line("ERROR", this.#expired(since).toStatus()));
+            close();
+            return;
+          }
+          for (const e of this.store.eventsSince(resource, since)) send(toLine(e));
+        } else {
+          const ns = t.def.namespaced ? t.namespace || undefined : undefined;
+          for (const o of this.store.list(resource, ns).filter(match)) {
+            send(line("ADDED", encodeObj(o)));
+          }
+          if (initialEvents && bookmarks) {
+            send(bookmark({ annotations: { "k8s.io/initial-events-end": "true" } }));
+          }
+        }
+        const sub = this.store.subscribe((e) => send(toLine(e)));
+        if (bookmarks) {
+          timers.push(setInterval(() => send(bookmark()), this.bookmarkIntervalMs));
+        }
+        if (timeoutSeconds > 0) timers.push(setTimeout(close, timeoutSeconds * 1000));
+        const unregister = this.faults.onDrop(close);
+        const onAbort = () => close();
+        req.signal.addEventListener("abort", onAbort);
+        cleanup = () => {
+          sub.close();
+          for (const id of timers) clearTimeout(id);
+          unregister();
+          req.signal.removeEventListener("abort", onAbort);
+        };
+        if (req.signal.aborted) close();
+      },
+      cancel: () => cleanup(),
+    });
+    return {
+      status: 200,
+      headers: { ...JSON_HEADERS, "transfer-encoding": "chunked", "cache-control": "no-cache" },
+      body,
+    };
+  }
+
+  // ---- writes -------------------------------------------------------------
+
+  /**
+   * Create `body` as a `def` object in `namespace` with all server
+   * semantics (defaults, allocation, hooks). Used by requests and fixtures.
+   */
+  createObject(def: ResourceDef, namespace: string, body: KubeObject): KubeObject {
+    return this.#create(def, namespace, body, new URLSearchParams());
+  }
+
+  #checkKind(def: ResourceDef, body: KubeObject): void {
+    if (body.kind !== undefined && body.kind !== def.kind) {
+      throw badRequest(
+        `the API version in the data (${body.apiVersion}) does not match the expected API version (${
+          apiVersionOf(def)
+        })`,
+      );
+    }
+  }
+
+  #applySchema(def: ResourceDef, obj: KubeObject, q: URLSearchParams): KubeObject {
+    if (!def.schema) return obj;
+    const r = pruneAndValidate(obj as Obj, def.schema as Obj);
+    if (r.unknownFields.length && q.get("fieldValidation") === "Strict") {
+      throw badRequest(
+        `${def.kind} in version "${def.version}" cannot be handled as a ${def.kind}: strict decoding error: ${
+          r.unknownFields.map((f) => `unknown field "${f}"`).join(", ")
+        }`,
+      );
+    }
+    if (r.errors.length) throw invalid(def, obj.metadata.name ?? "", r.errors);
+    return r.object as KubeObject;
+  }
+
+  #create(def: ResourceDef, namespace: string, input: KubeObject, q: URLSearchParams): KubeObject {
+    let body = clone(input);
+    if (def.group === "events.k8s.io") body = fromEventsV1(body);
+    else this.#checkKind(def, body);
+    if (!body.metadata || typeof body.metadata !== "object") body.metadata = {};
+    const m = body.metadata;
+    if (def.namespaced) {
+      if (m.namespace && namespace && m.namespace !== namespace) {
+        throw badRequest(
+          "the namespace of the provided object does not match the namespace sent on the request",
+        );
+      }
+      namespace ||= m.namespace ?? "";
+      if (!namespace) throw badRequest("the namespace of the object is required");
+      m.namespace = namespace;
+      if (!this.store.get("/namespaces", "", namespace)) {
+        throw new ApiError(404, "NotFound", `namespaces "${namespace}" not found`, {
+          name: namespace,
+          kind: "namespaces",
+        });
+      }
+    } else delete m.namespace;
+    if (!m.name) {
+      if (!m.generateName) {
+        throw invalid(def, "", [{
+          reason: "FieldValueRequired",
+          field: "metadata.name",
+          message: "Required value: name or generateName is required",
+        }]);
+      }
+      m.name = m.generateName + randomSuffix();
+    }
+    if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(m.name) || m.name.length > 253) {
+      throw invalid(def, m.name, [{
+        field: "metadata.name",
+        message: `Invalid value: ${JSON.stringify(m.name)}: a lowercase RFC 1123 subdomain must ` +
+          `consist of lower case alphanumeric characters, '-' or '.', and must start and end ` +
+          `with an alphanumeric character`,
+      }]);
+    }
+    const key = storageKeyOf(def);
+    if (this.store.get(key, def.namespaced ? namespace : "", m.name)) {
+      throw alreadyExists(def, m.name);
+    }
+    delete m.resourceVersion;
+    delete m.deletionTimestamp;
+    delete m.deletionGracePeriodSeconds;
+    m.uid = crypto.randomUUID();
+    m.creationTimestamp = now();
+    m.generation = 1;
+    let obj: KubeObject = def.group === "events.k8s.io"
+      ? body
+      : { ...body, apiVersion: apiVersionOf(def), kind: def.kind };
+    obj = this.#applySchema(def, obj, q);
+    if (def.statusSubresource && def.crd) delete obj.status;
+    this.#beforeWrite(def, obj, undefined);
+    if (q.get("dryRun") === "All") return obj;
+    const stored = this.store.put(key, obj);
+    this.#afterWrite(def, stored);
+    return stored;
+  }
+
+  #update(
+    def: ResourceDef,
+    namespace: string,
+    name: string,
+    input: KubeObject,
+    q: URLSearchParams,
+    statusOnly: boolean,
+  ): KubeObject {
+    let body = clone(input);
+    if (def.group === "events.k8s.io") body = fromEventsV1(body);
+    else this.#checkKind(def, body);
+    const old = this.#mustGet(def, namespace, name);
+    if (!body.metadata || typeof body.metadata !== "object") body.metadata = {};
+    if (body.metadata.name !== undefined && body.metadata.name !== name) {
+      throw badRequest(
+        `the name of the object (${body.metadata.name}) does not match the name on the URL (${name})`,
+      );
+    }
+    if (
+      body.metadata.resourceVersion &&
+      body.metadata.resourceVersion !== old.metadata.resourceVersion
+    ) {
+      throw conflict(def, name);
+    }
+    let next: KubeObject;
+    if (statusOnly) {
+      next = { ...old, status: body.status } as KubeObject;
+      if (body.status === undefined) delete next.status;
+    } else {
+      next = def.group === "events.k8s.io"
+        ? body
+        : { ...body, apiVersion: apiVersionOf(def), kind: def.kind };
+      if (def.statusSubresource) {
+        if (old.status === undefined) delete next.status;
+        else next.status = old.status;
+      }
+      const m = next.metadata;
+      m.name = name;
+      if (def.namespaced) m.namespace = old.metadata.namespace;
+      else delete m.namespace;
+      m.uid = old.metadata.uid;
+      m.creationTimestamp = old.metadata.creationTimestamp;
+      m.generation = old.metadata.generation;
+      if (old.metadata.deletionTimestamp) {
+        m.deletionTimestamp = old.metadata.deletionTimestamp;
+        m.deletionGracePeriodSeconds = old.metadata.deletionGracePeriodSeconds;
+      } else {
+        delete m.deletionTimestamp;
+        delete m.deletionGracePeriodSeconds;
+      }
+    }
+    next = this.#applySchema(def, next, q);
+    next.metadata.resourceVersion = old.metadata.resourceVersion;
+    const specKeys = def.statusSubresource ? ["metadata", "status"] : ["metadata"];
+    if (!sameJson(withoutKeys(next, specKeys), withoutKeys(old, specKeys))) {
+      next.metadata.generation = (old.metadata.generation ?? 0) + 1;
+    }
+    this.#beforeWrite(def, next, old);
+    if (sameJson(next, old)) return old; // no-op update: no new revision, no event
+    if (q.get("dryRun") === "All") return next;
+    const key = storageKeyOf(def);
+    if (next.metadata.deletionTimestamp && !(next.metadata.finalizers ?? []).length) {
+      const stored = this.store.put(key, next);
+      this.#finalizeDelete(def, stored);
+      return stored;
+    }
+    const stored = this.store.put(key, next);
+    this.#afterWrite(def, stored);
+    return stored;
+  }
+
+  #patch(
+    req: ApiRequest,
+    def: ResourceDef,
+    namespace: string,
+    name: string,
+    statusOnly: boolean,
+  ): KubeObject {
+    const ct = (req.headers.get("content-type") ?? "").split(";")[0].trim();
+    const q = req.url.searchParams;
+    const text = new TextDecoder().decode(req.body);
+    let patch: unknown;
+    try {
+      patch = ct === "application/apply-patch+yaml" ? parseYaml(text) : JSON.parse(text);
+    } catch (err) {
+      throw badRequest(`the body of the request could not be decoded: ${(err as Error).message}`);
+    }
+    const existing = this.store.get(storageKeyOf(def), def.namespaced ? namespace : "", name);
+    if (!existing) {
+      if (ct === "application/apply-patch+yaml" && !statusOnly) {
+        const body = patch as KubeObject;
+        body.metadata = { ...body.metadata, name };
+        return this.#create(def, namespace, body, q);
+      }
+      throw notFound(def, name);
+    }
+    const current = this.#read(def, existing);
+    let next: unknown;
+    switch (ct) {
+      case "application/merge-patch+json":
+      case "application/apply-patch+yaml":
+        next = mergePatch(current, patch);
+        break;
+      case "application/json-patch+json":
+        next = jsonPatch(current, patch);
+        break;
+      case "application/strategic-merge-patch+json":
+        if (def.crd) {
+          throw new ApiError(
+            415,
+            "UnsupportedMediaType",
+            `the body of the request was in an unknown format - accepted media types include: ` +
+              `application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml`,
+          );
+        }
+        next = strategicMergePatch(current, patch);
+        break;
+      default:
+        throw new ApiError(
+          415,
+          "UnsupportedMediaType",
+          `the body of the request was in an unknown format - accepted media types include: ` +
+            `application/json-patch+json, application/merge-patch+json, ` +
+            `application/apply-patch+yaml, application/strategic-merge-patch+json`,
+        );
+    }
+    const obj = next as KubeObject;
+    if (!obj || typeof obj !== "object" || !obj.metadata) {
+      throw badRequest("patch produced an object without metadata");
+    }
+    if (obj.metadata.resourceVersion === undefined) {
+      obj.metadata.resourceVersion = existing.metadata.resourceVersion;
+    }
+    return this.#update(def, namespace, name, obj, q, statusOnly);
+  }
+
+  #delete(
+    def: ResourceDef,
+    namespace: string,
+    name: string,
+    opts: Obj,
+    q: URLSearchParams,
+  ): KubeObject {
+    const old = this.#mustGet(def, namespace, name);
+    const pre = (opts.preconditions ?? {}) as Obj;
+    if (pre.resourceVersion && pre.resourceVersion !== old.metadata.resourceVersion) {
+      throw new ApiError(
+        409,
+        "Conflict",
+        `Operation cannot be fulfilled on ${def.plural} "${name}": the ResourceVersion in the ` +
+          `precondition (${pre.resourceVersion}) does not match the ResourceVersion in record ` +
+          `(${old.metadata.resourceVersion}). The object might have been modified`,
+        { name, group: def.group, kind: def.plural },
+      );
+    }
+    if (pre.uid && pre.uid !== old.metadata.uid) {
+      throw new ApiError(
+        409,
+        "Conflict",
+        `Operation cannot be fulfilled on ${def.plural} "${name}": Precondition failed: ` +
+          `UID in precondition: ${pre.uid}, UID in object meta: ${old.metadata.uid}`,
+        { name, group: def.group, kind: def.plural },
+      );
+    }
+    if (q.get("dryRun") === "All") return old;
+    const key = storageKeyOf(def);
+    if ((old.metadata.finalizers ?? []).length > 0) {
+      if (old.metadata.deletionTimestamp) return old;
+      const next = clone(old);
+      next.metadata.deletionTimestamp = now();
+      next.metadata.deletionGracePeriodSeconds = 0;
+      return this.store.put(key, next);
+    }
+    if (def.kind === "Namespace") {
+      const terminating = clone(old);
+      terminating.metadata.deletionTimestamp = now();
+      terminating.metadata.deletionGracePeriodSeconds = 0;
+      (terminating as Obj).status = { phase: "Terminating" };
+      const stored = this.store.put(key, terminating);
+      this.#finalizeDelete(def, stored);
+      return stored;
+    }
+    return this.#finalizeDelete(def, old);
+  }
+
+  /** Remove an object for good, with the cascades the real control plane performs. */
+  #finalizeDelete(def: ResourceDef, obj: KubeObject): KubeObject {
+    const name = obj.metadata.name!;
+    if (def.kind === "Namespace" && def.group === "") {
+      const seen = new Set<string>();
+      for (const d of this.registry.all()) {
+        const key = storageKeyOf(d);
+        if (!d.namespaced || seen.has(key)) continue;
+        seen.add(key);
+        for (const o of this.store.list(key, name)) {
+          this.store.remove(key, name, o.metadata.name!);
+        }
+      }
+    }
+    if (def.kind === "CustomResourceDefinition") {
+      const defs = this.registry.all().filter((d) => d.crd === name);
+      if (defs[0]) {
+        const key = storageKeyOf(defs[0]);
+        for (const o of this.store.list(key)) {
+          this.store.remove(key, o.metadata.namespace ?? "", o.metadata.name!);
+        }
+      }
+      this.registry.removeCrd(name);
+    }
+    return this.store.remove(storageKeyOf(def), obj.metadata.namespace ?? "", name) ?? obj;
+  }
+
+  #deleteCollection(req: ApiRequest, t: Target): ApiResponse {
+    const match = this.#matcher(req, t);
+    const key = storageKeyOf(t.def);
+    const items: KubeObject[] = [];
+    for (const o of this.store.list(key, t.def.namespaced ? t.namespace || undefined : undefined)) {
+      if (!match(o)) continue;
+      items.push(
+        this.#delete(t.def, o.metadata.namespace ?? "", o.metadata.name!, {}, req.url.searchParams),
+      );
+    }
+    return jsonResponse(200, {
+      apiVersion: apiVersionOf(t.def),
+      kind: t.def.listKind,
+      metadata: { resourceVersion: String(this.store.revision) },
+      items: items.map((o) => this.#read(t.def, o)) as unknown as JsonObject[],
+    });
+  }
+
+  // ---- per-kind semantics -------------------------------------------------
+
+  #beforeWrite(def: ResourceDef, obj: KubeObject, old: KubeObject | undefined): void {
+    const o = obj as Obj;
+    if (def.group === "" && def.kind === "Namespace") {
+      obj.metadata.labels = {
+        ...obj.metadata.labels,
+        "kubernetes.io/metadata.name": obj.metadata.name!,
+      };
+      if (!old) {
+        o.spec = { finalizers: ["kubernetes"] };
+        o.status = { phase: "Active" };
+      }
+    }
+    if (def.group === "" && def.kind === "Service") {
+      const others = this.store.list(storageKeyOf(def)).filter((s) =>
+        !(s.metadata.namespace === obj.metadata.namespace && s.metadata.name === obj.metadata.name)
+      );
+      prepareService(def, obj, old, others, this.network);
+    }
+    if (def.group === "" && def.kind === "Pod" && !old) {
+      const spec = (o.spec ?? {}) as Obj;
+      const containers = (spec.containers ?? []) as Obj[];
+      if (!containers.length) {
+        throw invalid(def, obj.metadata.name!, [{
+          reason: "FieldValueRequired",
+          field: "spec.containers",
+          message: "Required value",
+        }]);
+      }
+      const node = this.store.get("/nodes", "", String(spec.nodeName ?? "node-1"));
+      const hostIP =
+        ((node?.status as Obj | undefined)?.addresses as Obj[] | undefined)?.[0]?.address ??
+          "192.168.0.11";
+      spec.nodeName ??= "node-1";
+      const n = 2 + (this.store.revision % 250);
+      o.status = {
+        phase: "Running",
+        hostIP,
+        podIP: `10.244.${String(hostIP).split(".")[3] ?? 0}.${n}`,
+        startTime: now(),
+        conditions: ["Initialized", "Ready", "ContainersReady", "PodScheduled"].map((type) => ({
+          type,
+          status: "True",
+          lastTransitionTime: now(),
+        })),
+        containerStatuses: containers.map((c) => ({
+          name: c.name,
+          image: c.image,
+          imageID: "",
+          ready: true,
+          started: true,
+          restartCount: 0,
+          state: { running: { startedAt: now() } },
+        })),
+      };
+    }
+    if (def.kind === "CustomResourceDefinition") this.#prepareCrd(def, obj, old);
+  }
+
+  #prepareCrd(def: ResourceDef, obj: KubeObject, old: KubeObject | undefined): void {
+    const o = obj as Obj;
+    const spec = (o.spec ?? {}) as Obj;
+    const names = (spec.names ?? {}) as Obj;
+    const name = obj.metadata.name!;
+    const causes = [];
+    if (!spec.group) causes.push({ field: "spec.group", message: "Required value" });
+    if (!names.plural) causes.push({ field: "spec.names.plural", message: "Required value" });
+    if (!names.kind) causes.push({ field: "spec.names.kind", message: "Required value" });
+    if (spec.scope !== "Cluster" && spec.scope !== "Namespaced") {
+      causes.push({
+        field: "spec.scope",
+        message: `Unsupported value: ${
+          JSON.stringify(spec.scope)
+        }: supported values: "Cluster", "Namespaced"`,
+      });
+    }
+    const versions = (spec.versions ?? []) as Obj[];
+    if (!versions.length) {
+      causes.push({
+        field: "spec.versions",
+        message: "Invalid value: must have exactly one version marked as storage version",
+      });
+    }
+    if (versions.filter((v) => v.storage).length !== 1) {
+      causes.push({
+        field: "spec.versions",
+        message: "Invalid value: must have exactly one version marked as storage version",
+      });
+    }
+    for (const [i, v] of versions.entries()) {
+      if (!(v.schema as Obj | undefined)?.openAPIV3Schema) {
+        causes.push({
+          field: `spec.versions[${i}].schema.openAPIV3Schema`,
+          message: "Required value: schemas are required",
+        });
+      }
+    }
+    if (names.plural && spec.group && name !== `${names.plural}.${spec.group}`) {
+      causes.push({
+        field: "metadata.name",
+        message: `Invalid value: ${JSON.stringify(name)}: must be spec.names.plural+"."+spec.group`,
+      });
+    }
+    if (causes.length) throw invalid(def, name, causes);
+    if (old && (old.spec as Obj).group !== spec.group) {
+      throw invalid(def, name, [{
+        field: "spec.group",
+        message: "Invalid value: field is immutable",
+      }]);
+    }
+    names.singular ??= String(names.kind).toLowerCase();
+    names.listKind ??= `${names.kind}List`;
+    spec.conversion ??= { strategy: "None" };
+    const ts = now();
+    const storage = versions.find((v) => v.storage)?.name;
+    const prevStored = ((old?.status as Obj | undefined)?.storedVersions ?? []) as string[];
+    o.status = {
+      conditions: [
+        {
+          type: "NamesAccepted",
+          status: "True",
+          lastTransitionTime: ts,
+          reason: "NoConflicts",
+          message: "no conflicts found",
+        },
+        {
+          type: "Established",
+          status: "True",
+          lastTransitionTime: ts,
+          reason: "InitialNamesAccepted",
+          message: "the initial names have been accepted",
+        },
+      ],
+      acceptedNames: clone(names),
+      storedVersions: [...new Set([...prevStored, String(storage)])],
+    };
+    if (old && sameJson((old.status as Obj | undefined)?.acceptedNames, names)) {
+      o.status = old.status;
+      (o.status as Obj).storedVersions = [...new Set([...prevStored, String(storage)])];
+    }
+  }
+
+  #afterWrite(def: ResourceDef, obj: KubeObject): void {
+    if (def.kind === "CustomResourceDefinition" && def.group === "apiextensions.k8s.io") {
+      this.registry.setCrd(obj.metadata.name!, defsFromCrd(obj as JsonObject));
+    }
+  }
+
+  // ---- logs ---------------------------------------------------------------
+
+  #podLog(req: ApiRequest, t: Target): ApiResponse {
+    const pod = this.#mustGet(t.def, t.namespace, t.name!);
+    const q = req.url.searchParams;
+    const containers = (((pod.spec as Obj | undefined)?.containers ?? []) as Obj[]).map((c) =>
+      String(c.name)
+    );
+    const container = q.get("container") ?? containers[0];
+    if (!containers.includes(container)) {
+      throw badRequest(`container ${container} is not valid for pod ${t.name}`);
+    }
+    const prefix = `${t.namespace}/${t.name}/${container}`;
+    const timestamps = q.get("timestamps") === "true";
+    const fmt = (i: number) =>
+      `${timestamps ? new Date().toISOString() + " " : ""}${prefix} line ${i}\n`;
+    let lines = [1, 2, 3].map(fmt);
+    const tail = q.get("tailLines");
+    if (tail !== null) lines = lines.slice(Math.max(0, lines.length - Number(tail)));
+    const headers = { "content-type": "text/plain", "transfer-encoding": "chunked" };
+    if (q.get("follow") !== "true") return { status: 200, headers, body: lines.join("") };
+    const enc = new TextEncoder();
+    let stop = () => {};
+    const body = new ReadableStream<Uint8Array>({
+      start: (ctl) => {
+        this.openLogStreams++;
+        for (const l of lines) ctl.enqueue(enc.encode(l));
+        let i = 3;
+        const timer = setInterval(() => {
+          try {
+            ctl.enqueue(enc.encode(fmt(++i)));
+          } catch {
+            stop();
+          }
+        }, this.logLineIntervalMs);
+        let stopped = false;
+        const onAbort = () => {
+          stop();
+          try {
+            ctl.close();
+          } catch {
+            // already closed
+          }
+        };
+        stop = () => {
+          if (stopped) return;
+          stopped = true;
+          clearInterval(timer);
+          this.openLogStreams--;
+          req.signal.removeEventListener("abort", onAbort);
+        };
+        req.signal.addEventListener("abort", onAbort);
+        if (req.signal.aborted) onAbort();
+      },
+      cancel: () => stop(),
+    });
+    return { status: 200, headers, body };
+  }
+}

@@ -1,0 +1,291 @@
+/**
+ * The test API server's network side: an HTTPS listener on 127.0.0.1
+ * (`node:https`, which can request client certificates) that authenticates
+ * client certificates signed by the server's CA and configured bearer
+ * tokens, hands requests to the transport-agnostic {@link ApiCore}, serves
+ * pod upgrade endpoints, writes an admin kubeconfig, and can restart on the
+ * same port keeping or losing its state.
+ * @module
+ */
+
+import { Buffer } from "node:buffer";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import * as http from "node:http";
+import * as https from "node:https";
+import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
+import type { TLSSocket } from "node:tls";
+import { logger } from "../../lib/log.ts";
+import { secretsEqual } from "../../lib/secret.ts";
+import {
+  ApiCore,
+  type ApiRequest,
+  type CoreOptions,
+  errorResponse,
+  type UserInfo,
+} from "./rest.ts";
+import { handleUpgrade, rejectUpgrade, type StreamStats } from "./streaming.ts";
+import { type ServerTls, serverTls } from "./tls.ts";
+import { ApiError, type KubeObject } from "./types.ts";
+
+const log = logger("test-apiserver");
+
+/** Options of {@link startTestApiServer}. */
+export interface TestApiServerOptions extends CoreOptions {
+  /** Port on 127.0.0.1 (default 0: ephemeral). */
+  port?: number;
+  /** Directory for `kubeconfig`, `ca.crt`, … (default: a new temp dir, removed on close). */
+  dir?: string;
+  /** Bearer tokens that authenticate (as user `token-user-<i>`, group `system:masters`). */
+  tokens?: string[];
+  /** TLS material to reuse (e.g. the CA of an earlier server); default: generated. */
+  tls?: ServerTls;
+}
+
+/** A running test API server. */
+export interface TestApiServer {
+  /** `https://127.0.0.1:<port>`. */
+  readonly url: string;
+  readonly port: number;
+  /** Directory holding the kubeconfig and PEM files. */
+  readonly dir: string;
+  /** Admin kubeconfig (client cert CN `kubernetes-admin`, O `system:masters`). */
+  readonly kubeconfigPath: string;
+  /** The server's CA certificate (PEM). */
+  readonly caPem: string;
+  /** CA, serving and admin client certificates, and the verifier. */
+  readonly tls: ServerTls;
+  /** The core: registry, store (objects), faults. Survives `restart({keepState: true})`. */
+  readonly core: ApiCore;
+  /** Fault switches (shortcut for `core.faults`). */
+  readonly faults: ApiCore["faults"];
+  /** Counters of upgrade sessions. */
+  readonly streams: StreamStats;
+  /**
+   * Call the API in-process as the admin (no network, no faults): returns the
+   * status and parsed JSON body. `path` like `/api/v1/namespaces/default/services`.
+   */
+  request(
+    method: string,
+    path: string,
+    body?: unknown,
+    contentType?: string,
+  ): Promise<{ status: number; body: KubeObject & Record<string, unknown> }>;
+  /** Make watches from any earlier resourceVersion get 410 Gone. */
+  compact(): void;
+  /** Stop listening and drop every connection, then listen again on the same port. */
+  restart(opts?: { keepState?: boolean }): Promise<void>;
+  /** Stop and clean up (removes the temp dir it created). */
+  close(): Promise<void>;
+}
+
+const UNAUTHORIZED = new ApiError(401, "Unauthorized", "Unauthorized");
+const ANONYMOUS_PATHS = new Set(["/healthz", "/livez", "/readyz", "/version"]);
+
+/** Start a test API server on 127.0.0.1. */
+export async function startTestApiServer(opts: TestApiServerOptions = {}): Promise<TestApiServer> {
+  const ownDir = opts.dir === undefined;
+  const dir = opts.dir ?? await Deno.makeTempDir({ prefix: "tower-apiserver-" });
+  await Deno.mkdir(dir, { recursive: true });
+  const tls = opts.tls ?? await serverTls();
+  const core = new ApiCore(opts);
+  const streams: StreamStats = { execSessions: 0, portForwardSessions: 0, spdySessions: 0 };
+  const tokens = opts.tokens ?? [];
+
+  const authenticate = (req: IncomingMessage): UserInfo | undefined => {
+    const sock = req.socket as TLSSocket;
+    const peer = typeof sock.getPeerCertificate === "function"
+      ? sock.getPeerCertificate(true)
+      : undefined;
+    if (peer && peer.raw && peer.raw.length > 0) {
+      const v = tls.verify(new Uint8Array(peer.raw));
+      if (v.ok) {
+        return { name: v.commonName, groups: [...v.organizations, "system:authenticated"] };
+      }
+      log.v(2, "client certificate refused", { reason: v.reason });
+      return undefined;
+    }
+    const auth = String(req.headers.authorization ?? "");
+    const m = /^Bearer\s+(.+)$/i.exec(auth);
+    if (m) {
+      const i = tokens.findIndex((t) => secretsEqual(m[1].trim(), t));
+      if (i >= 0) {
+        return { name: `token-user-${i}`, groups: ["system:masters", "system:authenticated"] };
+      }
+    }
+    return undefined;
+  };
+
+  const onRequest = async (req: IncomingMessage, res: ServerResponse) => {
+    const ac = new AbortController();
+    res.on("close", () => ac.abort());
+    const chunks: Buffer[] = [];
+    try {
+      for await (const c of req) chunks.push(c as Buffer);
+    } catch {
+      return;
+    }
+    const url = new URL(req.url ?? "/", "https://127.0.0.1");
+    let user = authenticate(req);
+    if (!user && ANONYMOUS_PATHS.has(url.pathname) && req.method === "GET") {
+      user = { name: "system:anonymous", groups: ["system:unauthenticated"] };
+    }
+    const headers = new Headers();
+    for (const [k, v] of Object.entries(req.headers)) {
+      if (v !== undefined) headers.set(k, Array.isArray(v) ? v.join(", ") : v);
+    }
+    const apiReq: ApiRequest = {
+      method: req.method ?? "GET",
+      url,
+      headers,
+      body: new Uint8Array(Buffer.concat(chunks)),
+      signal: ac.signal,
+      user: user ?? { name: "", groups: [] },
+    };
+    const r = user ? await core.handle(apiReq) : errorResponse(UNAUTHORIZED);
+    log.v(4, "request", { method: req.method, url: req.url, status: r.status, user: user?.name });
+    const outHeaders = { ...r.headers };
+    delete outHeaders["transfer-encoding"];
+    if (res.destroyed) {
+      if (typeof r.body !== "string") await r.body.cancel().catch(() => {});
+      return;
+    }
+    res.writeHead(r.status, outHeaders);
+    if (typeof r.body === "string") {
+      res.end(r.body);
+      return;
+    }
+    res.flushHeaders();
+    const reader = r.body.getReader();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        if (res.destroyed) break;
+        res.write(value);
+      }
+    } catch {
+      // the stream was cancelled
+    } finally {
+      reader.releaseLock();
+      await r.body.cancel().catch(() => {});
+      if (!res.destroyed) res.end();
+    }
+  };
+
+  const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on("error", () => socket.destroy());
+    if (!authenticate(req)) {
+      rejectUpgrade(socket, UNAUTHORIZED);
+      return;
+    }
+    handleUpgrade(core, streams, req, socket, new Uint8Array(head));
+  };
+
+  let port = opts.port ?? 0;
+  let server: https.Server | http.Server;
+  const sockets = new Set<Socket>();
+
+  const listen = async () => {
+    server = https.createServer({
+      cert: tls.servingCertPem,
+      key: tls.servingKeyPem,
+      requestCert: true,
+      rejectUnauthorized: false,
+    }, (req, res) => {
+      onRequest(req, res).catch((err) => {
+        log.error("request failed", { error: err });
+        try {
+          res.destroy();
+        } catch {
+          // gone
+        }
+      });
+    });
+    server.on("upgrade", onUpgrade);
+    server.on("secureConnection", (s: Socket) => {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+    });
+    server.on("connection", (s: Socket) => {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+    });
+    server.on("tlsClientError", () => {});
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, "127.0.0.1", () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+    port = (server.address() as { port: number }).port;
+  };
+
+  const stop = async () => {
+    core.faults.dropWatches();
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const s of sockets) s.destroy();
+    sockets.clear();
+    await closed;
+  };
+
+  await listen();
+  core.serverAddress = `127.0.0.1:${port}`;
+  const url = `https://127.0.0.1:${port}`;
+  const kubeconfigPath = `${dir}/kubeconfig`;
+  await Deno.writeTextFile(`${dir}/ca.crt`, tls.caPem);
+  await Deno.writeTextFile(kubeconfigPath, tls.kubeconfig(url));
+  log.info("test API server listening", { url, kubeconfig: kubeconfigPath });
+
+  const admin: UserInfo = { name: "kubernetes-admin", groups: ["system:masters"] };
+  let closed = false;
+  const api: TestApiServer = {
+    url,
+    port,
+    dir,
+    kubeconfigPath,
+    caPem: tls.caPem,
+    tls,
+    get core() {
+      return core;
+    },
+    get faults() {
+      return core.faults;
+    },
+    streams,
+    async request(method, path, body, contentType) {
+      const u = new URL(path, url);
+      const r = await core.handle({
+        method,
+        url: u,
+        headers: new Headers({
+          "content-type": contentType ?? "application/json",
+          accept: "application/json",
+        }),
+        body: body === undefined ? new Uint8Array() : new TextEncoder().encode(
+          typeof body === "string" ? body : JSON.stringify(body),
+        ),
+        signal: new AbortController().signal,
+        user: admin,
+      });
+      const text = typeof r.body === "string" ? r.body : "";
+      return { status: r.status, body: text ? JSON.parse(text) : {} };
+    },
+    compact: () => core.store.compact(),
+    async restart(ro = {}) {
+      await stop();
+      // A restart that loses state keeps counting revisions up (every older one is
+      // compacted), as a restored cluster never reuses them.
+      if (!ro.keepState) core.reset();
+      await listen();
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await stop();
+      if (ownDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+    },
+  };
+  return api;
+}

@@ -1,0 +1,77 @@
+/**
+ * Helpers for tests that use the test API server: an HTTPS `fetch` that
+ * authenticates as the admin (client certificate) or anonymously, running the
+ * real `kubectl` against a server with bounded time and its own cache dir,
+ * and reading watch streams line by line.
+ * @module
+ */
+
+import { run } from "../helpers/proc.ts";
+import type { TestApiServer } from "./server.ts";
+
+/** An HTTP client trusting the server's CA, optionally with a client certificate. */
+export function httpClient(
+  server: TestApiServer,
+  identity: "admin" | "none" | { certPem: string; keyPem: string } = "admin",
+): Deno.HttpClient {
+  const opts: Deno.CreateHttpClientOptions & { cert?: string; key?: string } = {
+    caCerts: [server.caPem],
+  };
+  if (identity === "admin") {
+    opts.cert = server.tls.adminCertPem;
+    opts.key = server.tls.adminKeyPem;
+  } else if (identity !== "none") {
+    opts.cert = identity.certPem;
+    opts.key = identity.keyPem;
+  }
+  return Deno.createHttpClient(opts);
+}
+
+/** Result of {@link kubectl}. */
+export interface KubectlResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Run the real `kubectl` with the server's admin kubeconfig, a cache dir
+ * inside the server's dir and `--request-timeout`; killed after `timeoutMs`.
+ */
+export function kubectl(
+  server: TestApiServer,
+  args: string[],
+  opts: { stdin?: string; timeoutMs?: number } = {},
+): Promise<KubectlResult> {
+  return run("kubectl", [
+    `--kubeconfig=${server.kubeconfigPath}`,
+    `--cache-dir=${server.dir}/kubectl-cache`,
+    "--request-timeout=15s",
+    ...args,
+  ], { stdin: opts.stdin, timeoutMs: opts.timeoutMs ?? 30_000, env: { HOME: server.dir } });
+}
+
+/** Read newline-delimited JSON events from a watch response body. */
+export async function* watchEvents(
+  body: ReadableStream<Uint8Array>,
+): AsyncGenerator<{ type: string; object: Record<string, unknown> }> {
+  let buf = "";
+  for await (const chunk of body.pipeThrough(new TextDecoderStream())) {
+    buf += chunk;
+    let i;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, i).trim();
+      buf = buf.slice(i + 1);
+      if (line) yield JSON.parse(line);
+    }
+  }
+}
+
+/** Reject after `ms` with `what` in the message (a safety net, not synchronisation). */
+export function deadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
