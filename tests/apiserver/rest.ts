@@ -138,6 +138,7 @@ export class ApiCore {
   serverAddress: string;
   /** Open follow-log streams (for tests: a stream ends when its client goes away). */
   openLogStreams = 0;
+  #logIdle: (() => void)[] = [];
 
   constructor(readonly opts: CoreOptions = {}, store?: Store) {
     this.network = opts.network ?? DEFAULT_NETWORK;
@@ -147,6 +148,12 @@ export class ApiCore {
     this.store = store ?? new Store(opts.historyLimit ?? 5000);
     if (!store) this.loadFixtures();
     else this.#reloadCrds();
+  }
+
+  /** Resolves when no follow-log stream is open. */
+  logStreamsIdle(): Promise<void> {
+    if (this.openLogStreams === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#logIdle.push(resolve));
   }
 
   /** Create the fixture objects. */
@@ -1058,7 +1065,7 @@ export class ApiCore {
           if (stopped) return;
           stopped = true;
           clearInterval(timer);
-          this.openLogStreams--;
+          if (--this.openLogStreams === 0) { for (const fn of this.#logIdle.splice(0)) fn(); }
           req.signal.removeEventListener("abort", onAbort);
         };
         req.signal.addEventListener("abort", onAbort);
