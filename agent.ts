@@ -8,6 +8,7 @@ import { Agent, logStartup } from "./lib/agent/agent.ts";
 import { buildAgentConfig } from "./lib/agent/member_config.ts";
 import { FlagError, type FlagSpecs, helpText, parseFlags } from "./lib/cli.ts";
 import { logger, setupLogging } from "./lib/log.ts";
+import { startHealthServer } from "./lib/health_server.ts";
 import { VERSION } from "./lib/version.ts";
 
 /** The agent's flags (SPEC §2). */
@@ -52,6 +53,11 @@ export const AGENT_FLAGS: FlagSpecs = {
     kind: "duration",
     default: 120_000,
     help: "longest wait between attempts",
+  },
+  "metrics-address": {
+    kind: "string",
+    default: "",
+    help: "where to serve /metrics, /healthz and /readyz (empty: off)",
   },
   v: { kind: "int", default: 0, min: 0, max: 10, help: "log verbosity (klog levels)" },
   "log-format": {
@@ -120,6 +126,22 @@ async function main(args: string[]): Promise<number> {
     return 1;
   }
 
+  let connected = false;
+  let health: { close(): Promise<void> } | undefined;
+  if (v["metrics-address"]) {
+    try {
+      health = await startHealthServer(v["metrics-address"] as string, () => ({
+        ok: connected,
+        detail: [`proxy: ${connected ? "connected" : "not connected"}`],
+      }));
+    } catch (err) {
+      log.error("Cannot serve metrics", { err: (err as Error).message });
+      return 1;
+    }
+  }
+  agent.onState((state) => {
+    connected = state === "connected";
+  });
   const stop = new AbortController();
   const onStop = (sig: string) => () => {
     log.info("Shutting down", { signal: sig });
@@ -144,6 +166,7 @@ async function main(args: string[]): Promise<number> {
     Deno.removeSignalListener("SIGTERM", onTerm);
     Deno.removeSignalListener("SIGINT", onInt);
     Deno.removeSignalListener("SIGHUP", onHup);
+    await health?.close();
   }
 }
 

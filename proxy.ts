@@ -8,6 +8,7 @@ import { FlagError, type FlagSpecs, helpText, parseFlags } from "./lib/cli.ts";
 import { logger, setupLogging } from "./lib/log.ts";
 import { ProxyApp } from "./lib/proxy/app.ts";
 import { FileClusterSource } from "./lib/proxy/clusters_file.ts";
+import { startHealthServer } from "./lib/health_server.ts";
 import { loadOrCreateHostKeyFile } from "./lib/tunnel/hostkey.ts";
 import { VERSION } from "./lib/version.ts";
 import { dirname, join } from "node:path";
@@ -83,6 +84,11 @@ export const PROXY_FLAGS: FlagSpecs = {
     min: 1,
     help: "open streams per agent session",
   },
+  "metrics-address": {
+    kind: "string",
+    default: ":9090",
+    help: "where to serve /metrics, /healthz and /readyz (empty: off)",
+  },
   v: { kind: "int", default: 0, min: 0, max: 10, help: "log verbosity (klog levels)" },
   "log-format": {
     kind: "string",
@@ -126,6 +132,7 @@ async function main(args: string[]): Promise<number> {
     return 2;
   }
   let app: ProxyApp;
+  let health: { close(): Promise<void> } | undefined;
   try {
     const hostKeyPath = (v["host-key"] as string) || join(dirname(clustersFile), "proxy_host_key");
     const hostKey = await loadOrCreateHostKeyFile(hostKeyPath);
@@ -151,6 +158,10 @@ async function main(args: string[]): Promise<number> {
       maxChannelsPerSession: v["max-channels-per-session"] as number,
     });
     await app.start();
+    if (v["metrics-address"]) {
+      const started = app;
+      health = await startHealthServer(v["metrics-address"] as string, () => started.readiness());
+    }
   } catch (err) {
     log.error("Cannot start", { err: (err as Error).message });
     return 1;
@@ -165,6 +176,7 @@ async function main(args: string[]): Promise<number> {
   Deno.removeSignalListener("SIGTERM", onTerm);
   Deno.removeSignalListener("SIGINT", onInt);
   await app.close();
+  await health?.close();
   return 0;
 }
 

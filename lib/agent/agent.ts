@@ -76,6 +76,18 @@ export class Agent {
     return this.#streams;
   }
 
+  /** Be told when the session comes up or goes down (in addition to `onState` in options). */
+  onState(fn: (state: "connected" | "disconnected", detail?: string) => void): void {
+    const prev = this.#opts.onState;
+    this.#opts = {
+      ...this.#opts,
+      onState: (s, d) => {
+        prev?.(s, d);
+        fn(s, d);
+      },
+    };
+  }
+
   /** Skip the current backoff wait and reconnect now (SIGHUP). */
   retryNow(): void {
     this.#wakeUp?.();

@@ -5,6 +5,7 @@
  */
 
 import { logger } from "../log.ts";
+import { agentConnects, agentDisconnects, handshakeFailures, sessionsGauge } from "../metrics.ts";
 import type { HostKey } from "../tunnel/hostkey.ts";
 import { startAgentPort } from "./agent_port.ts";
 import type { AgentPort } from "./agent_port.ts";
@@ -35,6 +36,7 @@ export class ProxyApp {
   #opts: ProxyAppOptions;
   #port: AgentPort | undefined;
   #unsubscribe: (() => void) | undefined;
+  #started = false;
 
   constructor(opts: ProxyAppOptions) {
     this.#opts = opts;
@@ -47,7 +49,10 @@ export class ProxyApp {
       maxPendingHandshakes: opts.maxPendingHandshakes,
       maxConfigBytes: opts.maxConfigBytes,
       session: { maxChannels: opts.maxChannelsPerSession },
-      onHandshakeFailure: opts.onHandshakeFailure,
+      onHandshakeFailure: (reason) => {
+        handshakeFailures.inc({ reason });
+        opts.onHandshakeFailure?.(reason);
+      },
     });
   }
 
@@ -83,7 +88,16 @@ export class ProxyApp {
         });
       }
     });
+    const counts = new Map<string, number>();
     this.registry.listen({
+      changed: (cluster, n) => {
+        const before = counts.get(cluster) ?? 0;
+        if (n > before) agentConnects.inc({ cluster });
+        else if (n < before) agentDisconnects.inc({ cluster });
+        if (n === 0) counts.delete(cluster);
+        else counts.set(cluster, n);
+        sessionsGauge.set({ cluster }, n);
+      },
       clusterUp: (cluster, session) => {
         clusters.agentConnected(cluster, session.config).catch((err) =>
           log.error("cannot record agent connection", { cluster, err: (err as Error).message })
@@ -96,6 +110,20 @@ export class ProxyApp {
       },
     });
     this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel);
+    this.#started = true;
+  }
+
+  /** Ready: listening for agents and the cluster source has loaded. */
+  readiness(): { ok: boolean; detail: string[] } {
+    const listening = this.#port !== undefined;
+    return {
+      ok: listening && this.#started,
+      detail: [
+        `agent port: ${listening ? "listening" : "not listening"}`,
+        `clusters: ${this.#started ? `${this.#opts.clusters.list().length} known` : "loading"}`,
+        `sessions: ${this.registry.size}`,
+      ],
+    };
   }
 
   /** Stop listening, close every session, stop watching clusters. */

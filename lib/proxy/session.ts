@@ -12,6 +12,7 @@ import type { AgentConfig } from "../tunnel/handshake.ts";
 import { openKubesphereChannel } from "../tunnel/ssh_compat.ts";
 import type { AgentSession } from "./registry.ts";
 import { logger } from "../log.ts";
+import { channelsGauge } from "../metrics.ts";
 
 const log = logger("proxy/session");
 let counter = 0;
@@ -109,7 +110,11 @@ export class ProxySession implements AgentSession {
       this.#channels--;
       throw new SessionError(`session ${this.id}: open ${target}: ${(err as Error).message}`);
     }
-    channel.once("close", () => this.#channels--);
+    channelsGauge.inc();
+    channel.once("close", () => {
+      this.#channels--;
+      channelsGauge.dec();
+    });
     return channel;
   }
 

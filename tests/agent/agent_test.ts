@@ -61,7 +61,16 @@ Deno.test("proxy killed and restarted: the agent reconnects by itself; SIGHUP re
   const port = freePort();
   const clusters = `${dir.path}/clusters.json`;
   await Deno.writeTextFile(clusters, clustersYaml([{ name: "alpha", token: TOKEN }]));
-  const proxyArgs = ["--clusters-file", clusters, "--host", "127.0.0.1", "--port", String(port)];
+  const proxyArgs = [
+    "--clusters-file",
+    clusters,
+    "--host",
+    "127.0.0.1",
+    "--port",
+    String(port),
+    "--metrics-address",
+    "127.0.0.1:0",
+  ];
   let proxy = denoRun("proxy", "proxy.ts", proxyArgs);
   const agent = await startAgent({
     name: "alpha",

@@ -1,0 +1,84 @@
+/**
+ * Prometheus metrics of both binaries (prom-client, which runs under Deno).
+ * One registry per process; components import the metric they update.
+ * @module
+ */
+
+import client from "prom-client";
+
+/** The process-wide registry served on `/metrics`. */
+export const registry: client.Registry = new client.Registry();
+
+client.collectDefaultMetrics({ register: registry, prefix: "tower_" });
+
+/** Live agent sessions by cluster. */
+export const sessionsGauge: client.Gauge<"cluster"> = new client.Gauge({
+  name: "tower_agent_sessions",
+  help: "Agent sessions currently connected, by cluster.",
+  labelNames: ["cluster"],
+  registers: [registry],
+});
+
+/** Agent session starts and ends. */
+export const agentConnects: client.Counter<"cluster"> = new client.Counter({
+  name: "tower_agent_connects_total",
+  help: "Agent sessions established, by cluster.",
+  labelNames: ["cluster"],
+  registers: [registry],
+});
+
+/** Agent session ends. */
+export const agentDisconnects: client.Counter<"cluster"> = new client.Counter({
+  name: "tower_agent_disconnects_total",
+  help: "Agent sessions ended, by cluster.",
+  labelNames: ["cluster"],
+  registers: [registry],
+});
+
+/** Failed agent handshakes by reason. */
+export const handshakeFailures: client.Counter<"reason"> = new client.Counter({
+  name: "tower_handshake_failures_total",
+  help: "Agent handshakes that failed, by reason.",
+  labelNames: ["reason"],
+  registers: [registry],
+});
+
+/** Open tunnel channels. */
+export const channelsGauge: client.Gauge = new client.Gauge({
+  name: "tower_tunnel_channels",
+  help: "Tunnel channels currently open.",
+  registers: [registry],
+});
+
+/** Bytes carried by proxied requests, by cluster and direction. */
+export const bytesCounter: client.Counter<"cluster" | "direction"> = new client.Counter({
+  name: "tower_proxied_bytes_total",
+  help: "Bytes carried for proxied requests; direction is in (client to member) or out.",
+  labelNames: ["cluster", "direction"],
+  registers: [registry],
+});
+
+/** Proxied requests by cluster, endpoint and status code. */
+export const requestsCounter: client.Counter<"cluster" | "endpoint" | "code"> = new client.Counter({
+  name: "tower_proxied_requests_total",
+  help: "Requests proxied to member clusters, by cluster, endpoint and HTTP status code.",
+  labelNames: ["cluster", "endpoint", "code"],
+  registers: [registry],
+});
+
+/** Latency of proxied requests until the response headers (upgrades and watches excluded). */
+export const requestDuration: client.Histogram<"cluster" | "endpoint"> = new client.Histogram({
+  name: "tower_proxied_request_duration_seconds",
+  help: "Duration of proxied requests, by cluster and endpoint.",
+  labelNames: ["cluster", "endpoint"],
+  buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+  registers: [registry],
+});
+
+/** Reconciles of Cluster objects and their errors. */
+export const reconciles: client.Counter<"result"> = new client.Counter({
+  name: "tower_reconciles_total",
+  help: "Cluster reconciles, by result (success or error).",
+  labelNames: ["result"],
+  registers: [registry],
+});
