@@ -139,6 +139,8 @@ export class ApiCore {
   /** Open follow-log streams (for tests: a stream ends when its client goes away). */
   openLogStreams = 0;
   #logIdle: (() => void)[] = [];
+  /** Watches refused with an ERROR 410 Expired event (from a compacted resourceVersion). */
+  expiredWatches = 0;
 
   constructor(readonly opts: CoreOptions = {}, store?: Store) {
     this.network = opts.network ?? DEFAULT_NETWORK;
@@ -503,6 +505,7 @@ export class ApiCore {
         if (rvParam !== "" && rvParam !== "0" && !initialEvents) {
           const since = Number(rvParam);
           if (!(since >= this.store.compactedRevision)) {
+            this.expiredWatches++;
             send(line("ERROR", this.#expired(since).toStatus()));
             close();
             return;
