@@ -9,6 +9,7 @@
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { startTestApiServer, type TestApiServer } from "./server.ts";
 import { deadline, httpClient, watchEvents } from "./testing.ts";
+import { serverTls } from "./tls.ts";
 
 type Obj = Record<string, unknown>;
 
@@ -375,6 +376,16 @@ Deno.test("test API server semantics", async (t) => {
         await bad.body?.cancel();
       } finally {
         anon.close();
+      }
+      const foreign = await serverTls();
+      const stranger = await foreign.issueClient("kubernetes-admin", ["system:masters"]);
+      const c3 = httpClient(s, stranger);
+      try {
+        const r = await fetch(`${s.url}/api/v1/namespaces`, { client: c3 });
+        assertEquals(r.status, 401, "a certificate from another CA is refused");
+        await r.body?.cancel();
+      } finally {
+        c3.close();
       }
       const other = await s.tls.issueClient("someone", ["devs"]);
       const c2 = httpClient(s, other);

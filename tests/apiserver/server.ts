@@ -92,13 +92,13 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
   const streams: StreamStats = { execSessions: 0, portForwardSessions: 0, spdySessions: 0 };
   const tokens = opts.tokens ?? [];
 
-  const authenticate = (req: IncomingMessage): UserInfo | undefined => {
+  const authenticate = async (req: IncomingMessage): Promise<UserInfo | undefined> => {
     const sock = req.socket as TLSSocket;
     const peer = typeof sock.getPeerCertificate === "function"
       ? sock.getPeerCertificate(true)
       : undefined;
     if (peer && peer.raw && peer.raw.length > 0) {
-      const v = tls.verify(new Uint8Array(peer.raw));
+      const v = await tls.verify(new Uint8Array(peer.raw));
       if (v.ok) {
         return { name: v.commonName, groups: [...v.organizations, "system:authenticated"] };
       }
@@ -126,7 +126,7 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
       return;
     }
     const url = new URL(req.url ?? "/", "https://127.0.0.1");
-    let user = authenticate(req);
+    let user = await authenticate(req);
     if (!user && ANONYMOUS_PATHS.has(url.pathname) && req.method === "GET") {
       user = { name: "system:anonymous", groups: ["system:unauthenticated"] };
     }
@@ -173,13 +173,15 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
     }
   };
 
-  const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+  const onUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on("error", () => socket.destroy());
-    if (!authenticate(req)) {
+    socket.pause();
+    if (!await authenticate(req)) {
       rejectUpgrade(socket, UNAUTHORIZED);
       return;
     }
     handleUpgrade(core, streams, req, socket, new Uint8Array(head));
+    socket.resume();
   };
 
   let port = opts.port ?? 0;
@@ -202,7 +204,9 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
         }
       });
     });
-    server.on("upgrade", onUpgrade);
+    server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      onUpgrade(req, socket, head).catch(() => socket.destroy());
+    });
     server.on("secureConnection", (s: Socket) => {
       sockets.add(s);
       s.on("close", () => sockets.delete(s));
