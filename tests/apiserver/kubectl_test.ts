@@ -147,6 +147,11 @@ Deno.test("kubectl against the test API server", async (t) => {
           "crd established",
         );
         assertEquals(established, "True");
+        // and with apply, as `kubectl kustomize crd | kubectl apply -f -`
+        const applied = ok(await kubectl(s, ["apply", "-f", "-"], { stdin: manifests }), "apply");
+        assertStringIncludes(applied, "clusters.cluster.kubesphere.io");
+        const again = ok(await kubectl(s, ["apply", "-f", "-"], { stdin: manifests }), "apply 2");
+        assertStringIncludes(again, "clusters.cluster.kubesphere.io unchanged");
       },
     );
 

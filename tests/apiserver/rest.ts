@@ -119,6 +119,14 @@ function withoutKeys(o: KubeObject, keys: string[]): Obj {
   return c;
 }
 
+/**
+ * Whether the real server maintains `metadata.generation` for this resource
+ * (custom resources and CRDs do; ConfigMaps, Services, Leases… do not).
+ */
+function tracksGeneration(def: ResourceDef): boolean {
+  return !!def.crd || def.kind === "CustomResourceDefinition";
+}
+
 /** A parsed resource path. */
 interface Target {
   def: ResourceDef;
@@ -628,7 +636,8 @@ export class ApiCore {
     delete m.deletionGracePeriodSeconds;
     m.uid = crypto.randomUUID();
     m.creationTimestamp = now();
-    m.generation = 1;
+    if (tracksGeneration(def)) m.generation = 1;
+    else delete m.generation;
     let obj: KubeObject = def.group === "events.k8s.io"
       ? body
       : { ...body, apiVersion: apiVersionOf(def), kind: def.kind };
@@ -695,7 +704,9 @@ export class ApiCore {
     next = this.#applySchema(def, next, q);
     next.metadata.resourceVersion = old.metadata.resourceVersion;
     const specKeys = def.statusSubresource ? ["metadata", "status"] : ["metadata"];
-    if (!sameJson(withoutKeys(next, specKeys), withoutKeys(old, specKeys))) {
+    if (
+      tracksGeneration(def) && !sameJson(withoutKeys(next, specKeys), withoutKeys(old, specKeys))
+    ) {
       next.metadata.generation = (old.metadata.generation ?? 0) + 1;
     }
     this.#beforeWrite(def, next, old);
@@ -812,6 +823,7 @@ export class ApiCore {
       const next = clone(old);
       next.metadata.deletionTimestamp = now();
       next.metadata.deletionGracePeriodSeconds = 0;
+      if (next.metadata.generation) next.metadata.generation++;
       return this.store.put(key, next);
     }
     if (def.kind === "Namespace") {

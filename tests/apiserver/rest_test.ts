@@ -56,7 +56,7 @@ Deno.test("test API server semantics", async (t) => {
       const m = meta(r.body);
       assertMatch(String(m.uid), /^[0-9a-f-]{36}$/);
       assertMatch(String(m.creationTimestamp), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
-      assertEquals(m.generation, 1);
+      assertEquals(m.generation, undefined, "ConfigMaps have no generation");
       assertMatch(String(m.resourceVersion), /^\d+$/);
       const again = await s.request("POST", CM, { metadata: { name: "a" } });
       assertEquals(again.status, 409);
@@ -121,26 +121,13 @@ Deno.test("test API server semantics", async (t) => {
       assertEquals(ports.map((p) => [p.port, p.targetPort]), [[80, 80], [81, 9091]]);
     });
 
-    await t.step("generation bumps on spec changes only", async () => {
+    await t.step("built-ins like Leases have no generation", async () => {
       const r = await s.request("POST", "/apis/coordination.k8s.io/v1/namespaces/default/leases", {
         metadata: { name: "l" },
         spec: { holderIdentity: "a" },
       });
-      assertEquals(meta(r.body).generation, 1);
-      const m = await s.request(
-        "PATCH",
-        "/apis/coordination.k8s.io/v1/namespaces/default/leases/l",
-        { metadata: { labels: { x: "y" } } },
-        "application/merge-patch+json",
-      );
-      assertEquals(meta(m.body).generation, 1);
-      const sp = await s.request(
-        "PATCH",
-        "/apis/coordination.k8s.io/v1/namespaces/default/leases/l",
-        { spec: { holderIdentity: "b" } },
-        "application/merge-patch+json",
-      );
-      assertEquals(meta(sp.body).generation, 2);
+      assertEquals(r.status, 201);
+      assertEquals(meta(r.body).generation, undefined);
     });
 
     await t.step("finalizers: delete sets deletionTimestamp, last finalizer removes", async () => {
@@ -325,7 +312,21 @@ Deno.test("test API server semantics", async (t) => {
         "application/merge-patch+json",
       );
       assertEquals(st.body.status, { ok: true });
-      assertEquals(meta(st.body).generation, 1);
+      assertEquals(meta(st.body).generation, 1, "status writes leave generation alone");
+      const lbl = await s.request(
+        "PATCH",
+        `${nsBase}/w1`,
+        { metadata: { labels: { a: "b" } } },
+        "application/merge-patch+json",
+      );
+      assertEquals(meta(lbl.body).generation, 1, "metadata writes leave generation alone");
+      const sp = await s.request(
+        "PATCH",
+        `${nsBase}/w1`,
+        { spec: { size: 2 } },
+        "application/merge-patch+json",
+      );
+      assertEquals(meta(sp.body).generation, 2, "spec writes bump generation");
       const bad = await s.request(
         "PATCH",
         `${nsBase}/w1`,
@@ -338,6 +339,19 @@ Deno.test("test API server semantics", async (t) => {
         status: { ok: true },
       });
       assertEquals(cl.body.status, { ok: true }, "no status subresource: status kept");
+      const cs = await s.request("PATCH", "/apis/example.com/v1/widgets/c1", {
+        status: { ok: false },
+      }, "application/merge-patch+json");
+      assertEquals(
+        meta(cs.body).generation,
+        2,
+        "no status subresource: status writes bump generation",
+      );
+      await s.request("PATCH", "/apis/example.com/v1/widgets/c1", {
+        metadata: { finalizers: ["x/y"] },
+      }, "application/merge-patch+json");
+      const dl = await s.request("DELETE", "/apis/example.com/v1/widgets/c1");
+      assertEquals(meta(dl.body).generation, 3, "deletion with finalizers bumps generation");
       assertEquals((await s.request("GET", "/apis/example.com/v1/widgets/c1/status")).status, 404);
       const del = await s.request("DELETE", `${crds}/widgetss.example.com`);
       assertEquals(del.status, 200);

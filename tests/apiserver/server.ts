@@ -16,6 +16,7 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import { logger } from "../../lib/log.ts";
+import type { CA } from "../../lib/pki/mod.ts";
 import { secretsEqual } from "../../lib/secret.ts";
 import {
   ApiCore,
@@ -38,8 +39,10 @@ export interface TestApiServerOptions extends CoreOptions {
   dir?: string;
   /** Bearer tokens that authenticate (as user `token-user-<i>`, group `system:masters`). */
   tokens?: string[];
-  /** TLS material to reuse (e.g. the CA of an earlier server); default: generated. */
+  /** TLS material to reuse (e.g. that of an earlier server); default: generated. */
   tls?: ServerTls;
+  /** CA to sign the server's certificates with (ignored with `tls`); default: a new one. */
+  ca?: CA;
 }
 
 /** A running test API server. */
@@ -87,7 +90,7 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
   const ownDir = opts.dir === undefined;
   const dir = opts.dir ?? await Deno.makeTempDir({ prefix: "tower-apiserver-" });
   await Deno.mkdir(dir, { recursive: true });
-  const tls = opts.tls ?? await serverTls();
+  const tls = opts.tls ?? await serverTls(opts.ca);
   const core = new ApiCore(opts);
   const streams: StreamStats = { execSessions: 0, portForwardSessions: 0, spdySessions: 0 };
   const tokens = opts.tokens ?? [];
