@@ -1,14 +1,16 @@
 /**
  * The agent's transport to the proxy: a WebSocket with subprotocol
  * `kubesphere-v1` to `--proxy-server` (`http(s)://` or `ws(s)://`), seen as a
- * byte stream. Deno's WebSocket goes through `HTTPS_PROXY`/`HTTP_PROXY` (HTTP
- * CONNECT) and honours `NO_PROXY`, as `fetch` does.
+ * byte stream. Direct connections use Deno's native WebSocket; when
+ * `HTTPS_PROXY`/`HTTP_PROXY` applies (and `NO_PROXY` does not exclude the
+ * host) the connection goes through the proxy with HTTP CONNECT.
  * @module
  */
 
 import type { Duplex } from "node:stream";
 import { WS_PROTOCOL } from "../tunnel/protocol.ts";
 import { websocketStream } from "../tunnel/ws_stream.ts";
+import { connectThroughProxy, proxyFor } from "./ws_client.ts";
 
 /** Turn `--proxy-server` into the WebSocket URL to dial. */
 export function tunnelUrl(proxyServer: string): URL {
@@ -30,7 +32,56 @@ export function tunnelUrl(proxyServer: string): URL {
  * Open the tunnel WebSocket; resolves once it is open.
  * @throws Error when the proxy refuses or cannot be reached (or on `signal`).
  */
-export function dialProxy(url: URL, signal?: AbortSignal, timeoutMs = 15_000): Promise<Duplex> {
+export function dialProxy(
+  url: URL,
+  signal?: AbortSignal,
+  timeoutMs = 15_000,
+  env: (name: string) => string | undefined = (n) => Deno.env.get(n),
+): Promise<Duplex> {
+  const via = proxyFor(url, env);
+  if (via) {
+    return withDeadline(
+      connectThroughProxy(url, via, WS_PROTOCOL),
+      timeoutMs,
+      signal,
+      `dial ${url} via ${via.host}`,
+    );
+  }
+  return dialNative(url, signal, timeoutMs);
+}
+
+/** `p`, or an error after `ms` / on abort; a stream that arrives too late is destroyed. */
+function withDeadline(
+  p: Promise<Duplex>,
+  ms: number,
+  signal: AbortSignal | undefined,
+  what: string,
+): Promise<Duplex> {
+  return new Promise((resolve, reject) => {
+    let done = false;
+    const fail = (msg: string) => {
+      if (done) return;
+      done = true;
+      cleanup();
+      reject(new Error(`${what}: ${msg}`));
+    };
+    const timer = setTimeout(() => fail(`no answer within ${ms} ms`), ms);
+    const onAbort = () => fail("aborted");
+    const cleanup = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    p.then((stream) => {
+      if (done) return stream.destroy();
+      done = true;
+      cleanup();
+      resolve(stream);
+    }, (err) => fail((err as Error).message));
+  });
+}
+
+function dialNative(url: URL, signal?: AbortSignal, timeoutMs = 15_000): Promise<Duplex> {
   return new Promise((resolve, reject) => {
     let ws: WebSocket;
     try {

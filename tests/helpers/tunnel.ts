@@ -102,6 +102,7 @@ export async function startAgent(
     kubespherePort: number;
     extra?: string[];
     label?: string;
+    env?: Record<string, string>;
   },
 ): Promise<Proc> {
   const kc = `${opts.dir}/member-${opts.label ?? opts.name}.kubeconfig`;
@@ -120,7 +121,7 @@ export async function startAgent(
     "--max-retry-interval",
     "2s",
     ...(opts.extra ?? []),
-  ]);
+  ], opts.env);
 }
 
 /** A TCP server on 127.0.0.1 running `handler` per connection. */

@@ -1,0 +1,135 @@
+/**
+ * The agent through an HTTP proxy: CONNECT, then WebSocket framing of our own;
+ * NO_PROXY bypasses it. Uses a real CONNECT proxy and a real proxy process.
+ */
+
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { startAgent, startTcpServer, startTestProxy, writeAll } from "../helpers/tunnel.ts";
+import {
+  acceptFor,
+  applyMask,
+  encodeFrame,
+  FrameParser,
+  proxyFor,
+} from "../../lib/agent/ws_client.ts";
+
+const TOKEN = "a7".repeat(32);
+
+/** A CONNECT-only HTTP proxy that records the authorities asked for. */
+function connectProxy() {
+  const seen: string[] = [];
+  const server = startTcpServer(async (conn) => {
+    const buf = new Uint8Array(4096);
+    let head = "";
+    while (!head.includes("\r\n\r\n")) {
+      const n = await conn.read(buf);
+      if (n === null) return;
+      head += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    const m = /^CONNECT (\S+):(\d+) HTTP\/1\.1/.exec(head);
+    if (!m) {
+      await writeAll(conn, new TextEncoder().encode("HTTP/1.1 405 Method Not Allowed\r\n\r\n"));
+      return;
+    }
+    seen.push(`${m[1]}:${m[2]}`);
+    const up = await Deno.connect({ hostname: m[1], port: Number(m[2]) });
+    await writeAll(conn, new TextEncoder().encode("HTTP/1.1 200 Connection established\r\n\r\n"));
+    await Promise.allSettled([
+      conn.readable.pipeTo(up.writable),
+      up.readable.pipeTo(conn.writable),
+    ]);
+  });
+  return { server, seen };
+}
+
+Deno.test("proxyFor follows HTTP(S)_PROXY and NO_PROXY", () => {
+  const env = (vars: Record<string, string>) => (n: string) => vars[n];
+  const ws = new URL("ws://tower.example.com:8080/");
+  const wss = new URL("wss://tower.example.com/");
+  assertEquals(proxyFor(ws, env({}))?.href, undefined);
+  assertEquals(proxyFor(ws, env({ HTTP_PROXY: "http://p:3128" }))?.host, "p:3128");
+  assertEquals(proxyFor(wss, env({ HTTP_PROXY: "http://p:3128" }))?.host, undefined);
+  assertEquals(proxyFor(wss, env({ https_proxy: "p2:8080" }))?.host, "p2:8080");
+  for (
+    const np of [
+      "tower.example.com",
+      ".example.com",
+      "example.com",
+      "*",
+      "x, tower.example.com:8080",
+    ]
+  ) {
+    assertEquals(proxyFor(ws, env({ HTTP_PROXY: "http://p:3128", NO_PROXY: np })), undefined, np);
+  }
+  assertEquals(
+    proxyFor(ws, env({ HTTP_PROXY: "http://p:3128", NO_PROXY: "tower.example.com:9999" }))?.host,
+    "p:3128",
+  );
+  assertEquals(
+    proxyFor(ws, env({ HTTP_PROXY: "http://p:3128", NO_PROXY: "other.com" }))?.host,
+    "p:3128",
+  );
+});
+
+Deno.test("Sec-WebSocket-Accept matches the RFC 6455 example", () => {
+  assertEquals(acceptFor("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+});
+
+Deno.test("frames: masking round-trips at any offset; parser reassembles split frames", () => {
+  const mask = new Uint8Array([1, 2, 3, 4]);
+  for (const size of [0, 1, 7, 125, 126, 65535, 65536, 200_000]) {
+    const payload = crypto.getRandomValues(new Uint8Array(Math.min(size, 65536)));
+    const big = size > 65536 ? new Uint8Array(size).fill(7) : payload;
+    const frame = encodeFrame(0x2, big);
+    // A client frame is masked: undo it as a server would, then compare.
+    const parser = new FrameParser();
+    const out = [];
+    for (let i = 0; i < frame.length; i += 1000) out.push(...parser.push(frame.slice(i, i + 1000)));
+    assertEquals(out.length, 1);
+    assertEquals(out[0].opcode, 0x2);
+    assertEquals(out[0].payload.length, big.length);
+    assert(out[0].payload.every((b, i) => b === big[i]), `size ${size}`);
+  }
+  const odd = new Uint8Array(11).fill(0xaa);
+  const view = new Uint8Array(odd.buffer, 1, 9);
+  applyMask(view, mask);
+  applyMask(view, mask);
+  assert(odd.every((b) => b === 0xaa));
+});
+
+Deno.test("agent reaches the proxy through HTTP CONNECT; NO_PROXY goes direct", async () => {
+  const proxy = await startTestProxy([{ name: "alpha", token: TOKEN }]);
+  const { server, seen } = connectProxy();
+  const via = await startAgent({
+    name: "alpha",
+    token: TOKEN,
+    proxyUrl: proxy.url,
+    dir: proxy.dir,
+    kubernetesPort: 1,
+    kubespherePort: 2,
+    env: { HTTP_PROXY: `http://127.0.0.1:${server.port}`, NO_PROXY: "" },
+  });
+  try {
+    await via.waitFor(/Connected\./);
+    assertEquals(seen, [`127.0.0.1:${proxy.app.addr.port}`]);
+  } finally {
+    await via.stop();
+  }
+  const direct = await startAgent({
+    name: "alpha",
+    token: TOKEN,
+    proxyUrl: proxy.url,
+    dir: proxy.dir,
+    kubernetesPort: 1,
+    kubespherePort: 2,
+    env: { HTTP_PROXY: `http://127.0.0.1:${server.port}`, NO_PROXY: "127.0.0.1" },
+  });
+  try {
+    await direct.waitFor(/Connected\./);
+    assertEquals(seen.length, 1, "NO_PROXY host must not go through the proxy");
+  } finally {
+    await direct.stop();
+    await proxy.close();
+    await server.close();
+  }
+});
