@@ -42,6 +42,11 @@ export interface ClusterSource {
   agentDisconnected(name: string): Promise<void>;
   /** Make `kubeconfig` available to users of cluster `name` (Cluster object or file). */
   publishKubeconfig(name: string, kubeconfig: string): Promise<void>;
+  /**
+   * Optional: whether the cluster's endpoints are serving; `error` says why not
+   * (e.g. a port already in use), for a condition on the Cluster.
+   */
+  endpointsStatus?(name: string, error: string | undefined): void;
   /** Stop watching; pending writes are finished or dropped. */
   close(): Promise<void>;
 }

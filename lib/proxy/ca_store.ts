@@ -1,0 +1,48 @@
+/**
+ * Where the proxy's CA comes from in standalone mode: `--ca-cert/--ca-key`, or
+ * a CA generated on first start and kept beside the kubeconfigs (key 0600), so
+ * kubeconfigs issued before a restart stay valid.
+ * @module
+ */
+
+import { type CA, generateCA, loadCA } from "../pki/mod.ts";
+import { logger } from "../log.ts";
+
+const log = logger("proxy/ca");
+
+/** Load `--ca-cert/--ca-key`; both or neither must be given. */
+export async function loadCAFiles(certPath: string, keyPath: string): Promise<CA> {
+  let certPem: string, keyPem: string;
+  try {
+    certPem = await Deno.readTextFile(certPath);
+  } catch (err) {
+    throw new Error(`--ca-cert ${certPath}: ${(err as Error).message}`);
+  }
+  try {
+    keyPem = await Deno.readTextFile(keyPath);
+  } catch (err) {
+    throw new Error(`--ca-key ${keyPath}: ${(err as Error).message}`);
+  }
+  try {
+    return await loadCA(certPem, keyPem);
+  } catch (err) {
+    throw new Error(`CA ${certPath}: ${(err as Error).message}`);
+  }
+}
+
+/** Load the CA kept in `dir` (`ca.crt`, `ca.key`), generating it on first use. */
+export async function loadOrCreateCADir(dir: string): Promise<CA> {
+  const certPath = `${dir}/ca.crt`;
+  const keyPath = `${dir}/ca.key`;
+  try {
+    await Deno.stat(certPath);
+    return await loadCAFiles(certPath, keyPath);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+  const ca = await generateCA({ commonName: "tower-ca" });
+  await Deno.writeTextFile(keyPath, ca.keyPem, { mode: 0o600 });
+  await Deno.writeTextFile(certPath, ca.certPem, { mode: 0o644 });
+  log.info("Generated a CA for issuing kubeconfigs", { cert: certPath });
+  return ca;
+}
