@@ -16,7 +16,7 @@ import { fixtures } from "./fixtures.ts";
 import { jsonPatch, mergePatch, strategicMergePatch } from "./patch.ts";
 import { defsFromCrd, Registry } from "./registry.ts";
 import { pruneAndValidate } from "./schema.ts";
-import { parseFieldSelector, parseLabelSelector } from "./selectors.ts";
+import { parseFieldSelector, parseLabelSelector, selectableFields } from "./selectors.ts";
 import { DEFAULT_NETWORK, prepareService, type ServiceNetwork } from "./services.ts";
 import { Store, type StoreEvent } from "./store.ts";
 import { partialMetadata, toTable } from "./tables.ts";
@@ -127,6 +127,11 @@ function tracksGeneration(def: ResourceDef): boolean {
   return !!def.crd || def.kind === "CustomResourceDefinition";
 }
 
+/** Whether a PUT without `metadata.resourceVersion` is accepted (not for CRs and CRDs). */
+function allowsUnconditionalUpdate(def: ResourceDef): boolean {
+  return !def.crd && def.kind !== "CustomResourceDefinition";
+}
+
 /** A parsed resource path. */
 interface Target {
   def: ResourceDef;
@@ -155,7 +160,7 @@ export class ApiCore {
     this.bookmarkIntervalMs = opts.bookmarkIntervalMs ?? 1000;
     this.logLineIntervalMs = opts.logLineIntervalMs ?? 200;
     this.serverAddress = opts.serverAddress ?? "127.0.0.1:6443";
-    this.store = store ?? new Store(opts.historyLimit ?? 5000);
+    this.store = store ?? new Store(opts.historyLimit ?? 20000);
     if (!store) this.loadFixtures();
     else this.#reloadCrds();
   }
@@ -376,7 +381,7 @@ export class ApiCore {
   #matcher(req: ApiRequest, t: Target): (o: KubeObject) => boolean {
     const q = req.url.searchParams;
     const labels = parseLabelSelector(q.get("labelSelector"));
-    const fields = parseFieldSelector(q.get("fieldSelector"));
+    const fields = parseFieldSelector(q.get("fieldSelector"), selectableFields(t.def));
     const ns = t.def.namespaced ? t.namespace : "";
     return (o) => (!ns || o.metadata.namespace === ns) && labels(o) && fields(this.#read(t.def, o));
   }
@@ -667,6 +672,13 @@ export class ApiCore {
       throw badRequest(
         `the name of the object (${body.metadata.name}) does not match the name on the URL (${name})`,
       );
+    }
+    if (!body.metadata.resourceVersion && !allowsUnconditionalUpdate(def)) {
+      // Custom resources and CRDs refuse unconditional updates (AllowUnconditionalUpdate false).
+      throw invalid(def, name, [{
+        field: "metadata.resourceVersion",
+        message: "Invalid value: 0x0: must be specified for an update",
+      }]);
     }
     if (
       body.metadata.resourceVersion &&

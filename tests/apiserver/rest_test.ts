@@ -163,6 +163,11 @@ Deno.test("test API server semantics", async (t) => {
       assertEquals(await names("labelSelector=tier%20in%20(db)"), ["l2"]);
       assertEquals(await names("labelSelector=tier!%3Dweb,tier"), ["l2"]);
       assertEquals(await names("fieldSelector=metadata.name%3Dl3"), ["l3"]);
+      const unsupported = await s.request("GET", `${CM}?fieldSelector=data.k%3Dv`);
+      assertEquals([unsupported.status, unsupported.body.message], [
+        400,
+        "field label not supported: data.k",
+      ]);
       const list = await s.request("GET", CM);
       assertEquals(meta(list.body).resourceVersion, String(s.core.store.revision));
       const page = await s.request("GET", `${CM}?limit=2`);
@@ -327,6 +332,13 @@ Deno.test("test API server semantics", async (t) => {
         "application/merge-patch+json",
       );
       assertEquals(meta(sp.body).generation, 2, "spec writes bump generation");
+      const noRv = { ...sp.body, metadata: { ...meta(sp.body), resourceVersion: undefined } };
+      const uncond = await s.request("PUT", `${nsBase}/w1`, noRv);
+      assertEquals(
+        [uncond.status, uncond.body.reason],
+        [422, "Invalid"],
+        "CRs need a resourceVersion",
+      );
       const bad = await s.request(
         "PATCH",
         `${nsBase}/w1`,

@@ -66,13 +66,65 @@ function fieldValue(obj: KubeObject, path: string): string {
   return cur === undefined || cur === null ? "" : String(cur);
 }
 
-/** Compile a `fieldSelector` query value (any dotted field path, `=`, `==`, `!=`). */
-export function parseFieldSelector(sel: string | null): Matcher {
+const SELECTABLE: Record<string, string[]> = {
+  "/pods": [
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+  ],
+  "/secrets": ["type"],
+  "/namespaces": ["status.phase"],
+  "/nodes": ["spec.unschedulable"],
+  "events": [
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+    "regarding.kind",
+    "regarding.namespace",
+    "regarding.name",
+    "regarding.uid",
+    "regarding.apiVersion",
+    "regarding.resourceVersion",
+    "regarding.fieldPath",
+    "reportingController",
+    "deprecatedSource",
+  ],
+};
+
+/** Fields a resource accepts in `fieldSelector` (as the real server, which refuses others). */
+export function selectableFields(
+  def: { storageKey?: string; group: string; plural: string },
+): string[] {
+  const key = def.storageKey ?? `${def.group}/${def.plural}`;
+  return ["metadata.name", "metadata.namespace", ...(SELECTABLE[key] ?? [])];
+}
+
+/**
+ * Compile a `fieldSelector` query value (`=`, `==`, `!=`); with `allowed`,
+ * other fields are refused with 400 as the real server does.
+ */
+export function parseFieldSelector(sel: string | null, allowed?: string[]): Matcher {
   if (!sel) return () => true;
   const tests = splitTerms(sel).map((term): Matcher => {
     const m = /^([\w.]+)\s*(==|=|!=)\s*(.*)$/.exec(term);
     if (!m) throw badRequest(`invalid field selector: ${JSON.stringify(term)}`);
     const [, path, op, val] = m;
+    if (allowed && !allowed.includes(path)) {
+      throw badRequest(`field label not supported: ${path}`);
+    }
     return op === "!=" ? (o) => fieldValue(o, path) !== val : (o) => fieldValue(o, path) === val;
   });
   return (obj) => tests.every((t) => t(obj));
