@@ -172,7 +172,18 @@ export class TunnelServer {
     const transport = (conn as unknown as { _sock?: object })._sock;
     let authUser = "";
     let session: ProxySession | undefined;
-    conn.on("error", (err: Error) => log.v(2, "agent ssh error", { remote, err: err.message }));
+    conn.on("error", (err: Error & { level?: string }) => {
+      if (err.level === "client-timeout") {
+        log.warn("Agent stopped answering keepalives; dropping the session", {
+          remote,
+          cluster: session?.cluster,
+        });
+        // Do not wait for a close handshake the silent peer will never answer.
+        (transport as Duplex | undefined)?.destroy();
+        return;
+      }
+      log.v(2, "agent ssh error", { remote, err: err.message });
+    });
     conn.on("authentication", (ctx: ssh2.AuthContext) => {
       const user = ctx.username;
       if (ctx.method === "none" && user === "") return ctx.accept(); // the Go agent
