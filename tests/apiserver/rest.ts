@@ -19,6 +19,12 @@ import { pruneAndValidate } from "./schema.ts";
 import { parseFieldSelector, parseLabelSelector, selectableFields } from "./selectors.ts";
 import { DEFAULT_NETWORK, prepareService, type ServiceNetwork } from "./services.ts";
 import { Store, type StoreEvent } from "./store.ts";
+import {
+  prepareSecret,
+  validateMetadata,
+  validateName,
+  validateServicePorts,
+} from "./validation.ts";
 import { partialMetadata, toTable } from "./tables.ts";
 import {
   alreadyExists,
@@ -624,14 +630,8 @@ export class ApiCore {
       }
       m.name = m.generateName + randomSuffix();
     }
-    if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(m.name) || m.name.length > 253) {
-      throw invalid(def, m.name, [{
-        field: "metadata.name",
-        message: `Invalid value: ${JSON.stringify(m.name)}: a lowercase RFC 1123 subdomain must ` +
-          `consist of lower case alphanumeric characters, '-' or '.', and must start and end ` +
-          `with an alphanumeric character`,
-      }]);
-    }
+    const nameCauses = validateName(def, m.name);
+    if (nameCauses.length) throw invalid(def, m.name, nameCauses);
     const key = storageKeyOf(def);
     if (this.store.get(key, def.namespaced ? namespace : "", m.name)) {
       throw alreadyExists(def, m.name);
@@ -899,6 +899,16 @@ export class ApiCore {
 
   #beforeWrite(def: ResourceDef, obj: KubeObject, old: KubeObject | undefined): void {
     const o = obj as Obj;
+    const metaCauses = validateMetadata(obj);
+    if (metaCauses.length) throw invalid(def, obj.metadata.name ?? "", metaCauses);
+    if (def.group === "" && def.kind === "Secret") {
+      const bad = prepareSecret(obj);
+      if (bad) throw badRequest(bad);
+    }
+    if (def.group === "" && def.kind === "Service") {
+      const portCauses = validateServicePorts(obj);
+      if (portCauses.length) throw invalid(def, obj.metadata.name ?? "", portCauses);
+    }
     if (def.group === "" && def.kind === "Namespace") {
       obj.metadata.labels = {
         ...obj.metadata.labels,

@@ -8,6 +8,8 @@
 import type { StatusCause } from "./types.ts";
 
 type Obj = Record<string, unknown>;
+
+const DATE_TIME = /^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)$/;
 type Schema = Record<string, unknown>;
 
 function isObj(v: unknown): v is Obj {
@@ -93,6 +95,14 @@ function walk(
           `type byte`,
       });
     }
+  }
+  if (s.format === "date-time" && typeof v === "string" && !DATE_TIME.test(v)) {
+    errors.push({
+      reason: "FieldValueInvalid",
+      field,
+      message: `Invalid value: ${JSON.stringify(v)}: ${field} in body must be of type ` +
+        `date-time: ${JSON.stringify(v)}`,
+    });
   }
   if (Array.isArray(v)) {
     const items = s.items as Schema | undefined;

@@ -14,6 +14,7 @@ const schema = {
         size: { type: "integer" },
         mode: { type: "string", enum: ["a", "b"] },
         data: { type: "string", format: "byte" },
+        at: { type: "string", format: "date-time" },
         free: { type: "object", "x-kubernetes-preserve-unknown-fields": true },
         labels: { type: "object", additionalProperties: { type: "string" } },
       },
@@ -40,11 +41,20 @@ Deno.test("schema: unknown fields pruned and reported; metadata kept", () => {
 });
 
 Deno.test("schema: type, enum, required and byte format are checked", () => {
-  const r = pruneAndValidate({ spec: { size: 1.5, mode: "c", data: "not base64!" } }, schema);
+  const r = pruneAndValidate(
+    { spec: { size: 1.5, mode: "c", data: "not base64!", at: "yesterday" } },
+    schema,
+  );
   assertEquals(r.errors.map((e) => [e.field, e.reason]), [
     ["spec.name", "FieldValueRequired"],
     ["spec.size", "FieldValueTypeInvalid"],
     ["spec.mode", "FieldValueNotSupported"],
     ["spec.data", "FieldValueInvalid"],
+    ["spec.at", "FieldValueInvalid"],
   ]);
+  const ok = pruneAndValidate(
+    { spec: { name: "n", at: "2026-11-23T07:00:00Z", data: btoa("x") } },
+    schema,
+  );
+  assertEquals(ok.errors, []);
 });

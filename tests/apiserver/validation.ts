@@ -1,0 +1,169 @@
+/**
+ * Validation the real API server applies before storing, for the parts code
+ * under test could get wrong: object names (DNS subdomain, or DNS label for
+ * Namespaces and Services), label keys and values, Secret data (base64;
+ * `stringData` folded into `data`), Service ports.
+ * @module
+ */
+
+import { Buffer } from "node:buffer";
+import { type KubeObject, type ResourceDef, type StatusCause } from "./types.ts";
+
+type Obj = Record<string, unknown>;
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS1035_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const LABEL_NAME = /^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$/;
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/** Check the object's name for its kind; returns the causes (empty when valid). */
+export function validateName(def: ResourceDef, name: string): StatusCause[] {
+  const field = "metadata.name";
+  if (def.group === "" && def.kind === "Service") {
+    if (!DNS1035_LABEL.test(name) || name.length > 63) {
+      return [{
+        field,
+        message: `Invalid value: ${JSON.stringify(name)}: a DNS-1035 label must consist of lower ` +
+          `case alphanumeric characters or '-', start with an alphabetic character, and end ` +
+          `with an alphanumeric character`,
+      }];
+    }
+    return [];
+  }
+  if (def.group === "" && def.kind === "Namespace") {
+    if (!DNS_LABEL.test(name) || name.length > 63) {
+      return [{
+        field,
+        message: `Invalid value: ${JSON.stringify(name)}: a lowercase RFC 1123 label must ` +
+          `consist of lower case alphanumeric characters or '-', and must start and end with ` +
+          `an alphanumeric character`,
+      }];
+    }
+    return [];
+  }
+  if (!DNS_SUBDOMAIN.test(name) || name.length > 253) {
+    return [{
+      field,
+      message: `Invalid value: ${JSON.stringify(name)}: a lowercase RFC 1123 subdomain must ` +
+        `consist of lower case alphanumeric characters, '-' or '.', and must start and end ` +
+        `with an alphanumeric character`,
+    }];
+  }
+  return [];
+}
+
+function validLabelKey(key: string): boolean {
+  const i = key.lastIndexOf("/");
+  const [prefix, name] = i >= 0 ? [key.slice(0, i), key.slice(i + 1)] : ["", key];
+  if (i >= 0 && (!DNS_SUBDOMAIN.test(prefix) || prefix.length > 253)) return false;
+  return LABEL_NAME.test(name) && name.length <= 63;
+}
+
+/** Check labels and annotations keys/values. */
+export function validateMetadata(obj: KubeObject): StatusCause[] {
+  const causes: StatusCause[] = [];
+  for (const [k, v] of Object.entries(obj.metadata.labels ?? {})) {
+    if (!validLabelKey(k)) {
+      causes.push({
+        field: "metadata.labels",
+        message: `Invalid value: ${
+          JSON.stringify(k)
+        }: name part must be no more than 63 characters and consist of alphanumeric characters, '-', '_' or '.'`,
+      });
+    }
+    if (typeof v !== "string" || (v !== "" && (!LABEL_NAME.test(v) || v.length > 63))) {
+      causes.push({
+        field: "metadata.labels",
+        message: `Invalid value: ${
+          JSON.stringify(v)
+        }: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character, at most 63 characters`,
+      });
+    }
+  }
+  for (const [k, v] of Object.entries(obj.metadata.annotations ?? {})) {
+    if (!validLabelKey(k)) {
+      causes.push({
+        field: "metadata.annotations",
+        message: `Invalid value: ${
+          JSON.stringify(k)
+        }: name part must consist of alphanumeric characters, '-', '_' or '.'`,
+      });
+    }
+    if (typeof v !== "string") {
+      causes.push({
+        field: `metadata.annotations[${k}]`,
+        message: "Invalid value: must be a string",
+      });
+    }
+  }
+  return causes;
+}
+
+/**
+ * Secrets: fold `stringData` into `data` (base64), check `data` is base64,
+ * default `type` to Opaque. Returns a decode error message, if any.
+ */
+export function prepareSecret(secret: KubeObject): string | undefined {
+  const o = secret as Obj;
+  const data = (o.data ?? {}) as Record<string, unknown>;
+  for (const [k, v] of Object.entries(data)) {
+    if (typeof v !== "string" || !BASE64.test(v)) {
+      return `Secret in version "v1" cannot be handled as a Secret: illegal base64 data at ` +
+        `input byte 0 (data[${JSON.stringify(k)}])`;
+    }
+  }
+  const stringData = (o.stringData ?? {}) as Record<string, unknown>;
+  for (const [k, v] of Object.entries(stringData)) {
+    data[k] = Buffer.from(String(v), "utf8").toString("base64");
+  }
+  delete o.stringData;
+  if (Object.keys(data).length > 0) o.data = data;
+  o.type ??= "Opaque";
+  return undefined;
+}
+
+/** Service ports: `port` in range, names required (and unique DNS labels) with several ports. */
+export function validateServicePorts(svc: KubeObject): StatusCause[] {
+  const spec = (svc.spec ?? {}) as Obj;
+  const ports = (spec.ports ?? []) as Obj[];
+  const causes: StatusCause[] = [];
+  const names = new Set<string>();
+  if (ports.length === 0 && spec.type !== "ExternalName" && spec.clusterIP !== "None") {
+    causes.push({ reason: "FieldValueRequired", field: "spec.ports", message: "Required value" });
+  }
+  ports.forEach((p, i) => {
+    const port = Number(p.port);
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      causes.push({
+        field: `spec.ports[${i}].port`,
+        message: `Invalid value: ${JSON.stringify(p.port)}: must be between 1 and 65535, inclusive`,
+      });
+    }
+    if (ports.length > 1 && !p.name) {
+      causes.push({
+        reason: "FieldValueRequired",
+        field: `spec.ports[${i}].name`,
+        message: "Required value",
+      });
+    }
+    if (p.name !== undefined) {
+      const n = String(p.name);
+      if (!DNS_LABEL.test(n) || n.length > 15) {
+        causes.push({
+          field: `spec.ports[${i}].name`,
+          message: `Invalid value: ${JSON.stringify(n)}: a DNS-1123 label of at most 15 characters`,
+        });
+      }
+      if (names.has(n)) {
+        causes.push({
+          reason: "FieldValueDuplicate",
+          field: `spec.ports[${i}].name`,
+          message: `Duplicate value: ${JSON.stringify(n)}`,
+        });
+      }
+      names.add(n);
+    }
+  });
+  return causes;
+}

@@ -1,0 +1,79 @@
+/** Validation of names, labels, Secrets and Service ports, through the REST core. */
+
+import { assertEquals } from "../helpers/assert.ts";
+import { startTestApiServer } from "./server.ts";
+
+Deno.test("validation as the real API server", async (t) => {
+  const s = await startTestApiServer();
+  try {
+    await t.step("names: Services are DNS-1035 labels, Namespaces DNS labels", async () => {
+      const svc = (name: string) =>
+        s.request("POST", "/api/v1/namespaces/default/services", {
+          metadata: { name },
+          spec: { ports: [{ port: 80 }] },
+        });
+      assertEquals((await svc("mc-alpha")).status, 201);
+      assertEquals((await svc("mc-a.b")).status, 422);
+      assertEquals((await svc("1abc")).status, 422);
+      assertEquals((await svc(`x${"a".repeat(63)}`)).status, 422);
+      assertEquals(
+        (await s.request("POST", "/api/v1/namespaces", { metadata: { name: "a.b" } })).status,
+        422,
+      );
+      assertEquals(
+        (await s.request("POST", "/api/v1/namespaces/default/configmaps", {
+          metadata: { name: "a.b" },
+        })).status,
+        201,
+      );
+    });
+
+    await t.step("labels: keys and values", async () => {
+      const cm = (labels: Record<string, string>) =>
+        s.request("POST", "/api/v1/namespaces/default/configmaps", {
+          metadata: { generateName: "l-", labels },
+        });
+      assertEquals((await cm({ "app.kubernetes.io/name": "mc-alpha", empty: "" })).status, 201);
+      assertEquals((await cm({ app: "has space" })).status, 422);
+      assertEquals((await cm({ app: "x".repeat(64) })).status, 422);
+      assertEquals((await cm({ "bad/key/x": "v" })).status, 422);
+    });
+
+    await t.step("secrets: stringData folds into data; data must be base64", async () => {
+      const ok = await s.request("POST", "/api/v1/namespaces/default/secrets", {
+        metadata: { name: "s1" },
+        data: { a: btoa("x") },
+        stringData: { b: "hello" },
+      });
+      assertEquals(ok.status, 201);
+      assertEquals(ok.body.data, { a: btoa("x"), b: btoa("hello") });
+      assertEquals([ok.body.stringData, ok.body.type], [undefined, "Opaque"]);
+      const bad = await s.request("POST", "/api/v1/namespaces/default/secrets", {
+        metadata: { name: "s2" },
+        data: { a: "not base64!" },
+      });
+      assertEquals([bad.status, bad.body.reason], [400, "BadRequest"]);
+    });
+
+    await t.step("service ports: range, names required and unique with several", async () => {
+      const svc = (name: string, ports: unknown[]) =>
+        s.request("POST", "/api/v1/namespaces/default/services", {
+          metadata: { name },
+          spec: { ports },
+        });
+      assertEquals((await svc("p1", [{ port: 0 }])).status, 422);
+      assertEquals((await svc("p2", [{ port: 80 }, { port: 81 }])).status, 422);
+      assertEquals(
+        (await svc("p3", [{ name: "a", port: 80 }, { name: "a", port: 81 }])).status,
+        422,
+      );
+      assertEquals(
+        (await svc("p4", [{ name: "kubernetes", port: 6443 }, { name: "kubesphere", port: 80 }]))
+          .status,
+        201,
+      );
+    });
+  } finally {
+    await s.close();
+  }
+});
