@@ -1,0 +1,423 @@
+/**
+ * `deno task bench`: how fast is Tower next to a direct connection?
+ *
+ * Starts an origin HTTP server, the proxy and the agent on 127.0.0.1 and
+ * measures, in one run and interleaved, each figure directly and through
+ * Tower's endpoints (see scripts/bench/README.md for the figures and how to
+ * read the table). Each figure is the median of `--runs` runs with min/max.
+ * @module
+ */
+
+import { FlagError, type FlagSpecs, helpText, parseFlags } from "../../lib/cli.ts";
+import { setupLogging } from "../../lib/log.ts";
+import type { Proc } from "../../tests/helpers/proc.ts";
+import { bulk, concurrency, fairness, small } from "./figures.ts";
+import { scale } from "./scale.ts";
+import {
+  type BenchPath,
+  rssMiB,
+  startOrigin,
+  startRawTunnel,
+  startTowerStack,
+  tcpPath,
+  tlsPath,
+} from "./stack.ts";
+import {
+  type Change,
+  compare,
+  fmt,
+  fmtSample,
+  markdownTable,
+  type Report,
+  type Result,
+  ResultSet,
+} from "./stats.ts";
+
+const BASELINE = new URL("./baseline.json", import.meta.url).pathname;
+const FIGURES = ["bulk", "small", "concurrency", "fairness", "scale", "rss"];
+
+/** The bench's flags. */
+export const BENCH_FLAGS: FlagSpecs = {
+  runs: { kind: "int", default: 3, min: 1, max: 20, help: "repetitions of each figure" },
+  full: {
+    kind: "bool",
+    default: false,
+    help: "issue sizes: 1 GiB GET, 256 MiB PUT, 10 s load, 10 s fairness",
+  },
+  "get-mib": { kind: "int", default: 256, min: 1, help: "bulk GET size (MiB)" },
+  "put-mib": { kind: "int", default: 64, min: 1, help: "bulk PUT size (MiB)" },
+  "small-count": { kind: "int", default: 2000, min: 10, help: "sequential small GETs" },
+  conns: { kind: "int", default: 64, min: 1, help: "connections of the concurrency figure" },
+  duration: { kind: "duration", default: 5_000, help: "length of the concurrency figure" },
+  streams: { kind: "int", default: 1000, min: 2, help: "streams of the fairness figure" },
+  "fair-duration": { kind: "duration", default: 3_000, help: "length of each fairness run" },
+  agents: { kind: "int", default: 1000, min: 0, help: "agents of the scale figure (0: skip)" },
+  "agent-procs": { kind: "int", default: 4, min: 1, help: "processes the scale agents run in" },
+  only: {
+    kind: "string",
+    default: "",
+    help: `comma-separated figures to run (${FIGURES.join(",")}); default all`,
+  },
+  paths: {
+    kind: "string",
+    default: "",
+    help: "comma-separated paths (direct,direct-tls,kubesphere,kubernetes,raw); default: " +
+      "all but raw when the endpoints exist, else direct,raw",
+  },
+  against: {
+    kind: "string",
+    multiple: true,
+    help: "host:port of another local forwarding port to the origin, measured the same way",
+  },
+  "origin-port": {
+    kind: "int",
+    default: 0,
+    min: 0,
+    max: 65535,
+    help: "origin HTTP port (fix it to point another tunnel at it for --against)",
+  },
+  json: { kind: "string", default: "", help: "write the results to this file" },
+  compare: { kind: "bool", default: false, help: "print the change from baseline.json" },
+  "save-baseline": {
+    kind: "bool",
+    default: false,
+    help: "write the results to scripts/bench/baseline.json",
+  },
+};
+
+const say = (msg: string) => console.error(`bench: ${msg}`);
+
+/** Where the endpoint implementation lives; without it only the raw path exists. */
+async function endpointsAvailable(): Promise<boolean> {
+  try {
+    const src = await Deno.readTextFile(
+      new URL("../../lib/proxy/app.ts", import.meta.url).pathname,
+    );
+    return /startClusterEndpoints|endpoint/i.test(src);
+  } catch {
+    return false;
+  }
+}
+
+async function revision(): Promise<string> {
+  try {
+    const out = await new Deno.Command("git", {
+      args: ["describe", "--always", "--dirty"],
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    return new TextDecoder().decode(out.stdout).trim();
+  } catch {
+    return "unknown";
+  }
+}
+
+/** Peak RSS of some processes while `work` runs, sampled every 100 ms. */
+async function peakRss<T>(
+  pids: Record<string, number>,
+  work: () => Promise<T>,
+): Promise<{ result: T; peaks: Record<string, number> }> {
+  const peaks: Record<string, number> = {};
+  const sample = () => {
+    for (const [k, pid] of Object.entries(pids)) {
+      const r = rssMiB(pid);
+      if (!(peaks[k] >= r)) peaks[k] = r;
+    }
+  };
+  sample();
+  const timer = setInterval(sample, 100);
+  try {
+    const result = await work();
+    sample();
+    return { result, peaks };
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+/** The reference path a path's ratio is taken against. */
+function referenceOf(path: string): string {
+  return path === "direct" ? "" : "direct";
+}
+
+/** Turn results into the printed table. */
+export function renderTable(results: Result[], pathOrder: string[]): string {
+  const byMetric = new Map<string, Map<string, Result>>();
+  for (const r of results) {
+    const k = `${r.figure}/${r.metric}`;
+    if (!byMetric.has(k)) byMetric.set(k, new Map());
+    byMetric.get(k)!.set(r.path, r);
+  }
+  const paths = pathOrder.filter((p) => results.some((r) => r.path === p));
+  const header = ["figure", "metric", "unit"];
+  for (const p of paths) {
+    header.push(p);
+    if (referenceOf(p)) header.push("×direct");
+  }
+  const rows = [header];
+  for (const [k, m] of byMetric) {
+    const first = [...m.values()][0];
+    const row = [first.figure, k.slice(first.figure.length + 1), first.unit];
+    for (const p of paths) {
+      const r = m.get(p);
+      row.push(r ? fmtSample(r.sample) : "");
+      const ref = referenceOf(p);
+      if (ref) {
+        const d = m.get(ref);
+        const ratioOk = r && d && d.sample.median !== 0 && !/added|ratio/.test(r.metric);
+        row.push(ratioOk ? `${fmt(r.sample.median / d.sample.median)}×` : "");
+      }
+    }
+    rows.push(row);
+  }
+  return markdownTable(rows);
+}
+
+/** Render a baseline comparison. */
+export function renderChanges(changes: Change[]): string {
+  const rows = [["result", "unit", "baseline", "now", "change", ""]];
+  for (const c of changes) {
+    rows.push([
+      c.key,
+      c.unit,
+      fmt(c.before),
+      fmt(c.after),
+      `${c.gain >= 0 ? "+" : ""}${(c.gain * 100).toFixed(1)}%`,
+      c.regressed ? "REGRESSION" : "",
+    ]);
+  }
+  return markdownTable(rows);
+}
+
+async function main(args: string[]): Promise<number> {
+  let flags;
+  try {
+    flags = parseFlags(args, BENCH_FLAGS);
+  } catch (err) {
+    if (err instanceof FlagError) {
+      console.error(`bench: ${err.message} (see --help)`);
+      return 2;
+    }
+    throw err;
+  }
+  if (flags.help) {
+    console.log(helpText("Usage: deno task bench [flags]", BENCH_FLAGS));
+    return 0;
+  }
+  const v = flags.values;
+  setupLogging({ verbosity: 0, write: () => {} });
+  const full = v.full as boolean;
+  const runs = v.runs as number;
+  const getBytes = (full ? 1024 : v["get-mib"] as number) * (1 << 20);
+  const putBytes = (full ? 256 : v["put-mib"] as number) * (1 << 20);
+  const durationMs = full ? 10_000 : v.duration as number;
+  const fairMs = full ? 10_000 : v["fair-duration"] as number;
+  const only = new Set(
+    (v.only as string).split(",").map((s) => s.trim()).filter(Boolean),
+  );
+  for (const f of only) {
+    if (!FIGURES.includes(f)) {
+      console.error(`bench: --only: unknown figure ${f}`);
+      return 2;
+    }
+  }
+  const want = (f: string) => only.size === 0 || only.has(f);
+  const haveEndpoints = await endpointsAvailable();
+  const pathNames = (v.paths as string)
+    ? (v.paths as string).split(",").map((s) => s.trim())
+    : haveEndpoints
+    ? ["direct", "direct-tls", "kubesphere", "kubernetes"]
+    : ["direct", "raw"];
+  const against = (v.against as string[] | undefined) ?? [];
+  const settings = {
+    runs,
+    getBytes,
+    putBytes,
+    smallCount: v["small-count"],
+    conns: v.conns,
+    durationMs,
+    streams: v.streams,
+    fairMs,
+    agents: v.agents,
+    agentProcs: v["agent-procs"],
+    paths: pathNames,
+    against,
+    cores: navigator.hardwareConcurrency,
+  };
+  say(`settings ${JSON.stringify(settings)}`);
+
+  const dir = await Deno.makeTempDir({ prefix: "tower-bench-" });
+  const results = new ResultSet();
+  const cleanups: (() => Promise<void>)[] = [];
+  const token = crypto.getRandomValues(new Uint8Array(32)).reduce(
+    (s, b) => s + b.toString(16).padStart(2, "0"),
+    "",
+  );
+  try {
+    const origin = await startOrigin(dir, v["origin-port"] as number);
+    cleanups.push(async () => void await origin.proc.stop());
+    say(`origin on 127.0.0.1:${origin.httpPort} (TLS ${origin.httpsPort})`);
+
+    const paths: BenchPath[] = [];
+    let proxyProc: Proc | undefined;
+    let agentProc: Proc | undefined;
+    let proxyPid: number | undefined;
+    for (const name of pathNames) {
+      if (name === "direct") paths.push(tcpPath("direct", origin.httpPort));
+      else if (name === "direct-tls") {
+        paths.push(tlsPath("direct-tls", origin.httpsPort, origin.tls.caPem));
+      } else if (name === "raw") {
+        const raw = await startRawTunnel(`${dir}`, origin, token);
+        cleanups.push(raw.close);
+        paths.push(raw.path);
+        agentProc ??= raw.agent;
+        proxyPid ??= Deno.pid;
+      } else if (name === "kubesphere" || name === "kubernetes") {
+        if (paths.some((p) => p.name === "kubesphere" || p.name === "kubernetes")) continue;
+        const towerDir = `${dir}/tower`;
+        await Deno.mkdir(towerDir);
+        const tower = await startTowerStack(towerDir, origin, token);
+        cleanups.push(tower.close);
+        if (pathNames.includes("kubesphere")) paths.push(tower.kubesphere);
+        if (pathNames.includes("kubernetes")) paths.push(tower.kubernetes);
+        proxyProc = tower.proxy;
+        agentProc = tower.agent;
+        proxyPid = tower.proxy.child.pid;
+      } else {
+        console.error(`bench: unknown path ${name}`);
+        return 2;
+      }
+    }
+    for (const a of against) {
+      const m = /^(.*):(\d+)$/.exec(a);
+      if (!m) throw new Error(`--against ${a}: want host:port`);
+      paths.push({
+        ...tcpPath(`against:${a}`, Number(m[2])),
+        connect: async () => {
+          const c = await Deno.connect({ hostname: m[1], port: Number(m[2]) });
+          c.setNoDelay(true);
+          return c;
+        },
+      });
+    }
+    const tunnelPaths = paths.filter((p) => !p.name.startsWith("direct"));
+    const loadPath = paths.find((p) => p.name === "kubesphere") ??
+      paths.find((p) => p.name === "raw");
+    const pids: Record<string, number> = {};
+    if (proxyPid !== undefined) pids.proxy = proxyPid;
+    if (agentProc) pids.agent = agentProc.child.pid;
+    const tower = proxyProc ? "tower" : "raw";
+
+    if (want("rss")) {
+      for (const [k, pid] of Object.entries(pids)) {
+        results.add("rss", `${k}_idle`, tower, rssMiB(pid), "MiB", "lower");
+      }
+    }
+    for (let rep = 1; rep <= runs; rep++) {
+      const tag = `run ${rep}/${runs}`;
+      if (want("bulk")) {
+        for (const p of paths) {
+          say(`${tag} bulk ${p.name}`);
+          const r = await bulk(p, getBytes, putBytes);
+          results.add("bulk", "get", p.name, r.getMBps, "MB/s", "higher");
+          results.add("bulk", "put", p.name, r.putMBps, "MB/s", "higher");
+        }
+      }
+      if (want("small")) {
+        const direct: Record<string, number> = {};
+        for (const p of paths) {
+          say(`${tag} small ${p.name}`);
+          const r = await small(p, v["small-count"] as number);
+          results.add("small", "p50", p.name, r.p50, "ms", "lower");
+          results.add("small", "p99", p.name, r.p99, "ms", "lower");
+          results.add("small", "max", p.name, r.max, "ms", "lower");
+          if (p.name === "direct") Object.assign(direct, r);
+          else if (direct.p50 !== undefined) {
+            results.add("small", "added_p50", p.name, r.p50 - direct.p50, "ms", "lower");
+          }
+        }
+      }
+      if (want("concurrency") || want("rss")) {
+        for (const p of paths) {
+          if (!want("concurrency") && p !== loadPath) continue;
+          say(`${tag} concurrency ${p.name}`);
+          const run = () => concurrency(p, v.conns as number, durationMs);
+          if (p === loadPath && want("rss")) {
+            const { result, peaks } = await peakRss(pids, run);
+            for (const [k, mib] of Object.entries(peaks)) {
+              results.add("rss", `${k}_load`, tower, mib, "MiB", "lower");
+            }
+            if (want("concurrency")) {
+              results.add("concurrency", "req_per_s", p.name, result, "req/s", "higher");
+            }
+          } else {
+            results.add("concurrency", "req_per_s", p.name, await run(), "req/s", "higher");
+          }
+        }
+      }
+      if (want("fairness")) {
+        for (const p of tunnelPaths) {
+          say(`${tag} fairness ${p.name} (${v.streams} streams)`);
+          const free = await fairness(p, v.streams as number, fairMs, false);
+          const stalled = await fairness(p, v.streams as number, fairMs, true);
+          results.add("fairness", "unstalled", p.name, free, "MB/s", "higher");
+          results.add("fairness", "one_stalled", p.name, stalled, "MB/s", "higher");
+          results.add("fairness", "ratio", p.name, stalled / free, "", "higher");
+        }
+      }
+    }
+    // The main stack is idle from here on: stop it before the scale figure.
+    for (const c of cleanups.splice(1).reverse()) await c();
+
+    if (want("scale") && (v.agents as number) > 0) {
+      const scaleDir = `${dir}/scale`;
+      await Deno.mkdir(scaleDir);
+      say(`scale: ${v.agents} agents in ${v["agent-procs"]} processes`);
+      const s = await scale(scaleDir, v.agents as number, v["agent-procs"] as number, runs, say);
+      results.add("scale", "initial_connect", "tower", s.initialConnectS, "s", "lower");
+      results.add("scale", "connect_rate", "tower", s.connectRate, "agents/s", "higher");
+      results.add("scale", "proxy_rss", "tower", s.proxyRssMiB, "MiB", "lower");
+      for (const r of s.restarts) {
+        results.add("scale", "restart_all_back", "tower", r.allBackS, "s", "lower");
+        results.add("scale", "proxy_rss_after_restart", "tower", r.proxyRssMiB, "MiB", "lower");
+      }
+    }
+
+    const report: Report = {
+      date: new Date().toISOString(),
+      revision: await revision(),
+      settings,
+      results: results.results(),
+    };
+    const order = ["direct", "direct-tls", "kubesphere", "kubernetes", "raw", "tower"];
+    for (const p of paths) if (!order.includes(p.name)) order.push(p.name);
+    console.log(`\n${renderTable(report.results, order)}\n`);
+    console.log(
+      "median [min–max] of " + runs + " runs; ×direct = path / direct in the same run " +
+        `(${report.revision}, ${settings.cores} cores)`,
+    );
+    if (v.compare as boolean) {
+      try {
+        const base = JSON.parse(await Deno.readTextFile(BASELINE)) as Report;
+        const changes = compare(base.results, report.results);
+        console.log(`\nChange from baseline.json (${base.revision}, ${base.date}):\n`);
+        console.log(renderChanges(changes));
+        const bad = changes.filter((c) => c.regressed);
+        if (bad.length) console.log(`\n${bad.length} result(s) regressed by more than 10%`);
+      } catch (err) {
+        console.error(`bench: --compare: ${BASELINE}: ${(err as Error).message}`);
+      }
+    }
+    const json = JSON.stringify(report, null, 2) + "\n";
+    if (v.json as string) await Deno.writeTextFile(v.json as string, json);
+    if (v["save-baseline"] as boolean) await Deno.writeTextFile(BASELINE, json);
+    return 0;
+  } finally {
+    for (const c of cleanups.reverse()) {
+      await c().catch((err) => say(`cleanup: ${(err as Error).message}`));
+    }
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,131 @@
+/**
+ * Figure 5: many agents on one proxy. The proxy runs as `proxy.ts` with a
+ * clusters file of N clusters; the agents run in a few worker processes
+ * (`agents.ts`) using the agent library. Measures the connect rate, the
+ * proxy's RSS with everyone connected, and the time until every agent is back
+ * after the proxy restarts.
+ * @module
+ */
+
+import { denoRun, freePort, type Proc } from "../../tests/helpers/proc.ts";
+import { clustersYaml } from "../../tests/helpers/tunnel.ts";
+import { scaleToken } from "./agents.ts";
+import { rssMiB, startProxyProc } from "./stack.ts";
+
+/** One restart's numbers. */
+export interface ScaleRestart {
+  /** Seconds from SIGTERM to the old proxy until every agent is connected to the new one. */
+  allBackS: number;
+  /** Proxy RSS (MiB) once every agent is back. */
+  proxyRssMiB: number;
+}
+
+/** Results of the scale figure. */
+export interface ScaleResult {
+  agents: number;
+  /** Seconds from starting the workers until every agent is connected. */
+  initialConnectS: number;
+  /** Agents per second during the initial connect. */
+  connectRate: number;
+  /** Proxy RSS (MiB) with every agent connected, before any restart. */
+  proxyRssMiB: number;
+  restarts: ScaleRestart[];
+}
+
+function connectedOf(worker: Proc): number {
+  for (let i = worker.lines.length - 1; i >= 0; i--) {
+    const m = /^connected (\d+)$/.exec(worker.lines[i]);
+    if (m) return Number(m[1]);
+  }
+  return 0;
+}
+
+async function waitCount(
+  workers: Proc[],
+  ok: (n: number) => boolean,
+  timeoutMs: number,
+  what: string,
+): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const n = workers.reduce((s, w) => s + connectedOf(w), 0);
+    if (ok(n)) return;
+    for (const w of workers) {
+      if (w.exited) throw new Error(`scale: ${w.name} exited:\n${w.tail(10)}`);
+    }
+    if (performance.now() > deadline) {
+      throw new Error(`scale: ${what}: ${n} connected after ${timeoutMs} ms`);
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Run the scale figure with `agents` agents in `procs` worker processes. */
+export async function scale(
+  dir: string,
+  agents: number,
+  procs: number,
+  restarts: number,
+  log: (msg: string) => void,
+): Promise<ScaleResult> {
+  const seed = crypto.randomUUID();
+  const names = Array.from({ length: agents }, (_, i) => ({
+    name: `scale-${i}`,
+    token: scaleToken(seed, i),
+  }));
+  const clustersPath = `${dir}/clusters.json`;
+  await Deno.writeTextFile(clustersPath, clustersYaml(names));
+  const port = freePort();
+  let proxy = await startProxyProc(dir, port, clustersPath, "scale-proxy");
+  const workers: Proc[] = [];
+  try {
+    const per = Math.ceil(agents / procs);
+    const t0 = performance.now();
+    for (let p = 0; p < procs && p * per < agents; p++) {
+      workers.push(denoRun(`agents-${p}`, "scripts/bench/agents.ts", [
+        "--proxy-server",
+        `http://127.0.0.1:${port}`,
+        "--from",
+        String(p * per),
+        "--count",
+        String(Math.min(per, agents - p * per)),
+        "--token-seed",
+        seed,
+      ]));
+    }
+    await waitCount(workers, (n) => n >= agents, 300_000, "initial connect");
+    const initialConnectS = (performance.now() - t0) / 1000;
+    const proxyRss = rssMiB(proxy.child.pid);
+    log(
+      `scale: ${agents} agents connected in ${initialConnectS.toFixed(1)} s, proxy RSS ${
+        proxyRss.toFixed(0)
+      } MiB`,
+    );
+    const out: ScaleRestart[] = [];
+    for (let r = 0; r < restarts; r++) {
+      const t = performance.now();
+      await proxy.stop();
+      await waitCount(workers, (n) => n < agents, 60_000, "disconnect after proxy stop");
+      proxy = await startProxyProc(dir, port, clustersPath, "scale-proxy");
+      await waitCount(workers, (n) => n >= agents, 300_000, "reconnect after restart");
+      const allBackS = (performance.now() - t) / 1000;
+      const rss = rssMiB(proxy.child.pid);
+      log(
+        `scale: restart ${r + 1}: all back in ${allBackS.toFixed(1)} s, proxy RSS ${
+          rss.toFixed(0)
+        } MiB`,
+      );
+      out.push({ allBackS, proxyRssMiB: rss });
+    }
+    return {
+      agents,
+      initialConnectS,
+      connectRate: agents / initialConnectS,
+      proxyRssMiB: proxyRss,
+      restarts: out,
+    };
+  } finally {
+    await Promise.all(workers.map((w) => w.stop()));
+    await proxy.stop();
+  }
+}
