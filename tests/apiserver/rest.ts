@@ -21,6 +21,7 @@ import { DEFAULT_NETWORK, prepareService, type ServiceNetwork } from "./services
 import { Store, type StoreEvent } from "./store.ts";
 import {
   prepareSecret,
+  validateEvent,
   validateMetadata,
   validateName,
   validateServicePorts,
@@ -575,11 +576,18 @@ export class ApiCore {
   }
 
   #checkKind(def: ResourceDef, body: KubeObject): void {
-    if (body.kind !== undefined && body.kind !== def.kind) {
+    if (def.crd && (body.kind === undefined || body.apiVersion === undefined)) {
+      throw badRequest(`Object 'Kind' is missing in '${JSON.stringify(body).slice(0, 200)}'`);
+    }
+    if (
+      (body.kind !== undefined && body.kind !== def.kind) ||
+      (body.apiVersion !== undefined && body.apiVersion !== apiVersionOf(def))
+    ) {
       throw badRequest(
-        `the API version in the data (${body.apiVersion}) does not match the expected API version (${
-          apiVersionOf(def)
-        })`,
+        `the API version in the data (${body.apiVersion}) does not match the expected API ` +
+          `version (${
+            apiVersionOf(def)
+          }), or the kind (${body.kind}) the expected kind (${def.kind})`,
       );
     }
   }
@@ -901,6 +909,10 @@ export class ApiCore {
     const o = obj as Obj;
     const metaCauses = validateMetadata(obj);
     if (metaCauses.length) throw invalid(def, obj.metadata.name ?? "", metaCauses);
+    if (def.kind === "Event" && !old) {
+      const eventCauses = validateEvent(obj, def.group === "events.k8s.io");
+      if (eventCauses.length) throw invalid(def, obj.metadata.name ?? "", eventCauses);
+    }
     if (def.group === "" && def.kind === "Secret") {
       const bad = prepareSecret(obj);
       if (bad) throw badRequest(bad);

@@ -303,6 +303,8 @@ Deno.test("test API server semantics", async (t) => {
       assertEquals((await s.request("POST", crds, crd("Cluster", false))).status, 201);
       const nsBase = "/apis/example.com/v1/namespaces/default/widgetss";
       const w = await s.request("POST", nsBase, {
+        apiVersion: "example.com/v1",
+        kind: "WidgetS",
         metadata: { name: "w1" },
         spec: { size: 1, extra: "pruned" },
         status: { ok: true },
@@ -347,6 +349,8 @@ Deno.test("test API server semantics", async (t) => {
       );
       assertEquals([bad.status, bad.body.reason], [422, "Invalid"]);
       const cl = await s.request("POST", "/apis/example.com/v1/widgets", {
+        apiVersion: "example.com/v1",
+        kind: "Widget",
         metadata: { name: "c1" },
         status: { ok: true },
       });

@@ -167,3 +167,53 @@ export function validateServicePorts(svc: KubeObject): StatusCause[] {
   });
   return causes;
 }
+
+/**
+ * Events (stored core/v1 shape): the involved object's namespace must match
+ * the Event's (`default` for cluster-scoped objects); events.k8s.io/v1
+ * creates also need eventTime, reportingController, reportingInstance,
+ * action and reason, and a type of Normal or Warning.
+ */
+export function validateEvent(ev: KubeObject, viaEventsV1: boolean): StatusCause[] {
+  const o = ev as Obj;
+  const causes: StatusCause[] = [];
+  const involved = (o.involvedObject ?? {}) as Obj;
+  const ns = ev.metadata.namespace ?? "";
+  const path = viaEventsV1 ? "regarding.namespace" : "involvedObject.namespace";
+  if (!involved.namespace) {
+    if (ns !== "" && ns !== "default") {
+      causes.push({ field: path, message: `Invalid value: "": does not match event.namespace` });
+    }
+  } else if (involved.namespace !== ns) {
+    causes.push({
+      field: path,
+      message: `Invalid value: ${
+        JSON.stringify(involved.namespace)
+      }: does not match event.namespace`,
+    });
+  }
+  if (viaEventsV1) {
+    const required: [string, string][] = [
+      ["eventTime", "eventTime"],
+      ["reportingComponent", "reportingController"],
+      ["reportingInstance", "reportingInstance"],
+      ["action", "action"],
+      ["reason", "reason"],
+    ];
+    for (const [stored, field] of required) {
+      if (!o[stored]) {
+        causes.push({ reason: "FieldValueRequired", field, message: "Required value" });
+      }
+    }
+    if (o.type !== "Normal" && o.type !== "Warning") {
+      causes.push({
+        reason: "FieldValueNotSupported",
+        field: "type",
+        message: `Unsupported value: ${
+          JSON.stringify(o.type)
+        }: supported values: "Normal", "Warning"`,
+      });
+    }
+  }
+  return causes;
+}

@@ -73,6 +73,57 @@ Deno.test("validation as the real API server", async (t) => {
         201,
       );
     });
+    await t.step("events: namespaces must match; events.k8s.io/v1 needs its fields", async () => {
+      const core = (ns: string, involvedNs?: string) =>
+        s.request("POST", `/api/v1/namespaces/${ns}/events`, {
+          metadata: { generateName: "e-" },
+          involvedObject: { kind: "Cluster", name: "alpha", namespace: involvedNs },
+          reason: "Test",
+        });
+      assertEquals((await core("default")).status, 201, "cluster-scoped object: default ns");
+      assertEquals((await core("kube-system")).status, 422);
+      assertEquals((await core("kube-system", "kube-system")).status, 201);
+      const v1 = (extra: Record<string, unknown>) =>
+        s.request("POST", "/apis/events.k8s.io/v1/namespaces/default/events", {
+          metadata: { generateName: "e-" },
+          regarding: { kind: "Cluster", name: "alpha" },
+          ...extra,
+        });
+      assertEquals((await v1({ reason: "X" })).status, 422);
+      const full = {
+        reason: "AgentConnected",
+        note: "agent connected",
+        type: "Normal",
+        action: "Connect",
+        eventTime: "2026-11-23T07:00:00.000000Z",
+        reportingController: "kubesphere.io/tower",
+        reportingInstance: "tower-0",
+      };
+      assertEquals((await v1(full)).status, 201);
+    });
+
+    await t.step("custom resources need apiVersion and kind in the body", async () => {
+      await s.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", {
+        metadata: { name: "things.example.com" },
+        spec: {
+          group: "example.com",
+          scope: "Cluster",
+          names: { kind: "Thing", plural: "things" },
+          versions: [{
+            name: "v1",
+            served: true,
+            storage: true,
+            schema: { openAPIV3Schema: { type: "object" } },
+          }],
+        },
+      });
+      const base = "/apis/example.com/v1/things";
+      assertEquals((await s.request("POST", base, { metadata: { name: "a" } })).status, 400);
+      const wrong = { apiVersion: "example.com/v2", kind: "Thing", metadata: { name: "a" } };
+      assertEquals((await s.request("POST", base, wrong)).status, 400);
+      const right = { apiVersion: "example.com/v1", kind: "Thing", metadata: { name: "a" } };
+      assertEquals((await s.request("POST", base, right)).status, 201);
+    });
   } finally {
     await s.close();
   }
