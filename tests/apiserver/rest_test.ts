@@ -450,6 +450,16 @@ Deno.test("test API server semantics", async (t) => {
       assertEquals(put.status, 500);
       await put.body?.cancel();
 
+      s.faults.failNext(1, 409);
+      const c409 = await fetch(`${s.url}${CM}/a`, { client });
+      assertEquals([c409.status, (await c409.json()).reason], [409, "Conflict"]);
+      s.faults.delay(150);
+      const t0 = performance.now();
+      const slow = await fetch(`${s.url}${CM}/a`, { client });
+      await slow.body?.cancel();
+      assert(performance.now() - t0 >= 140, "delayed response");
+      s.faults.delay(0);
+
       const w = await openWatch(
         s,
         client,
