@@ -193,8 +193,7 @@ export function defsFromCrd(crd: JsonObject): ResourceDef[] {
   const versions = (spec.versions ?? []) as JsonObject[];
   return versions.filter((v) => v.served !== false).map((v) => {
     const sub = (v.subresources ?? {}) as JsonObject;
-    const cols = ((v.additionalPrinterColumns ?? []) as unknown as PrinterColumn[])
-      .filter((c) => !c.priority);
+    const cols = (v.additionalPrinterColumns ?? []) as unknown as PrinterColumn[];
     const schema = (v.schema as JsonObject | undefined)?.openAPIV3Schema as JsonObject | undefined;
     return {
       group: String(spec.group),

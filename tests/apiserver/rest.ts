@@ -714,6 +714,17 @@ export class ApiCore {
       m.creationTimestamp = old.metadata.creationTimestamp;
       m.generation = old.metadata.generation;
       if (old.metadata.deletionTimestamp) {
+        const added = (m.finalizers ?? []).filter((f) =>
+          !(old.metadata.finalizers ?? []).includes(f)
+        );
+        if (added.length) {
+          throw invalid(def, name, [{
+            reason: "FieldValueForbidden",
+            field: "metadata.finalizers",
+            message: `Forbidden: no new finalizers can be added if the object is being deleted, ` +
+              `found new finalizers ${JSON.stringify(added)}`,
+          }]);
+        }
         m.deletionTimestamp = old.metadata.deletionTimestamp;
         m.deletionGracePeriodSeconds = old.metadata.deletionGracePeriodSeconds;
       } else {
@@ -817,6 +828,8 @@ export class ApiCore {
   ): KubeObject {
     const old = this.#mustGet(def, namespace, name);
     const pre = (opts.preconditions ?? {}) as Obj;
+    const orphan = (opts.propagationPolicy ?? q.get("propagationPolicy")) === "Orphan" ||
+      opts.orphanDependents === true;
     if (pre.resourceVersion && pre.resourceVersion !== old.metadata.resourceVersion) {
       throw new ApiError(
         409,
@@ -855,11 +868,11 @@ export class ApiCore {
       this.#finalizeDelete(def, stored);
       return stored;
     }
-    return this.#finalizeDelete(def, old);
+    return this.#finalizeDelete(def, old, orphan);
   }
 
   /** Remove an object for good, with the cascades the real control plane performs. */
-  #finalizeDelete(def: ResourceDef, obj: KubeObject): KubeObject {
+  #finalizeDelete(def: ResourceDef, obj: KubeObject, orphan = false): KubeObject {
     const name = obj.metadata.name!;
     if (def.kind === "Namespace" && def.group === "") {
       const seen = new Set<string>();
@@ -882,7 +895,49 @@ export class ApiCore {
       }
       this.registry.removeCrd(name);
     }
-    return this.store.remove(storageKeyOf(def), obj.metadata.namespace ?? "", name) ?? obj;
+    const gone = this.store.remove(storageKeyOf(def), obj.metadata.namespace ?? "", name) ?? obj;
+    if (gone.metadata.uid) this.#collectGarbage(gone.metadata.uid, orphan);
+    return gone;
+  }
+
+  /**
+   * The garbage collector, run synchronously: dependents whose
+   * ownerReferences name the deleted owner are deleted once none of their
+   * owners exists (background propagation), or lose the reference (Orphan).
+   */
+  #collectGarbage(ownerUid: string, orphan: boolean): void {
+    const defs = new Map<string, ResourceDef>();
+    for (const d of this.registry.all()) {
+      if (!defs.has(storageKeyOf(d))) defs.set(storageKeyOf(d), d);
+    }
+    const live = new Set<string>();
+    for (const key of defs.keys()) {
+      for (const o of this.store.list(key)) if (o.metadata.uid) live.add(o.metadata.uid);
+    }
+    for (const [key, d] of defs) {
+      for (const o of this.store.list(key)) {
+        const refs = (o.metadata.ownerReferences ?? []) as { uid?: string }[];
+        if (!refs.some((r) => r.uid === ownerUid)) continue;
+        if (orphan) {
+          const next = clone(o);
+          next.metadata.ownerReferences = refs.filter((r) => r.uid !== ownerUid);
+          if (!(next.metadata.ownerReferences as unknown[]).length) {
+            delete next.metadata.ownerReferences;
+          }
+          this.store.put(key, next);
+        } else if (!refs.some((r) => r.uid && live.has(r.uid))) {
+          if (this.store.get(key, o.metadata.namespace ?? "", o.metadata.name!)) {
+            this.#delete(
+              d,
+              o.metadata.namespace ?? "",
+              o.metadata.name!,
+              {},
+              new URLSearchParams(),
+            );
+          }
+        }
+      }
+    }
   }
 
   #deleteCollection(req: ApiRequest, t: Target): ApiResponse {

@@ -144,6 +144,13 @@ Deno.test("test API server semantics", async (t) => {
       );
       assertEquals(one.status, 200);
       assertEquals((await s.request("GET", `${CM}/fin`)).status, 200);
+      const added = await s.request(
+        "PATCH",
+        `${CM}/fin`,
+        { metadata: { finalizers: ["x/z", "x/new"] } },
+        "application/merge-patch+json",
+      );
+      assertEquals(added.status, 422, "no new finalizers while deleting");
       await s.request(
         "PATCH",
         `${CM}/fin`,
@@ -151,6 +158,33 @@ Deno.test("test API server semantics", async (t) => {
         "application/merge-patch+json",
       );
       assertEquals((await s.request("GET", `${CM}/fin`)).status, 404);
+    });
+
+    await t.step("garbage collection of dependents by ownerReferences", async () => {
+      const owner = (await s.request("POST", CM, { metadata: { name: "owner" } })).body;
+      const ref = [{ apiVersion: "v1", kind: "ConfigMap", name: "owner", uid: meta(owner).uid }];
+      await s.request("POST", "/api/v1/namespaces/default/secrets", {
+        metadata: { name: "dep", ownerReferences: ref },
+      });
+      await s.request("POST", CM, { metadata: { name: "dep2", ownerReferences: ref } });
+      await s.request("DELETE", `${CM}/owner`);
+      assertEquals((await s.request("GET", "/api/v1/namespaces/default/secrets/dep")).status, 404);
+      assertEquals((await s.request("GET", `${CM}/dep2`)).status, 404);
+      const owner2 = (await s.request("POST", CM, { metadata: { name: "owner2" } })).body;
+      await s.request("POST", CM, {
+        metadata: {
+          name: "dep3",
+          ownerReferences: [{
+            apiVersion: "v1",
+            kind: "ConfigMap",
+            name: "owner2",
+            uid: meta(owner2).uid,
+          }],
+        },
+      });
+      await s.request("DELETE", `${CM}/owner2?propagationPolicy=Orphan`);
+      const orphan = await s.request("GET", `${CM}/dep3`);
+      assertEquals([orphan.status, meta(orphan.body).ownerReferences], [200, undefined]);
     });
 
     await t.step("labelSelector, fieldSelector and list resourceVersion", async () => {
