@@ -141,6 +141,18 @@ export function jsonEqual(a: unknown, b: unknown): boolean {
   return ak.length === bk.length && ak.every((k) => jsonEqual(ao[k], bo[k]));
 }
 
+/** An error's message followed by its causes' (fetch hides "connection refused" in `cause`). */
+export function errorText(err: unknown): string {
+  const parts: string[] = [];
+  let e: unknown = err;
+  for (let i = 0; i < 4 && e !== undefined && e !== null; i++) {
+    const msg = e instanceof Error ? e.message : String(e);
+    if (msg && !parts.includes(msg)) parts.push(msg);
+    e = e instanceof Error ? e.cause : undefined;
+  }
+  return parts.join(": ");
+}
+
 /** The collection path of `res` (namespace given: that namespace; else all namespaces). */
 export function resourcePath(
   res: ResourceType,
@@ -462,7 +474,7 @@ export class KubeClient {
         throw new Error(`${context}: no data for ${idleMs} ms, assuming the stream is dead`);
       }
       if (err instanceof KubeApiError) throw err;
-      const msg = err instanceof Error ? err.message : String(err);
+      const msg = errorText(err);
       if (msg.startsWith(context)) throw err;
       throw new Error(`${context}: ${msg}`, { cause: err });
     } finally {
@@ -548,7 +560,7 @@ export class KubeClient {
     } catch (err) {
       if (req.signal?.aborted) throw err;
       if (timeout.aborted) throw new Error(`${what}: timed out`, { cause: err });
-      throw new Error(`${what}: ${(err as Error).message}`, { cause: err });
+      throw new Error(`${what}: ${errorText(err)}`, { cause: err });
     }
     if (log.enabled(6)) log.v(6, "request", { request: what, status: resp.status });
     if (!resp.ok) {
