@@ -66,14 +66,15 @@ export interface TestApiServer {
   readonly streams: StreamStats;
   /**
    * Call the API in-process as the admin (no network, no faults): returns the
-   * status and parsed JSON body. `path` like `/api/v1/namespaces/default/services`.
+   * status, the parsed JSON body (`{}` if not JSON) and the raw text (empty for
+   * streams). `path` like `/api/v1/namespaces/default/services`.
    */
   request(
     method: string,
     path: string,
     body?: unknown,
     contentType?: string,
-  ): Promise<{ status: number; body: KubeObject & Record<string, unknown> }>;
+  ): Promise<{ status: number; body: KubeObject & Record<string, unknown>; text: string }>;
   /** Make watches from any earlier resourceVersion get 410 Gone. */
   compact(): void;
   /** Stop listening and drop every connection, then listen again on the same port. */
@@ -276,8 +277,16 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
         signal: new AbortController().signal,
         user: admin,
       });
-      const text = typeof r.body === "string" ? r.body : "";
-      return { status: r.status, body: text ? JSON.parse(text) : {} };
+      let text = "";
+      if (typeof r.body === "string") text = r.body;
+      else await r.body.cancel();
+      let parsed = {} as KubeObject & Record<string, unknown>;
+      try {
+        if (text) parsed = JSON.parse(text);
+      } catch {
+        // not JSON (logs): the text is returned as is
+      }
+      return { status: r.status, body: parsed, text };
     },
     compact: () => core.store.compact(),
     async restart(ro = {}) {

@@ -124,6 +124,10 @@ Deno.test("validation as the real API server", async (t) => {
       const right = { apiVersion: "example.com/v1", kind: "Thing", metadata: { name: "a" } };
       assertEquals((await s.request("POST", base, right)).status, 201);
     });
+    await t.step("request() returns non-JSON bodies as text", async () => {
+      const r = await s.request("GET", "/api/v1/namespaces/default/pods/web-0/log?tailLines=1");
+      assertEquals([r.status, r.text], [200, "default/web-0/main line 3\n"]);
+    });
   } finally {
     await s.close();
   }
