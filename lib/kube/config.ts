@@ -53,7 +53,7 @@ function headerRecord(h: RequestOptions["headers"]): Record<string, string> {
   if (!h || Array.isArray(h)) return out;
   for (const [k, v] of Object.entries(h)) {
     if (v === undefined) continue;
-    out[k] = Array.isArray(v) ? v.join(", ") : String(v);
+    out[k] = (Array.isArray(v) ? v.join(", ") : String(v)).trim();
   }
   return out;
 }
@@ -107,11 +107,6 @@ export async function connectionFromKubeConfig(
 
   const probe: RequestOptions = { headers: {} };
   await kc.applyToHTTPSOptions(probe);
-  if (probe.rejectUnauthorized === false) {
-    throw new Error(
-      `cluster ${cluster.name}: insecure-skip-tls-verify is not supported; set certificate-authority(-data)`,
-    );
-  }
   if (cluster.tlsServerName) {
     log.warn("tls-server-name is not supported by Deno fetch; the server URL host is verified", {
       cluster: cluster.name,
@@ -123,6 +118,11 @@ export async function connectionFromKubeConfig(
 
   let httpClient: Deno.HttpClient | undefined;
   if (url.protocol === "https:") {
+    if (probe.rejectUnauthorized === false) {
+      throw new Error(
+        `cluster ${cluster.name}: insecure-skip-tls-verify is not supported; set certificate-authority(-data)`,
+      );
+    }
     const ca = toPem(probe.ca as Material);
     const cert = toPem(probe.cert as Material);
     const key = toPem(probe.key as Material);
