@@ -1,0 +1,145 @@
+/**
+ * State the proxy keeps in the host cluster so that restarts and replicas
+ * agree: the CA (Secret `tower-ca`, when no `--ca-cert/--ca-key` is given)
+ * and the SSH host key (Secret `tower-host-key`). Both are create-if-absent:
+ * when two replicas race, the loser of the create (409 AlreadyExists) reads
+ * and uses the winner's. An existing Secret that does not load is an error,
+ * never silently replaced (that would invalidate issued kubeconfigs or
+ * change the fingerprint agents pin).
+ * @module
+ */
+
+import { Buffer } from "node:buffer";
+import type { KubeClient } from "../kube/client.ts";
+import { isAlreadyExists } from "../kube/errors.ts";
+import { type KubeObject, SECRETS } from "../kube/types.ts";
+import { logger } from "../log.ts";
+import { type CA, generateCA, loadCA } from "../pki/mod.ts";
+import { generateHostKeyPem, parseHostKey } from "../tunnel/hostkey.ts";
+import { TOWER_NAMESPACE } from "./types.ts";
+
+const log = logger("controller/persist");
+
+/** Default name of the CA Secret. */
+export const CA_SECRET = "tower-ca";
+/** Default name of the host key Secret. */
+export const HOST_KEY_SECRET = "tower-host-key";
+
+/** A core/v1 Secret. */
+export interface SecretObject extends KubeObject {
+  type?: string;
+  data?: Record<string, string>;
+}
+
+function b64(s: string): string {
+  return Buffer.from(s, "utf8").toString("base64");
+}
+
+function unb64(s: string | undefined): string | undefined {
+  return s === undefined ? undefined : Buffer.from(s, "base64").toString("utf8");
+}
+
+/**
+ * Read Secret `name`, or create it from `make()` when absent; on losing a
+ * create race, read the winner's. Returns the Secret's data and whether this
+ * call created it.
+ */
+async function readOrCreateSecret(
+  client: KubeClient,
+  namespace: string,
+  name: string,
+  make: () => Promise<SecretObject>,
+): Promise<{ secret: SecretObject; created: boolean }> {
+  const where = `Secret ${namespace}/${name}`;
+  try {
+    const existing = await client.tryGet<SecretObject>(SECRETS, name, { namespace });
+    if (existing) return { secret: existing, created: false };
+    const fresh = await make();
+    try {
+      const created = await client.create<SecretObject>(SECRETS, fresh, { namespace });
+      return { secret: created, created: true };
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
+      log.info("another replica created it first; using theirs", { secret: where });
+      const theirs = await client.get<SecretObject>(SECRETS, name, { namespace });
+      return { secret: theirs, created: false };
+    }
+  } catch (err) {
+    throw new Error(`${where}: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * Tower's CA from Secret `tower-ca` (type `kubernetes.io/tls`, keys `tls.crt`
+ * and `tls.key`), generating and storing a new one when the Secret does not
+ * exist. Throws when the stored CA is unusable (expired, key mismatch, …).
+ */
+export async function loadOrCreateCA(
+  client: KubeClient,
+  namespace: string = TOWER_NAMESPACE,
+  name: string = CA_SECRET,
+): Promise<CA & { created: boolean }> {
+  const { secret, created } = await readOrCreateSecret(client, namespace, name, async () => {
+    const ca = await generateCA();
+    return {
+      apiVersion: "v1",
+      kind: "Secret",
+      metadata: {
+        name,
+        namespace,
+        labels: { app: "tower", "app.kubernetes.io/name": "tower" },
+      },
+      type: "kubernetes.io/tls",
+      data: { "tls.crt": b64(ca.certPem), "tls.key": b64(ca.keyPem), "ca.crt": b64(ca.certPem) },
+    };
+  });
+  const where = `Secret ${namespace}/${name}`;
+  const certPem = unb64(secret.data?.["tls.crt"]);
+  const keyPem = unb64(secret.data?.["tls.key"]);
+  if (!certPem || !keyPem) throw new Error(`${where}: missing tls.crt or tls.key`);
+  let ca: CA;
+  try {
+    ca = await loadCA(certPem, keyPem);
+  } catch (err) {
+    throw new Error(`${where}: ${(err as Error).message}`);
+  }
+  log.info(created ? "generated a CA and stored it" : "loaded the CA", { secret: where });
+  return { ...ca, created };
+}
+
+/**
+ * The proxy's SSH host key PEM from Secret `tower-host-key` (key
+ * `ssh-privatekey`), generating and storing a new ECDSA P-256 key when the
+ * Secret does not exist. Throws when the stored key does not parse.
+ */
+export async function loadOrCreateHostKeyPem(
+  client: KubeClient,
+  namespace: string = TOWER_NAMESPACE,
+  name: string = HOST_KEY_SECRET,
+): Promise<{ pem: string; created: boolean }> {
+  const { secret, created } = await readOrCreateSecret(
+    client,
+    namespace,
+    name,
+    () =>
+      Promise.resolve({
+        apiVersion: "v1",
+        kind: "Secret",
+        metadata: {
+          name,
+          namespace,
+          labels: { app: "tower", "app.kubernetes.io/name": "tower" },
+        },
+        type: "kubernetes.io/ssh-auth",
+        data: { "ssh-privatekey": b64(generateHostKeyPem()) },
+      }),
+  );
+  const where = `Secret ${namespace}/${name}`;
+  const pem = unb64(secret.data?.["ssh-privatekey"]);
+  if (!pem) throw new Error(`${where}: missing ssh-privatekey`);
+  parseHostKey(pem, where); // throws with context when unusable
+  log.info(created ? "generated the host key and stored it" : "loaded the host key", {
+    secret: where,
+  });
+  return { pem, created };
+}
