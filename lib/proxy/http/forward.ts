@@ -1,0 +1,607 @@
+/**
+ * The reverse proxy of one per-cluster endpoint: serves HTTP/1.x client
+ * connections and forwards each request over an upstream connection from the
+ * pool or the tunnel dialer.
+ *
+ * HTTP is handled at the byte level rather than with `node:http`, because a
+ * tunnel proxy needs control that `node:http` does not give: keep-alive
+ * reuse of arbitrary `Duplex` streams keyed by tunnel session (its Agent
+ * only pools sockets it created), bodies passed through verbatim (chunked
+ * framing included) with no re-encoding, 1xx and 101 answers forwarded as
+ * they come, raw byte relays after an upgrade that reuse the bytes already
+ * read, precise cancellation (a client that goes away destroys exactly its
+ * upstream stream, which is never pooled) and no hidden timeouts on hours-long
+ * watches. Heads are parsed strictly (see `head.ts`); bodies are forwarded
+ * chunk by chunk without copies, pausing the source while the destination
+ * is full.
+ *
+ * Per request: strict head parsing; 401 when the client's identity is refused
+ * (kubernetes endpoint); hop-by-hop headers dropped, `X-Forwarded-*` set and
+ * the caller's credentials replaced by the agent's (`rewrite.ts`); 503
+ * `Status` when no agent is connected and 502 when the member API server
+ * cannot be reached; a reused connection that turns out dead before any
+ * answer byte is retried once on a fresh one for idempotent requests without
+ * a body; an audit record when the exchange ends.
+ * @module
+ */
+
+import { Buffer } from "node:buffer";
+import type { Duplex } from "node:stream";
+import { logger } from "../../log.ts";
+import { ChunkedError } from "./chunked.ts";
+import { openUpstream, type UpstreamConn, UpstreamConnectError } from "./conn.ts";
+import {
+  DEFAULT_HEAD_LIMITS,
+  type Framing,
+  headerTokens,
+  headerValue,
+  type HeadLimits,
+  HttpParseError,
+  parseRequestHead,
+  parseResponseHead,
+  requestFraming,
+  type RequestHead,
+  responseFraming,
+  type ResponseHead,
+} from "./head.ts";
+import { type PoolOptions, UpstreamPool } from "./pool.ts";
+import { type ClientBodyMode, clientResponseHead, upstreamRequestHead } from "./rewrite.ts";
+import { statusResponse } from "./status.ts";
+import { NoAgentError, type UpstreamAuth, type UpstreamDialer } from "./upstream.ts";
+import {
+  pumpBody,
+  type PumpCounter,
+  type PumpMode,
+  readHead,
+  Wire,
+  WireClosedError,
+} from "./wire.ts";
+
+const log = logger("proxy/http");
+
+/** Which member API server an endpoint fronts. */
+export type EndpointKind = "kubernetes" | "kubesphere";
+
+/** One finished exchange, for auditing. Never carries headers, queries or credentials. */
+export interface RequestRecord {
+  cluster: string;
+  endpoint: EndpointKind;
+  /** Client certificate CN on the kubernetes endpoint; "" otherwise. */
+  commonName: string;
+  method: string;
+  /** Request path without the query string. */
+  path: string;
+  /** Status sent to the client (0 when the exchange broke before a response head). */
+  status: number;
+  /** Request body bytes (raw client→upstream bytes after an upgrade). */
+  bytesIn: number;
+  /** Response body bytes (raw upstream→client bytes after an upgrade). */
+  bytesOut: number;
+  durationMs: number;
+  /** The exchange was upgraded (101) and relayed raw bytes. */
+  upgrade: boolean;
+}
+
+/** Who the client is, as its certificate says. */
+export type ClientVerdict =
+  | { ok: true; commonName: string; organizations: string[] }
+  | { ok: false; reason: string };
+
+/** What the proxy knows about a client connection. */
+export interface ClientInfo {
+  /** Peer IP for `X-Forwarded-For`. */
+  remoteAddress: string;
+  /** When set, every request needs `{ ok: true }` (else 401). */
+  identity?: Promise<ClientVerdict>;
+}
+
+/** Options of {@link HttpProxy}. */
+export interface HttpProxyOptions {
+  cluster: string;
+  kind: EndpointKind;
+  dialer: UpstreamDialer;
+  auth: UpstreamAuth;
+  /** Scheme clients use (`X-Forwarded-Proto`). */
+  proto: "http" | "https";
+  /** Drop the client's `Authorization` (kubernetes endpoint: the upstream identity is the agent's). */
+  stripAuthorization: boolean;
+  /** Forward clients' `Impersonate-*` / `X-Remote-*` headers (default false: dropped). */
+  forwardIdentityHeaders?: boolean;
+  onRequest?: (rec: RequestRecord) => void;
+  pool?: Partial<PoolOptions>;
+  /** Close a client connection idle this long between requests (default 120 s). */
+  clientIdleMs?: number;
+  /** Upstream TLS handshake limit (default 30 s). */
+  handshakeMs?: number;
+  head?: Partial<HeadLimits>;
+}
+
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
+const NONE: Framing = { kind: "none" };
+
+/** Close a connection after its last response; destroy it if the peer does not close in time. */
+function closeAfterWrite(sock: Duplex, last?: Buffer): void {
+  if (sock.destroyed) return;
+  sock.end(last);
+  const timer = setTimeout(() => sock.destroy(), 5_000);
+  sock.once("close", () => clearTimeout(timer));
+}
+
+/** The `Upgrade` value when `req` asks for a protocol upgrade, else null. */
+function upgradeOf(req: RequestHead): string | null {
+  const up = headerValue(req.headers, "upgrade");
+  if (up === undefined || up === "") return null;
+  return headerTokens(req.headers, "connection").has("upgrade") ? up : null;
+}
+
+function pathOf(target: string): string {
+  const q = target.indexOf("?");
+  return q < 0 ? target : target.slice(0, q);
+}
+
+/** State shared by the steps of one exchange. */
+interface Exchange {
+  req: RequestHead;
+  framing: Framing;
+  upgrade: string | null;
+  head: Buffer;
+  clientKeep: boolean;
+  rec: RequestRecord;
+  reqCount: PumpCounter;
+  resCount: PumpCounter;
+  reqComplete: boolean;
+  clientGone: boolean;
+  upstream: UpstreamConn | null;
+  abort: AbortController;
+  /** The client went away: cancel the exchange. */
+  gone: () => void;
+}
+
+type Outcome = { retry: true } | { retry: false; keep: boolean };
+
+/** The reverse proxy of one endpoint (see the module doc). */
+export class HttpProxy {
+  readonly #o: HttpProxyOptions;
+  #auth: UpstreamAuth;
+  readonly #pool: UpstreamPool;
+  readonly #clients = new Set<Duplex>();
+  readonly #upstreams = new Set<UpstreamConn>();
+  readonly #limits: HeadLimits;
+  #closed = false;
+
+  constructor(opts: HttpProxyOptions) {
+    this.#o = opts;
+    this.#auth = opts.auth;
+    this.#pool = new UpstreamPool(opts.pool);
+    this.#limits = { ...DEFAULT_HEAD_LIMITS, ...opts.head };
+  }
+
+  /** Counts for tests and metrics. */
+  get stats(): { clients: number; upstreams: number; idle: number } {
+    return { clients: this.#clients.size, upstreams: this.#upstreams.size, idle: this.#pool.size };
+  }
+
+  /** Use new upstream credentials from now on; idle connections made with the old ones close. */
+  setAuth(auth: UpstreamAuth): void {
+    this.#auth = auth;
+    this.#pool.clear();
+  }
+
+  /** Close idle upstream connections of session `key` (e.g. when the session goes away). */
+  dropSession(key: string): void {
+    this.#pool.dropKey(key);
+  }
+
+  /** Destroy every client connection and upstream stream; later connections are refused. */
+  close(): void {
+    this.#closed = true;
+    this.#pool.clear();
+    for (const c of this.#clients) c.destroy();
+    for (const u of this.#upstreams) u.destroy();
+  }
+
+  /** Serve HTTP on a client connection until it closes. Never rejects. */
+  async serve(sock: Duplex, client: ClientInfo): Promise<void> {
+    if (this.#closed) {
+      sock.destroy();
+      return;
+    }
+    this.#clients.add(sock);
+    sock.once("close", () => this.#clients.delete(sock));
+    const wire = new Wire(sock);
+    try {
+      await this.#serveLoop(wire, client);
+    } catch (err) {
+      log.error("client connection failed", { cluster: this.#o.cluster, error: err as Error });
+      sock.destroy();
+    }
+  }
+
+  async #serveLoop(wire: Wire, client: ClientInfo): Promise<void> {
+    const sock = wire.stream;
+    let commonName = "";
+    while (!sock.destroyed) {
+      let got;
+      try {
+        got = await readHead(wire, {
+          maxBytes: this.#limits.maxBytes,
+          idleMs: this.#o.clientIdleMs ?? 120_000,
+        });
+      } catch (err) {
+        if (err instanceof HttpParseError) {
+          closeAfterWrite(sock, statusResponse(err.status, err.message, { close: true }));
+        } else sock.destroy();
+        return;
+      }
+      if (got === null) {
+        closeAfterWrite(sock);
+        return;
+      }
+      let req: RequestHead;
+      try {
+        req = parseRequestHead(got.buf, got.end, this.#limits);
+      } catch (err) {
+        const e = err as HttpParseError;
+        closeAfterWrite(sock, statusResponse(e.status ?? 400, e.message, { close: true }));
+        return;
+      }
+      if (client.identity) {
+        const v = await client.identity;
+        if (!v.ok) {
+          log.v(2, "client refused", { cluster: this.#o.cluster, reason: v.reason });
+          this.#audit(this.#record(req, ""), 401, performance.now());
+          closeAfterWrite(sock, statusResponse(401, "Unauthorized", { close: true }));
+          return;
+        }
+        commonName = v.commonName;
+      }
+      if (!await this.#exchange(wire, req, client, commonName)) return;
+    }
+  }
+
+  #record(req: RequestHead, commonName: string): RequestRecord {
+    return {
+      cluster: this.#o.cluster,
+      endpoint: this.#o.kind,
+      commonName,
+      method: req.method,
+      path: pathOf(req.target),
+      status: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+      durationMs: 0,
+      upgrade: false,
+    };
+  }
+
+  #audit(rec: RequestRecord, status: number, start: number): void {
+    if (status) rec.status = status;
+    rec.durationMs = performance.now() - start;
+    if (!this.#o.onRequest) return;
+    try {
+      this.#o.onRequest(rec);
+    } catch (err) {
+      log.error("audit hook failed", { cluster: this.#o.cluster, error: err as Error });
+    }
+  }
+
+  /** One request/response; resolves whether the client connection stays open for another. */
+  async #exchange(
+    wire: Wire,
+    req: RequestHead,
+    client: ClientInfo,
+    commonName: string,
+  ): Promise<boolean> {
+    const sock = wire.stream;
+    const start = performance.now();
+    const rec = this.#record(req, commonName);
+    const reply = (code: number, msg: string, keep: boolean): boolean => {
+      const res = statusResponse(code, msg, { close: !keep, head: req.method === "HEAD" });
+      rec.status = code;
+      if (keep) sock.write(res);
+      else closeAfterWrite(sock, res);
+      return keep;
+    };
+    let framing: Framing;
+    try {
+      framing = requestFraming(req);
+    } catch (err) {
+      const e = err as HttpParseError;
+      reply(e.status, e.message, false);
+      this.#audit(rec, 0, start);
+      return false;
+    }
+    if (req.method === "CONNECT" || (req.minor === 1 && !headerValue(req.headers, "host"))) {
+      reply(req.method === "CONNECT" ? 405 : 400, "bad request", false);
+      this.#audit(rec, 0, start);
+      return false;
+    }
+    const upgrade = upgradeOf(req);
+    const auth = this.#auth;
+    const x: Exchange = {
+      req,
+      framing,
+      upgrade,
+      head: Buffer.from(
+        upstreamRequestHead(req, {
+          framing,
+          upgrade,
+          stripAuthorization: this.#o.stripAuthorization,
+          forwardIdentityHeaders: this.#o.forwardIdentityHeaders ?? false,
+          bearerToken: auth.bearerToken,
+          clientAddress: client.remoteAddress,
+          proto: this.#o.proto,
+          defaultHost: auth.tls?.serverName ?? "localhost",
+        }),
+        "latin1",
+      ),
+      clientKeep: req.minor >= 1 && !headerTokens(req.headers, "connection").has("close"),
+      rec,
+      reqCount: { bytes: 0 },
+      resCount: { bytes: 0 },
+      reqComplete: framing.kind === "none",
+      clientGone: false,
+      upstream: null,
+      abort: new AbortController(),
+      gone: () => {
+        x.clientGone = true;
+        x.abort.abort();
+        x.upstream?.destroy();
+      },
+    };
+    const onClientClose = () => x.gone();
+    // EOF from the client once its request is complete means it gave up (as Go's server does);
+    // after an upgrade it is a half-close, relayed by #relay.
+    const onClientEnd = () => {
+      if (x.reqComplete && !rec.upgrade) x.gone();
+    };
+    sock.on("close", onClientClose);
+    sock.on("end", onClientEnd);
+    try {
+      for (let attempt = 0;; attempt++) {
+        let conn = this.#pool.take(this.#o.dialer.isLive?.bind(this.#o.dialer));
+        const reused = conn !== undefined;
+        if (!conn) {
+          try {
+            conn = await openUpstream(
+              this.#o.dialer,
+              auth,
+              x.abort.signal,
+              this.#o.handshakeMs ?? 30_000,
+            );
+          } catch (err) {
+            if (x.clientGone) return false;
+            const keep = x.clientKeep && framing.kind === "none";
+            if (err instanceof NoAgentError) {
+              return reply(503, `cluster ${this.#o.cluster}: no agent connected`, keep);
+            }
+            const cause = err instanceof UpstreamConnectError
+              ? err.message
+              : `dial: ${(err as Error).message}`;
+            log.v(2, "upstream unreachable", {
+              cluster: this.#o.cluster,
+              endpoint: this.#o.kind,
+              error: cause,
+            });
+            return reply(
+              502,
+              `cluster ${this.#o.cluster}: ${this.#o.kind} API server unreachable: ${cause}`,
+              keep,
+            );
+          }
+          this.#track(conn);
+        }
+        x.upstream = conn;
+        if (x.clientGone || this.#closed) {
+          conn.destroy();
+          return false;
+        }
+        conn.uses++;
+        const out = await this.#roundTrip(wire, conn, x, reused && attempt === 0);
+        if (!out.retry) return out.keep;
+        log.v(4, "retrying on a fresh upstream connection", { cluster: this.#o.cluster });
+      }
+    } finally {
+      sock.off("close", onClientClose);
+      sock.off("end", onClientEnd);
+      rec.bytesIn = x.reqCount.bytes;
+      rec.bytesOut = x.resCount.bytes;
+      this.#audit(rec, 0, start);
+    }
+  }
+
+  #track(conn: UpstreamConn): void {
+    this.#upstreams.add(conn);
+    conn.stream.once("close", () => this.#upstreams.delete(conn));
+    if (this.#closed) conn.destroy();
+  }
+
+  /** Send the request on `conn` and relay the answer. */
+  async #roundTrip(
+    wire: Wire,
+    conn: UpstreamConn,
+    x: Exchange,
+    mayRetry: boolean,
+  ): Promise<Outcome> {
+    const sock = wire.stream;
+    const us = conn.stream;
+    const uw = conn.wire;
+    const { req, rec } = x;
+    us.write(x.head);
+    let reqPump: Promise<void> | null = null;
+    let reqError: Error | null = null;
+    const cancelReq = new AbortController();
+    if (x.framing.kind !== "none") {
+      reqPump = pumpBody(wire, x.framing, us, x.reqCount, { signal: cancelReq.signal }).then(
+        () => {
+          x.reqComplete = true;
+          if (wire.eof) x.gone(); // EOF seen while the body was being read
+        },
+        (err: Error) => {
+          reqError = err;
+          if (!cancelReq.signal.aborted) conn.destroy();
+        },
+      );
+    }
+    const fail = (err: Error, received: number): Outcome => {
+      cancelReq.abort();
+      conn.destroy();
+      if (x.clientGone) return { retry: false, keep: false };
+      const retryable = mayRetry && received === 0 && x.framing.kind === "none" &&
+        IDEMPOTENT.has(req.method);
+      if (retryable) return { retry: true };
+      if (reqError instanceof ChunkedError) {
+        rec.status = 400;
+        closeAfterWrite(sock, statusResponse(400, reqError.message, { close: true }));
+        return { retry: false, keep: false };
+      }
+      const msg = `cluster ${this.#o.cluster}: ${this.#o.kind} API server: ${err.message}`;
+      log.v(2, "upstream failed before answering", {
+        cluster: this.#o.cluster,
+        error: err.message,
+      });
+      rec.status = 502;
+      closeAfterWrite(sock, statusResponse(502, msg, { close: true, head: req.method === "HEAD" }));
+      return { retry: false, keep: false };
+    };
+
+    // Response head, forwarding interim (1xx) answers.
+    let res: ResponseHead;
+    let received = 0;
+    for (;;) {
+      let got;
+      try {
+        got = await readHead(uw, { maxBytes: this.#limits.maxBytes });
+      } catch (err) {
+        const r = err instanceof WireClosedError ? err.received : 1;
+        return fail(err as Error, received + r);
+      }
+      if (got === null) return fail(new Error("connection closed before a response"), received);
+      received += got.end;
+      try {
+        res = parseResponseHead(got.buf, got.end, this.#limits);
+      } catch (err) {
+        return fail(new Error(`malformed response: ${(err as Error).message}`), received);
+      }
+      if (res.status >= 200 || res.status === 101) break;
+      if (req.minor >= 1 && !x.clientGone) sock.write(clientResponseHead(res, "none", NONE, false));
+    }
+
+    if (res.status === 101) {
+      if (x.upgrade === null) {
+        return fail(new Error("unsolicited 101 Switching Protocols"), received);
+      }
+      rec.status = 101;
+      rec.upgrade = true;
+      sock.write(clientResponseHead(res, "none", NONE, false));
+      await this.#relay(wire, conn, x);
+      return { retry: false, keep: false };
+    }
+
+    let rf: Framing;
+    try {
+      rf = responseFraming(req.method, res);
+    } catch (err) {
+      return fail(new Error(`malformed response: ${(err as Error).message}`), received);
+    }
+    let close = !x.clientKeep;
+    let mode: ClientBodyMode;
+    let pumpMode: PumpMode = "raw";
+    switch (rf.kind) {
+      case "none":
+        mode = "none";
+        break;
+      case "length":
+        mode = "length";
+        break;
+      case "chunked":
+        if (req.minor >= 1) mode = "chunked";
+        else {
+          mode = "close";
+          pumpMode = "dechunk";
+          close = true;
+        }
+        break;
+      case "close":
+        if (req.minor >= 1) {
+          mode = "rechunk";
+          pumpMode = "chunk";
+        } else {
+          mode = "close";
+          close = true;
+        }
+        break;
+    }
+    const upstreamKeep = rf.kind !== "close" && res.minor >= 1 &&
+      !headerTokens(res.headers, "connection").has("close");
+    rec.status = res.status;
+    sock.cork();
+    sock.write(clientResponseHead(res, mode, rf, close));
+    const bodyDone = pumpBody(uw, rf, sock, x.resCount, { mode: pumpMode });
+    sock.uncork();
+    try {
+      await bodyDone;
+    } catch (err) {
+      // The response broke off: the only way to tell the client is to break its connection too.
+      cancelReq.abort();
+      conn.destroy();
+      if (!x.clientGone) {
+        log.v(2, "upstream failed mid-response", {
+          cluster: this.#o.cluster,
+          error: (err as Error).message,
+        });
+        sock.destroy();
+      }
+      return { retry: false, keep: false };
+    }
+    if (!x.reqComplete) {
+      // Answered before the whole request body arrived: neither connection is in a known state.
+      cancelReq.abort();
+      conn.destroy();
+      closeAfterWrite(sock);
+      return { retry: false, keep: false };
+    }
+    await reqPump;
+    if (upstreamKeep && !this.#closed) this.#pool.put(conn);
+    else conn.destroy();
+    if (close) {
+      closeAfterWrite(sock);
+      return { retry: false, keep: false };
+    }
+    return { retry: false, keep: !x.clientGone };
+  }
+
+  /** After a 101: relay raw bytes both ways until both sides ended or either closed. */
+  async #relay(wire: Wire, conn: UpstreamConn, x: Exchange): Promise<void> {
+    const sock = wire.stream;
+    const cancel = new AbortController();
+    const up = pumpBody(wire, { kind: "close" }, conn.stream, x.reqCount, {
+      endDest: true,
+      signal: cancel.signal,
+    });
+    const down = pumpBody(conn.wire, { kind: "close" }, sock, x.resCount, {
+      endDest: true,
+      signal: cancel.signal,
+    });
+    await new Promise<void>((resolve) => {
+      let upDone = false;
+      let downDone = false;
+      const broke = () => resolve();
+      up.then(() => {
+        upDone = true;
+        if (downDone) resolve();
+      }, broke);
+      down.then(() => {
+        downDone = true;
+        // The member side closed (not just half-closed): nothing more can go up.
+        if (upDone || conn.wire.closed) resolve();
+      }, broke);
+      conn.stream.once("close", () => {
+        if (downDone) resolve();
+      });
+    });
+    cancel.abort();
+    conn.destroy();
+    if (!sock.destroyed) closeAfterWrite(sock);
+  }
+}
