@@ -30,6 +30,8 @@ export interface LeaderElectionOptions {
   renewDeadlineMs?: number;
   /** Default 5 000 ms. */
   retryPeriodMs?: number;
+  /** Told when this replica starts (true) or stops (false) leading. */
+  onChange?(leading: boolean): void;
 }
 
 /** A default identity: host name plus a random suffix. */
@@ -69,8 +71,14 @@ export class ControllerRunner {
         leaseDurationMs: election.leaseDurationMs ?? 30_000,
         renewDeadlineMs: election.renewDeadlineMs ?? 15_000,
         retryPeriodMs: election.retryPeriodMs ?? 5_000,
-        onStartedLeading: (signal) => this.#run(signal),
-        onStoppedLeading: () => log.info("stopped leading: no longer reconciling"),
+        onStartedLeading: (signal) => {
+          this.#run(signal);
+          election.onChange?.(true);
+        },
+        onStoppedLeading: () => {
+          log.info("stopped leading: no longer reconciling");
+          election.onChange?.(false);
+        },
         onNewLeader: (id) => {
           if (id !== this.identity) log.info("another replica leads", { leader: id });
         },
@@ -108,6 +116,11 @@ export class ControllerRunner {
     return this.#elector;
   }
 
+  /** Resolves once no controller run is active (e.g. after losing the lease). */
+  async settled(): Promise<void> {
+    while (this.#runs.size > 0) await Promise.all([...this.#runs]);
+  }
+
   /**
    * Stop reconciling and wait for the controller to finish. With leader
    * election the lease is released (unless `release` is false, which
@@ -116,6 +129,6 @@ export class ControllerRunner {
   async stop(opts: { release?: boolean } = {}): Promise<void> {
     this.#ac?.abort();
     await this.#elector?.stop(opts);
-    while (this.#runs.size > 0) await Promise.all([...this.#runs]);
+    await this.settled();
   }
 }

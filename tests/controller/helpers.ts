@@ -90,9 +90,15 @@ export class Watcher<T extends KubeObject> {
   }
 }
 
-/** Install the Cluster CRD from `crd/` into the server. */
-export async function installCrd(server: TestApiServer): Promise<void> {
+/**
+ * Install the Cluster CRD from `crd/` into the server; `statusSubresource`
+ * adds a status subresource (KubeSphere's own CRD has none).
+ */
+export async function installCrd(server: TestApiServer, statusSubresource = false): Promise<void> {
   const crd = parse(await Deno.readTextFile(CRD_PATH));
+  if (statusSubresource) {
+    for (const v of crd.spec.versions) v.subresources = { ...v.subresources, status: {} };
+  }
   const r = await server.request(
     "POST",
     "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
@@ -102,7 +108,7 @@ export async function installCrd(server: TestApiServer): Promise<void> {
 }
 
 /** Start the environment. */
-export async function startEnv(): Promise<Env> {
+export async function startEnv(opts: { statusSubresource?: boolean } = {}): Promise<Env> {
   const server = await startTestApiServer({
     namespaces: ["kubesphere-system"],
     bookmarkIntervalMs: 200,
@@ -113,7 +119,7 @@ export async function startEnv(): Promise<Env> {
     conns.push(conn);
     return new KubeClient(conn, { retryInitialMs: 10, retryMaxMs: 50, ...opts });
   };
-  await installCrd(server);
+  await installCrd(server, opts.statusSubresource);
   const client = await newClient();
   const watchClient = await newClient();
   const fast = { backoffInitialMs: 10, backoffMaxMs: 100 };
