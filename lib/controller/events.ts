@@ -1,8 +1,9 @@
 /**
  * Kubernetes Events (core/v1) about Cluster objects, best effort: a failed
- * write is logged and dropped, and the same reason+message for the same
- * Cluster is not repeated within a window (so a Warning produced by every
- * reconcile does not flood the API). Cluster is cluster-scoped, so, like
+ * write is logged and dropped, and an Event identical to the previous one
+ * for the same Cluster is not repeated within a window (so a Warning
+ * produced by every reconcile does not flood the API, while transitions
+ * such as connected → disconnected → connected are all recorded). Cluster is cluster-scoped, so, like
  * client-go's recorder, Events go to the `default` namespace.
  * @module
  */
@@ -24,7 +25,7 @@ export interface EventRecorderOptions {
   component?: string;
   /** `reportingInstance` (e.g. the leader-election identity). */
   instance?: string;
-  /** Identical events for one Cluster are suppressed for this long (ms, default 10 min). */
+  /** A repeat of a Cluster's previous event is suppressed for this long (ms, default 10 min). */
   dedupeMs?: number;
   /** Clock (tests). */
   now?: () => Date;
@@ -33,7 +34,8 @@ export interface EventRecorderOptions {
 /** Writes Events about Clusters. */
 export class EventRecorder {
   readonly #o: EventRecorderOptions;
-  readonly #recent = new Map<string, number>();
+  /** Per cluster: the previous event's key and when it was recorded. */
+  readonly #last = new Map<string, { key: string; at: number }>();
   #inflight = new Set<Promise<void>>();
 
   constructor(opts: EventRecorderOptions) {
@@ -43,11 +45,12 @@ export class EventRecorder {
   /** Record `ev` about `cluster` in the background. */
   record(cluster: ClusterObject, ev: ClusterEvent): void {
     const now = (this.#o.now ?? (() => new Date()))();
-    const key = `${cluster.metadata.name}\0${ev.type}\0${ev.reason}\0${ev.message}`;
-    const last = this.#recent.get(key);
-    if (last !== undefined && now.getTime() - last < (this.#o.dedupeMs ?? 600_000)) return;
-    this.#recent.set(key, now.getTime());
-    if (this.#recent.size > 10_000) this.#recent.clear();
+    const name = cluster.metadata.name;
+    const key = `${ev.type}\0${ev.reason}\0${ev.message}`;
+    const last = this.#last.get(name);
+    if (last?.key === key && now.getTime() - last.at < (this.#o.dedupeMs ?? 600_000)) return;
+    this.#last.set(name, { key, at: now.getTime() });
+    if (this.#last.size > 100_000) this.#last.clear();
     const p = this.#write(cluster, ev, now).finally(() => this.#inflight.delete(p));
     this.#inflight.add(p);
   }
