@@ -196,6 +196,11 @@ export class RawClient {
     });
   }
 
+  /** Read from an already connected socket (e.g. a `tls.TLSSocket`). */
+  static of(sock: net.Socket): RawClient {
+    return new RawClient(sock);
+  }
+
   /** Connect to 127.0.0.1:`port`. */
   static async connect(port: number): Promise<RawClient> {
     const sock = net.connect(port, "127.0.0.1");

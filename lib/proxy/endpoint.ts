@@ -1,0 +1,248 @@
+/**
+ * The two listeners of a connected member cluster (SPEC §4): `kubernetes`
+ * (TLS with the issued serving certificate; every request needs a client
+ * certificate signed by Tower's CA, else 401) and `kubesphere` (plain HTTP),
+ * each an {@link HttpProxy} over the tunnel dialer of that API server.
+ * Certificates and upstream credentials can be replaced while running; a
+ * port that cannot be bound is reported as a {@link ListenError}.
+ * @module
+ */
+
+import * as net from "node:net";
+import * as tls from "node:tls";
+import { logger } from "../log.ts";
+import {
+  type ClientVerdict,
+  HttpProxy,
+  type HttpProxyOptions,
+  type RequestRecord,
+} from "./http/forward.ts";
+import type { PoolOptions } from "./http/pool.ts";
+import type { UpstreamAuth, UpstreamDialer } from "./http/upstream.ts";
+
+const log = logger("proxy/endpoint");
+
+/** Serving certificate and key (PEM). */
+export interface ServingCert {
+  certPem: string;
+  keyPem: string;
+}
+
+/** Where one endpoint's requests go and with which credentials. */
+export interface UpstreamTarget {
+  dialer: UpstreamDialer;
+  auth: UpstreamAuth;
+}
+
+/** Options of {@link startClusterEndpoints}. */
+export interface ClusterEndpointsOptions {
+  cluster: string;
+  /** Address to listen on (default `0.0.0.0`). */
+  host?: string;
+  /** Port of the kubernetes endpoint (0: ephemeral). */
+  kubernetesPort: number;
+  /** Port of the kubesphere endpoint (0: ephemeral). */
+  kubespherePort: number;
+  servingCert: ServingCert;
+  /** Verify a client certificate (DER), e.g. `(der) => verifyClientCert(ca, der)`. */
+  verifyClient: (der: Uint8Array) => Promise<ClientVerdict>;
+  kubernetes: UpstreamTarget;
+  kubesphere: UpstreamTarget;
+  /** Called once per finished request (no headers, queries or credentials in it). */
+  onRequest?: (rec: RequestRecord) => void;
+  /** Forward clients' `Impersonate-*` / `X-Remote-*` headers upstream (default: dropped). */
+  forwardIdentityHeaders?: boolean;
+  /** Idle upstream connection pool limits (per endpoint). */
+  pool?: Partial<PoolOptions>;
+  /** Close client connections idle this long between requests (default 120 s). */
+  clientIdleMs?: number;
+}
+
+/** Running endpoints of one cluster. */
+export interface ClusterEndpoints {
+  readonly cluster: string;
+  /** Bound port of the kubernetes endpoint. */
+  readonly kubernetesPort: number;
+  /** Bound port of the kubesphere endpoint. */
+  readonly kubespherePort: number;
+  /** Serve a new certificate to new TLS connections. */
+  updateServingCert(cert: ServingCert): void;
+  /** Use new upstream credentials for new upstream connections (idle ones are closed). */
+  updateAuth(auth: { kubernetes?: UpstreamAuth; kubesphere?: UpstreamAuth }): void;
+  /** Close idle upstream connections riding on session `key` (call when a session ends). */
+  dropSession(key: string): void;
+  /** Connection counts per endpoint. */
+  stats(): Record<"kubernetes" | "kubesphere", HttpProxy["stats"]>;
+  /** Stop listening and destroy every client connection and upstream stream. */
+  close(): Promise<void>;
+}
+
+/** A listener could not be bound (e.g. the port is in use). */
+export class ListenError extends Error {
+  constructor(message: string, readonly code: string | undefined, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ListenError";
+  }
+}
+
+function listen(server: net.Server, host: string, port: number, what: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException) => {
+      server.off("listening", onListening);
+      const where = `${host === "0.0.0.0" ? "" : host}:${port}`;
+      const why = err.code === "EADDRINUSE"
+        ? "address in use"
+        : err.code === "EACCES"
+        ? "permission denied"
+        : err.message;
+      reject(new ListenError(`${what}: listen ${where}: ${why}`, err.code, { cause: err }));
+    };
+    const onListening = () => {
+      server.off("error", onError);
+      resolve((server.address() as net.AddressInfo).port);
+    };
+    server.once("error", onError);
+    server.once("listening", onListening);
+    server.listen(port, host);
+  });
+}
+
+function closeServer(server: net.Server): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server.listening) return resolve();
+    server.close(() => resolve());
+  });
+}
+
+async function identify(
+  sock: tls.TLSSocket,
+  verify: (der: Uint8Array) => Promise<ClientVerdict>,
+): Promise<ClientVerdict> {
+  const peer = sock.getPeerCertificate(true);
+  if (!peer || !peer.raw || peer.raw.length === 0) {
+    return { ok: false, reason: "no client certificate" };
+  }
+  try {
+    return await verify(new Uint8Array(peer.raw));
+  } catch (err) {
+    return { ok: false, reason: `verification failed: ${(err as Error).message}` };
+  }
+}
+
+/** Start both endpoints of `opts.cluster`; rejects with {@link ListenError} if a port is taken. */
+export async function startClusterEndpoints(
+  opts: ClusterEndpointsOptions,
+): Promise<ClusterEndpoints> {
+  const host = opts.host ?? "0.0.0.0";
+  const common: Omit<
+    HttpProxyOptions,
+    "kind" | "dialer" | "auth" | "proto" | "stripAuthorization"
+  > = {
+    cluster: opts.cluster,
+    onRequest: opts.onRequest,
+    forwardIdentityHeaders: opts.forwardIdentityHeaders,
+    pool: opts.pool,
+    clientIdleMs: opts.clientIdleMs,
+  };
+  const kube = new HttpProxy({
+    ...common,
+    kind: "kubernetes",
+    dialer: opts.kubernetes.dialer,
+    auth: opts.kubernetes.auth,
+    proto: "https",
+    stripAuthorization: true,
+  });
+  const ks = new HttpProxy({
+    ...common,
+    kind: "kubesphere",
+    dialer: opts.kubesphere.dialer,
+    auth: opts.kubesphere.auth,
+    proto: "http",
+    stripAuthorization: false,
+  });
+
+  const tlsServer = tls.createServer({
+    cert: opts.servingCert.certPem,
+    key: opts.servingCert.keyPem,
+    requestCert: true,
+    rejectUnauthorized: false, // verified per connection by verifyClient (401 with a Status)
+    ALPNProtocols: ["http/1.1"],
+  });
+  tlsServer.on("secureConnection", (sock: tls.TLSSocket) => {
+    sock.setNoDelay(true);
+    const identity = identify(sock, opts.verifyClient);
+    void kube.serve(sock, { remoteAddress: sock.remoteAddress ?? "", identity });
+  });
+  tlsServer.on("tlsClientError", (err: Error) => {
+    log.v(2, "TLS handshake failed", { cluster: opts.cluster, error: err.message });
+  });
+  const plainServer = net.createServer((sock: net.Socket) => {
+    sock.setNoDelay(true);
+    void ks.serve(sock, { remoteAddress: sock.remoteAddress ?? "" });
+  });
+
+  let kubernetesPort: number;
+  let kubespherePort: number;
+  try {
+    kubernetesPort = await listen(
+      tlsServer,
+      host,
+      opts.kubernetesPort,
+      `cluster ${opts.cluster}`,
+    );
+    kubespherePort = await listen(
+      plainServer,
+      host,
+      opts.kubespherePort,
+      `cluster ${opts.cluster}`,
+    );
+  } catch (err) {
+    await Promise.all([closeServer(tlsServer), closeServer(plainServer)]);
+    kube.close();
+    ks.close();
+    throw err;
+  }
+  for (const s of [tlsServer, plainServer]) {
+    s.on("error", (err: Error) => {
+      log.error("listener failed", { cluster: opts.cluster, error: err.message });
+    });
+  }
+  log.info("cluster endpoints listening", {
+    cluster: opts.cluster,
+    kubernetes: `${host}:${kubernetesPort}`,
+    kubesphere: `${host}:${kubespherePort}`,
+  });
+
+  let closing: Promise<void> | null = null;
+  return {
+    cluster: opts.cluster,
+    kubernetesPort,
+    kubespherePort,
+    updateServingCert(cert: ServingCert): void {
+      tlsServer.setSecureContext({
+        cert: cert.certPem,
+        key: cert.keyPem,
+        ALPNProtocols: ["http/1.1"],
+      } as tls.SecureContextOptions);
+    },
+    updateAuth(auth: { kubernetes?: UpstreamAuth; kubesphere?: UpstreamAuth }): void {
+      if (auth.kubernetes) kube.setAuth(auth.kubernetes);
+      if (auth.kubesphere) ks.setAuth(auth.kubesphere);
+    },
+    dropSession(key: string): void {
+      kube.dropSession(key);
+      ks.dropSession(key);
+    },
+    stats: () => ({ kubernetes: kube.stats, kubesphere: ks.stats }),
+    close(): Promise<void> {
+      closing ??= (async () => {
+        const done = Promise.all([closeServer(tlsServer), closeServer(plainServer)]);
+        kube.close();
+        ks.close();
+        await done;
+        log.info("cluster endpoints closed", { cluster: opts.cluster });
+      })();
+      return closing;
+    },
+  };
+}
