@@ -16,9 +16,9 @@ async function replica(env: Env, identity: string) {
     informer: { backoffInitialMs: 10, backoffMaxMs: 100 },
     leaderElection: {
       identity,
-      leaseDurationMs: 1500,
-      renewDeadlineMs: 1000,
-      retryPeriodMs: 200,
+      leaseDurationMs: 4000,
+      renewDeadlineMs: 3000,
+      retryPeriodMs: 250,
       onChange: (leading) => {
         changes.push(leading);
         for (const w of waiters.filter((w) => w.want === leading)) w.resolve();
