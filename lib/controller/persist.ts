@@ -10,8 +10,9 @@
  */
 
 import { Buffer } from "node:buffer";
+import { Backoff, sleep } from "../kube/backoff.ts";
 import type { KubeClient } from "../kube/client.ts";
-import { isAlreadyExists } from "../kube/errors.ts";
+import { isAlreadyExists, KubeApiError } from "../kube/errors.ts";
 import { type KubeObject, SECRETS } from "../kube/types.ts";
 import { logger } from "../log.ts";
 import { type CA, generateCA, loadCA } from "../pki/mod.ts";
@@ -29,6 +30,24 @@ export const HOST_KEY_SECRET = "tower-host-key";
 export interface SecretObject extends KubeObject {
   type?: string;
   data?: Record<string, string>;
+}
+
+/** Options of {@link loadOrCreateCA} and {@link loadOrCreateHostKeyPem}. */
+export interface PersistOptions {
+  /**
+   * Keep retrying (with backoff) while the API server is unreachable or
+   * answers 429/5xx, instead of throwing (default false). Errors about the
+   * Secret itself (unusable content, 403) still throw at once.
+   */
+  waitForApi?: boolean;
+  /** Stops waiting (the call then throws). */
+  signal?: AbortSignal;
+  /** Backoff between attempts (default 500 ms doubling up to 30 s). */
+  backoff?: { initialMs: number; maxMs: number };
+}
+
+function transient(err: unknown): boolean {
+  return err instanceof KubeApiError ? err.isRetryable : !(err instanceof DOMException);
 }
 
 function b64(s: string): string {
@@ -49,23 +68,49 @@ async function readOrCreateSecret(
   namespace: string,
   name: string,
   make: () => Promise<SecretObject>,
+  opts: PersistOptions,
 ): Promise<{ secret: SecretObject; created: boolean }> {
   const where = `Secret ${namespace}/${name}`;
-  try {
-    const existing = await client.tryGet<SecretObject>(SECRETS, name, { namespace });
-    if (existing) return { secret: existing, created: false };
-    const fresh = await make();
+  const backoff = new Backoff(opts.backoff ?? { initialMs: 500, maxMs: 30_000 });
+  for (;;) {
     try {
-      const created = await client.create<SecretObject>(SECRETS, fresh, { namespace });
-      return { secret: created, created: true };
+      return await readOrCreateOnce(client, namespace, name, make, opts.signal);
     } catch (err) {
-      if (!isAlreadyExists(err)) throw err;
-      log.info("another replica created it first; using theirs", { secret: where });
-      const theirs = await client.get<SecretObject>(SECRETS, name, { namespace });
-      return { secret: theirs, created: false };
+      if (!opts.waitForApi || opts.signal?.aborted || !transient(err)) {
+        throw new Error(`${where}: ${(err as Error).message}`);
+      }
+      const delay = backoff.next();
+      log.warn("cannot reach the API server; retrying", {
+        secret: where,
+        err: (err as Error).message,
+        retryInMs: delay,
+      });
+      await sleep(delay, opts.signal);
+      if (opts.signal?.aborted) throw new Error(`${where}: aborted while waiting for the API`);
     }
+  }
+}
+
+async function readOrCreateOnce(
+  client: KubeClient,
+  namespace: string,
+  name: string,
+  make: () => Promise<SecretObject>,
+  signal?: AbortSignal,
+): Promise<{ secret: SecretObject; created: boolean }> {
+  const existing = await client.tryGet<SecretObject>(SECRETS, name, { namespace, signal });
+  if (existing) return { secret: existing, created: false };
+  const fresh = await make();
+  try {
+    const created = await client.create<SecretObject>(SECRETS, fresh, { namespace, signal });
+    return { secret: created, created: true };
   } catch (err) {
-    throw new Error(`${where}: ${(err as Error).message}`);
+    if (!isAlreadyExists(err)) throw err;
+    log.info("another replica created it first; using theirs", {
+      secret: `${namespace}/${name}`,
+    });
+    const theirs = await client.get<SecretObject>(SECRETS, name, { namespace, signal });
+    return { secret: theirs, created: false };
   }
 }
 
@@ -78,6 +123,7 @@ export async function loadOrCreateCA(
   client: KubeClient,
   namespace: string = TOWER_NAMESPACE,
   name: string = CA_SECRET,
+  opts: PersistOptions = {},
 ): Promise<CA & { created: boolean }> {
   const { secret, created } = await readOrCreateSecret(client, namespace, name, async () => {
     const ca = await generateCA();
@@ -92,7 +138,7 @@ export async function loadOrCreateCA(
       type: "kubernetes.io/tls",
       data: { "tls.crt": b64(ca.certPem), "tls.key": b64(ca.keyPem), "ca.crt": b64(ca.certPem) },
     };
-  });
+  }, opts);
   const where = `Secret ${namespace}/${name}`;
   const certPem = unb64(secret.data?.["tls.crt"]);
   const keyPem = unb64(secret.data?.["tls.key"]);
@@ -116,6 +162,7 @@ export async function loadOrCreateHostKeyPem(
   client: KubeClient,
   namespace: string = TOWER_NAMESPACE,
   name: string = HOST_KEY_SECRET,
+  opts: PersistOptions = {},
 ): Promise<{ pem: string; created: boolean }> {
   const { secret, created } = await readOrCreateSecret(
     client,
@@ -133,6 +180,7 @@ export async function loadOrCreateHostKeyPem(
         type: "kubernetes.io/ssh-auth",
         data: { "ssh-privatekey": b64(generateHostKeyPem()) },
       }),
+    opts,
   );
   const where = `Secret ${namespace}/${name}`;
   const pem = unb64(secret.data?.["ssh-privatekey"]);

@@ -7,6 +7,7 @@ import { parseHostKey } from "../../lib/tunnel/hostkey.ts";
 import { startEnv } from "./helpers.ts";
 
 const NS = "kubesphere-system";
+const CA_NAME = "other-ca";
 
 Deno.test("CA Secret: created once, reloaded after a restart, create race resolved", async () => {
   const env = await startEnv();
@@ -86,6 +87,42 @@ Deno.test("host key Secret: stable fingerprint across restarts and replicas", as
       Error,
       "Secret kubesphere-system/bad-key",
     );
+  } finally {
+    await env.close();
+  }
+});
+
+Deno.test("waitForApi: transient API errors are waited out; others throw at once", async () => {
+  const env = await startEnv();
+  try {
+    const noRetry = await env.newClient({ retries: 0 });
+    const secretsPath = (_m: string, p: string) => p.includes("/secrets");
+    env.server.faults.failNext(1, 503, secretsPath);
+    await assertRejects(() => loadOrCreateHostKeyPem(noRetry), Error, "503");
+    env.server.faults.failNext(4, 500, secretsPath);
+    const k = await loadOrCreateHostKeyPem(noRetry, NS, "tower-host-key", {
+      waitForApi: true,
+      backoff: { initialMs: 1, maxMs: 5 },
+    });
+    assertEquals(k.created, true);
+    assertEquals(env.server.faults.failed, 5);
+    env.server.faults.failNext(1, 403, secretsPath);
+    await assertRejects(
+      () => loadOrCreateCA(noRetry, NS, CA_NAME, { waitForApi: true }),
+      Error,
+      "403",
+    );
+    // Aborting the wait ends it.
+    env.server.faults.failNext(1000, 500, secretsPath);
+    const ac = new AbortController();
+    const p = loadOrCreateCA(noRetry, NS, CA_NAME, {
+      waitForApi: true,
+      signal: ac.signal,
+      backoff: { initialMs: 1, maxMs: 5 },
+    });
+    ac.abort();
+    await assertRejects(() => p, Error, "Secret kubesphere-system/other-ca");
+    env.server.faults.reset();
   } finally {
     await env.close();
   }
