@@ -18,6 +18,7 @@ export {
   HOST_KEY_SECRET,
   loadOrCreateCA,
   loadOrCreateHostKeyPem,
+  type PersistOptions,
   type SecretObject,
 } from "./persist.ts";
 export {

@@ -556,3 +556,77 @@ Deno.test("portsUsedByOthers: the older (then lower-named) cluster keeps a share
   assertEquals(pa.cluster, undefined);
   assertEquals(pb.cluster!.spec!.connection!.kubernetesAPIServerPort, 6001);
 });
+
+Deno.test("property: any Cluster converges within a few steps, then reconcile is a no-op", () => {
+  const cond = fc.record({
+    type: fc.constantFrom("Ready", "Initialized", "AgentAvailable", "ExternalAccessReady", "X"),
+    status: fc.constantFrom("True" as const, "False" as const, "Unknown" as const),
+    reason: fc.string({ maxLength: 5 }),
+    message: fc.string({ maxLength: 5 }),
+  });
+  fc.assert(
+    fc.property(
+      fc.record({
+        external: fc.boolean(),
+        annotations: fc.option(fc.dictionary(fc.string({ maxLength: 4 }), fc.string()), {
+          nil: undefined,
+        }),
+        token: fc.option(fc.string({ maxLength: 8 }), { nil: undefined }),
+        k: fc.option(fc.integer({ min: 0, max: 70000 }), { nil: undefined }),
+        s: fc.option(fc.integer({ min: 0, max: 70000 }), { nil: undefined }),
+        conditions: fc.uniqueArray(cond, { selector: (c) => c.type, maxLength: 4 }),
+        publish: fc.option(fc.constantFrom("192.0.2.1", "fd00::2"), { nil: undefined }),
+        agent: fc.constantFrom("connected" as const, "disconnected" as const, "unknown" as const),
+        ingress: fc.option(fc.constantFrom({ ip: "203.0.113.1" }, { hostname: "lb.example" }), {
+          nil: undefined,
+        }),
+        used: fc.array(fc.integer({ min: 6000, max: 6010 }), { maxLength: 5 }),
+      }),
+      (g) => {
+        const c = cluster({
+          externalKubeAPIEnabled: g.external,
+          connection: {
+            type: "proxy",
+            token: g.token,
+            kubernetesAPIServerPort: g.k,
+            kubesphereAPIServerPort: g.s,
+          },
+        });
+        if (g.annotations) {
+          c.metadata.annotations = { [LB_ANNOTATIONS_KEY]: JSON.stringify(g.annotations) };
+        }
+        c.status = { conditions: g.conditions, other: 1 };
+        const used = new Set(g.used.flatMap((p) => [p, p + 10000]));
+        const start = input({
+          cluster: c,
+          agent: g.agent,
+          publishAddress: g.publish,
+          portsUsedByOthers: used,
+        });
+        let end = converge(start);
+        if (g.ingress && end.service) {
+          end = converge({
+            ...start,
+            cluster: end.cluster,
+            service: { ...end.service, status: { loadBalancer: { ingress: [g.ingress] } } },
+          });
+        }
+        const again = reconcileCluster({ ...start, ...end, now: T1 });
+        if (again.cluster || again.service.kind !== "none") return false;
+        // Foreign conditions and fields survive, untouched.
+        const x = g.conditions.find((k) => k.type === "Ready" || k.type === "X");
+        if (x && JSON.stringify(findCondition(end.cluster, x.type)) !== JSON.stringify(x)) {
+          return false;
+        }
+        const conn = end.cluster.spec!.connection!;
+        return end.cluster.status!.other === 1 && !used.has(conn.kubernetesAPIServerPort!) &&
+          initializedTrue(end.cluster);
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+function initializedTrue(c: ClusterObject): boolean {
+  return findCondition(c, "Initialized")?.status === "True";
+}
