@@ -24,13 +24,17 @@ export const DEFAULT_POOL_OPTIONS: PoolOptions = { maxIdle: 32, idleTimeoutMs: 6
 
 interface Idle {
   conn: UpstreamConn;
-  timer: ReturnType<typeof setTimeout>;
+  /** `performance.now()` when it became idle. */
+  since: number;
 }
 
 /** A pool of idle upstream connections. */
 export class UpstreamPool {
   readonly #opts: PoolOptions;
+  /** Oldest first (so expiry looks at the front; reuse takes from the back). */
   #idle: Idle[] = [];
+  /** One timer for the whole pool, due when the oldest entry expires. */
+  #timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(opts: Partial<PoolOptions> = {}) {
     this.#opts = { ...DEFAULT_POOL_OPTIONS, ...opts };
@@ -46,6 +50,7 @@ export class UpstreamPool {
    * not `isLive` are destroyed on the way.
    */
   take(isLive?: (key: string) => boolean): UpstreamConn | undefined {
+    let found: UpstreamConn | undefined;
     while (this.#idle.length > 0) {
       const e = this.#idle.pop()!;
       this.#release(e);
@@ -53,9 +58,11 @@ export class UpstreamPool {
         e.conn.destroy();
         continue;
       }
-      return e.conn;
+      found = e.conn;
+      break;
     }
-    return undefined;
+    if (this.#idle.length === 0) this.#schedule();
+    return found;
   }
 
   /** Keep `conn` for reuse; returns false (and destroys it) when it cannot be kept. */
@@ -69,11 +76,9 @@ export class UpstreamPool {
       this.#release(oldest);
       oldest.conn.destroy();
     }
-    const entry: Idle = {
-      conn,
-      timer: setTimeout(() => this.#evict(entry), this.#opts.idleTimeoutMs),
-    };
+    const entry: Idle = { conn, since: performance.now() };
     this.#idle.push(entry);
+    this.#schedule();
     conn.wire.setSink({
       onData: () => this.#evict(entry), // unsolicited bytes: the connection is out of sync
       onEnd: () => this.#evict(entry),
@@ -93,10 +98,10 @@ export class UpstreamPool {
       this.#release(e);
       e.conn.destroy();
     }
+    this.#schedule();
   }
 
   #release(e: Idle): void {
-    clearTimeout(e.timer);
     e.conn.wire.setSink(null);
   }
 
@@ -106,5 +111,27 @@ export class UpstreamPool {
     this.#idle.splice(i, 1);
     this.#release(e);
     e.conn.destroy();
+    if (this.#idle.length === 0) this.#schedule();
+  }
+
+  /** Keep the timer due at the oldest entry's expiry; none while the pool is empty. */
+  #schedule(): void {
+    if (this.#idle.length === 0) {
+      if (this.#timer !== undefined) clearTimeout(this.#timer);
+      this.#timer = undefined;
+      return;
+    }
+    if (this.#timer !== undefined) return;
+    const due = this.#idle[0].since + this.#opts.idleTimeoutMs - performance.now();
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      const cutoff = performance.now() - this.#opts.idleTimeoutMs;
+      while (this.#idle.length > 0 && this.#idle[0].since <= cutoff) {
+        const e = this.#idle.shift()!;
+        this.#release(e);
+        e.conn.destroy();
+      }
+      this.#schedule();
+    }, Math.max(0, due));
   }
 }

@@ -531,3 +531,47 @@ Deno.test("upstream failing mid-response breaks the client connection promptly",
     await t.close();
   }
 });
+
+Deno.test("a pooled stream that turns out dead is retried once for idempotent requests", async () => {
+  // Every connection answers its first request and drops on the second, unanswered.
+  const origin = await startRawOrigin((_head, n) => ({
+    response: n === 0 ? "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" : null,
+    upgrade: false,
+  }));
+  const dialer = new TestDialer(origin.port);
+  const proxy = await startPlainProxy(dialer);
+  const c = await RawClient.connect(proxy.port);
+  try {
+    c.write("GET /a HTTP/1.1\r\nHost: a\r\n\r\n");
+    assertEquals((await c.readResponse()).body.toString(), "ok");
+    c.write("GET /b HTTP/1.1\r\nHost: a\r\n\r\n");
+    assertEquals((await c.readResponse()).body.toString(), "ok", "retried on a fresh stream");
+    assertEquals(dialer.dials, 2);
+    assertEquals(origin.heads.filter((h) => h.startsWith("GET /b ")).length, 2, "sent twice");
+    // A request with a body is not replayed: 502.
+    c.write("POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx");
+    const res = await c.readResponse();
+    assertEquals(res.status, 502);
+    assertEquals(dialer.dials, 2);
+  } finally {
+    await c.close();
+    await proxy.close();
+    await origin.close();
+  }
+});
+
+Deno.test("pooled streams of a session that is no longer live are not reused", async () => {
+  const t = await setup();
+  try {
+    let live = true;
+    t.dialer.isLive = () => live;
+    await (await t.fetch("/echo")).arrayBuffer();
+    await (await t.fetch("/echo")).arrayBuffer();
+    assertEquals(t.dialer.dials, 1);
+    live = false;
+    await (await t.fetch("/echo")).arrayBuffer();
+    assertEquals(t.dialer.dials, 2);
+  } finally {
+    await t.close();
+  }
+});

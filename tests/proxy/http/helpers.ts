@@ -60,6 +60,8 @@ export class TestDialer implements UpstreamDialer {
   mode: "ok" | "noagent" | "fail" = "ok";
   key = "session-1";
   wrap: boolean;
+  /** Set to make the pool check sessions. */
+  isLive?: (key: string) => boolean;
   #waiters: (() => void)[] = [];
 
   constructor(public port: number, opts: { wrap?: boolean } = {}) {

@@ -155,14 +155,18 @@ export async function startHttpOrigin(): Promise<HttpOrigin> {
   };
 }
 
-/** A raw origin: answers every request by `answer(head)`; after a 101 it echoes bytes. */
+/**
+ * A raw origin: answers every request by `answer(head, n)` (`n`: index of the request on its
+ * connection); `response: null` drops the connection instead. After a 101 it echoes bytes.
+ */
 export async function startRawOrigin(
-  answer: (head: string) => { response: string; upgrade: boolean },
+  answer: (head: string, n: number) => { response: string | null; upgrade: boolean },
 ): Promise<TestServer & { heads: string[] }> {
   const heads: string[] = [];
   const server = net.createServer((sock) => {
     let buf = Buffer.alloc(0);
     let upgraded = false;
+    let n = 0;
     sock.on("error", () => {});
     sock.on("data", (d: Buffer) => {
       if (upgraded) {
@@ -176,7 +180,11 @@ export async function startRawOrigin(
         const head = buf.subarray(0, i).toString("latin1");
         buf = buf.subarray(i + 4);
         heads.push(head);
-        const a = answer(head);
+        const a = answer(head, n++);
+        if (a.response === null) {
+          sock.destroy();
+          return;
+        }
         sock.write(a.response);
         if (a.upgrade) {
           upgraded = true;
