@@ -340,6 +340,28 @@ Deno.test("kubernetes endpoint: requests with a Tower client certificate reach t
       await deadline(f.api.core.logStreamsIdle(), 10_000, "log stream closed after client left");
     });
 
+    await t.step("losing the agent mid-watch ends the client's response promptly", async () => {
+      const sock = tls.connect({
+        host: "127.0.0.1",
+        port: f.ep.kubernetesPort,
+        ca: f.tower.certPem,
+        cert: f.user.certPem,
+        key: f.user.keyPem,
+      });
+      const c = RawClient.of(sock);
+      try {
+        c.write("GET /api/v1/namespaces?watch=true HTTP/1.1\r\nHost: x\r\n\r\n");
+        assertEquals((await c.readHead()).status, 200);
+        await c.readSome();
+        f.kdial.killAll();
+        await deadline(c.readToEnd(), 5_000, "client connection ended after the agent was lost");
+        assert(c.ended);
+      } finally {
+        await c.close();
+      }
+      await f.kdial.waitOpen(0);
+    });
+
     await t.step("no credentials of the agent in responses or audit records", () => {
       const text = JSON.stringify(f.records);
       assert(!text.includes("PRIVATE KEY"));

@@ -29,6 +29,8 @@ export class UpstreamConn {
     this.raw = raw;
     this.stream = stream;
     this.wire = new Wire(stream);
+    // The tunnel stream going away (agent lost) must end the TLS stream on it at once.
+    if (raw !== stream) raw.once("close", () => stream.destroy());
   }
 
   /** Closed, failed or half-closed by the peer: not usable for another request. */

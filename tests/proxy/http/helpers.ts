@@ -63,6 +63,7 @@ export class TestDialer implements UpstreamDialer {
   /** Set to make the pool check sessions. */
   isLive?: (key: string) => boolean;
   #waiters: (() => void)[] = [];
+  #socks = new Set<net.Socket>();
 
   constructor(public port: number, opts: { wrap?: boolean } = {}) {
     this.wrap = opts.wrap ?? false;
@@ -84,11 +85,18 @@ export class TestDialer implements UpstreamDialer {
     }
     this.dials++;
     this.open++;
+    this.#socks.add(sock);
     sock.once("close", () => {
+      this.#socks.delete(sock);
       this.open--;
       for (const w of this.#waiters.splice(0)) w();
     });
     return { stream: this.wrap ? new WrappedStream(sock) : sock, key: this.key };
+  }
+
+  /** Destroy every open stream (as losing the agent's session does). */
+  killAll(): void {
+    for (const s of this.#socks) s.destroy();
   }
 
   /** Resolves once `open === n` (rejects after `ms`, a safety net). */
