@@ -20,6 +20,15 @@ import {
 import type { PoolOptions } from "./http/pool.ts";
 import type { UpstreamAuth, UpstreamDialer } from "./http/upstream.ts";
 
+export type { ClientVerdict, RequestRecord } from "./http/forward.ts";
+export {
+  type DialedStream,
+  NoAgentError,
+  type UpstreamAuth,
+  type UpstreamDialer,
+  type UpstreamTls,
+} from "./http/upstream.ts";
+
 const log = logger("proxy/endpoint");
 
 /** Serving certificate and key (PEM). */
