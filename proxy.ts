@@ -7,11 +7,16 @@
 import { FlagError, type FlagSpecs, helpText, parseFlags } from "./lib/cli.ts";
 import { logger, setupLogging } from "./lib/log.ts";
 import { ProxyApp } from "./lib/proxy/app.ts";
-import { FileClusterSource } from "./lib/proxy/clusters_file.ts";
+import {
+  kubernetesSetup,
+  type ProxySetup,
+  type SetupFlags,
+  standaloneSetup,
+} from "./lib/proxy/setup.ts";
 import { startHealthServer } from "./lib/health_server.ts";
-import { loadOrCreateHostKeyFile } from "./lib/tunnel/hostkey.ts";
 import { VERSION } from "./lib/version.ts";
-import { dirname, join } from "node:path";
+import { joinCommand, joinInputFromCluster, joinManifest } from "./lib/proxy/join.ts";
+import { KubeClient, loadKubeConnection } from "./lib/kube/mod.ts";
 
 /** The proxy's flags (SPEC §2 plus this project's). */
 export const PROXY_FLAGS: FlagSpecs = {
@@ -99,9 +104,60 @@ export const PROXY_FLAGS: FlagSpecs = {
   version: { kind: "bool", help: "print the version and exit" },
 };
 
-const USAGE = "Usage: proxy [--clusters-file FILE | --kubeconfig FILE] [flags]";
+const USAGE = "Usage: proxy [--clusters-file FILE | --kubeconfig FILE] [flags]\n" +
+  "       proxy join CLUSTER --proxy-server URL [--kubeconfig FILE] [--print manifest|command]";
+
+/** Flags of `proxy join`. */
+export const JOIN_FLAGS: FlagSpecs = {
+  "proxy-server": { kind: "string", required: true, help: "URL agents use to reach this proxy" },
+  kubeconfig: { kind: "string", default: "", help: "host cluster kubeconfig (empty: in-cluster)" },
+  print: {
+    kind: "string",
+    default: "manifest",
+    help: "manifest (for kubectl apply -f -) or command (run the agent by hand)",
+    validate: (v) => v === "manifest" || v === "command" ? undefined : "want manifest or command",
+  },
+  image: { kind: "string", default: "kubesphere/tower:v0.1.0", help: "agent image" },
+};
+
+/** `proxy join CLUSTER`: print what the member cluster needs, token filled in. */
+async function joinMain(args: string[]): Promise<number> {
+  let flags;
+  try {
+    flags = parseFlags(args, JOIN_FLAGS, true);
+    if (!flags.help && flags.positionals.length !== 1) {
+      throw new FlagError("proxy join takes exactly one cluster name");
+    }
+  } catch (err) {
+    if (err instanceof FlagError) {
+      console.error(`proxy join: ${err.message} (see --help)`);
+      return 2;
+    }
+    throw err;
+  }
+  if (flags.help) {
+    console.log(helpText("Usage: proxy join CLUSTER --proxy-server URL [flags]", JOIN_FLAGS));
+    return 0;
+  }
+  const v = flags.values;
+  try {
+    const client = new KubeClient(await loadKubeConnection(v.kubeconfig as string));
+    const input = await joinInputFromCluster(
+      client,
+      flags.positionals[0],
+      v["proxy-server"] as string,
+    );
+    input.image = v.image as string;
+    console.log(v.print === "command" ? joinCommand(input) : joinManifest(input));
+    return 0;
+  } catch (err) {
+    console.error(`proxy join: ${(err as Error).message}`);
+    return 1;
+  }
+}
 
 async function main(args: string[]): Promise<number> {
+  if (args[0] === "join") return await joinMain(args.slice(1));
   let flags;
   try {
     flags = parseFlags(args, PROXY_FLAGS);
@@ -126,31 +182,43 @@ async function main(args: string[]): Promise<number> {
   for (const [k, val] of Object.entries(v)) {
     if (!["v", "log-format", "version"].includes(k)) log.info(`Flag --${k} set`, { value: val });
   }
-  const clustersFile = v["clusters-file"] as string;
-  if (!clustersFile) {
-    console.error("proxy: Kubernetes mode is not available in this build yet: use --clusters-file");
+  if ((v["ca-cert"] === "") !== (v["ca-key"] === "")) {
+    console.error("proxy: --ca-cert and --ca-key go together");
     return 2;
   }
-  let app: ProxyApp;
+  const setupFlags: SetupFlags = {
+    caCert: v["ca-cert"] as string,
+    caKey: v["ca-key"] as string,
+    hostKeyPath: v["host-key"] as string,
+    publishAddress: v["publish-service-address"] as string,
+    clustersFile: v["clusters-file"] as string,
+    kubeconfigDir: v["kubeconfig-dir"] as string,
+    kubeconfig: v.kubeconfig as string,
+    leaderElect: v["leader-elect"] as boolean,
+  };
+  const starting = new AbortController();
+  const onEarlyStop = () => starting.abort();
+  Deno.addSignalListener("SIGTERM", onEarlyStop);
+  Deno.addSignalListener("SIGINT", onEarlyStop);
+  let app: ProxyApp | undefined;
+  let setup: ProxySetup | undefined;
   let health: { close(): Promise<void> } | undefined;
   try {
-    const hostKeyPath = (v["host-key"] as string) || join(dirname(clustersFile), "proxy_host_key");
-    const hostKey = await loadOrCreateHostKeyFile(hostKeyPath);
-    log.info("SSH host key", {
-      path: hostKeyPath,
-      fingerprint: hostKey.fingerprint,
-      created: hostKey.created,
-    });
-    const clusters = new FileClusterSource({
-      path: clustersFile,
-      kubeconfigDir: (v["kubeconfig-dir"] as string) || undefined,
-      publishAddress: (v["publish-service-address"] as string) || undefined,
-    });
+    if (v["metrics-address"]) {
+      health = await startHealthServer(
+        v["metrics-address"] as string,
+        () => app?.readiness() ?? { ok: false, detail: ["starting"] },
+      );
+    }
+    setup = setupFlags.clustersFile
+      ? await standaloneSetup(setupFlags)
+      : await kubernetesSetup(setupFlags, starting.signal);
     app = new ProxyApp({
       host: v.host as string,
       port: v.port as number,
-      hostKey,
-      clusters,
+      hostKey: setup.hostKey,
+      clusters: setup.clusters,
+      ca: setup.ca,
       keepaliveMs: v.keepalive as number,
       handshakeTimeoutMs: v["handshake-timeout"] as number,
       maxPendingHandshakes: v["max-pending-handshakes"] as number,
@@ -158,13 +226,15 @@ async function main(args: string[]): Promise<number> {
       maxChannelsPerSession: v["max-channels-per-session"] as number,
     });
     await app.start();
-    if (v["metrics-address"]) {
-      const started = app;
-      health = await startHealthServer(v["metrics-address"] as string, () => started.readiness());
-    }
   } catch (err) {
     log.error("Cannot start", { err: (err as Error).message });
+    await app?.close().catch(() => {});
+    setup?.close();
+    await health?.close();
     return 1;
+  } finally {
+    Deno.removeSignalListener("SIGTERM", onEarlyStop);
+    Deno.removeSignalListener("SIGINT", onEarlyStop);
   }
   const stopped = Promise.withResolvers<string>();
   const onTerm = () => stopped.resolve("SIGTERM");
@@ -176,6 +246,7 @@ async function main(args: string[]): Promise<number> {
   Deno.removeSignalListener("SIGTERM", onTerm);
   Deno.removeSignalListener("SIGINT", onInt);
   await app.close();
+  setup.close();
   await health?.close();
   return 0;
 }

@@ -6,7 +6,9 @@
 
 import { logger } from "../log.ts";
 import { agentConnects, agentDisconnects, handshakeFailures, sessionsGauge } from "../metrics.ts";
+import type { CA } from "../pki/mod.ts";
 import type { HostKey } from "../tunnel/hostkey.ts";
+import { EndpointsManager } from "./endpoints_manager.ts";
 import { startAgentPort } from "./agent_port.ts";
 import type { AgentPort } from "./agent_port.ts";
 import type { ClusterSource } from "./clusters.ts";
@@ -21,6 +23,10 @@ export interface ProxyAppOptions {
   port: number;
   hostKey: HostKey;
   clusters: ClusterSource;
+  /** Tower's CA: with it, connected clusters get their API endpoints and kubeconfigs. */
+  ca?: CA;
+  /** Address the per-cluster endpoints bind (default 0.0.0.0). */
+  endpointsHost?: string;
   keepaliveMs?: number;
   handshakeTimeoutMs?: number;
   maxPendingHandshakes?: number;
@@ -37,6 +43,8 @@ export class ProxyApp {
   #port: AgentPort | undefined;
   #unsubscribe: (() => void) | undefined;
   #started = false;
+  /** Per-cluster API endpoints (when a CA was given). */
+  endpoints: EndpointsManager | undefined;
 
   constructor(opts: ProxyAppOptions) {
     this.#opts = opts;
@@ -109,6 +117,14 @@ export class ProxyApp {
         );
       },
     });
+    if (this.#opts.ca) {
+      this.endpoints = new EndpointsManager({
+        ca: this.#opts.ca,
+        clusters,
+        registry: this.registry,
+        bindHost: this.#opts.endpointsHost,
+      });
+    }
     this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel);
     this.#started = true;
   }
@@ -129,6 +145,7 @@ export class ProxyApp {
   /** Stop listening, close every session, stop watching clusters. */
   async close(): Promise<void> {
     this.#unsubscribe?.();
+    await this.endpoints?.close();
     this.registry.closeAll("proxy shutting down");
     await this.#port?.close();
     await this.#opts.clusters.close();

@@ -40,6 +40,8 @@ export interface ClusterSource {
   agentConnected(name: string, config: AgentConfig): Promise<void>;
   /** The last agent session of `name` went away. */
   agentDisconnected(name: string): Promise<void>;
+  /** The kubeconfig published for `name` so far, if any (to avoid re-issuing a valid one). */
+  currentKubeconfig?(name: string): Promise<string | undefined>;
   /** Make `kubeconfig` available to users of cluster `name` (Cluster object or file). */
   publishKubeconfig(name: string, kubeconfig: string): Promise<void>;
   /**

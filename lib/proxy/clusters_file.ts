@@ -191,6 +191,14 @@ export class FileClusterSource implements ClusterSource {
     return join(this.kubeconfigDir, `${name}.kubeconfig`);
   }
 
+  async currentKubeconfig(name: string): Promise<string | undefined> {
+    try {
+      return await Deno.readTextFile(this.kubeconfigPath(name));
+    } catch {
+      return undefined;
+    }
+  }
+
   async publishKubeconfig(name: string, kubeconfig: string): Promise<void> {
     const path = this.kubeconfigPath(name);
     const tmp = `${path}.tmp-${crypto.randomUUID()}`;

@@ -199,6 +199,11 @@ export class KubeClusterSource implements ClusterSource {
     return this.#clusters.get(name);
   }
 
+  currentKubeconfig(name: string): Promise<string | undefined> {
+    const b64 = this.#clusters.get(name)?.spec?.connection?.kubeconfig;
+    return Promise.resolve(b64 ? Buffer.from(b64, "base64").toString("utf8") : undefined);
+  }
+
   agentConnected(name: string, config: AgentConfig): Promise<void> {
     log.v(2, "cluster agent up", { cluster: name, version: config.Version });
     this.controller.setAgentConnected(name, true);

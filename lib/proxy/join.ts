@@ -5,7 +5,13 @@
  * @module
  */
 
+import { Buffer } from "node:buffer";
 import { stringify } from "yaml";
+import { HOST_KEY_SECRET } from "../controller/persist.ts";
+import { TOWER_NAMESPACE } from "../controller/types.ts";
+import type { KubeClient } from "../kube/client.ts";
+import { CLUSTERS, type KubeObject, SECRETS } from "../kube/types.ts";
+import { parseHostKey } from "../tunnel/hostkey.ts";
 
 /** What the join output is made of. */
 export interface JoinInput {
@@ -125,4 +131,42 @@ export function joinCommand(input: JoinInput): string {
   ];
   if (input.fingerprint) parts.push(`--proxy-fingerprint=${sh(input.fingerprint)}`);
   return parts.join(" ");
+}
+
+/** Read the cluster's token (and the proxy's fingerprint when readable) from the host cluster. */
+export async function joinInputFromCluster(
+  client: KubeClient,
+  cluster: string,
+  proxyServer: string,
+  namespace = TOWER_NAMESPACE,
+): Promise<JoinInput> {
+  const obj = await client.tryGet<
+    KubeObject & { spec?: { connection?: { token?: string; type?: string } } }
+  >(
+    CLUSTERS,
+    cluster,
+  );
+  if (!obj) throw new Error(`cluster ${cluster}: no such Cluster object`);
+  const conn = obj.spec?.connection ?? {};
+  if (conn.type !== "proxy") {
+    throw new Error(
+      `cluster ${cluster}: spec.connection.type is ${JSON.stringify(conn.type ?? "")}, not "proxy"`,
+    );
+  }
+  if (!conn.token) {
+    throw new Error(`cluster ${cluster}: no token yet (is the proxy running? it generates one)`);
+  }
+  let fingerprint: string | undefined;
+  try {
+    const secret = await client.tryGet<KubeObject & { data?: Record<string, string> }>(
+      SECRETS,
+      HOST_KEY_SECRET,
+      { namespace },
+    );
+    const pem = secret?.data?.["ssh-privatekey"];
+    if (pem) fingerprint = parseHostKey(Buffer.from(pem, "base64").toString("utf8")).fingerprint;
+  } catch {
+    // Not allowed to read the host key: the output just does not pin it.
+  }
+  return { cluster, token: conn.token, proxyServer, fingerprint };
 }

@@ -6,7 +6,8 @@
  */
 
 import { Buffer } from "node:buffer";
-import { stringify } from "yaml";
+import { parse, stringify } from "yaml";
+import { type CA, verifyClientCert } from "../pki/mod.ts";
 
 /** What goes into a member kubeconfig. */
 export interface MemberKubeconfigInput {
@@ -42,4 +43,30 @@ export function renderKubeconfig(input: MemberKubeconfigInput): string {
     "current-context": `kubernetes-admin@${input.cluster}`,
     preferences: {},
   });
+}
+
+/**
+ * Whether `yaml` is a kubeconfig this CA issued for `server` whose client
+ * certificate is valid for at least `minValidMs` more (default 30 days).
+ */
+export async function kubeconfigStillValid(
+  yaml: string,
+  server: string,
+  ca: CA,
+  minValidMs = 30 * 24 * 3600 * 1000,
+): Promise<boolean> {
+  try {
+    const kc = parse(yaml) as {
+      clusters?: { cluster?: { server?: string } }[];
+      users?: { user?: { "client-certificate-data"?: string } }[];
+    };
+    if (kc?.clusters?.[0]?.cluster?.server !== server) return false;
+    const certB64 = kc.users?.[0]?.user?.["client-certificate-data"];
+    if (!certB64) return false;
+    const certPem = Buffer.from(certB64, "base64").toString("utf8");
+    const verdict = await verifyClientCert(ca, certPem, new Date(Date.now() + minValidMs));
+    return verdict.ok;
+  } catch {
+    return false;
+  }
 }

@@ -36,6 +36,8 @@ export interface RegistryListener {
   clusterDown?(cluster: string): void;
   /** Any session added or removed (for metrics). */
   changed?(cluster: string, sessions: number): void;
+  /** A session was removed. */
+  removed?(session: AgentSession): void;
 }
 
 /** Sessions by cluster name. */
@@ -72,6 +74,7 @@ export class SessionRegistry {
     list.splice(i, 1);
     if (list.length === 0) this.#byCluster.delete(session.cluster);
     for (const l of this.#listeners) {
+      l.removed?.(session);
       l.changed?.(session.cluster, list.length);
       if (list.length === 0) l.clusterDown?.(session.cluster);
     }

@@ -1,0 +1,271 @@
+/**
+ * Runs each connected cluster's two API endpoints (SPEC §4): started when the
+ * cluster's first agent connects, kept while the cluster is served, stopped
+ * when it goes away or stops being served, restarted when its ports change.
+ * Issues the serving certificate and the cluster's kubeconfig from Tower's CA.
+ * @module
+ */
+
+import type { Duplex } from "node:stream";
+import { Buffer } from "node:buffer";
+import { logger } from "../log.ts";
+import { bytesCounter, requestDuration, requestsCounter } from "../metrics.ts";
+import { type CA, issueClientCert, issueServingCert, verifyClientCert } from "../pki/mod.ts";
+import type { AgentConfig } from "../tunnel/handshake.ts";
+import type { ClusterRecord, ClusterSource } from "./clusters.ts";
+import { type ClusterEndpoints, startClusterEndpoints } from "./endpoint.ts";
+import { NoAgentError, type UpstreamAuth, type UpstreamDialer } from "./http/upstream.ts";
+import { kubeconfigStillValid, renderKubeconfig } from "./kubeconfig.ts";
+import type { SessionRegistry } from "./registry.ts";
+
+const log = logger("proxy/endpoints");
+
+/** Hosts every serving certificate also names (SPEC §3 step 2). */
+const IN_CLUSTER_NAMES = ["kubernetes", "kubernetes.default", "kubernetes.default.svc"];
+
+/** Options for {@link EndpointsManager}. */
+export interface EndpointsManagerOptions {
+  ca: CA;
+  clusters: ClusterSource;
+  registry: SessionRegistry;
+  /** Address the per-cluster listeners bind (default 0.0.0.0). */
+  bindHost?: string;
+}
+
+interface Running {
+  endpoints: ClusterEndpoints;
+  kubernetesPort: number;
+  kubespherePort: number;
+  hosts: string;
+  /** The endpoint written into the published kubeconfig. */
+  published?: string;
+}
+
+/** The SAN lists of a serving certificate for `rec`. */
+export function servingNames(rec: ClusterRecord): { dnsNames: string[]; ipAddresses: string[] } {
+  const ip = /^(\d{1,3}(\.\d{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:]+)$/;
+  const hosts = [...new Set([...rec.endpointHosts, "127.0.0.1", "localhost"])];
+  return {
+    dnsNames: [...new Set([...hosts.filter((h) => !ip.test(h)), ...IN_CLUSTER_NAMES])],
+    ipAddresses: hosts.filter((h) => ip.test(h)),
+  };
+}
+
+/** Upstream credentials from an agent's config (SPEC §4). */
+export function upstreamAuth(
+  cfg: AgentConfig,
+): { kubernetes: UpstreamAuth; kubesphere: UpstreamAuth } {
+  const text = (b?: Uint8Array) => (b && b.length ? Buffer.from(b).toString("utf8") : undefined);
+  const bearer = text(cfg.BearerToken);
+  const host = cfg.KubernetesSvcHost.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+  return {
+    kubernetes: {
+      tls: {
+        caPem: text(cfg.CAData),
+        certPem: text(cfg.CertData),
+        keyPem: text(cfg.KeyData),
+        serverName: host,
+      },
+      bearerToken: cfg.CertData?.length ? undefined : bearer,
+    },
+    kubesphere: { bearerToken: bearer },
+  };
+}
+
+/** Keeps the endpoints of every connected cluster running. */
+export class EndpointsManager {
+  #opts: EndpointsManagerOptions;
+  #running = new Map<string, Running>();
+  #pending = new Map<string, Promise<void>>();
+  #closed = false;
+  #unsubscribe: (() => void)[] = [];
+
+  constructor(opts: EndpointsManagerOptions) {
+    this.#opts = opts;
+    this.#unsubscribe.push(opts.registry.listen({
+      clusterUp: (cluster) => this.#queue(cluster),
+      removed: (session) => this.#running.get(session.cluster)?.endpoints.dropSession(session.id),
+    }));
+    this.#unsubscribe.push(opts.clusters.subscribe((name) => {
+      if (this.#running.has(name) || opts.registry.sessions(name).length > 0) this.#queue(name);
+    }));
+  }
+
+  /** Ports of a running cluster (tests, logs). */
+  ports(cluster: string): { kubernetes: number; kubesphere: number } | undefined {
+    const r = this.#running.get(cluster);
+    return r && { kubernetes: r.endpoints.kubernetesPort, kubesphere: r.endpoints.kubespherePort };
+  }
+
+  /** Wait for pending work on `cluster` (tests). */
+  settled(cluster: string): Promise<void> {
+    return this.#pending.get(cluster) ?? Promise.resolve();
+  }
+
+  /** Serialise work per cluster: each change waits for the previous one. */
+  #queue(cluster: string): void {
+    const prev = this.#pending.get(cluster) ?? Promise.resolve();
+    const next = prev.then(() => this.#sync(cluster)).catch((err) => {
+      const message = (err as Error).message;
+      log.error("Cannot serve cluster endpoints", { cluster, err: message });
+      this.#opts.clusters.endpointsStatus?.(cluster, message);
+    });
+    this.#pending.set(cluster, next);
+    next.finally(() => {
+      if (this.#pending.get(cluster) === next) this.#pending.delete(cluster);
+    });
+  }
+
+  async #sync(cluster: string): Promise<void> {
+    if (this.#closed) return;
+    const rec = this.#opts.clusters.lookup(cluster);
+    const running = this.#running.get(cluster);
+    if (!rec || !rec.enabled || !rec.kubernetesPort || !rec.kubespherePort) {
+      if (running) await this.#stop(cluster, rec ? "cluster no longer served" : "cluster removed");
+      return;
+    }
+    const hosts = JSON.stringify(servingNames(rec));
+    if (
+      running && running.kubernetesPort === rec.kubernetesPort &&
+      running.kubespherePort === rec.kubespherePort
+    ) {
+      if (running.hosts !== hosts) {
+        running.endpoints.updateServingCert(await this.#servingCert(rec));
+        running.hosts = hosts;
+      }
+      const session = this.#opts.registry.pick(cluster);
+      if (session) this.#applyAuth(running.endpoints, session.config);
+      if (rec.kubernetesEndpoint && rec.kubernetesEndpoint !== running.published) {
+        await this.#publish(rec);
+        running.published = rec.kubernetesEndpoint;
+      }
+      return;
+    }
+    if (running) await this.#stop(cluster, "ports changed");
+    const session = this.#opts.registry.pick(cluster);
+    if (!session) return; // starts when an agent connects
+    const auth = upstreamAuth(session.config);
+    const endpoints = await startClusterEndpoints({
+      cluster,
+      host: this.#opts.bindHost ?? "0.0.0.0",
+      kubernetesPort: rec.kubernetesPort,
+      kubespherePort: rec.kubespherePort,
+      servingCert: await this.#servingCert(rec),
+      verifyClient: (der) => verifyClientCert(this.#opts.ca, der),
+      kubernetes: { dialer: this.#dialer(cluster, "kubernetes"), auth: auth.kubernetes },
+      kubesphere: { dialer: this.#dialer(cluster, "kubesphere"), auth: auth.kubesphere },
+      onRequest: (r) => {
+        const endpoint = r.endpoint;
+        requestsCounter.inc({ cluster, endpoint, code: String(r.status) });
+        if (!r.upgrade) requestDuration.observe({ cluster, endpoint }, r.durationMs / 1000);
+        bytesCounter.inc({ cluster, direction: "in" }, r.bytesIn);
+        bytesCounter.inc({ cluster, direction: "out" }, r.bytesOut);
+        log.info("request", {
+          cluster,
+          user: r.commonName,
+          verb: r.method,
+          path: r.path,
+          status: r.status,
+          bytesIn: r.bytesIn,
+          bytesOut: r.bytesOut,
+          ms: Math.round(r.durationMs),
+        });
+      },
+    });
+    this.#running.set(cluster, {
+      endpoints,
+      kubernetesPort: rec.kubernetesPort,
+      kubespherePort: rec.kubespherePort,
+      hosts,
+    });
+    this.#opts.clusters.endpointsStatus?.(cluster, undefined);
+    log.info("Serving cluster endpoints", {
+      cluster,
+      kubernetes: endpoints.kubernetesPort,
+      kubesphere: endpoints.kubespherePort,
+    });
+    if (rec.kubernetesEndpoint) {
+      await this.#publish(rec);
+      this.#running.get(cluster)!.published = rec.kubernetesEndpoint;
+    }
+  }
+
+  /** Publish a kubeconfig for `rec`'s endpoint, unless a still-valid one is already there. */
+  async #publish(rec: ClusterRecord): Promise<void> {
+    const current = await this.#opts.clusters.currentKubeconfig?.(rec.name);
+    if (current && await kubeconfigStillValid(current, rec.kubernetesEndpoint!, this.#opts.ca)) {
+      return;
+    }
+    const client = await issueClientCert(this.#opts.ca, {
+      commonName: "kubernetes-admin",
+      organizations: ["system:masters"],
+    });
+    await this.#opts.clusters.publishKubeconfig(
+      rec.name,
+      renderKubeconfig({
+        cluster: rec.name,
+        server: rec.kubernetesEndpoint!,
+        caPem: this.#opts.ca.certPem,
+        certPem: client.certPem,
+        keyPem: client.keyPem,
+      }),
+    );
+  }
+
+  #servingCert(rec: ClusterRecord) {
+    return issueServingCert(this.#opts.ca, {
+      commonName: `tower-${rec.name}`,
+      ...servingNames(rec),
+    });
+  }
+
+  #applyAuth(endpoints: ClusterEndpoints, cfg: AgentConfig): void {
+    const auth = upstreamAuth(cfg);
+    endpoints.updateAuth({ kubernetes: auth.kubernetes, kubesphere: auth.kubesphere });
+  }
+
+  #dialer(cluster: string, kind: "kubernetes" | "kubesphere"): UpstreamDialer {
+    const registry = this.#opts.registry;
+    return {
+      isLive: (key) => registry.sessions(cluster).some((s) => s.id === key && s.alive),
+      dial: async (): Promise<{ stream: Duplex; key: string }> => {
+        // Try each live session once: a session that dies between pick and open
+        // must not fail the request when another agent is connected.
+        const tried = new Set<string>();
+        let lastErr: Error | undefined;
+        for (;;) {
+          const session = registry.pick(cluster);
+          if (!session || tried.has(session.id)) break;
+          tried.add(session.id);
+          const target = kind === "kubernetes"
+            ? session.config.KubernetesSvcHost
+            : session.config.KubeSphereSvcHost;
+          try {
+            return { stream: await session.openStream(target), key: session.id };
+          } catch (err) {
+            lastErr = err as Error;
+            if (session.alive) throw err; // the agent answered: its dial failed (→ 502)
+          }
+        }
+        if (lastErr) throw lastErr;
+        throw new NoAgentError(`cluster ${cluster}: no agent connected`);
+      },
+    };
+  }
+
+  async #stop(cluster: string, reason: string): Promise<void> {
+    const r = this.#running.get(cluster);
+    if (!r) return;
+    this.#running.delete(cluster);
+    await r.endpoints.close();
+    log.info("Stopped cluster endpoints", { cluster, reason });
+  }
+
+  /** Stop every endpoint. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    for (const u of this.#unsubscribe) u();
+    await Promise.allSettled([...this.#pending.values()]);
+    await Promise.all([...this.#running.keys()].map((c) => this.#stop(c, "proxy shutting down")));
+  }
+}
