@@ -123,6 +123,15 @@ function closeServer(server: net.Server): Promise<void> {
   });
 }
 
+/**
+ * No Nagle delay (small interactive writes: exec, port-forward), and TCP keepalive so a client
+ * that vanishes without a FIN does not hold a watch (and its tunnel channel) open forever.
+ */
+function tuneClientSocket(sock: net.Socket): void {
+  sock.setNoDelay(true);
+  sock.setKeepAlive(true, 30_000);
+}
+
 async function identify(
   sock: tls.TLSSocket,
   verify: (der: Uint8Array) => Promise<ClientVerdict>,
@@ -178,7 +187,7 @@ export async function startClusterEndpoints(
     ALPNProtocols: ["http/1.1"],
   });
   tlsServer.on("secureConnection", (sock: tls.TLSSocket) => {
-    sock.setNoDelay(true);
+    tuneClientSocket(sock);
     const identity = identify(sock, opts.verifyClient);
     void kube.serve(sock, { remoteAddress: sock.remoteAddress ?? "", identity });
   });
@@ -186,7 +195,7 @@ export async function startClusterEndpoints(
     log.v(2, "TLS handshake failed", { cluster: opts.cluster, error: err.message });
   });
   const plainServer = net.createServer((sock: net.Socket) => {
-    sock.setNoDelay(true);
+    tuneClientSocket(sock);
     void ks.serve(sock, { remoteAddress: sock.remoteAddress ?? "" });
   });
 
