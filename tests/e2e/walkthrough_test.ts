@@ -1,0 +1,251 @@
+/**
+ * The original walkthrough end to end, every piece real except the clusters:
+ * a host and a member test API server, `proxy.ts` in Kubernetes mode, an
+ * `agent.ts` process, and the real `kubectl` on both sides — install the CRD,
+ * create a Cluster with an empty token, read the token, start the agent, read
+ * the kubeconfig back and use it through the tunnel.
+ */
+
+import { Buffer } from "node:buffer";
+import { parse } from "yaml";
+import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
+import { denoRun, freePort, type Proc, run, tempDir } from "../helpers/proc.ts";
+import { startTestApiServer, type TestApiServer } from "../apiserver/server.ts";
+import { kubectl } from "../apiserver/testing.ts";
+import { loadCA, verifyClientCert } from "../../lib/pki/mod.ts";
+
+/** kubectl with any kubeconfig and a private cache. */
+function kubectlWith(kubeconfig: string, cacheDir: string, args: string[], stdin?: string) {
+  return run("kubectl", [
+    `--kubeconfig=${kubeconfig}`,
+    `--cache-dir=${cacheDir}`,
+    "--request-timeout=20s",
+    ...args,
+  ], { stdin, timeoutMs: 60_000 });
+}
+
+/** Wait until `kubectl get <what> -o jsonpath=<path>` prints something matching `re`. */
+async function waitJsonpath(
+  host: TestApiServer,
+  what: string[],
+  path: string,
+  re: RegExp,
+  timeoutMs = 30_000,
+) {
+  const deadline = Date.now() + timeoutMs;
+  let last = "";
+  while (Date.now() < deadline) {
+    // `kubectl wait` blocks on a watch until the condition holds: no polling sleep.
+    const r = await kubectl(host, [
+      "wait",
+      ...what,
+      `--for=jsonpath=${path}`,
+      `--timeout=${Math.max(1, Math.round((deadline - Date.now()) / 1000))}s`,
+    ]);
+    const got = await kubectl(host, ["get", ...what, "-o", `jsonpath=${path.replace(/=.*$/, "")}`]);
+    last = got.stdout;
+    if (r.code === 0 || re.test(last)) return last;
+  }
+  throw new Error(`${what.join(" ")} ${path}: still ${JSON.stringify(last)} after ${timeoutMs} ms`);
+}
+
+Deno.test("walkthrough: CRD, proxy, Cluster, token, agent, kubeconfig, kubectl through the tunnel", async (t) => {
+  await using dir = await tempDir();
+  const host = await startTestApiServer({ namespaces: ["kubesphere-system"] });
+  const member = await startTestApiServer({ namespaces: ["member-only"] });
+  const agentPort = freePort();
+  const procs: Proc[] = [];
+  try {
+    await t.step("install the CRD with kubectl kustomize | kubectl create", async () => {
+      const rendered = await run("kubectl", ["kustomize", "crd"]);
+      assertEquals(rendered.code, 0, rendered.stderr);
+      const created = await kubectl(host, ["create", "-f", "-"], { stdin: rendered.stdout });
+      assertEquals(created.code, 0, created.stderr);
+      assertStringIncludes(
+        created.stdout,
+        "customresourcedefinition.apiextensions.k8s.io/clusters.cluster.kubesphere.io created",
+      );
+    });
+
+    const proxy = denoRun("proxy", "proxy.ts", [
+      "--kubeconfig",
+      host.kubeconfigPath,
+      "--host",
+      "127.0.0.1",
+      "--port",
+      String(agentPort),
+      "--publish-service-address",
+      "127.0.0.1",
+      "--metrics-address",
+      "127.0.0.1:0",
+    ]);
+    procs.push(proxy);
+    await proxy.waitFor(/Listening on 127\.0\.0\.1/, 30_000);
+
+    let token = "";
+    await t.step("create a Cluster with an empty token; the proxy fills it in", async () => {
+      const cluster = {
+        apiVersion: "cluster.kubesphere.io/v1alpha1",
+        kind: "Cluster",
+        metadata: { name: "alpha" },
+        spec: { connection: { type: "proxy", token: "" }, joinFederation: true },
+      };
+      const r = await kubectl(host, ["create", "-f", "-"], { stdin: JSON.stringify(cluster) });
+      assertEquals(r.code, 0, r.stderr);
+      await waitJsonpath(
+        host,
+        ["cluster", "alpha"],
+        '{.status.conditions[?(@.type=="Initialized")].status}=True',
+        /True/,
+      );
+      token = (await kubectl(host, [
+        "get",
+        "cluster",
+        "alpha",
+        "-o",
+        "jsonpath={.spec.connection.token}",
+      ])).stdout;
+      assertMatch(token, /^[0-9a-f]{64}$/);
+      const svc = JSON.parse(
+        (await kubectl(host, ["-n", "kubesphere-system", "get", "svc", "mc-alpha", "-o", "json"]))
+          .stdout,
+      );
+      assertEquals(svc.spec.selector, { app: "tower", "app.kubernetes.io/name": "tower" });
+      const cl = JSON.parse(
+        (await kubectl(host, ["get", "cluster", "alpha", "-o", "json"])).stdout,
+      );
+      const ports = Object.fromEntries(
+        svc.spec.ports.map((
+          p: { name: string; port: number; targetPort: number },
+        ) => [p.name, [p.port, p.targetPort]]),
+      );
+      assertEquals(ports.kubernetes, [6443, cl.spec.connection.kubernetesAPIServerPort]);
+      assertEquals(ports.kubesphere, [80, cl.spec.connection.kubesphereAPIServerPort]);
+      assertEquals(
+        cl.spec.connection.kubernetesAPIEndpoint,
+        `https://127.0.0.1:${cl.spec.connection.kubernetesAPIServerPort}`,
+      );
+    });
+
+    const agent = denoRun("agent", "agent.ts", [
+      "--name",
+      "alpha",
+      "--token",
+      token,
+      "--proxy-server",
+      `http://127.0.0.1:${agentPort}`,
+      "--kubeconfig",
+      member.kubeconfigPath,
+      "--kubesphere-service",
+      "127.0.0.1:1",
+      "--v",
+      "4",
+    ]);
+    procs.push(agent);
+
+    const kubeconfigPath = `${dir.path}/config_alpha`;
+    await t.step(
+      "the agent connects; AgentAvailable turns True and a kubeconfig appears",
+      async () => {
+        for (
+          const line of [
+            /Handshaking\.\.\./,
+            /Proxy host key fingerprint="SHA256:/,
+            /Sending config/,
+            /Connected\./,
+          ]
+        ) {
+          await agent.waitFor(line, 30_000);
+        }
+        await waitJsonpath(
+          host,
+          ["cluster", "alpha"],
+          '{.status.conditions[?(@.type=="AgentAvailable")].status}=True',
+          /True/,
+        );
+        await waitJsonpath(host, ["cluster", "alpha"], "{.spec.connection.kubeconfig}", /.+/);
+        const b64 = (await kubectl(host, [
+          "get",
+          "cluster",
+          "alpha",
+          "-o",
+          "jsonpath={.spec.connection.kubeconfig}",
+        ])).stdout;
+        const kubeconfig = Buffer.from(b64, "base64").toString("utf8");
+        await Deno.writeTextFile(kubeconfigPath, kubeconfig);
+        // Its client certificate verifies against Tower's CA (kept in Secret tower-ca).
+        const secret = JSON.parse(
+          (await kubectl(host, [
+            "-n",
+            "kubesphere-system",
+            "get",
+            "secret",
+            "tower-ca",
+            "-o",
+            "json",
+          ])).stdout,
+        );
+        const ca = await loadCA(
+          Buffer.from(secret.data["tls.crt"], "base64").toString(),
+          Buffer.from(secret.data["tls.key"], "base64").toString(),
+        );
+        const kc = parse(kubeconfig);
+        const cert = Buffer.from(kc.users[0].user["client-certificate-data"], "base64").toString();
+        const verdict = await verifyClientCert(ca, cert);
+        assert(verdict.ok, JSON.stringify(verdict));
+        assertEquals([verdict.commonName, verdict.organizations], ["kubernetes-admin", [
+          "system:masters",
+        ]]);
+      },
+    );
+
+    const cache = `${dir.path}/kubectl-cache`;
+    await t.step("kubectl --kubeconfig config_alpha reaches the member cluster", async () => {
+      const ns = await kubectlWith(kubeconfigPath, cache, ["get", "ns"]);
+      assertEquals(ns.code, 0, ns.stderr);
+      assertStringIncludes(ns.stdout, "member-only");
+      const nodes = await kubectlWith(kubeconfigPath, cache, ["get", "node"]);
+      assertEquals(nodes.code, 0, nodes.stderr);
+      assertStringIncludes(nodes.stdout, "node-1");
+      const clusters = await kubectl(host, ["get", "clusters"]);
+      assertMatch(clusters.stdout, /alpha\s.*proxy\s+True\s+https:\/\/127\.0\.0\.1:\d+/);
+    });
+
+    await t.step("a client without Tower's client certificate gets 401", async () => {
+      const kc = parse(await Deno.readTextFile(kubeconfigPath));
+      delete kc.users[0].user["client-certificate-data"];
+      delete kc.users[0].user["client-key-data"];
+      kc.users[0].user.token = "not-a-tower-credential";
+      const anon = `${dir.path}/anon`;
+      await Deno.writeTextFile(anon, JSON.stringify(kc));
+      const r = await kubectlWith(anon, `${dir.path}/anon-cache`, ["get", "ns"]);
+      assert(r.code !== 0);
+      assertMatch(r.stderr, /must be logged in|provide credentials|Unauthorized/);
+    });
+
+    await t.step("the agent stops: AgentAvailable turns False", async () => {
+      await agent.stop();
+      await waitJsonpath(
+        host,
+        ["cluster", "alpha"],
+        '{.status.conditions[?(@.type=="AgentAvailable")].status}=False',
+        /False/,
+      );
+      const r = await kubectlWith(kubeconfigPath, cache, ["get", "ns"]);
+      assert(r.code !== 0);
+      assertMatch(r.stderr + r.stdout, /alpha|503|Service Unavailable|no agent/i);
+    });
+
+    // No secret of the member ever reached the proxy's logs.
+    const memberKc = parse(await Deno.readTextFile(member.kubeconfigPath));
+    const memberKey = memberKc.users[0].user["client-key-data"] as string;
+    for (const p of procs) {
+      assert(!p.output.includes(token), `${p.name} logged the cluster token`);
+      assert(!p.output.includes(memberKey.slice(10, 60)), `${p.name} logged the member key`);
+    }
+  } finally {
+    for (const p of procs.reverse()) await p.stop();
+    await member.close();
+    await host.close();
+  }
+});
