@@ -1,0 +1,131 @@
+/**
+ * Several agents of one cluster (standalone proxy, real processes): requests
+ * spread over the sessions; killing one agent ends only the streams it
+ * carried, promptly, and requests keep succeeding through the other.
+ */
+
+import { Buffer } from "node:buffer";
+import { parse } from "yaml";
+import { assert, assertEquals, assertStringIncludes } from "../helpers/assert.ts";
+import { denoRun, freePort, type Proc, run, tempDir } from "../helpers/proc.ts";
+import { startTestApiServer } from "../apiserver/server.ts";
+
+const TOKEN = "d0".repeat(32);
+
+Deno.test("two agents, one killed mid-run: its watch ends promptly, gets keep working", async () => {
+  await using dir = await tempDir();
+  const member = await startTestApiServer();
+  const agentPort = freePort();
+  const kubernetesPort = freePort();
+  const kubespherePort = freePort();
+  await Deno.writeTextFile(
+    `${dir.path}/clusters.yaml`,
+    `apiVersion: cluster.kubesphere.io/v1alpha1
+kind: Cluster
+metadata: {name: alpha}
+spec:
+  joinFederation: true
+  connection:
+    type: proxy
+    token: "${TOKEN}"
+    kubernetesAPIServerPort: ${kubernetesPort}
+    kubesphereAPIServerPort: ${kubespherePort}
+`,
+  );
+  const procs: Proc[] = [];
+  const proxy = denoRun("proxy", "proxy.ts", [
+    "--clusters-file",
+    `${dir.path}/clusters.yaml`,
+    "--host",
+    "127.0.0.1",
+    "--port",
+    String(agentPort),
+    "--publish-service-address",
+    "127.0.0.1",
+    "--metrics-address",
+    "",
+  ]);
+  procs.push(proxy);
+  const agentArgs = [
+    "--name",
+    "alpha",
+    "--token",
+    TOKEN,
+    "--proxy-server",
+    `http://127.0.0.1:${agentPort}`,
+    "--kubeconfig",
+    member.kubeconfigPath,
+    "--kubesphere-service",
+    "127.0.0.1:1",
+    "--metrics-address",
+    "",
+  ];
+  const a = denoRun("agent-a", "agent.ts", agentArgs);
+  const b = denoRun("agent-b", "agent.ts", agentArgs);
+  procs.push(a, b);
+  let client: Deno.HttpClient | undefined;
+  try {
+    await a.waitFor(/Connected\./, 30_000);
+    await b.waitFor(/Connected\./, 30_000);
+    await proxy.waitFor(/Wrote kubeconfig/, 30_000);
+    const kubeconfigPath = `${dir.path}/alpha.kubeconfig`;
+    const kc = parse(await Deno.readTextFile(kubeconfigPath));
+    const unb64 = (s: string) => Buffer.from(s, "base64").toString("utf8");
+    client = Deno.createHttpClient({
+      caCerts: [unb64(kc.clusters[0].cluster["certificate-authority-data"])],
+      cert: unb64(kc.users[0].user["client-certificate-data"]),
+      key: unb64(kc.users[0].user["client-key-data"]),
+    });
+    const base = kc.clusters[0].cluster.server as string;
+    const get = async () => {
+      const r = await fetch(`${base}/api/v1/namespaces`, { client });
+      const body = await r.json();
+      return r.status === 200 && body.kind === "NamespaceList";
+    };
+    // The real kubectl works with the written kubeconfig.
+    const k = await run("kubectl", [
+      `--kubeconfig=${kubeconfigPath}`,
+      `--cache-dir=${dir.path}/c`,
+      "get",
+      "ns",
+    ]);
+    assertEquals(k.code, 0, k.stderr);
+    assertStringIncludes(k.stdout, "kube-system");
+
+    // Two watches: round-robin puts one on each agent's session.
+    const watches = await Promise.all([0, 1].map(async () => {
+      const r = await fetch(`${base}/api/v1/namespaces?watch=true`, { client });
+      assertEquals(r.status, 200);
+      const reader = r.body!.getReader();
+      await reader.read(); // the first ADDED event: the stream is live
+      const ended = (async () => {
+        try {
+          for (;;) if ((await reader.read()).done) return "done";
+        } catch {
+          return "error";
+        }
+      })();
+      return { reader, ended };
+    }));
+
+    // Kill agent a outright: no goodbye.
+    a.signal("SIGKILL");
+    await a.status();
+    const t0 = Date.now();
+    const first = await Promise.race(watches.map((w, i) => w.ended.then(() => i)));
+    const endedMs = Date.now() - t0;
+    assert(endedMs < 10_000, `the dead agent's watch ended after ${endedMs} ms`);
+    // Gets keep succeeding through agent b.
+    for (let i = 0; i < 20; i++) assert(await get(), `get ${i} failed after losing one agent`);
+    // The other watch is still open: cancel it ourselves.
+    const other = watches[1 - first];
+    const stillOpen = await Promise.race([other.ended.then(() => false), Promise.resolve(true)]);
+    assert(stillOpen, "the watch on the surviving agent must stay open");
+    await other.reader.cancel();
+    await other.ended;
+  } finally {
+    client?.close();
+    for (const p of procs.reverse()) await p.stop();
+    await member.close();
+  }
+});
