@@ -249,3 +249,15 @@ Deno.test("walkthrough: CRD, proxy, Cluster, token, agent, kubeconfig, kubectl t
     await host.close();
   }
 });
+
+// In this file so that it never runs beside the walkthrough above: both let the
+// controller allocate the first port pair (6000/16000) on this machine.
+Deno.test("deno task demo runs the whole flow and exits 0", async () => {
+  const r = await run(Deno.execPath(), ["run", "-A", "--quiet", "scripts/demo.ts"], {
+    timeoutMs: 120_000,
+  });
+  assertEquals(r.code, 0, r.stdout + r.stderr);
+  assertStringIncludes(r.stdout, "member-team-a");
+  assertStringIncludes(r.stdout, "Connected.");
+  assertStringIncludes(r.stdout, "OK: the host reached the member's API");
+});
