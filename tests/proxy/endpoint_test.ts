@@ -224,6 +224,7 @@ Deno.test("kubernetes endpoint: requests with a Tower client certificate reach t
           c.close();
         }
       }
+      assertEquals(f.kdial.dials, 1, "refused callers never reach the tunnel");
     });
 
     await t.step("kubectl get --raw /healthz, get/apply/delete", async () => {
@@ -417,6 +418,16 @@ Deno.test("upstream: bearer token instead of a client certificate; CA mismatch i
     const s = await bad.json();
     assertEquals(s.kind, "Status");
     assertMatch(s.message, /cluster alpha: kubernetes API server unreachable: TLS handshake/);
+    // ... unless the agent's kubeconfig said insecure-skip-tls-verify.
+    f.ep.updateAuth({
+      kubernetes: {
+        tls: { caPem: f.tower.certPem, serverName: "127.0.0.1", insecureSkipVerify: true },
+        bearerToken: token,
+      },
+    });
+    const insecure = await fetch(url, { client: c });
+    assertEquals(insecure.status, 200);
+    await insecure.body?.cancel();
     // A server name the certificate does not carry.
     f.ep.updateAuth({ kubernetes: { tls: { caPem: api2.caPem, serverName: "other.example" } } });
     const wrong = await fetch(url, { client: c });

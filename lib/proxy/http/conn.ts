@@ -82,7 +82,9 @@ export async function openUpstream(
     cert: setup.certPem,
     key: setup.keyPem,
     ALPNProtocols: ["http/1.1"],
-    checkServerIdentity: (_host, cert) => tls.checkServerIdentity(name, cert),
+    rejectUnauthorized: setup.insecureSkipVerify !== true,
+    checkServerIdentity: (_host, cert) =>
+      setup.insecureSkipVerify ? undefined : tls.checkServerIdentity(name, cert),
   });
   try {
     await new Promise<void>((resolve, reject) => {

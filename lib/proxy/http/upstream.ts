@@ -49,6 +49,11 @@ export interface UpstreamTls {
   keyPem?: string;
   /** Name (DNS name or IP) the server certificate must carry; also sent as SNI when it is a DNS name. */
   serverName: string;
+  /**
+   * Skip verifying the server certificate (only when the agent's kubeconfig says
+   * `insecure-skip-tls-verify`); default false.
+   */
+  insecureSkipVerify?: boolean;
 }
 
 /** Credentials to present upstream (from the agent's config, SPEC §4). */

@@ -575,3 +575,35 @@ Deno.test("pooled streams of a session that is no longer live are not reused", a
     await t.close();
   }
 });
+
+Deno.test("concurrent clients: all answered, idle pool bounded, Connection: close honoured", async () => {
+  const t = await setup({ pool: { maxIdle: 4 } });
+  try {
+    const clients = await Promise.all(
+      Array.from({ length: 24 }, () => RawClient.connect(t.proxy.port)),
+    );
+    try {
+      // Hold 24 requests in flight at once (the origin answers /chunks after release).
+      for (const c of clients) c.write("GET /chunks HTTP/1.1\r\nHost: a\r\n\r\n");
+      const heads = await Promise.all(clients.map((c) => c.readHead()));
+      assertEquals(t.dialer.dials, 24);
+      t.origin.releaseChunks();
+      for (const [i, c] of clients.entries()) {
+        assertEquals((await c.readBody(heads[i])).body.toString(), "first\nsecond\n");
+      }
+      await t.dialer.waitOpen(4); // 20 closed beyond maxIdle
+      assertEquals(t.proxy.proxy.stats.idle, 4);
+      const last = clients[0];
+      last.write("GET /echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+      const res = await last.readResponse();
+      assertEquals(res.headers["connection"], "close");
+      await last.readToEnd();
+      assert(last.ended, "client connection closed after Connection: close");
+      assertEquals(t.proxy.proxy.stats.idle, 4, "the upstream stream went back to the pool");
+    } finally {
+      await Promise.all(clients.map((c) => c.close()));
+    }
+  } finally {
+    await t.close();
+  }
+});

@@ -286,7 +286,11 @@ export class RawClient {
 
   /** Read one complete response (Content-Length, chunked, or until close). */
   async readResponse(method = "GET"): Promise<RawResponse> {
-    const res = await this.readHead();
+    return await this.readBody(await this.readHead(), method);
+  }
+
+  /** Read the body of `res` (a head from {@link readHead}) into `res.body`. */
+  async readBody(res: RawResponse, method = "GET"): Promise<RawResponse> {
     if (method === "HEAD" || res.status === 204 || res.status === 304 || res.status < 200) {
       return res;
     }
