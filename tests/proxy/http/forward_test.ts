@@ -2,7 +2,8 @@ import { assert, assertEquals, assertMatch } from "../../helpers/assert.ts";
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import type { RequestRecord } from "../../../lib/proxy/http/forward.ts";
-import { RawClient, startPlainProxy, TestDialer } from "./helpers.ts";
+import * as net from "node:net";
+import { listenLocal, RawClient, startPlainProxy, TestDialer } from "./helpers.ts";
 import { BLOCK, blockHash, type Echo, startHttpOrigin, startRawOrigin } from "./origin.ts";
 
 async function setup(opts: Parameters<typeof startPlainProxy>[1] = {}, wrap = false) {
@@ -605,5 +606,48 @@ Deno.test("concurrent clients: all answered, idle pool bounded, Connection: clos
     }
   } finally {
     await t.close();
+  }
+});
+
+Deno.test("a request body is not buffered: an origin that stops reading stalls the client", async () => {
+  // The origin accepts the connection and never reads.
+  const held = new Set<net.Socket>();
+  const origin = await listenLocal(net.createServer((sock) => {
+    sock.pause();
+    sock.on("error", () => {});
+    held.add(sock);
+  }));
+  const dialer = new TestDialer(origin.port);
+  const proxy = await startPlainProxy(dialer);
+  const c = await RawClient.connect(proxy.port);
+  try {
+    const total = 256 << 20;
+    c.write(`PUT /echo HTTP/1.1\r\nHost: a\r\nContent-Length: ${total}\r\n\r\n`);
+    let sent = 0;
+    let stalled = false;
+    // Write until a drain does not come within 300 ms (a measurement window, not a sync point).
+    while (sent < total && !stalled) {
+      const ok = c.sock.write(BLOCK);
+      sent += BLOCK.length;
+      if (ok) continue;
+      stalled = await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => {
+          c.sock.off("drain", onDrain);
+          resolve(true);
+        }, 300);
+        const onDrain = () => {
+          clearTimeout(timer);
+          resolve(false);
+        };
+        c.sock.once("drain", onDrain);
+      });
+    }
+    assert(stalled, "the whole body was accepted: the proxy buffered it");
+    assert(sent < 64 << 20, `client got ${sent} bytes out before stalling`);
+  } finally {
+    await c.close();
+    await proxy.close();
+    for (const s of held) s.destroy();
+    await origin.close();
   }
 });
