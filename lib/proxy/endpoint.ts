@@ -59,7 +59,10 @@ export interface ClusterEndpointsOptions {
   kubesphere: UpstreamTarget;
   /** Called once per finished request (no headers, queries or credentials in it). */
   onRequest?: (rec: RequestRecord) => void;
-  /** Forward clients' `Impersonate-*` / `X-Remote-*` headers upstream (default: dropped). */
+  /**
+   * Forward clients' `Impersonate-*` / `X-Remote-*` headers even when the upstream identity is the
+   * agent's (default false: dropped then).
+   */
   forwardIdentityHeaders?: boolean;
   /** Idle upstream connection pool limits (per endpoint). */
   pool?: Partial<PoolOptions>;

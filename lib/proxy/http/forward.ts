@@ -105,7 +105,10 @@ export interface HttpProxyOptions {
   proto: "http" | "https";
   /** Drop the client's `Authorization` (kubernetes endpoint: the upstream identity is the agent's). */
   stripAuthorization: boolean;
-  /** Forward clients' `Impersonate-*` / `X-Remote-*` headers (default false: dropped). */
+  /**
+   * Forward clients' `Impersonate-*` / `X-Remote-*` headers even when the upstream identity is the
+   * agent's (default false: dropped then; see `rewrite.ts`).
+   */
   forwardIdentityHeaders?: boolean;
   onRequest?: (rec: RequestRecord) => void;
   pool?: Partial<PoolOptions>;

@@ -4,8 +4,12 @@
  * Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade) and set the framing of
  * the next hop ourselves; keep Upgrade/Connection only on upgrades; add
  * `X-Forwarded-For/-Proto/-Host`; and replace the caller's credentials with
- * the agent's (the client's `Authorization` and impersonation headers never
- * reach the member API server unless the endpoint says so).
+ * the agent's. Whenever the upstream identity is the agent's (the client's
+ * `Authorization` is stripped or replaced by the agent's token), the client's
+ * `Impersonate-*` and `X-Remote-*` headers are dropped too: they would
+ * otherwise be evaluated with the agent's rights. When the client's own
+ * `Authorization` goes through, so do they (the member checks them against
+ * the client itself).
  * @module
  */
 
@@ -61,7 +65,10 @@ export interface RequestRewrite {
   upgrade: string | null;
   /** Drop the client's `Authorization`. */
   stripAuthorization: boolean;
-  /** Forward `Impersonate-*` and `X-Remote-*` from the client (default: dropped). */
+  /**
+   * Forward `Impersonate-*` and `X-Remote-*` from the client even when the upstream identity is
+   * the agent's (otherwise they are dropped in that case).
+   */
   forwardIdentityHeaders: boolean;
   /** Set `Authorization: Bearer <token>` (replacing the client's). */
   bearerToken?: string;
@@ -76,6 +83,8 @@ export interface RequestRewrite {
 /** The HTTP/1.1 request head to send upstream for `req`. */
 export function upstreamRequestHead(req: RequestHead, o: RequestRewrite): string {
   const conn = connectionTokens(req.headers);
+  const agentIdentity = o.stripAuthorization || o.bearerToken !== undefined;
+  const dropIdentity = agentIdentity && !o.forwardIdentityHeaders;
   let out = `${req.method} ${req.target} HTTP/1.1\r\n`;
   let host: string | undefined;
   let xff = "";
@@ -94,8 +103,8 @@ export function upstreamRequestHead(req: RequestHead, o: RequestRewrite): string
     } else if (l === "x-forwarded-proto" || l === "x-forwarded-host") {
       continue;
     } else if (l === "authorization") {
-      if (o.stripAuthorization || o.bearerToken !== undefined) continue;
-    } else if (!o.forwardIdentityHeaders && isIdentityHeader(l)) {
+      if (agentIdentity) continue;
+    } else if (dropIdentity && isIdentityHeader(l)) {
       continue;
     }
     out += `${h.name}: ${h.value}\r\n`;

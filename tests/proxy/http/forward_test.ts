@@ -109,18 +109,23 @@ Deno.test("client Authorization replaced by the agent's bearer token; identity h
   // Without a bearer token and with stripAuthorization, nothing is sent.
   const u = await setup({ stripAuthorization: true });
   try {
-    const echo = await (await u.fetch("/echo", { headers: { Authorization: "Bearer c" } }))
-      .json() as Echo;
+    const echo = await (await u.fetch("/echo", {
+      headers: { Authorization: "Bearer c", "Impersonate-User": "admin" },
+    })).json() as Echo;
     assertEquals(echo.headers["authorization"], undefined);
+    assertEquals(echo.headers["impersonate-user"], undefined);
   } finally {
     await u.close();
   }
-  // kubesphere without a token passes the client's own.
+  // kubesphere without a token passes the client's own, and its impersonation headers (the
+  // member checks them against the client itself).
   const v = await setup();
   try {
-    const echo = await (await v.fetch("/echo", { headers: { Authorization: "Bearer c" } }))
-      .json() as Echo;
+    const echo = await (await v.fetch("/echo", {
+      headers: { Authorization: "Bearer c", "Impersonate-User": "bob" },
+    })).json() as Echo;
     assertEquals(echo.headers["authorization"], "Bearer c");
+    assertEquals(echo.headers["impersonate-user"], "bob");
   } finally {
     await v.close();
   }
