@@ -137,6 +137,15 @@ function upgradeOf(req: RequestHead): string | null {
   return headerTokens(req.headers, "connection").has("upgrade") ? up : null;
 }
 
+function sameAuth(a: UpstreamAuth, b: UpstreamAuth): boolean {
+  const x = a.tls;
+  const y = b.tls;
+  const tlsSame = x === y || (x !== undefined && y !== undefined &&
+    x.caPem === y.caPem && x.certPem === y.certPem && x.keyPem === y.keyPem &&
+    x.serverName === y.serverName && x.insecureSkipVerify === y.insecureSkipVerify);
+  return tlsSame && a.bearerToken === b.bearerToken;
+}
+
 function pathOf(target: string): string {
   const q = target.indexOf("?");
   return q < 0 ? target : target.slice(0, q);
@@ -184,8 +193,12 @@ export class HttpProxy {
     return { clients: this.#clients.size, upstreams: this.#upstreams.size, idle: this.#pool.size };
   }
 
-  /** Use new upstream credentials from now on; idle connections made with the old ones close. */
+  /**
+   * Use new upstream credentials from now on; idle connections made with the old ones close.
+   * Setting the same credentials again changes nothing (pooled connections stay).
+   */
   setAuth(auth: UpstreamAuth): void {
+    if (sameAuth(this.#auth, auth)) return;
     this.#auth = auth;
     this.#pool.clear();
   }

@@ -656,3 +656,21 @@ Deno.test("a request body is not buffered: an origin that stops reading stalls t
     await origin.close();
   }
 });
+
+Deno.test("setAuth keeps pooled streams when the credentials did not change", async () => {
+  const t = await setup({ auth: { bearerToken: "a" } });
+  try {
+    await (await t.fetch("/echo")).arrayBuffer();
+    t.proxy.proxy.setAuth({ bearerToken: "a" });
+    assertEquals(t.proxy.proxy.stats.idle, 1);
+    await (await t.fetch("/echo")).arrayBuffer();
+    assertEquals(t.dialer.dials, 1);
+    t.proxy.proxy.setAuth({ bearerToken: "b" });
+    assertEquals(t.proxy.proxy.stats.idle, 0);
+    const echo = await (await t.fetch("/echo")).json() as Echo;
+    assertEquals(echo.headers["authorization"], "Bearer b");
+    assertEquals(t.dialer.dials, 2);
+  } finally {
+    await t.close();
+  }
+});
