@@ -1,6 +1,7 @@
 /**
  * What a fresh test cluster holds: the usual namespaces, the `kubernetes`
- * Service, two Nodes and two running Pods (targets for exec/log/portforward).
+ * Service, two Nodes and two running Pods (targets for exec/log/portforward),
+ * and the bootstrap RBAC (`cluster-admin`, discovery for everyone).
  * @module
  */
 
@@ -83,5 +84,67 @@ export function fixtures(extraNamespaces: string[] = []): {
     node("node-2", "192.168.0.12"),
     pod("web-0", "10.244.11.5", "node-1"),
     pod("web-1", "10.244.12.5", "node-2"),
+    ...bootstrapRbac(),
+  ];
+}
+
+/**
+ * The default RBAC objects the real server bootstraps that matter here:
+ * `cluster-admin` for `system:masters`, discovery/OpenAPI and version paths
+ * for every authenticated user, and self access reviews.
+ */
+function bootstrapRbac(): { resource: [string, string, string]; object: KubeObject }[] {
+  const g = "rbac.authorization.k8s.io";
+  const meta = (name: string) => ({
+    name,
+    labels: { "kubernetes.io/bootstrapping": "rbac-defaults" },
+    annotations: { "rbac.authorization.kubernetes.io/autoupdate": "true" },
+  });
+  const role = (name: string, rules: Record<string, string[]>[]) => ({
+    resource: [g, "v1", "clusterroles"] as [string, string, string],
+    object: { metadata: meta(name), rules } as KubeObject,
+  });
+  const binding = (name: string, groups: string[]) => ({
+    resource: [g, "v1", "clusterrolebindings"] as [string, string, string],
+    object: {
+      metadata: meta(name),
+      roleRef: { apiGroup: g, kind: "ClusterRole", name },
+      subjects: groups.map((n) => ({ apiGroup: g, kind: "Group", name: n })),
+    } as KubeObject,
+  });
+  return [
+    role("cluster-admin", [
+      { apiGroups: ["*"], resources: ["*"], verbs: ["*"] },
+      { nonResourceURLs: ["*"], verbs: ["*"] },
+    ]),
+    role("system:discovery", [{
+      nonResourceURLs: [
+        "/api",
+        "/api/*",
+        "/apis",
+        "/apis/*",
+        "/healthz",
+        "/livez",
+        "/openapi",
+        "/openapi/*",
+        "/readyz",
+        "/version",
+        "/version/",
+      ],
+      verbs: ["get"],
+    }]),
+    role("system:basic-user", [{
+      apiGroups: ["authorization.k8s.io"],
+      resources: ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+      verbs: ["create"],
+    }]),
+    role("system:public-info-viewer", [{
+      nonResourceURLs: ["/healthz", "/livez", "/readyz", "/version", "/version/"],
+      verbs: ["get"],
+    }]),
+    binding("cluster-admin", ["system:masters"]),
+    binding("system:discovery", ["system:authenticated"]),
+    binding("system:basic-user", ["system:authenticated"]),
+    binding("system:public-info-viewer", ["system:authenticated", "system:unauthenticated"]),
   ];
 }

@@ -161,7 +161,11 @@ export function strategicMergePatch(target: unknown, patch: unknown, field = "")
       continue;
     }
     if (Array.isArray(v) && MERGE_KEYS[k] && Array.isArray(out[k]) && field !== "metadata") {
-      out[k] = mergeList(out[k] as unknown[], v, MERGE_KEYS[k], k);
+      // Container ports merge by containerPort, Service ports by port.
+      const key = k === "ports" && v.some((p) => isObj(p) && "containerPort" in p)
+        ? "containerPort"
+        : MERGE_KEYS[k];
+      out[k] = mergeList(out[k] as unknown[], v, key, k);
       continue;
     }
     const merged = strategicMergePatch(out[k], v, k);

@@ -1,6 +1,7 @@
 /**
  * Which resources the test API server serves: the built-in ones (core/v1,
- * events, leases, endpointslices, CRDs) and those added by
+ * events, leases, endpointslices, serviceaccounts, deployments, PDBs, RBAC,
+ * CRDs) and those added by
  * `CustomResourceDefinition` objects, looked up by group/version/plural.
  * @module
  */
@@ -121,6 +122,35 @@ export function builtinResources(): ResourceDef[] {
         AGE,
       ],
     }),
+    def("", "v1", "serviceaccounts", "ServiceAccount", true, {
+      shortNames: ["sa"],
+      printerColumns: [{ name: "Secrets", type: "string", jsonPath: "#secretCount" }, AGE],
+    }),
+    def("apps", "v1", "deployments", "Deployment", true, {
+      shortNames: ["deploy"],
+      categories: ["all"],
+      statusSubresource: true,
+      subresources: ["scale"],
+      generation: true,
+      printerColumns: [
+        { name: "Ready", type: "string", jsonPath: "#deploymentReady" },
+        { name: "Up-to-date", type: "integer", jsonPath: ".status.updatedReplicas" },
+        { name: "Available", type: "integer", jsonPath: ".status.availableReplicas" },
+        AGE,
+      ],
+    }),
+    def("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, {
+      shortNames: ["pdb"],
+      statusSubresource: true,
+      generation: true,
+      printerColumns: [
+        { name: "Min Available", type: "string", jsonPath: "#pdbMinAvailable" },
+        { name: "Max Unavailable", type: "string", jsonPath: "#pdbMaxUnavailable" },
+        { name: "Allowed Disruptions", type: "integer", jsonPath: "#pdbAllowed" },
+        AGE,
+      ],
+    }),
+    ...rbacResources(),
     def(
       "apiextensions.k8s.io",
       "v1",
@@ -138,6 +168,31 @@ export function builtinResources(): ResourceDef[] {
         }],
       },
     ),
+  ];
+}
+
+/** rbac.authorization.k8s.io/v1: Roles, ClusterRoles and their bindings. */
+function rbacResources(): ResourceDef[] {
+  const g = "rbac.authorization.k8s.io";
+  const createdAt: PrinterColumn = {
+    name: "Created At",
+    type: "string",
+    jsonPath: ".metadata.creationTimestamp",
+  };
+  const binding: PrinterColumn[] = [
+    { name: "Role", type: "string", jsonPath: "#roleRef" },
+    AGE,
+    { name: "Users", type: "string", jsonPath: "#subjectsUser", priority: 1 },
+    { name: "Groups", type: "string", jsonPath: "#subjectsGroup", priority: 1 },
+    { name: "ServiceAccounts", type: "string", jsonPath: "#subjectsServiceAccount", priority: 1 },
+  ];
+  return [
+    def(g, "v1", "roles", "Role", true, { printerColumns: [createdAt] }),
+    def(g, "v1", "rolebindings", "RoleBinding", true, { printerColumns: binding }),
+    def(g, "v1", "clusterroles", "ClusterRole", false, { printerColumns: [createdAt] }),
+    def(g, "v1", "clusterrolebindings", "ClusterRoleBinding", false, {
+      printerColumns: binding,
+    }),
   ];
 }
 

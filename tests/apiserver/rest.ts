@@ -24,6 +24,7 @@ import {
   validateEvent,
   validateMetadata,
   validateName,
+  validateRbac,
   validateServicePorts,
 } from "./validation.ts";
 import { partialMetadata, toTable } from "./tables.ts";
@@ -131,7 +132,7 @@ function withoutKeys(o: KubeObject, keys: string[]): Obj {
  * (custom resources and CRDs do; ConfigMaps, Services, Leases… do not).
  */
 function tracksGeneration(def: ResourceDef): boolean {
-  return !!def.crd || def.kind === "CustomResourceDefinition";
+  return !!def.generation || !!def.crd || def.kind === "CustomResourceDefinition";
 }
 
 /** Whether a PUT without `metadata.resourceVersion` is accepted (not for CRs and CRDs). */
@@ -1030,6 +1031,14 @@ export class ApiCore {
       };
     }
     if (def.kind === "CustomResourceDefinition") this.#prepareCrd(def, obj, old);
+    if (!old && def.generation && !def.crd && def.statusSubresource) {
+      // Built-ins with a controller (Deployments, PDBs) start with an empty status.
+      o.status = {};
+    }
+    if (def.group === "rbac.authorization.k8s.io") {
+      const rbacCauses = validateRbac(def.kind, obj, old);
+      if (rbacCauses.length) throw invalid(def, obj.metadata.name ?? "", rbacCauses);
+    }
   }
 
   #prepareCrd(def: ResourceDef, obj: KubeObject, old: KubeObject | undefined): void {

@@ -25,8 +25,11 @@ import {
   errorResponse,
   type UserInfo,
 } from "./rest.ts";
+import { AuditLog } from "./audit.ts";
+import { forbidden, type Identity, RbacAuthorizer, serviceAccountIdentity } from "./rbac.ts";
+import { requestAttributes } from "./requestinfo.ts";
 import { handleUpgrade, rejectUpgrade, type StreamStats } from "./streaming.ts";
-import { type ServerTls, serverTls } from "./tls.ts";
+import { type ServerTls, serverTls, userKubeconfig } from "./tls.ts";
 import { ApiError, type KubeObject } from "./types.ts";
 
 const log = logger("test-apiserver");
@@ -43,6 +46,20 @@ export interface TestApiServerOptions extends CoreOptions {
   tls?: ServerTls;
   /** CA to sign the server's certificates with (ignored with `tls`); default: a new one. */
   ca?: CA;
+  /**
+   * Enforce RBAC (default false: everything authenticated is allowed): callers
+   * outside `system:masters` are authorized against the stored Roles,
+   * ClusterRoles and bindings; denied → 403 `Forbidden`.
+   */
+  rbac?: boolean;
+}
+
+/** Options of {@link TestApiServer.kubeconfigFor}. */
+export interface KubeconfigForOptions {
+  /** Authenticate with a minted bearer token instead of a client certificate. */
+  token?: boolean;
+  /** Where to write it (default: `<dir>/kubeconfig-<sanitized user>`). */
+  path?: string;
 }
 
 /** A running test API server. */
@@ -64,6 +81,32 @@ export interface TestApiServer {
   readonly faults: ApiCore["faults"];
   /** Counters of upgrade sessions. */
   readonly streams: StreamStats;
+  /** Every request that came over the network, oldest first (`clear()` to reset). */
+  readonly audit: AuditLog;
+  /** The RBAC authorizer over the stored objects (also usable when `rbac` is off). */
+  readonly authorizer: RbacAuthorizer;
+  /** Whether RBAC is enforced (from the `rbac` option; may be switched at run time). */
+  rbac: boolean;
+  /**
+   * Mint a bearer token (CSPRNG) that authenticates as `user` with `groups`
+   * (plus `system:authenticated`). Tokens survive `restart`.
+   */
+  issueToken(user: string, groups?: string[]): string;
+  /**
+   * Write a kubeconfig for `user`/`groups` (client certificate CN/O, or a
+   * token with `{token: true}`) and return its path.
+   */
+  kubeconfigFor(user: string, groups?: string[], opts?: KubeconfigForOptions): Promise<string>;
+  /**
+   * {@link kubeconfigFor} the ServiceAccount `namespace/name` (user
+   * `system:serviceaccount:<ns>:<name>`, groups `system:serviceaccounts`,
+   * `system:serviceaccounts:<ns>`).
+   */
+  kubeconfigForServiceAccount(
+    namespace: string,
+    name: string,
+    opts?: KubeconfigForOptions,
+  ): Promise<string>;
   /**
    * Call the API in-process as the admin (no network, no faults): returns the
    * status, the parsed JSON body (`{}` if not JSON) and the raw text (empty for
@@ -95,6 +138,10 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
   const core = new ApiCore(opts);
   const streams: StreamStats = { execSessions: 0, portForwardSessions: 0, spdySessions: 0 };
   const tokens = opts.tokens ?? [];
+  const minted = new Map<string, Identity>();
+  const audit = new AuditLog();
+  const authorizer = new RbacAuthorizer(core.store);
+  let rbacOn = opts.rbac ?? false;
 
   const authenticate = async (req: IncomingMessage): Promise<UserInfo | undefined> => {
     const sock = req.socket as TLSSocket;
@@ -115,6 +162,11 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
       const i = tokens.findIndex((t) => secretsEqual(m[1].trim(), t));
       if (i >= 0) {
         return { name: `token-user-${i}`, groups: ["system:masters", "system:authenticated"] };
+      }
+      for (const [t, who] of minted) {
+        if (secretsEqual(m[1].trim(), t)) {
+          return { name: who.name, groups: [...who.groups, "system:authenticated"] };
+        }
       }
     }
     return undefined;
@@ -146,7 +198,13 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
       signal: ac.signal,
       user: user ?? { name: "", groups: [] },
     };
-    const r = user ? await core.handle(apiReq) : errorResponse(UNAUTHORIZED);
+    const attrs = requestAttributes(apiReq.method, url);
+    let r;
+    if (!user) r = errorResponse(UNAUTHORIZED);
+    else if (rbacOn && !ANONYMOUS_PATHS.has(url.pathname) && !authorizer.allowed(user, attrs)) {
+      r = errorResponse(forbidden(user, attrs));
+    } else r = await core.handle(apiReq);
+    audit.record(user, apiReq.method, req.url ?? "/", attrs, r.status);
     log.v(4, "request", { method: req.method, url: req.url, status: r.status, user: user?.name });
     const outHeaders = { ...r.headers };
     delete outHeaders["transfer-encoding"];
@@ -180,10 +238,20 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
   const onUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on("error", () => socket.destroy());
     socket.pause();
-    if (!await authenticate(req)) {
+    const user = await authenticate(req);
+    const url = new URL(req.url ?? "/", "https://127.0.0.1");
+    const attrs = requestAttributes(req.method ?? "GET", url);
+    if (!user) {
+      audit.record(user, req.method ?? "GET", req.url ?? "/", attrs, 401);
       rejectUpgrade(socket, UNAUTHORIZED);
       return;
     }
+    if (rbacOn && !authorizer.allowed(user, attrs)) {
+      audit.record(user, req.method ?? "GET", req.url ?? "/", attrs, 403);
+      rejectUpgrade(socket, forbidden(user, attrs));
+      return;
+    }
+    audit.record(user, req.method ?? "GET", req.url ?? "/", attrs, 101);
     handleUpgrade(core, streams, req, socket, new Uint8Array(head));
     socket.resume();
   };
@@ -248,6 +316,26 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
 
   const admin: UserInfo = { name: "kubernetes-admin", groups: ["system:masters"] };
   let closed = false;
+  const issueToken = (user: string, groups: string[] = []): string => {
+    const token = Array.from(
+      crypto.getRandomValues(new Uint8Array(24)),
+      (b) => b.toString(16).padStart(2, "0"),
+    ).join("");
+    minted.set(token, { name: user, groups: [...groups] });
+    return token;
+  };
+  const kubeconfigFor = async (
+    user: string,
+    groups: string[] = [],
+    ko: KubeconfigForOptions = {},
+  ): Promise<string> => {
+    const path = ko.path ?? `${dir}/kubeconfig-${user.replace(/[^A-Za-z0-9_.-]/g, "_")}`;
+    const creds = ko.token
+      ? { token: issueToken(user, groups) }
+      : await tls.issueClient(user, groups);
+    await Deno.writeTextFile(path, userKubeconfig(url, tls.caPem, user, creds), { mode: 0o600 });
+    return path;
+  };
   const api: TestApiServer = {
     url,
     port,
@@ -262,6 +350,20 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
       return core.faults;
     },
     streams,
+    audit,
+    authorizer,
+    get rbac() {
+      return rbacOn;
+    },
+    set rbac(on: boolean) {
+      rbacOn = on;
+    },
+    issueToken,
+    kubeconfigFor,
+    kubeconfigForServiceAccount(namespace, name, ko) {
+      const id = serviceAccountIdentity(namespace, name);
+      return kubeconfigFor(id.name, id.groups, ko);
+    },
     async request(method, path, body, contentType) {
       const u = new URL(path, url);
       const r = await core.handle({

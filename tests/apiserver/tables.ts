@@ -104,6 +104,29 @@ function computed(obj: KubeObject, name: string): unknown {
     case "#podRestarts":
       return ((status.containerStatuses ?? []) as Obj[])
         .reduce((n, c) => n + Number(c.restartCount ?? 0), 0);
+    case "#secretCount":
+      return ((o.secrets ?? []) as unknown[]).length;
+    case "#deploymentReady":
+      return `${status.readyReplicas ?? 0}/${spec.replicas ?? 1}`;
+    case "#pdbMinAvailable":
+      return spec.minAvailable === undefined ? "N/A" : String(spec.minAvailable);
+    case "#pdbMaxUnavailable":
+      return spec.maxUnavailable === undefined ? "N/A" : String(spec.maxUnavailable);
+    case "#pdbAllowed":
+      return Number(status.disruptionsAllowed ?? 0);
+    case "#roleRef": {
+      const ref = (o.roleRef ?? {}) as Obj;
+      return `${ref.kind}/${ref.name}`;
+    }
+    case "#subjectsUser":
+    case "#subjectsGroup":
+    case "#subjectsServiceAccount": {
+      const kind = name.slice("#subjects".length);
+      const subjects = ((o.subjects ?? []) as Obj[]).filter((x) => x.kind === kind);
+      return subjects.map((x) =>
+        kind === "ServiceAccount" ? `${x.namespace ?? ""}/${x.name}` : String(x.name)
+      ).join(", ");
+    }
   }
   return undefined;
 }

@@ -35,16 +35,17 @@ export interface KubectlResult {
 }
 
 /**
- * Run the real `kubectl` with the server's admin kubeconfig, a cache dir
- * inside the server's dir and `--request-timeout`; killed after `timeoutMs`.
+ * Run the real `kubectl` with the server's admin kubeconfig (or
+ * `opts.kubeconfig`, e.g. from `server.kubeconfigFor`), a cache dir inside the
+ * server's dir and `--request-timeout`; killed after `timeoutMs`.
  */
 export function kubectl(
   server: TestApiServer,
   args: string[],
-  opts: { stdin?: string; timeoutMs?: number } = {},
+  opts: { stdin?: string; timeoutMs?: number; kubeconfig?: string } = {},
 ): Promise<KubectlResult> {
   return run("kubectl", [
-    `--kubeconfig=${server.kubeconfigPath}`,
+    `--kubeconfig=${opts.kubeconfig ?? server.kubeconfigPath}`,
     `--cache-dir=${server.dir}/kubectl-cache`,
     "--request-timeout=15s",
     ...args,

@@ -74,6 +74,26 @@ export function adminKubeconfig(
   certPem: string,
   keyPem: string,
 ): string {
+  return userKubeconfig(url, caPem, "kubernetes-admin", { certPem, keyPem });
+}
+
+/** How a kubeconfig user authenticates: a client certificate or a bearer token. */
+export type KubeconfigCredentials = { certPem: string; keyPem: string } | { token: string };
+
+/**
+ * A kubeconfig with cluster and context `test-apiserver` and one user named
+ * `userName` authenticating with `credentials`.
+ */
+export function userKubeconfig(
+  url: string,
+  caPem: string,
+  userName: string,
+  credentials: KubeconfigCredentials,
+): string {
+  const user = "token" in credentials ? { token: credentials.token } : {
+    "client-certificate-data": btoa(credentials.certPem),
+    "client-key-data": btoa(credentials.keyPem),
+  };
   return toYaml({
     apiVersion: "v1",
     kind: "Config",
@@ -81,13 +101,10 @@ export function adminKubeconfig(
       name: "test-apiserver",
       cluster: { server: url, "certificate-authority-data": btoa(caPem) },
     }],
-    users: [{
-      name: "kubernetes-admin",
-      user: { "client-certificate-data": btoa(certPem), "client-key-data": btoa(keyPem) },
-    }],
+    users: [{ name: userName, user }],
     contexts: [{
       name: "test-apiserver",
-      context: { cluster: "test-apiserver", user: "kubernetes-admin" },
+      context: { cluster: "test-apiserver", user: userName },
     }],
     "current-context": "test-apiserver",
     preferences: {},

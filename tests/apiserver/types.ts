@@ -69,6 +69,11 @@ export interface ResourceDef {
   /** Name of the CRD serving this resource, if any. */
   crd?: string;
   /**
+   * Whether `metadata.generation` is kept (bumped on changes outside metadata
+   * and the status subresource), as for Deployments; CRs and CRDs always do.
+   */
+  generation?: boolean;
+  /**
    * Storage key shared by several API versions/groups of one resource (e.g.
    * `events` in core/v1 and events.k8s.io/v1); defaults to `group/plural`.
    */

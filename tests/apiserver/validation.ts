@@ -2,7 +2,7 @@
  * Validation the real API server applies before storing, for the parts code
  * under test could get wrong: object names (DNS subdomain, or DNS label for
  * Namespaces and Services), label keys and values, Secret data (base64;
- * `stringData` folded into `data`), Service ports.
+ * `stringData` folded into `data`), Service ports, Events, RBAC objects.
  * @module
  */
 
@@ -38,6 +38,17 @@ export function validateName(def: ResourceDef, name: string): StatusCause[] {
         message: `Invalid value: ${JSON.stringify(name)}: a lowercase RFC 1123 label must ` +
           `consist of lower case alphanumeric characters or '-', and must start and end with ` +
           `an alphanumeric character`,
+      }];
+    }
+    return [];
+  }
+  if (def.group === "rbac.authorization.k8s.io") {
+    // RBAC objects only need a valid path segment (`system:discovery` is fine).
+    if (name === "." || name === ".." || /[/%]/.test(name)) {
+      return [{
+        field,
+        message: `Invalid value: ${JSON.stringify(name)}: may not be '.' or '..' and may not ` +
+          `contain '/' or '%'`,
       }];
     }
     return [];
@@ -214,6 +225,121 @@ export function validateEvent(ev: KubeObject, viaEventsV1: boolean): StatusCause
         }: supported values: "Normal", "Warning"`,
       });
     }
+  }
+  return causes;
+}
+
+/**
+ * RBAC objects: every rule has verbs and either (apiGroups and resources) or
+ * nonResourceURLs (those only in ClusterRoles); a binding's `roleRef` names a
+ * Role or ClusterRole (ClusterRole only for ClusterRoleBindings), its
+ * subjects have a known kind, and `roleRef` cannot change.
+ */
+export function validateRbac(
+  kind: string,
+  obj: KubeObject,
+  old: KubeObject | undefined,
+): StatusCause[] {
+  const o = obj as Obj;
+  const causes: StatusCause[] = [];
+  if (kind === "Role" || kind === "ClusterRole") {
+    const rules = (o.rules ?? []) as Obj[];
+    rules.forEach((r, i) => {
+      const has = (k: string) => Array.isArray(r[k]) && (r[k] as unknown[]).length > 0;
+      if (!has("verbs")) {
+        causes.push({
+          reason: "FieldValueRequired",
+          field: `rules[${i}].verbs`,
+          message: "Required value: verbs must contain at least one value",
+        });
+      }
+      if (has("nonResourceURLs")) {
+        if (kind === "Role") {
+          causes.push({
+            field: `rules[${i}].nonResourceURLs`,
+            message:
+              "Invalid value: []string{...}: namespaced rules cannot apply to non-resource URLs",
+          });
+        }
+        if (has("apiGroups") || has("resources")) {
+          causes.push({
+            field: `rules[${i}].nonResourceURLs`,
+            message:
+              "Invalid value: []string{...}: rules cannot apply to both regular resources and non-resource URLs",
+          });
+        }
+      } else {
+        if (!has("apiGroups")) {
+          causes.push({
+            reason: "FieldValueRequired",
+            field: `rules[${i}].apiGroups`,
+            message: "Required value: resource rules must supply at least one api group",
+          });
+        }
+        if (!has("resources")) {
+          causes.push({
+            reason: "FieldValueRequired",
+            field: `rules[${i}].resources`,
+            message: "Required value: resource rules must supply at least one resource",
+          });
+        }
+      }
+    });
+    return causes;
+  }
+  const ref = (o.roleRef ?? {}) as Obj;
+  const kinds = kind === "ClusterRoleBinding" ? ["ClusterRole"] : ["Role", "ClusterRole"];
+  if (!kinds.includes(String(ref.kind ?? ""))) {
+    causes.push({
+      reason: "FieldValueNotSupported",
+      field: "roleRef.kind",
+      message: `Unsupported value: ${JSON.stringify(ref.kind ?? "")}: supported values: ${
+        kinds.map((k) => JSON.stringify(k)).join(", ")
+      }`,
+    });
+  }
+  if (!ref.name) {
+    causes.push({ reason: "FieldValueRequired", field: "roleRef.name", message: "Required value" });
+  }
+  if (ref.apiGroup !== "rbac.authorization.k8s.io") {
+    causes.push({
+      reason: "FieldValueNotSupported",
+      field: "roleRef.apiGroup",
+      message: `Unsupported value: ${
+        JSON.stringify(ref.apiGroup ?? "")
+      }: supported values: "rbac.authorization.k8s.io"`,
+    });
+  }
+  ((o.subjects ?? []) as Obj[]).forEach((s, i) => {
+    if (!["User", "Group", "ServiceAccount"].includes(String(s.kind))) {
+      causes.push({
+        reason: "FieldValueNotSupported",
+        field: `subjects[${i}].kind`,
+        message: `Unsupported value: ${
+          JSON.stringify(s.kind ?? "")
+        }: supported values: "ServiceAccount", "User", "Group"`,
+      });
+    }
+    if (!s.name) {
+      causes.push({
+        reason: "FieldValueRequired",
+        field: `subjects[${i}].name`,
+        message: "Required value",
+      });
+    }
+    if (s.kind === "ServiceAccount" && kind === "ClusterRoleBinding" && !s.namespace) {
+      causes.push({
+        reason: "FieldValueRequired",
+        field: `subjects[${i}].namespace`,
+        message: "Required value",
+      });
+    }
+  });
+  if (old && JSON.stringify((old as Obj).roleRef) !== JSON.stringify(o.roleRef)) {
+    causes.push({
+      field: "roleRef",
+      message: `Invalid value: ${JSON.stringify(o.roleRef)}: cannot change roleRef`,
+    });
   }
   return causes;
 }
