@@ -34,11 +34,31 @@ export async function loadCAFiles(certPath: string, keyPath: string): Promise<CA
 export async function loadOrCreateCADir(dir: string): Promise<CA> {
   const certPath = `${dir}/ca.crt`;
   const keyPath = `${dir}/ca.key`;
-  try {
-    await Deno.stat(certPath);
-    return await loadCAFiles(certPath, keyPath);
-  } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  const exists = async (p: string) => {
+    try {
+      await Deno.stat(p);
+      return true;
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return false;
+      throw new Error(`CA in ${dir}: ${(err as Error).message}`);
+    }
+  };
+  const [haveCert, haveKey] = [await exists(certPath), await exists(keyPath)];
+  if (haveCert !== haveKey) {
+    throw new Error(
+      `CA in ${dir}: ${
+        haveCert ? "ca.key" : "ca.crt"
+      } is missing (remove both to generate a new CA, ` +
+        `which invalidates kubeconfigs issued so far)`,
+    );
+  }
+  if (haveCert) {
+    const [certPem, keyPem] = [await Deno.readTextFile(certPath), await Deno.readTextFile(keyPath)];
+    try {
+      return await loadCA(certPem, keyPem);
+    } catch (err) {
+      throw new Error(`CA in ${dir}: ${(err as Error).message}`);
+    }
   }
   const ca = await generateCA({ commonName: "tower-ca" });
   await Deno.writeTextFile(keyPath, ca.keyPem, { mode: 0o600 });
