@@ -1,10 +1,15 @@
 /**
  * The deployment manifests render with the real `kubectl kustomize` and keep
  * the properties operators rely on (non-root, read-only root FS, probes on
- * the metrics port, least-privilege RBAC).
+ * the metrics port, least-privilege RBAC); the real `kubectl apply -k`
+ * applies them to the test API server, and with RBAC enforced the proxy's
+ * ServiceAccount can make exactly the calls its rules allow.
+ * @module
  */
 
 import { parseAllDocuments } from "yaml";
+import { startTestApiServer, type TestApiServer } from "./apiserver/server.ts";
+import { httpClient, kubectl } from "./apiserver/testing.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { run } from "./helpers/proc.ts";
 
@@ -67,4 +72,207 @@ Deno.test("deploy/agent renders: token from a Secret, not on the command line", 
   assert(args.includes("--token-file=/etc/tower/token"));
   assert(!args.some((a) => a.startsWith("--token=")));
   assert(objs.some((o) => o.kind === "Secret" && o.metadata.name === "tower-agent"));
+});
+
+/** Install the CRD, then `kubectl apply -k` both overlays as the admin. */
+async function applyAll(s: TestApiServer): Promise<void> {
+  const crd = await run("kubectl", ["kustomize", "crd"]);
+  assertEquals(crd.code, 0, crd.stderr);
+  const c = await kubectl(s, ["apply", "-f", "-"], { stdin: crd.stdout });
+  assertEquals(c.code, 0, c.stderr);
+  const want: Record<string, string[]> = {
+    "deploy/proxy": [
+      "serviceaccount/tower created",
+      "role.rbac.authorization.k8s.io/tower created",
+      "clusterrole.rbac.authorization.k8s.io/tower created",
+      "rolebinding.rbac.authorization.k8s.io/tower created",
+      "clusterrolebinding.rbac.authorization.k8s.io/tower created",
+      "service/tower created",
+      "deployment.apps/tower created",
+      "poddisruptionbudget.policy/tower created",
+    ],
+    "deploy/agent": [
+      "serviceaccount/tower-agent created",
+      "clusterrolebinding.rbac.authorization.k8s.io/tower-agent created",
+      "secret/tower-agent created",
+      "deployment.apps/tower-agent created",
+    ],
+  };
+  for (const [dir, lines] of Object.entries(want)) {
+    const r = await kubectl(s, ["apply", "-k", dir]);
+    assertEquals(r.code, 0, r.stderr);
+    for (const l of lines) assert(r.stdout.includes(l), `${dir}: no "${l}" in:\n${r.stdout}`);
+  }
+}
+
+Deno.test("kubectl apply -k deploy/proxy and deploy/agent apply cleanly and again", async () => {
+  const s = await startTestApiServer();
+  try {
+    await applyAll(s);
+    const dep = "/apis/apps/v1/namespaces/kubesphere-system/deployments/tower";
+    const before = (await s.request("GET", dep)).body;
+    assertEquals(before.metadata.generation, 1);
+    assertEquals((before as Record<string, unknown>).status, {});
+    const rv = new Map<string, string>();
+    const paths = [
+      dep,
+      "/apis/apps/v1/namespaces/kubesphere-system/deployments/tower-agent",
+      "/apis/policy/v1/namespaces/kubesphere-system/poddisruptionbudgets/tower",
+      "/apis/rbac.authorization.k8s.io/v1/clusterroles/tower",
+      "/apis/rbac.authorization.k8s.io/v1/namespaces/kubesphere-system/roles/tower",
+      "/api/v1/namespaces/kubesphere-system/services/tower",
+      "/api/v1/namespaces/kubesphere-system/secrets/tower-agent",
+    ];
+    for (const p of paths) rv.set(p, (await s.request("GET", p)).body.metadata.resourceVersion!);
+    // Applying again changes nothing (kubectl may still say "configured" where its patch
+    // re-sends a replace-strategy field or stringData, as against a real server).
+    for (const dir of ["deploy/proxy", "deploy/agent"]) {
+      const r = await kubectl(s, ["apply", "-k", dir]);
+      assertEquals(r.code, 0, r.stderr);
+      assert(!r.stdout.includes("created"), r.stdout);
+    }
+    for (const p of paths) {
+      assertEquals((await s.request("GET", p)).body.metadata.resourceVersion, rv.get(p), p);
+    }
+    // A spec change bumps the Deployment's generation; observedGeneration is the controller's.
+    const scaled = await kubectl(s, [
+      "-n",
+      "kubesphere-system",
+      "patch",
+      "deployment",
+      "tower",
+      "-p",
+      '{"spec":{"replicas":3}}',
+    ]);
+    assertEquals(scaled.code, 0, scaled.stderr);
+    const after = (await s.request("GET", dep)).body as Record<string, unknown>;
+    assertEquals((after.metadata as { generation: number }).generation, 2);
+    assertEquals(after.status, {});
+    const table = await kubectl(s, ["-n", "kubesphere-system", "get", "deploy,pdb,sa,role"]);
+    assertEquals(table.code, 0, table.stderr);
+    assert(/deployment\.apps\/tower\s+0\/3\s/.test(table.stdout), table.stdout);
+    assert(/poddisruptionbudget\.policy\/tower\s+1\s+N\/A\s+0\s/.test(table.stdout));
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("RBAC enforced: the tower ServiceAccount can do what deploy/proxy grants, no more", async () => {
+  const s = await startTestApiServer({ rbac: true });
+  const admin = httpClient(s, "admin");
+  const tower = httpClient(
+    s,
+    await s.tls.issueClient(
+      "system:serviceaccount:kubesphere-system:tower",
+      ["system:serviceaccounts", "system:serviceaccounts:kubesphere-system"],
+    ),
+  );
+  const call = async (client: Deno.HttpClient, method: string, path: string, body?: unknown) => {
+    const res = await fetch(`${s.url}${path}`, {
+      method,
+      client,
+      headers: {
+        "content-type": method === "PATCH" ? "application/merge-patch+json" : "application/json",
+      },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, body: text ? JSON.parse(text) : {} };
+  };
+  try {
+    await applyAll(s);
+    const CL = "/apis/cluster.kubesphere.io/v1alpha1/clusters";
+    const NS = "/api/v1/namespaces/kubesphere-system";
+    const LEASES = "/apis/coordination.k8s.io/v1/namespaces/kubesphere-system/leases";
+    for (
+      const [path, body] of [
+        [CL, {
+          apiVersion: "cluster.kubesphere.io/v1alpha1",
+          kind: "Cluster",
+          metadata: { name: "alpha" },
+        }],
+        [`${NS}/secrets`, { metadata: { name: "someone-elses" }, stringData: { k: "v" } }],
+        [LEASES, { metadata: { name: "other" }, spec: {} }],
+      ] as const
+    ) {
+      assertEquals((await call(admin, "POST", path, body)).status, 201, path);
+    }
+    s.audit.clear();
+    const allowed: [string, string, unknown?][] = [
+      ["GET", CL],
+      ["GET", `${CL}?watch=true&timeoutSeconds=1`],
+      ["GET", `${CL}/alpha`],
+      ["PATCH", `${CL}/alpha`, { metadata: { labels: { a: "b" } } }],
+      ["POST", `${NS}/secrets`, { metadata: { name: "tower-ca" }, stringData: { "ca.crt": "x" } }],
+      ["GET", `${NS}/secrets/tower-ca`],
+      ["POST", `${NS}/services`, {
+        metadata: { name: "mc-alpha" },
+        spec: { ports: [{ port: 80 }] },
+      }],
+      ["GET", `${NS}/services`],
+      ["DELETE", `${NS}/services/mc-alpha`],
+      ["POST", LEASES, { metadata: { name: "tower" }, spec: { holderIdentity: "p-0" } }],
+      ["GET", `${LEASES}/tower`],
+      ["POST", "/api/v1/namespaces/default/events", {
+        metadata: { name: "alpha.1" },
+        involvedObject: { kind: "Cluster", name: "alpha" },
+        reason: "Test",
+        message: "m",
+      }],
+    ];
+    for (const [method, path, body] of allowed) {
+      const r = await call(tower, method, path, body);
+      assert(r.status < 300, `${method} ${path}: ${r.status} ${JSON.stringify(r.body)}`);
+    }
+    const denied: [string, string, unknown?][] = [
+      ["DELETE", `${CL}/alpha`],
+      ["POST", CL, {
+        apiVersion: "cluster.kubesphere.io/v1alpha1",
+        kind: "Cluster",
+        metadata: { name: "b" },
+      }],
+      ["GET", `${NS}/secrets/someone-elses`],
+      ["GET", `${NS}/secrets`],
+      ["DELETE", `${NS}/secrets/tower-ca`],
+      ["GET", "/api/v1/namespaces/kube-system/secrets/anything"],
+      ["GET", "/api/v1/namespaces/default/services"],
+      ["GET", `${LEASES}/other`],
+      ["GET", "/api/v1/namespaces/default/configmaps"],
+      ["GET", "/apis/apps/v1/namespaces/kubesphere-system/deployments/tower"],
+    ];
+    for (const [method, path, body] of denied) {
+      const r = await call(tower, method, path, body);
+      assertEquals(r.status, 403, `${method} ${path}: ${JSON.stringify(r.body)}`);
+      assertEquals(r.body.reason, "Forbidden");
+    }
+    const del = await call(tower, "DELETE", `${CL}/alpha`);
+    assertEquals(
+      del.body.message,
+      'clusters.cluster.kubesphere.io "alpha" is forbidden: User ' +
+        '"system:serviceaccount:kubesphere-system:tower" cannot delete resource "clusters" in ' +
+        'API group "cluster.kubesphere.io" at the cluster scope',
+    );
+    // The request log lists the ServiceAccount's calls and their outcome.
+    const me = "system:serviceaccount:kubesphere-system:tower";
+    assertEquals(s.audit.where({ user: me }).length, allowed.length + denied.length + 1);
+    assert(s.audit.calls(me).includes("watch cluster.kubesphere.io/clusters"));
+    assertEquals(s.audit.where({ user: me, verb: "delete", resource: "clusters" })[0].status, 403);
+    // Real kubectl with the ServiceAccount's kubeconfig (discovery is open to it).
+    const kc = await s.kubeconfigForServiceAccount("kubesphere-system", "tower", { token: true });
+    const get = await kubectl(s, ["get", "clusters"], { kubeconfig: kc });
+    assertEquals(get.code, 0, get.stderr);
+    assert(get.stdout.includes("alpha"), get.stdout);
+    const rm = await kubectl(s, ["delete", "cluster", "alpha"], { kubeconfig: kc });
+    assertEquals(rm.code, 1);
+    assert(rm.stderr.includes("is forbidden"), rm.stderr);
+    // The agent's ServiceAccount (bound to cluster-admin by deploy/agent) may do anything.
+    const agentKc = await s.kubeconfigForServiceAccount("kubesphere-system", "tower-agent");
+    const all = await kubectl(s, ["get", "secrets", "-A"], { kubeconfig: agentKc });
+    assertEquals(all.code, 0, all.stderr);
+    assert(all.stdout.includes("someone-elses"), all.stdout);
+  } finally {
+    admin.close();
+    tower.close();
+    await s.close();
+  }
 });
