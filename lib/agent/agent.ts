@@ -256,8 +256,10 @@ export class Agent {
         dialTarget(target).then(
           (conn) => {
             const channel = accept();
+            log.v(4, "Stream opened", { target, streams: this.#streams });
             pipeChannel(channel as unknown as import("node:stream").Duplex, conn).finally(() => {
               this.#streams--;
+              log.v(4, "Stream closed", { target, streams: this.#streams });
             });
           },
           (err: Error) => {
