@@ -13,9 +13,14 @@ import type { RequestAttributes } from "./requestinfo.ts";
 export interface AuditEntry {
   /** When the response status was known (ms since the epoch). */
   time: number;
-  /** User name (`system:anonymous` for anonymous, `""` when authentication failed). */
+  /**
+   * User name the request acted as (the impersonated one with `Impersonate-User`;
+   * `system:anonymous` for anonymous; `""` when authentication failed).
+   */
   user: string;
   groups: string[];
+  /** The authenticated user when it impersonated `user`. */
+  impersonatedBy?: string;
   /** HTTP method. */
   method: string;
   /** Path and query as sent. */
@@ -42,13 +47,17 @@ export class AuditLog extends Array<AuditEntry> {
     return Array;
   }
 
-  /** Append an entry for a finished (or started, for streams) request. */
+  /**
+   * Append an entry for a finished (or started, for streams) request made as
+   * `user`, authenticated as `authenticated` (when it impersonated `user`).
+   */
   record(
     user: Identity | undefined,
     method: string,
     uri: string,
     a: RequestAttributes,
     status: number,
+    authenticated?: Identity,
   ): void {
     this.push({
       time: Date.now(),
@@ -65,6 +74,9 @@ export class AuditLog extends Array<AuditEntry> {
       namespace: a.namespace,
       name: a.name,
       status,
+      ...(authenticated && user && authenticated.name !== user.name
+        ? { impersonatedBy: authenticated.name }
+        : {}),
     });
   }
 

@@ -81,7 +81,7 @@ export function resourceList(reg: Registry, g: string, v: string): JsonObject | 
       singularName: d.singular,
       namespaced: d.namespaced,
       kind: d.kind,
-      verbs: VERBS,
+      verbs: d.verbs ?? VERBS,
     };
     if (d.shortNames.length) r.shortNames = d.shortNames;
     if (d.categories.length) r.categories = d.categories;

@@ -419,3 +419,81 @@ Deno.test("RBAC objects: served and printed, roleRef immutable, rules validated"
     await s.close();
   }
 });
+
+Deno.test("kubectl auth can-i (access reviews) and --as (impersonation) under RBAC", async () => {
+  const s = await startTestApiServer({ rbac: true, namespaces: ["ns1"] });
+  try {
+    await mustCreate(s, `${RBAC}/namespaces/ns1/roles`, {
+      metadata: { name: "r" },
+      rules: [
+        { apiGroups: [""], resources: ["secrets"], resourceNames: ["mine"], verbs: ["get"] },
+        { apiGroups: ["apps"], resources: ["deployments", "deployments/scale"], verbs: ["patch"] },
+      ],
+    });
+    await mustCreate(s, `${RBAC}/namespaces/ns1/rolebindings`, {
+      metadata: { name: "r" },
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: "r" },
+      subjects: [{ kind: "ServiceAccount", name: "sa", namespace: "ns1" }],
+    });
+    const kc = await s.kubeconfigForServiceAccount("ns1", "sa");
+    const canI = async (args: string[], kubeconfig?: string) => {
+      const r = await kubectl(s, ["auth", "can-i", ...args], { kubeconfig });
+      assert(r.code === 0 || r.code === 1, r.stderr);
+      return r.stdout.trim();
+    };
+    assertEquals(await canI(["get", "secret/mine", "-n", "ns1"], kc), "yes");
+    assertEquals(await canI(["get", "secret/other", "-n", "ns1"], kc), "no");
+    assertEquals(
+      await canI(["patch", "deployments.apps", "--subresource=scale", "-n", "ns1"], kc),
+      "yes",
+    );
+    assertEquals(await canI(["delete", "deployments.apps", "-n", "ns1"], kc), "no");
+    // SubjectAccessReview as the admin, for the ServiceAccount.
+    assertEquals(
+      await canI(["get", "secret/mine", "-n", "ns1", "--as=system:serviceaccount:ns1:sa"]),
+      "yes",
+    );
+    assertEquals(
+      await canI(["list", "secrets", "-n", "ns1", "--as=system:serviceaccount:ns1:sa"]),
+      "no",
+    );
+    const list = await kubectl(s, ["auth", "can-i", "--list", "-n", "ns1"], { kubeconfig: kc });
+    assertEquals(list.code, 0, list.stderr);
+    assert(/secrets\s+\[\]\s+\[mine\]\s+\[get\]/.test(list.stdout), list.stdout);
+    // Impersonation: the admin may; the ServiceAccount may not (403 on users).
+    const asSa = await kubectl(s, [
+      "get",
+      "secrets",
+      "-n",
+      "ns1",
+      "--as=system:serviceaccount:ns1:sa",
+    ]);
+    assertEquals(asSa.code, 1);
+    assert(asSa.stderr.includes('User "system:serviceaccount:ns1:sa" cannot list'), asSa.stderr);
+    assertEquals(s.audit.at(-1)?.user, "system:serviceaccount:ns1:sa");
+    assertEquals(s.audit.at(-1)?.impersonatedBy, "kubernetes-admin");
+    assertEquals(s.audit.at(-1)?.groups, [
+      "system:serviceaccounts",
+      "system:serviceaccounts:ns1",
+      "system:authenticated",
+    ]);
+    const escalate = await kubectl(s, [
+      "get",
+      "secrets",
+      "--as=kubernetes-admin",
+      "--as-group=system:masters",
+    ], {
+      kubeconfig: kc,
+    });
+    assertEquals(escalate.code, 1);
+    assert(
+      escalate.stderr.includes(
+        'users "kubernetes-admin" is forbidden: User "system:serviceaccount:ns1:sa" cannot ' +
+          'impersonate resource "users" in API group "" at the cluster scope',
+      ),
+      escalate.stderr,
+    );
+  } finally {
+    await s.close();
+  }
+});

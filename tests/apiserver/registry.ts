@@ -134,8 +134,8 @@ export function builtinResources(): ResourceDef[] {
       generation: true,
       printerColumns: [
         { name: "Ready", type: "string", jsonPath: "#deploymentReady" },
-        { name: "Up-to-date", type: "integer", jsonPath: ".status.updatedReplicas" },
-        { name: "Available", type: "integer", jsonPath: ".status.availableReplicas" },
+        { name: "Up-to-date", type: "integer", jsonPath: "#deploymentUpdated" },
+        { name: "Available", type: "integer", jsonPath: "#deploymentAvailable" },
         AGE,
       ],
     }),
@@ -151,6 +151,17 @@ export function builtinResources(): ResourceDef[] {
       ],
     }),
     ...rbacResources(),
+    ...["SelfSubjectAccessReview", "SubjectAccessReview", "SelfSubjectRulesReview"].map((k) =>
+      def("authorization.k8s.io", "v1", `${k.toLowerCase()}s`, k, false, { verbs: ["create"] })
+    ),
+    def(
+      "authorization.k8s.io",
+      "v1",
+      "localsubjectaccessreviews",
+      "LocalSubjectAccessReview",
+      true,
+      { verbs: ["create"] },
+    ),
     def(
       "apiextensions.k8s.io",
       "v1",

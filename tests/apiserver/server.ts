@@ -20,14 +20,17 @@ import type { CA } from "../../lib/pki/mod.ts";
 import { secretsEqual } from "../../lib/secret.ts";
 import {
   ApiCore,
-  type ApiRequest,
+  type ApiResponse,
   type CoreOptions,
   errorResponse,
   type UserInfo,
 } from "./rest.ts";
 import { AuditLog } from "./audit.ts";
 import { forbidden, type Identity, RbacAuthorizer, serviceAccountIdentity } from "./rbac.ts";
-import { requestAttributes } from "./requestinfo.ts";
+import { impersonate } from "./impersonation.ts";
+import { type RequestAttributes, requestAttributes } from "./requestinfo.ts";
+import { decodeReview } from "./protobuf.ts";
+import { answerReview } from "./reviews.ts";
 import { handleUpgrade, rejectUpgrade, type StreamStats } from "./streaming.ts";
 import { type ServerTls, serverTls, userKubeconfig } from "./tls.ts";
 import { ApiError, type KubeObject } from "./types.ts";
@@ -172,6 +175,50 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
     return undefined;
   };
 
+  /**
+   * The identity the request acts as (impersonation) and, when refused, why
+   * (401 without a user, 403 when impersonation or the request is not allowed).
+   */
+  const actAs = (
+    user: Identity | undefined,
+    headers: Headers,
+    a: RequestAttributes,
+  ): { acting?: Identity; error?: ApiError } => {
+    if (!user) return { error: UNAUTHORIZED };
+    const acting = impersonate(user, headers, authorizer, rbacOn);
+    if (acting instanceof ApiError) return { acting: user, error: acting };
+    if (!rbacOn || (!a.resourceRequest && ANONYMOUS_PATHS.has(a.path))) return { acting };
+    return authorizer.allowed(acting, a) ? { acting } : { acting, error: forbidden(acting, a) };
+  };
+
+  /** Answer an authorization.k8s.io access review, or undefined for other requests. */
+  const review = (
+    user: Identity,
+    a: RequestAttributes,
+    body: Uint8Array,
+    contentType: string,
+  ): ApiResponse | undefined => {
+    if (!a.resourceRequest || a.group !== "authorization.k8s.io" || a.verb !== "create") return;
+    const def = core.registry.find(a.group, a.version, a.resource);
+    if (!def || a.name) return;
+    try {
+      const obj = contentType.includes("protobuf")
+        ? decodeReview(body)
+        : JSON.parse(new TextDecoder().decode(body));
+      const out = answerReview(def.kind, obj, a, user, authorizer, rbacOn);
+      return {
+        status: 201,
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(out),
+      };
+    } catch (err) {
+      if (err instanceof ApiError) return errorResponse(err);
+      return errorResponse(
+        new ApiError(400, "BadRequest", `decode review: ${(err as Error).message}`),
+      );
+    }
+  };
+
   const onRequest = async (req: IncomingMessage, res: ServerResponse) => {
     const ac = new AbortController();
     res.on("close", () => ac.abort());
@@ -190,21 +237,17 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
     for (const [k, v] of Object.entries(req.headers)) {
       if (v !== undefined) headers.set(k, Array.isArray(v) ? v.join(", ") : v);
     }
-    const apiReq: ApiRequest = {
-      method: req.method ?? "GET",
-      url,
-      headers,
-      body: new Uint8Array(Buffer.concat(chunks)),
-      signal: ac.signal,
-      user: user ?? { name: "", groups: [] },
-    };
-    const attrs = requestAttributes(apiReq.method, url);
-    let r;
-    if (!user) r = errorResponse(UNAUTHORIZED);
-    else if (rbacOn && !ANONYMOUS_PATHS.has(url.pathname) && !authorizer.allowed(user, attrs)) {
-      r = errorResponse(forbidden(user, attrs));
-    } else r = await core.handle(apiReq);
-    audit.record(user, apiReq.method, req.url ?? "/", attrs, r.status);
+    const method = req.method ?? "GET";
+    const attrs = requestAttributes(method, url);
+    const { acting, error } = actAs(user, headers, attrs);
+    let r: ApiResponse;
+    if (error || !acting) r = errorResponse(error ?? UNAUTHORIZED);
+    else {
+      const body = new Uint8Array(Buffer.concat(chunks));
+      r = review(acting, attrs, body, headers.get("content-type") ?? "") ??
+        await core.handle({ method, url, headers, body, signal: ac.signal, user: acting });
+    }
+    audit.record(acting, method, req.url ?? "/", attrs, r.status, user);
     log.v(4, "request", { method: req.method, url: req.url, status: r.status, user: user?.name });
     const outHeaders = { ...r.headers };
     delete outHeaders["transfer-encoding"];
@@ -241,17 +284,17 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
     const user = await authenticate(req);
     const url = new URL(req.url ?? "/", "https://127.0.0.1");
     const attrs = requestAttributes(req.method ?? "GET", url);
-    if (!user) {
-      audit.record(user, req.method ?? "GET", req.url ?? "/", attrs, 401);
-      rejectUpgrade(socket, UNAUTHORIZED);
+    const headers = new Headers();
+    for (const [k, v] of Object.entries(req.headers)) {
+      if (v !== undefined) headers.set(k, Array.isArray(v) ? v.join(", ") : v);
+    }
+    const { acting, error } = actAs(user, headers, attrs);
+    if (error || !acting) {
+      audit.record(acting, req.method ?? "GET", req.url ?? "/", attrs, error?.code ?? 401, user);
+      rejectUpgrade(socket, error ?? UNAUTHORIZED);
       return;
     }
-    if (rbacOn && !authorizer.allowed(user, attrs)) {
-      audit.record(user, req.method ?? "GET", req.url ?? "/", attrs, 403);
-      rejectUpgrade(socket, forbidden(user, attrs));
-      return;
-    }
-    audit.record(user, req.method ?? "GET", req.url ?? "/", attrs, 101);
+    audit.record(acting, req.method ?? "GET", req.url ?? "/", attrs, 101, user);
     handleUpgrade(core, streams, req, socket, new Uint8Array(head));
     socket.resume();
   };

@@ -108,6 +108,10 @@ function computed(obj: KubeObject, name: string): unknown {
       return ((o.secrets ?? []) as unknown[]).length;
     case "#deploymentReady":
       return `${status.readyReplicas ?? 0}/${spec.replicas ?? 1}`;
+    case "#deploymentUpdated":
+      return Number(status.updatedReplicas ?? 0);
+    case "#deploymentAvailable":
+      return Number(status.availableReplicas ?? 0);
     case "#pdbMinAvailable":
       return spec.minAvailable === undefined ? "N/A" : String(spec.minAvailable);
     case "#pdbMaxUnavailable":

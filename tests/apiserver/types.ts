@@ -73,6 +73,8 @@ export interface ResourceDef {
    * and the status subresource), as for Deployments; CRs and CRDs always do.
    */
   generation?: boolean;
+  /** Verbs listed in discovery (default: all eight); e.g. only `create` for access reviews. */
+  verbs?: string[];
   /**
    * Storage key shared by several API versions/groups of one resource (e.g.
    * `events` in core/v1 and events.k8s.io/v1); defaults to `group/plural`.
