@@ -1,5 +1,5 @@
 /**
- * `deno task test-apiserver [--port N] [--dir D] [--token T]… [--namespace NS]…`:
+ * `deno task test-apiserver [--port N] [--dir D] [--token T]… [--namespace NS]… [--rbac]`:
  * run the test API server standalone (debugging, demo, subprocess tests).
  * The first two stdout lines are `kubeconfig=<path>` and `url=<url>`; it runs
  * until SIGINT/SIGTERM.
@@ -15,6 +15,11 @@ const FLAGS: FlagSpecs = {
   dir: { kind: "string", default: "", help: "directory for the kubeconfig and PEM files" },
   token: { kind: "string", multiple: true, help: "a bearer token that authenticates (repeatable)" },
   namespace: { kind: "string", multiple: true, help: "an extra namespace to create (repeatable)" },
+  rbac: {
+    kind: "bool",
+    default: false,
+    help: "enforce RBAC for callers outside system:masters",
+  },
   v: { kind: "int", default: 0, help: "log verbosity (4: every request)" },
 };
 
@@ -39,6 +44,7 @@ async function main(): Promise<number> {
     dir: String(flags.values.dir ?? "") || undefined,
     tokens: (flags.values.token as string[] | undefined) ?? [],
     namespaces: (flags.values.namespace as string[] | undefined) ?? [],
+    rbac: flags.values.rbac === true,
   });
   console.log(`kubeconfig=${server.kubeconfigPath}`);
   console.log(`url=${server.url}`);
