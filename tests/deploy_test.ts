@@ -9,9 +9,9 @@
 
 import { parseAllDocuments } from "yaml";
 import { startTestApiServer, type TestApiServer } from "./apiserver/server.ts";
-import { httpClient, kubectl } from "./apiserver/testing.ts";
+import { deadline, httpClient, kubectl, watchEvents } from "./apiserver/testing.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
-import { run } from "./helpers/proc.ts";
+import { denoRun, freePort, run } from "./helpers/proc.ts";
 
 interface Obj {
   kind: string;
@@ -273,6 +273,71 @@ Deno.test("RBAC enforced: the tower ServiceAccount can do what deploy/proxy gran
   } finally {
     admin.close();
     tower.close();
+    await s.close();
+  }
+});
+
+Deno.test("the real proxy runs as the tower ServiceAccount under deploy/proxy's RBAC: no 403", async () => {
+  const s = await startTestApiServer({ rbac: true });
+  const admin = httpClient(s, "admin");
+  const me = "system:serviceaccount:kubesphere-system:tower";
+  const CL = "/apis/cluster.kubesphere.io/v1alpha1/clusters";
+  let proxy: ReturnType<typeof denoRun> | undefined;
+  const ac = new AbortController();
+  try {
+    await applyAll(s);
+    const created = await s.request("POST", CL, {
+      apiVersion: "cluster.kubesphere.io/v1alpha1",
+      kind: "Cluster",
+      metadata: { name: "alpha" },
+      spec: { joinFederation: true, connection: { type: "proxy", token: "" } },
+    });
+    assertEquals(created.status, 201, created.text);
+    // Follow the controller's Services (as the admin) to know when it acted.
+    const res = await fetch(
+      `${s.url}/api/v1/namespaces/kubesphere-system/services?watch=true`,
+      { client: admin, signal: ac.signal },
+    );
+    const events = watchEvents(res.body!);
+    const seen = async (type: string, name: string) => {
+      // next() by hand: leaving a for-await loop would close the watch.
+      for (let i = 0; i < 1000; i++) {
+        const { done, value: e } = await events.next();
+        if (done) break;
+        const m = e.object.metadata as { name?: string } | undefined;
+        if (e.type === type && m?.name === name) return;
+      }
+      throw new Error(`watch ended before ${type} ${name}`);
+    };
+    s.audit.clear();
+    const kc = await s.kubeconfigForServiceAccount("kubesphere-system", "tower");
+    proxy = denoRun("proxy", "proxy.ts", [
+      `--kubeconfig=${kc}`,
+      "--leader-elect",
+      "--host=127.0.0.1",
+      `--port=${freePort()}`,
+      "--metrics-address=",
+    ]);
+    await deadline(seen("ADDED", "mc-alpha"), 30_000, `Service mc-alpha; proxy:\n${proxy.tail()}`);
+    assertEquals((await s.request("DELETE", `${CL}/alpha`)).status, 200);
+    await deadline(seen("DELETED", "mc-alpha"), 30_000, `mc-alpha deleted; ${proxy.tail()}`);
+    await proxy.stop();
+    const denied = s.audit.where({ user: me, status: 403 });
+    assertEquals(denied, [], `tower was refused:\n${proxy.tail()}`);
+    const calls = s.audit.calls(me);
+    for (
+      const c of [
+        "watch cluster.kubesphere.io/clusters",
+        "update cluster.kubesphere.io/clusters alpha",
+        "create core/services kubesphere-system",
+        "delete core/services kubesphere-system/mc-alpha",
+        "update coordination.k8s.io/leases kubesphere-system/tower",
+      ]
+    ) assert(calls.includes(c), `no "${c}" in:\n${calls.join("\n")}`);
+  } finally {
+    ac.abort();
+    if (proxy && !proxy.exited) await proxy.stop();
+    admin.close();
     await s.close();
   }
 });
