@@ -137,6 +137,13 @@ function upgradeOf(req: RequestHead): string | null {
   return headerTokens(req.headers, "connection").has("upgrade") ? up : null;
 }
 
+const LONG_RUNNING = /[?&](watch|follow)=(true|1)(&|$)|^\/api(s\/[^/]+)?\/v[^/]+\/watch\//;
+
+/** A watch (`?watch=true`, `/watch/` paths) or a followed log (`?follow=true`). */
+export function isLongRunning(target: string): boolean {
+  return LONG_RUNNING.test(target);
+}
+
 function sameAuth(a: UpstreamAuth, b: UpstreamAuth): boolean {
   const x = a.tls;
   const y = b.tls;
@@ -388,8 +395,11 @@ export class HttpProxy {
     sock.on("close", onClientClose);
     sock.on("end", onClientEnd);
     try {
+      // Long-running requests get a stream of their own, so that (like new connections) they
+      // spread over the cluster's sessions: losing one agent then ends only its share of them.
+      const fresh = upgrade !== null || isLongRunning(req.target);
       for (let attempt = 0;; attempt++) {
-        let conn = this.#pool.take(this.#o.dialer.isLive?.bind(this.#o.dialer));
+        let conn = fresh ? undefined : this.#pool.take(this.#o.dialer.isLive?.bind(this.#o.dialer));
         const reused = conn !== undefined;
         if (!conn) {
           try {

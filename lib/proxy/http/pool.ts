@@ -33,6 +33,8 @@ export class UpstreamPool {
   readonly #opts: PoolOptions;
   /** Oldest first (so expiry looks at the front; reuse takes from the back). */
   #idle: Idle[] = [];
+  /** Session of the connection taken last. */
+  #lastKey: string | undefined;
   /** One timer for the whole pool, due when the oldest entry expires. */
   #timer: ReturnType<typeof setTimeout> | undefined;
 
@@ -46,20 +48,31 @@ export class UpstreamPool {
   }
 
   /**
-   * Take the most recently idled usable connection, or undefined. Connections whose session is
-   * not `isLive` are destroyed on the way.
+   * Take a usable idle connection, or undefined: the most recently idled one of a session other
+   * than the previous take's when there is one (so reuse alternates over the cluster's sessions),
+   * else the most recently idled one. Connections that are dead or whose session is not `isLive`
+   * are destroyed on the way.
    */
   take(isLive?: (key: string) => boolean): UpstreamConn | undefined {
     let found: UpstreamConn | undefined;
-    while (this.#idle.length > 0) {
-      const e = this.#idle.pop()!;
-      this.#release(e);
+    for (let i = this.#idle.length - 1; i >= 0; i--) {
+      const e = this.#idle[i];
       if (e.conn.dead || (isLive && !isLive(e.conn.key))) {
+        this.#idle.splice(i, 1);
+        this.#release(e);
         e.conn.destroy();
         continue;
       }
-      found = e.conn;
-      break;
+      if (found === undefined || (e.conn.key !== this.#lastKey && found.key === this.#lastKey)) {
+        found = e.conn;
+        if (found.key !== this.#lastKey) break;
+      }
+    }
+    if (found !== undefined) {
+      const i = this.#idle.findIndex((e) => e.conn === found);
+      this.#release(this.#idle[i]);
+      this.#idle.splice(i, 1);
+      this.#lastKey = found.key;
     }
     if (this.#idle.length === 0) this.#schedule();
     return found;

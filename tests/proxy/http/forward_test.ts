@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertMatch } from "../../helpers/assert.ts";
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
-import type { RequestRecord } from "../../../lib/proxy/http/forward.ts";
+import { isLongRunning, type RequestRecord } from "../../../lib/proxy/http/forward.ts";
 import * as net from "node:net";
 import { listenLocal, RawClient, startPlainProxy, TestDialer } from "./helpers.ts";
 import { BLOCK, blockHash, type Echo, startHttpOrigin, startRawOrigin } from "./origin.ts";
@@ -329,7 +329,8 @@ for (const proto of ["SPDY/3.1", "websocket"]) {
       assertMatch(up, /^Upgrade: /im);
       assertMatch(up, /^Connection: Upgrade$/im);
       await c.close();
-      await dialer.waitOpen(0);
+      await dialer.waitOpen(1); // the upgraded stream is gone; the plain one idles in the pool
+      assertEquals(proxy.proxy.stats.idle, 1);
       const rec = records.find((r) => r.upgrade)!;
       assertEquals(rec.status, 101);
       assertEquals(rec.bytesIn, 5 + payload.length);
@@ -670,6 +671,36 @@ Deno.test("setAuth keeps pooled streams when the credentials did not change", as
     const echo = await (await t.fetch("/echo")).json() as Echo;
     assertEquals(echo.headers["authorization"], "Bearer b");
     assertEquals(t.dialer.dials, 2);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("long-running requests (watch, follow, upgrades) get a stream of their own", async () => {
+  for (
+    const [target, long] of [
+      ["/api/v1/namespaces?watch=true", true],
+      ["/api/v1/namespaces?resourceVersion=1&watch=1", true],
+      ["/api/v1/watch/namespaces", true],
+      ["/apis/apps/v1/watch/deployments", true],
+      ["/api/v1/namespaces/d/pods/p/log?follow=true", true],
+      ["/api/v1/namespaces?watch=false", false],
+      ["/api/v1/namespaces/watch", false],
+      ["/api/v1/namespaces", false],
+    ] as const
+  ) assertEquals(isLongRunning(target), long, target);
+
+  const t = await setup();
+  try {
+    await (await t.fetch("/echo")).arrayBuffer();
+    assertEquals(t.proxy.proxy.stats.idle, 1);
+    // A watch does not take the idle stream: it dials (the dialer spreads dials over sessions).
+    const c = await RawClient.connect(t.proxy.port);
+    c.write("GET /watch?watch=true HTTP/1.1\r\nHost: a\r\n\r\n");
+    await c.readHead();
+    assertEquals(t.dialer.dials, 2);
+    assertEquals(t.proxy.proxy.stats.idle, 1);
+    await c.close();
   } finally {
     await t.close();
   }

@@ -69,3 +69,22 @@ Deno.test("pool: idle connections expire", async () => {
   await once(b.stream, "close", 5_000);
   assertEquals(pool.size, 0);
 });
+
+Deno.test("pool: reuse alternates over sessions when several have idle connections", () => {
+  const pool = new UpstreamPool();
+  const a1 = conn("a");
+  const a2 = conn("a");
+  const b1 = conn("b");
+  for (const c of [b1, a1, a2]) pool.put(c);
+  const first = pool.take()!;
+  assertEquals(first, a2, "newest first");
+  const second = pool.take()!;
+  assertEquals(second.key, "b", "then another session's, though a1 is newer");
+  pool.put(first);
+  pool.put(second);
+  assertEquals(pool.take()!.key, "a");
+  assertEquals(pool.take()!.key, "b");
+  assertEquals(pool.take()!.key, "a");
+  pool.clear();
+  for (const c of [a1, a2, b1]) c.destroy();
+});
