@@ -2,13 +2,27 @@
  * The agent end of a tunnelled stream: dial the target over TCP and pipe
  * bytes both ways between it and the SSH channel, with backpressure on both
  * sides and half-close carried across (channel EOF → TCP FIN and back).
+ *
+ * Performance notes (this is the agent's whole data path):
+ * - TCP → channel reads go into slices of a shared slab that is replaced only
+ *   when nearly used up, so a small read does not cost a fresh zero-filled
+ *   256 KiB buffer (ssh2 may keep a written chunk until the peer's window
+ *   opens, so buffers handed to the channel are never reused).
+ * - channel → TCP keeps the channel flowing and queues chunks while a write is
+ *   in progress; it pauses the channel only when the queue is large, instead
+ *   of pausing and resuming around every 32 KiB SSH packet.
  * @module
  */
 
 import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
 
-const CHUNK = 256 * 1024;
+/** Largest single read from the target. */
+const READ_MAX = 256 * 1024;
+/** A read gets at least this much room; a fresh slab is taken below it. */
+const READ_MIN = 16 * 1024;
+/** Queued channel → TCP bytes above which the channel is paused. */
+const UP_HIGH_WATER = 1 << 20;
 
 /** Parse `host:port` (with `[v6]` support) for `Deno.connect`. */
 export function splitHostPort(target: string): { hostname: string; port: number } {
@@ -22,6 +36,47 @@ export async function dialTarget(target: string): Promise<Deno.TcpConn> {
   const conn = await Deno.connect({ ...splitHostPort(target), transport: "tcp" });
   conn.setNoDelay(true);
   return conn;
+}
+
+/**
+ * Hands out read buffers as consecutive slices of a slab. A slice given out is
+ * never handed out again; the slab is dropped (left to the GC with whatever
+ * slices still use it) once less than {@link READ_MIN} is left. Slabs start
+ * small and double (up to `max`) while reads fill all the room they get, so an
+ * idle or slow stream holds little memory and a bulk one reads in large pieces.
+ */
+export class SlabReader {
+  #slab: Uint8Array<ArrayBuffer> = new Uint8Array(0);
+  #pos = 0;
+  #size: number;
+  #lastRoom = 0;
+  readonly #max: number;
+
+  constructor(initial = 64 * 1024, max = READ_MAX) {
+    this.#size = Math.max(initial, READ_MIN);
+    this.#max = Math.max(max, this.#size);
+  }
+
+  /** Room for the next read (at most `max` bytes). */
+  room(): Uint8Array<ArrayBuffer> {
+    if (this.#slab.length - this.#pos < READ_MIN) {
+      this.#slab = new Uint8Array(this.#size);
+      this.#pos = 0;
+    }
+    const room = this.#slab.subarray(this.#pos, this.#pos + this.#max);
+    this.#lastRoom = room.length;
+    return room;
+  }
+
+  /** Claim the first `n` bytes of the last {@link room} as a Buffer of its own. */
+  take(n: number): Buffer {
+    if (n === this.#lastRoom && this.#size < this.#max) {
+      this.#size = Math.min(this.#max, this.#size * 2);
+    }
+    const b = Buffer.from(this.#slab.buffer, this.#slab.byteOffset + this.#pos, n);
+    this.#pos += n;
+    return b;
+  }
 }
 
 /**
@@ -43,18 +98,41 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
 
   // channel → TCP
   const up = new Promise<void>((resolve) => {
-    let writing = Promise.resolve();
+    const queue: Buffer[] = [];
+    let queued = 0;
+    let writing = false;
+    let ended = false;
+    const finishUp = () => {
+      conn.closeWrite().catch(() => {}).finally(resolve);
+    };
+    const drain = async () => {
+      writing = true;
+      try {
+        while (queue.length > 0 && !closed) {
+          const chunk = queue.shift()!;
+          let off = 0;
+          while (off < chunk.length) off += await conn.write(chunk.subarray(off));
+          queued -= chunk.length;
+          if (queued < UP_HIGH_WATER / 2 && channel.isPaused() && !closed) channel.resume();
+        }
+      } catch {
+        closeAll();
+        resolve();
+        return;
+      } finally {
+        writing = false;
+      }
+      if (ended && !closed) finishUp();
+    };
     channel.on("data", (chunk: Buffer) => {
-      channel.pause();
-      writing = writeAll(conn, chunk).then(
-        () => {
-          if (!closed) channel.resume();
-        },
-        () => closeAll(),
-      );
+      queue.push(chunk);
+      queued += chunk.length;
+      if (queued > UP_HIGH_WATER) channel.pause();
+      if (!writing) drain();
     });
     channel.once("end", () => {
-      writing.then(() => conn.closeWrite()).catch(() => {}).finally(resolve);
+      ended = true;
+      if (!writing) finishUp();
     });
     channel.once("close", () => resolve());
     channel.on("error", () => closeAll());
@@ -62,12 +140,12 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
 
   // TCP → channel
   const down = (async () => {
+    const slab = new SlabReader();
     try {
       while (!closed) {
-        const buf = Buffer.allocUnsafe(CHUNK);
-        const n = await conn.read(buf);
+        const n = await conn.read(slab.room());
         if (n === null) break;
-        if (!channel.write(buf.subarray(0, n))) {
+        if (!channel.write(slab.take(n))) {
           await new Promise<void>((resolve) => {
             const done = () => {
               channel.off("drain", done);
@@ -94,9 +172,4 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
 
   await Promise.all([up, down]);
   closeAll();
-}
-
-async function writeAll(conn: Deno.TcpConn, chunk: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < chunk.length) off += await conn.write(chunk.subarray(off));
 }

@@ -72,7 +72,16 @@ export const SSH2_INTERNALS = {
     "_packetRW", // .read is the (de)compressing packet reader, .write the packet builder
   ],
   "ChannelManager": ["add", "update", "remove", "get"],
-  "Channel": ["server", "eof", "close", "incoming", "outgoing", "'finish' listener onFinish"],
+  "Channel": [
+    "server",
+    "eof",
+    "close",
+    "incoming",
+    "outgoing",
+    "_write",
+    "_writableState.highWaterMark",
+    "'finish' listener onFinish",
+  ],
   "lib/Channel.js": ["Channel", "MAX_WINDOW", "PACKET_SIZE"],
   "lib/protocol/utils.js": ["sendPacket"],
 } as const;
@@ -522,6 +531,7 @@ function dispatchKubesphereOpen(
     };
     const stream = new chanLib.Channel(client, chanInfo);
     enableHalfClose(stream);
+    followTransport(stream, internals(client)._sock);
     mgr.update(localChan, stream);
     proto.channelOpenConfirm(info.sender, localChan, DEFAULT_WINDOW, DEFAULT_PACKET_SIZE);
     return stream;
@@ -614,6 +624,7 @@ export function openChannelWithExtraData(
       c.incoming.packetSize = packetSize;
       try {
         enableHalfClose(ch);
+        followTransport(ch, internals(conn)._sock);
       } catch (e) {
         ch.close();
         reject(e);
@@ -632,6 +643,62 @@ export function openChannelWithExtraData(
 }
 
 type ChannelInternals = Duplex & { server: boolean; eof(): void; close(): void };
+
+type WriteFn = (chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null) => void) => void;
+
+/** Bytes a channel's writable side buffers before `write()` returns false. */
+export const CHANNEL_WRITE_BUFFER = 256 * 1024;
+
+/** Writers waiting for a congested transport, woken by one `drain` listener per transport. */
+const transportWaiters = new WeakMap<Duplex, (() => void)[]>();
+
+/** Run `fn` once `sock` has drained (or closed); at once when it is not congested. */
+function whenTransportDrained(sock: Duplex, fn: () => void): void {
+  if (!sock.writableNeedDrain || sock.destroyed) return fn();
+  let waiters = transportWaiters.get(sock);
+  if (!waiters) {
+    const list: (() => void)[] = [];
+    waiters = list;
+    transportWaiters.set(sock, list);
+    const wake = () => {
+      transportWaiters.delete(sock);
+      sock.off("drain", wake);
+      sock.off("close", wake);
+      for (const w of list) w();
+    };
+    sock.on("drain", wake);
+    sock.on("close", wake);
+  }
+  waiters.push(fn);
+}
+
+/**
+ * Make a channel's write backpressure include the SSH transport's. ssh2 writes every packet to
+ * the transport and ignores its `write()` result, so a fast writer on one channel (or many
+ * channels with open windows) would queue without bound in the transport's buffer: hundreds of
+ * MiB with a thousand streams, and the garbage collector's work grows with it. Here a channel
+ * write completes only once the transport is not congested, so `channel.write()` returns false
+ * and `drain` follows the slower of the two, and nothing in the callers has to change.
+ */
+function followTransport(stream: ClientChannel | ServerChannel, sock: Duplex | undefined): void {
+  // ssh2 sets the channel's writable high-water mark to its 2 MiB window: with a thousand
+  // streams waiting on a congested transport that is 2 GiB queued. A channel's write buffer
+  // only has to keep ssh2 fed; the window is what is in flight.
+  const state = (stream as unknown as { _writableState?: { highWaterMark: number } })
+    ._writableState;
+  if (state && state.highWaterMark > CHANNEL_WRITE_BUFFER) {
+    state.highWaterMark = CHANNEL_WRITE_BUFFER;
+  }
+  if (!sock) return;
+  const ch = stream as unknown as { _write: WriteFn };
+  const write = ch._write;
+  ch._write = function (this: unknown, chunk, encoding, cb) {
+    write.call(this, chunk, encoding, (err?: Error | null) => {
+      if (err) cb(err);
+      else whenTransportDrained(sock, () => cb());
+    });
+  };
+}
 
 /**
  * Give a channel TCP-like half-close: `end()` sends EOF only, the peer's EOF ends the readable

@@ -1,0 +1,173 @@
+/**
+ * The agent's TCP pipe: bytes both ways with half-close, buffers handed to the
+ * channel never reused, backpressure from a slow channel, and the slab reader.
+ */
+
+import { Buffer } from "node:buffer";
+import { createHash } from "node:crypto";
+import { Duplex } from "node:stream";
+import { assert, assertEquals } from "../helpers/assert.ts";
+import {
+  hashAfterEofServer,
+  patternChunk,
+  sourceServer,
+  startTcpServer,
+} from "../helpers/tunnel.ts";
+import { dialTarget, pipeChannel, SlabReader, splitHostPort } from "../../lib/agent/forward.ts";
+
+/** Stands in for an SSH channel: what the agent writes is kept (not copied). */
+class FakeChannel extends Duplex {
+  written: Buffer[] = [];
+  writtenBytes = 0;
+  ended = false;
+  /** When set, each write completes only after this many ms of (bounded) delay. */
+  slow = false;
+  /** Resolves once a write is held back. */
+  stalled = Promise.withResolvers<void>();
+  #pending: (() => void)[] = [];
+
+  constructor() {
+    super({ allowHalfOpen: true, highWaterMark: 256 * 1024 });
+  }
+  override _read(): void {}
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.written.push(chunk);
+    this.writtenBytes += chunk.length;
+    if (this.slow) {
+      this.#pending.push(() => cb());
+      this.stalled.resolve();
+    } else cb();
+  }
+  override _final(cb: () => void): void {
+    this.ended = true;
+    cb();
+    // The proxy's side answers our EOF with its own, as the tunnel's half-close does.
+    if (!this.eofPushed) this.eof();
+  }
+  eofPushed = false;
+  /** The peer's EOF. */
+  eof(): void {
+    this.eofPushed = true;
+    this.push(null);
+  }
+  /** Complete the writes held back while `slow`. */
+  release(): void {
+    for (const f of this.#pending.splice(0)) f();
+  }
+}
+
+const target = (port: number) => `127.0.0.1:${port}`;
+
+Deno.test("splitHostPort takes host:port and [v6]:port", () => {
+  assertEquals(splitHostPort("10.0.0.1:443"), { hostname: "10.0.0.1", port: 443 });
+  assertEquals(splitHostPort("[::1]:6443"), { hostname: "::1", port: 6443 });
+  assertEquals(splitHostPort("ks-apiserver.kubesphere-system.svc:80").port, 80);
+});
+
+Deno.test("down: 24 MiB from the target arrive intact, then the channel ends; buffers not reused", async () => {
+  const size = 24 << 20;
+  const source = sourceServer(size, 5);
+  const ch = new FakeChannel();
+  try {
+    await pipeChannel(ch, await dialTarget(target(source.port)));
+    assert(ch.ended, "channel end() after the target's EOF");
+    assertEquals(ch.writtenBytes, size);
+    // The chunks were kept without copying: had a buffer been reused, the hash would differ.
+    const got = createHash("sha256");
+    for (const c of ch.written) got.update(c);
+    const want = createHash("sha256");
+    const chunk = patternChunk(5);
+    for (let left = size; left > 0; left -= chunk.length) {
+      want.update(chunk.subarray(0, Math.min(left, chunk.length)));
+    }
+    assertEquals(got.digest("hex"), want.digest("hex"));
+    assert(ch.destroyed, "channel destroyed once both directions are done");
+  } finally {
+    await source.close();
+  }
+});
+
+Deno.test("up: channel bytes reach the target, EOF becomes FIN, the reply comes back", async () => {
+  const sink = hashAfterEofServer();
+  const ch = new FakeChannel();
+  try {
+    const done = pipeChannel(ch, await dialTarget(target(sink.port)));
+    const want = createHash("sha256");
+    const chunk = Buffer.from(patternChunk(9));
+    for (let i = 0; i < 8; i++) {
+      want.update(chunk);
+      ch.push(chunk);
+    }
+    ch.eof(); // the proxy's EOF
+    await done;
+    const reply = Buffer.concat(ch.written).toString();
+    assertEquals(reply, `sha256:${want.digest("hex")} bytes:${8 << 20}\n`);
+  } finally {
+    await sink.close();
+  }
+});
+
+Deno.test("a slow channel holds back reading from the target", async () => {
+  const size = 64 << 20;
+  const source = sourceServer(size, 3);
+  const ch = new FakeChannel();
+  ch.slow = true;
+  try {
+    const done = pipeChannel(ch, await dialTarget(target(source.port)));
+    await ch.stalled.promise;
+    // Give the pipe many turns of the event loop to fill the channel's buffer, then more to
+    // (wrongly) keep reading past it.
+    const turns = async () => {
+      for (let i = 0; i < 50; i++) await new Promise<void>((r) => setTimeout(r, 0));
+    };
+    await turns();
+    const buffered = ch.writableLength;
+    await turns();
+    assertEquals(ch.writableLength, buffered, "kept reading from the target past backpressure");
+    assert(buffered < 1 << 20, `read ${buffered} bytes ahead of a stalled channel`);
+    ch.slow = false;
+    ch.release();
+    await done;
+    assertEquals(ch.writtenBytes, size);
+  } finally {
+    await source.close();
+  }
+});
+
+Deno.test("the target closing abruptly ends the pipe and closes the channel", async () => {
+  const server = startTcpServer(async (conn) => {
+    await conn.write(new TextEncoder().encode("partial"));
+    conn.close();
+  });
+  const ch = new FakeChannel();
+  try {
+    await pipeChannel(ch, await dialTarget(target(server.port)));
+    assertEquals(Buffer.concat(ch.written).toString(), "partial");
+    assert(ch.destroyed);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("SlabReader: slices never overlap; slabs grow while reads fill them", () => {
+  const slab = new SlabReader(16 * 1024, 128 * 1024);
+  const taken: Buffer[] = [];
+  let rooms = 0;
+  for (let i = 0; i < 40; i++) {
+    const room = slab.room();
+    rooms = Math.max(rooms, room.length);
+    const n = room.length; // a read that fills all the room
+    room.fill(i);
+    taken.push(slab.take(n));
+  }
+  assertEquals(rooms, 128 * 1024, "room grows to the maximum");
+  taken.forEach((b, i) => assert(b.every((x) => x === (i & 0xff)), `slice ${i} overwritten`));
+  // Small reads share one slab.
+  const small = new SlabReader(64 * 1024);
+  const a = small.room();
+  a[0] = 1;
+  const ta = small.take(100);
+  const b = small.room();
+  assertEquals(b.byteOffset, ta.byteOffset + 100);
+  assertEquals(b.buffer, ta.buffer);
+});
