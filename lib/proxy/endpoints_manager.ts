@@ -20,6 +20,38 @@ import type { SessionRegistry } from "./registry.ts";
 
 const log = logger("proxy/endpoints");
 
+/** How long an agent may take to confirm a channel (its dial of the target included). */
+const OPEN_TIMEOUT_MS = 15_000;
+
+/** `p`, or an error after `ms` or on abort; a stream that arrives too late is destroyed. */
+function openWithin(
+  p: Promise<Duplex>,
+  ms: number,
+  target: string,
+  signal?: AbortSignal,
+): Promise<Duplex> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const fail = (why: string) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      reject(new Error(`open ${target}: ${why}`));
+    };
+    const onAbort = () => fail("client went away");
+    const timer = setTimeout(() => fail(`agent did not answer within ${ms} ms`), ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    p.then((stream) => {
+      if (settled) return stream.destroy();
+      settled = true;
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      resolve(stream);
+    }, (err) => fail((err as Error).message));
+  });
+}
+
 /** Hosts every serving certificate also names (SPEC §3 step 2). */
 const IN_CLUSTER_NAMES = ["kubernetes", "kubernetes.default", "kubernetes.default.svc"];
 
@@ -228,7 +260,7 @@ export class EndpointsManager {
     const registry = this.#opts.registry;
     return {
       isLive: (key) => registry.sessions(cluster).some((s) => s.id === key && s.alive),
-      dial: async (): Promise<{ stream: Duplex; key: string }> => {
+      dial: async (signal?: AbortSignal): Promise<{ stream: Duplex; key: string }> => {
         // Try each live session once: a session that dies between pick and open
         // must not fail the request when another agent is connected.
         const tried = new Set<string>();
@@ -241,7 +273,10 @@ export class EndpointsManager {
             ? session.config.KubernetesSvcHost
             : session.config.KubeSphereSvcHost;
           try {
-            return { stream: await session.openStream(target), key: session.id };
+            return {
+              stream: await openWithin(session.openStream(target), OPEN_TIMEOUT_MS, target, signal),
+              key: session.id,
+            };
           } catch (err) {
             lastErr = err as Error;
             if (session.alive) throw err; // the agent answered: its dial failed (→ 502)
