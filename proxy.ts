@@ -89,6 +89,11 @@ export const PROXY_FLAGS: FlagSpecs = {
     min: 1,
     help: "open streams per agent session",
   },
+  "shutdown-grace": {
+    kind: "duration",
+    default: 20_000,
+    help: "on SIGTERM, how long in-flight requests may take to finish",
+  },
   "metrics-address": {
     kind: "string",
     default: ":9090",
@@ -245,7 +250,7 @@ async function main(args: string[]): Promise<number> {
   log.info("Shutting down", { signal: sig });
   Deno.removeSignalListener("SIGTERM", onTerm);
   Deno.removeSignalListener("SIGINT", onInt);
-  await app.close();
+  await app.close(v["shutdown-grace"] as number);
   setup.close();
   await health?.close();
   return 0;

@@ -142,10 +142,15 @@ export class ProxyApp {
     };
   }
 
-  /** Stop listening, close every session, stop watching clusters. */
-  async close(): Promise<void> {
+  /**
+   * Shut down: take no new agents, let in-flight requests finish for up to
+   * `graceMs`, then close every session cleanly (agents reconnect to another
+   * replica at once) and stop watching clusters.
+   */
+  async close(graceMs = 0): Promise<void> {
     this.#unsubscribe?.();
-    await this.endpoints?.close();
+    this.tunnel.stopAccepting();
+    await this.endpoints?.close(graceMs);
     this.registry.closeAll("proxy shutting down");
     await this.#port?.close();
     await this.#opts.clusters.close();

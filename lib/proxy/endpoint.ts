@@ -85,8 +85,12 @@ export interface ClusterEndpoints {
   dropSession(key: string): void;
   /** Connection counts per endpoint. */
   stats(): Record<"kubernetes" | "kubesphere", HttpProxy["stats"]>;
-  /** Stop listening and destroy every client connection and upstream stream. */
-  close(): Promise<void>;
+  /**
+   * Stop listening; give in-flight exchanges up to `graceMs` to finish (idle
+   * connections close at once), then destroy every client connection and
+   * upstream stream.
+   */
+  close(graceMs?: number): Promise<void>;
 }
 
 /** A listener could not be bound (e.g. the port is in use). */
@@ -255,9 +259,19 @@ export async function startClusterEndpoints(
       ks.dropSession(key);
     },
     stats: () => ({ kubernetes: kube.stats, kubesphere: ks.stats }),
-    close(): Promise<void> {
+    close(graceMs = 0): Promise<void> {
       closing ??= (async () => {
         const done = Promise.all([closeServer(tlsServer), closeServer(plainServer)]);
+        if (graceMs > 0) {
+          kube.drain();
+          ks.drain();
+          let timer: ReturnType<typeof setTimeout> | undefined;
+          await Promise.race([
+            Promise.all([kube.whenEmpty(), ks.whenEmpty()]),
+            new Promise((resolve) => timer = setTimeout(resolve, graceMs)),
+          ]);
+          clearTimeout(timer);
+        }
         kube.close();
         ks.close();
         await done;

@@ -288,19 +288,21 @@ export class EndpointsManager {
     };
   }
 
-  async #stop(cluster: string, reason: string): Promise<void> {
+  async #stop(cluster: string, reason: string, graceMs = 0): Promise<void> {
     const r = this.#running.get(cluster);
     if (!r) return;
     this.#running.delete(cluster);
-    await r.endpoints.close();
+    await r.endpoints.close(graceMs);
     log.info("Stopped cluster endpoints", { cluster, reason });
   }
 
-  /** Stop every endpoint. */
-  async close(): Promise<void> {
+  /** Stop every endpoint, letting in-flight requests finish for up to `graceMs`. */
+  async close(graceMs = 0): Promise<void> {
     this.#closed = true;
     for (const u of this.#unsubscribe) u();
     await Promise.allSettled([...this.#pending.values()]);
-    await Promise.all([...this.#running.keys()].map((c) => this.#stop(c, "proxy shutting down")));
+    await Promise.all(
+      [...this.#running.keys()].map((c) => this.#stop(c, "proxy shutting down", graceMs)),
+    );
   }
 }

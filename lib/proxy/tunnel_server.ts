@@ -274,6 +274,11 @@ export class TunnelServer {
     });
   }
 
+  /** Refuse new agents (503) from now on; established sessions stay. */
+  stopAccepting(): void {
+    this.#closing = true;
+  }
+
   /** Stop taking agents and close every connection. */
   close(): void {
     this.#closing = true;

@@ -186,7 +186,11 @@ export class HttpProxy {
   readonly #clients = new Set<Duplex>();
   readonly #upstreams = new Set<UpstreamConn>();
   readonly #limits: HeadLimits;
+  /** Client connections waiting for their next request (no exchange in flight). */
+  readonly #idle = new Set<Duplex>();
   #closed = false;
+  #draining = false;
+  #emptyWaiters: (() => void)[] = [];
 
   constructor(opts: HttpProxyOptions) {
     this.#o = opts;
@@ -215,6 +219,21 @@ export class HttpProxy {
     this.#pool.dropKey(key);
   }
 
+  /**
+   * Graceful shutdown, first step: refuse new connections, close idle ones now,
+   * and close each busy one once its current exchange is done.
+   */
+  drain(): void {
+    this.#draining = true;
+    for (const c of this.#idle) c.destroy();
+  }
+
+  /** Resolves when no client connection is left (after {@link drain}). */
+  whenEmpty(): Promise<void> {
+    if (this.#clients.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#emptyWaiters.push(resolve));
+  }
+
   /** Destroy every client connection and upstream stream; later connections are refused. */
   close(): void {
     this.#closed = true;
@@ -225,12 +244,16 @@ export class HttpProxy {
 
   /** Serve HTTP on a client connection until it closes. Never rejects. */
   async serve(sock: Duplex, client: ClientInfo): Promise<void> {
-    if (this.#closed) {
+    if (this.#closed || this.#draining) {
       sock.destroy();
       return;
     }
     this.#clients.add(sock);
-    sock.once("close", () => this.#clients.delete(sock));
+    sock.once("close", () => {
+      this.#clients.delete(sock);
+      this.#idle.delete(sock);
+      if (this.#clients.size === 0) { for (const w of this.#emptyWaiters.splice(0)) w(); }
+    });
     const wire = new Wire(sock);
     try {
       await this.#serveLoop(wire, client);
@@ -244,18 +267,25 @@ export class HttpProxy {
     const sock = wire.stream;
     let commonName = "";
     while (!sock.destroyed) {
+      if (this.#draining) {
+        closeAfterWrite(sock);
+        return;
+      }
       let got;
+      this.#idle.add(sock);
       try {
         got = await readHead(wire, {
           maxBytes: this.#limits.maxBytes,
           idleMs: this.#o.clientIdleMs ?? 120_000,
         });
       } catch (err) {
+        this.#idle.delete(sock);
         if (err instanceof HttpParseError) {
           closeAfterWrite(sock, statusResponse(err.status, err.message, { close: true }));
         } else sock.destroy();
         return;
       }
+      this.#idle.delete(sock);
       if (got === null) {
         closeAfterWrite(sock);
         return;
