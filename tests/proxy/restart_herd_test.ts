@@ -4,7 +4,7 @@
  * jittered backoff instead of arriving as one herd.
  */
 
-import { assert, assertEquals } from "../helpers/assert.ts";
+import { assert } from "../helpers/assert.ts";
 import { denoRun, freePort, type Proc, tempDir } from "../helpers/proc.ts";
 import { clustersYaml } from "../helpers/tunnel.ts";
 
