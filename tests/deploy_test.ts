@@ -198,11 +198,15 @@ Deno.test("RBAC enforced: the tower ServiceAccount can do what deploy/proxy gran
       assertEquals((await call(admin, "POST", path, body)).status, 201, path);
     }
     s.audit.clear();
+    const alpha = (await call(admin, "GET", `${CL}/alpha`)).body as {
+      metadata: Record<string, unknown>;
+    };
+    const labelled = { ...alpha, metadata: { ...alpha.metadata, labels: { a: "b" } } };
     const allowed: [string, string, unknown?][] = [
       ["GET", CL],
       ["GET", `${CL}?watch=true&timeoutSeconds=1`],
       ["GET", `${CL}/alpha`],
-      ["PATCH", `${CL}/alpha`, { metadata: { labels: { a: "b" } } }],
+      ["PUT", `${CL}/alpha`, labelled],
       ["POST", `${NS}/secrets`, { metadata: { name: "tower-ca" }, stringData: { "ca.crt": "x" } }],
       ["GET", `${NS}/secrets/tower-ca`],
       ["POST", `${NS}/services`, {
