@@ -236,6 +236,58 @@ Deno.test("walkthrough: CRD, proxy, Cluster, token, agent, kubeconfig, kubectl t
       assertMatch(r.stderr + r.stdout, /alpha|503|Service Unavailable|no agent/i);
     });
 
+    await t.step(
+      "proxy join alpha: the manifest applies to the member and its agent connects",
+      async () => {
+        const join = await run(Deno.execPath(), [
+          "run",
+          "-A",
+          "--quiet",
+          "proxy.ts",
+          "join",
+          "alpha",
+          "--proxy-server",
+          `http://127.0.0.1:${agentPort}`,
+          "--kubeconfig",
+          host.kubeconfigPath,
+        ]);
+        assertEquals(join.code, 0, join.stderr);
+        const applied = await kubectl(member, ["apply", "-f", "-"], { stdin: join.stdout });
+        assertEquals(applied.code, 0, applied.stderr);
+        assertStringIncludes(applied.stdout, "deployment.apps/tower-agent created");
+        // No kubelet here: run the container the way the Deployment describes it.
+        const docs = join.stdout.split(/^---$/m).map((d) => parse(d));
+        const secret = docs.find((d) => d.kind === "Secret");
+        const container = docs.find((d) =>
+          d.kind === "Deployment"
+        ).spec.template.spec.containers[0];
+        assertEquals(secret.stringData.token, token);
+        const tokenFile = `${dir.path}/token`;
+        await Deno.writeTextFile(tokenFile, secret.stringData.token);
+        const args = (container.args as string[]).map((a) =>
+          a === "--token-file=/etc/tower/token" ? `--token-file=${tokenFile}` : a
+        ).filter((a) => !a.startsWith("--metrics-address"));
+        assert(
+          args.some((a) => a.startsWith("--proxy-fingerprint=SHA256:")),
+          "join pins the host key",
+        );
+        const joined = denoRun("joined-agent", "agent.ts", [
+          ...args,
+          "--kubeconfig",
+          member.kubeconfigPath,
+        ]);
+        procs.push(joined);
+        await joined.waitFor(/Connected\./, 30_000);
+        await waitJsonpath(
+          host,
+          ["cluster", "alpha"],
+          '{.status.conditions[?(@.type=="AgentAvailable")].status}=True',
+          /True/,
+        );
+        await joined.stop();
+      },
+    );
+
     // No secret of the member ever reached the proxy's logs.
     const memberKc = parse(await Deno.readTextFile(member.kubeconfigPath));
     const memberKey = memberKc.users[0].user["client-key-data"] as string;
