@@ -97,6 +97,7 @@ export class ClusterController {
   readonly #ns: string;
   readonly #queue: WorkQueue;
   readonly #agents = new Map<string, boolean>();
+  readonly #endpointErrors = new Map<string, string>();
   /** Ports written by this controller that the cache may not show yet. */
   readonly #claimed = new Map<string, PortClaim>();
   readonly #createdAt = Date.now();
@@ -157,6 +158,14 @@ export class ClusterController {
    */
   setAgentConnected(name: string, connected: boolean): void {
     this.#agents.set(name, connected);
+    this.#queue.add(name);
+  }
+
+  /** Record why this proxy cannot serve `name`'s endpoints (undefined: it can). */
+  setEndpointError(name: string, error: string | undefined): void {
+    if (this.#endpointErrors.get(name) === error) return;
+    if (error === undefined) this.#endpointErrors.delete(name);
+    else this.#endpointErrors.set(name, error);
     this.#queue.add(name);
   }
 
@@ -294,6 +303,7 @@ export class ClusterController {
       service,
       portsUsedByOthers: portsUsedByOthers(self, claims),
       agent: this.#agentState(name),
+      endpointError: this.#endpointErrors.get(name),
       now: (this.#o.now ?? (() => new Date()))(),
       publishAddress: this.#o.publishAddress,
       namespace: this.#ns,

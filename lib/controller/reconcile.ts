@@ -47,6 +47,11 @@ export interface ReconcileInput {
    * just after start, before agents had a chance to reconnect).
    */
   agent: AgentState;
+  /**
+   * Why this proxy cannot serve the cluster's endpoints although its agent is
+   * connected (e.g. a port in use); shown on `AgentAvailable`.
+   */
+  endpointError?: string;
   /** Current time, for condition timestamps. */
   now: Date;
   /** `--publish-service-address`: endpoints use it and the allocated ports. */
@@ -429,12 +434,17 @@ export function reconcileCluster(input: ReconcileInput): ReconcilePlan {
 
   // Step 2: agent availability.
   if (input.agent !== "unknown") {
-    const up = input.agent === "connected";
+    const blocked = input.agent === "connected" && input.endpointError !== undefined;
+    const up = input.agent === "connected" && !blocked;
     const r = setCond({
       type: CONDITION_AGENT_AVAILABLE,
       status: up ? "True" : "False",
-      reason: up ? "AgentConnected" : "AgentNotConnected",
-      message: up ? AGENT_CONNECTED_MESSAGE : AGENT_NOT_CONNECTED_MESSAGE,
+      reason: up ? "AgentConnected" : blocked ? "EndpointUnavailable" : "AgentNotConnected",
+      message: up
+        ? AGENT_CONNECTED_MESSAGE
+        : blocked
+        ? `Agent has connected, but the proxy cannot serve its endpoints: ${input.endpointError}`
+        : AGENT_NOT_CONNECTED_MESSAGE,
     });
     if (r.flipped && (up || findCondition(observed, CONDITION_AGENT_AVAILABLE))) {
       events.push({

@@ -210,6 +210,10 @@ export class KubeClusterSource implements ClusterSource {
     return Promise.resolve();
   }
 
+  endpointsStatus(name: string, error: string | undefined): void {
+    this.controller.setEndpointError(name, error);
+  }
+
   agentDisconnected(name: string): Promise<void> {
     log.v(2, "cluster agent down", { cluster: name });
     this.controller.setAgentConnected(name, false);

@@ -1,5 +1,5 @@
 import fc from "fast-check";
-import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
+import { assert, assertEquals, assertStringIncludes, assertThrows } from "../helpers/assert.ts";
 import {
   desiredService,
   findCondition,
@@ -630,3 +630,36 @@ Deno.test("property: any Cluster converges within a few steps, then reconcile is
 function initializedTrue(c: ClusterObject): boolean {
   return findCondition(c, "Initialized")?.status === "True";
 }
+
+Deno.test("an agent whose endpoints cannot be served shows AgentAvailable=False with the cause", () => {
+  const base = {
+    name: "alpha",
+    service: undefined,
+    portsUsedByOthers: new Set<number>(),
+    now: new Date("2026-01-01T00:00:00Z"),
+    newToken: () => "ab".repeat(32),
+  };
+  const first = reconcileCluster({
+    ...base,
+    cluster: {
+      apiVersion: "cluster.kubesphere.io/v1alpha1",
+      kind: "Cluster",
+      metadata: { name: "alpha" },
+      spec: { joinFederation: true, connection: { type: "proxy", token: "" } },
+    },
+    agent: "connected",
+  });
+  const initialised = first.cluster!;
+  const blocked = reconcileCluster({
+    ...base,
+    cluster: initialised,
+    agent: "connected",
+    endpointError: "listen :6000: address in use",
+  });
+  const cond = blocked.cluster!.status!.conditions!.find((c) => c.type === "AgentAvailable")!;
+  assertEquals([cond.status, cond.reason], ["False", "EndpointUnavailable"]);
+  assertStringIncludes(cond.message!, "address in use");
+  const healed = reconcileCluster({ ...base, cluster: blocked.cluster!, agent: "connected" });
+  const again = healed.cluster!.status!.conditions!.find((c) => c.type === "AgentAvailable")!;
+  assertEquals(again.status, "True");
+});

@@ -42,7 +42,12 @@ async function waitJsonpath(
       `--for=jsonpath=${path}`,
       `--timeout=${Math.max(1, Math.round((deadline - Date.now()) / 1000))}s`,
     ]);
-    const got = await kubectl(host, ["get", ...what, "-o", `jsonpath=${path.replace(/=.*$/, "")}`]);
+    const got = await kubectl(host, [
+      "get",
+      ...what,
+      "-o",
+      `jsonpath=${path.replace(/\}=[^}]*$/, "}")}`,
+    ]);
     last = got.stdout;
     if (r.code === 0 || re.test(last)) return last;
   }
@@ -285,6 +290,71 @@ Deno.test("walkthrough: CRD, proxy, Cluster, token, agent, kubeconfig, kubectl t
           /True/,
         );
         await joined.stop();
+      },
+    );
+
+    await t.step(
+      "a port already in use is reported on the Cluster, and the proxy keeps running",
+      async () => {
+        const squatter = Deno.listen({ hostname: "0.0.0.0", port: 0 });
+        try {
+          const busy = (squatter.addr as Deno.NetAddr).port;
+          const beta = {
+            apiVersion: "cluster.kubesphere.io/v1alpha1",
+            kind: "Cluster",
+            metadata: { name: "beta" },
+            spec: {
+              connection: {
+                type: "proxy",
+                token: "be".repeat(32),
+                kubernetesAPIServerPort: busy,
+                kubesphereAPIServerPort: freePort(),
+              },
+              joinFederation: true,
+            },
+          };
+          assertEquals(
+            (await kubectl(host, ["create", "-f", "-"], { stdin: JSON.stringify(beta) })).code,
+            0,
+          );
+          await waitJsonpath(
+            host,
+            ["cluster", "beta"],
+            '{.status.conditions[?(@.type=="Initialized")].status}=True',
+            /True/,
+          );
+          const betaAgent = denoRun("agent-beta", "agent.ts", [
+            "--name",
+            "beta",
+            "--token",
+            "be".repeat(32),
+            "--proxy-server",
+            `http://127.0.0.1:${agentPort}`,
+            "--kubeconfig",
+            member.kubeconfigPath,
+          ]);
+          procs.push(betaAgent);
+          await betaAgent.waitFor(/Connected\./, 30_000);
+          const reason = await waitJsonpath(
+            host,
+            ["cluster", "beta"],
+            '{.status.conditions[?(@.type=="AgentAvailable")].reason}=EndpointUnavailable',
+            /EndpointUnavailable/,
+          );
+          assertStringIncludes(reason, "EndpointUnavailable");
+          const msg = (await kubectl(host, [
+            "get",
+            "cluster",
+            "beta",
+            "-o",
+            'jsonpath={.status.conditions[?(@.type=="AgentAvailable")].message}',
+          ])).stdout;
+          assertStringIncludes(msg, "address in use");
+          await betaAgent.stop();
+          assert(!proxy.exited, "the proxy must keep running");
+        } finally {
+          squatter.close();
+        }
       },
     );
 
