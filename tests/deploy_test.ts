@@ -151,7 +151,7 @@ Deno.test("kubectl apply -k deploy/proxy and deploy/agent apply cleanly and agai
     const table = await kubectl(s, ["-n", "kubesphere-system", "get", "deploy,pdb,sa,role"]);
     assertEquals(table.code, 0, table.stderr);
     assert(/deployment\.apps\/tower\s+0\/3\s+0\s+0\s/.test(table.stdout), table.stdout);
-    assert(/poddisruptionbudget\.policy\/tower\s+1\s+N\/A\s+0\s/.test(table.stdout));
+    assert(/poddisruptionbudget\.policy\/tower\s+N\/A\s+1\s+0\s/.test(table.stdout), table.stdout);
   } finally {
     await s.close();
   }

@@ -132,11 +132,13 @@ export class ProxyApp {
   /** Ready: listening for agents and the cluster source has loaded. */
   readiness(): { ok: boolean; detail: string[] } {
     const listening = this.#port !== undefined;
+    const source = this.#opts.clusters.readiness?.() ?? { ok: true, detail: [] };
     return {
-      ok: listening && this.#started,
+      ok: listening && this.#started && source.ok,
       detail: [
         `agent port: ${listening ? "listening" : "not listening"}`,
         `clusters: ${this.#started ? `${this.#opts.clusters.list().length} known` : "loading"}`,
+        ...source.detail,
         `sessions: ${this.registry.size}`,
       ],
     };

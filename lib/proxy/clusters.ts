@@ -49,6 +49,8 @@ export interface ClusterSource {
    * (e.g. a port already in use), for a condition on the Cluster.
    */
   endpointsStatus?(name: string, error: string | undefined): void;
+  /** Optional: lines for `/readyz` (e.g. caches synced, leader or standby). */
+  readiness?(): { ok: boolean; detail: string[] };
   /** Stop watching; pending writes are finished or dropped. */
   close(): Promise<void>;
 }

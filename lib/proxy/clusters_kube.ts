@@ -174,6 +174,18 @@ export class KubeClusterSource implements ClusterSource {
     if (!ok) throw new Error("cluster source closed before the Clusters were listed");
   }
 
+  /** Ready once Clusters are listed; a standby (not leading) replica is ready too. */
+  readiness(): { ok: boolean; detail: string[] } {
+    const synced = this.#clusters.hasSynced();
+    const elector = this.runner?.elector;
+    const role = !elector
+      ? "controller: running (no leader election)"
+      : elector.isLeader()
+      ? "controller: leader"
+      : `controller: standby (leader ${elector.leader || "unknown"})`;
+    return { ok: synced, detail: [`clusters cache: ${synced ? "synced" : "syncing"}`, role] };
+  }
+
   lookup(name: string): ClusterRecord | undefined {
     return this.#records.get(name);
   }

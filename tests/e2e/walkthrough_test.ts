@@ -87,6 +87,15 @@ Deno.test("walkthrough: CRD, proxy, Cluster, token, agent, kubeconfig, kubectl t
     procs.push(proxy);
     await proxy.waitFor(/Listening on 127\.0\.0\.1/, 30_000);
 
+    await t.step("/readyz says what it waits for: cache synced, controller role", async () => {
+      const addr = /address="([^"]+)"/.exec(await proxy.waitFor(/Serving metrics and health/))![1];
+      const r = await fetch(`http://${addr}/readyz`);
+      const text = await r.text();
+      assertEquals(r.status, 200, text);
+      assertStringIncludes(text, "clusters cache: synced");
+      assertStringIncludes(text, "controller: running");
+    });
+
     let token = "";
     await t.step("create a Cluster with an empty token; the proxy fills it in", async () => {
       const cluster = {
