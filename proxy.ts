@@ -89,6 +89,12 @@ export const PROXY_FLAGS: FlagSpecs = {
     min: 1,
     help: "open streams per agent session",
   },
+  "kubesphere-max-body": {
+    kind: "int",
+    default: 100 << 20,
+    min: 0,
+    help: "largest request body on the kubesphere endpoints, bytes (0: no limit)",
+  },
   "shutdown-grace": {
     kind: "duration",
     default: 20_000,
@@ -229,6 +235,7 @@ async function main(args: string[]): Promise<number> {
       maxPendingHandshakes: v["max-pending-handshakes"] as number,
       maxConfigBytes: v["max-config-bytes"] as number,
       maxChannelsPerSession: v["max-channels-per-session"] as number,
+      kubesphereMaxRequestBody: (v["kubesphere-max-body"] as number) || undefined,
     });
     await app.start();
   } catch (err) {

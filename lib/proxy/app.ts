@@ -27,6 +27,8 @@ export interface ProxyAppOptions {
   ca?: CA;
   /** Address the per-cluster endpoints bind (default 0.0.0.0). */
   endpointsHost?: string;
+  /** Largest request body on kubesphere endpoints (undefined: no limit). */
+  kubesphereMaxRequestBody?: number;
   keepaliveMs?: number;
   handshakeTimeoutMs?: number;
   maxPendingHandshakes?: number;
@@ -123,6 +125,7 @@ export class ProxyApp {
         clusters,
         registry: this.registry,
         bindHost: this.#opts.endpointsHost,
+        kubesphereMaxRequestBody: this.#opts.kubesphereMaxRequestBody,
       });
     }
     this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel);

@@ -68,6 +68,8 @@ export interface ClusterEndpointsOptions {
   pool?: Partial<PoolOptions>;
   /** Close client connections idle this long between requests (default 120 s). */
   clientIdleMs?: number;
+  /** Largest request body on the kubesphere endpoint (413 beyond it); undefined: no limit. */
+  kubesphereMaxRequestBody?: number;
 }
 
 /** Running endpoints of one cluster. */
@@ -184,6 +186,7 @@ export async function startClusterEndpoints(
     auth: opts.kubesphere.auth,
     proto: "http",
     stripAuthorization: false,
+    maxRequestBody: opts.kubesphereMaxRequestBody,
   });
 
   const tlsServer = tls.createServer({

@@ -62,6 +62,8 @@ export interface EndpointsManagerOptions {
   registry: SessionRegistry;
   /** Address the per-cluster listeners bind (default 0.0.0.0). */
   bindHost?: string;
+  /** Largest request body on kubesphere endpoints (undefined: no limit). */
+  kubesphereMaxRequestBody?: number;
 }
 
 interface Running {
@@ -184,6 +186,7 @@ export class EndpointsManager {
       kubespherePort: rec.kubespherePort,
       servingCert: await this.#servingCert(rec),
       verifyClient: (der) => verifyClientCert(this.#opts.ca, der),
+      kubesphereMaxRequestBody: this.#opts.kubesphereMaxRequestBody,
       kubernetes: { dialer: this.#dialer(cluster, "kubernetes"), auth: auth.kubernetes },
       kubesphere: { dialer: this.#dialer(cluster, "kubesphere"), auth: auth.kubesphere },
       onRequest: (r) => {

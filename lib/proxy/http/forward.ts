@@ -49,6 +49,7 @@ import { type ClientBodyMode, clientResponseHead, upstreamRequestHead } from "./
 import { statusResponse } from "./status.ts";
 import { NoAgentError, type UpstreamAuth, type UpstreamDialer } from "./upstream.ts";
 import {
+  BodyTooLargeError,
   pumpBody,
   type PumpCounter,
   type PumpMode,
@@ -114,6 +115,8 @@ export interface HttpProxyOptions {
   pool?: Partial<PoolOptions>;
   /** Close a client connection idle this long between requests (default 120 s). */
   clientIdleMs?: number;
+  /** Largest request body accepted (413 beyond it); undefined: no limit. */
+  maxRequestBody?: number;
   /** Upstream TLS handshake limit (default 30 s). */
   handshakeMs?: number;
   head?: Partial<HeadLimits>;
@@ -378,6 +381,16 @@ export class HttpProxy {
       this.#audit(rec, 0, start);
       return false;
     }
+    const maxBody = this.#o.maxRequestBody;
+    if (maxBody !== undefined && framing.kind === "length" && framing.length > maxBody) {
+      reply(
+        413,
+        `request body of ${framing.length} bytes exceeds the limit of ${maxBody} bytes`,
+        false,
+      );
+      this.#audit(rec, 413, start);
+      return false;
+    }
     if (req.method === "CONNECT" || (req.minor === 1 && !headerValue(req.headers, "host"))) {
       reply(req.method === "CONNECT" ? 405 : 400, "bad request", false);
       this.#audit(rec, 0, start);
@@ -502,7 +515,10 @@ export class HttpProxy {
     let reqError: Error | null = null;
     const cancelReq = new AbortController();
     if (x.framing.kind !== "none") {
-      reqPump = pumpBody(wire, x.framing, us, x.reqCount, { signal: cancelReq.signal }).then(
+      reqPump = pumpBody(wire, x.framing, us, x.reqCount, {
+        signal: cancelReq.signal,
+        limit: this.#o.maxRequestBody,
+      }).then(
         () => {
           x.reqComplete = true;
           if (wire.eof) x.gone(); // EOF seen while the body was being read
@@ -520,6 +536,11 @@ export class HttpProxy {
       const retryable = mayRetry && received === 0 && x.framing.kind === "none" &&
         IDEMPOTENT.has(req.method);
       if (retryable) return { retry: true };
+      if (reqError instanceof BodyTooLargeError) {
+        rec.status = 413;
+        closeAfterWrite(sock, statusResponse(413, reqError.message, { close: true }));
+        return { retry: false, keep: false };
+      }
       if (reqError instanceof ChunkedError) {
         rec.status = 400;
         closeAfterWrite(sock, statusResponse(400, reqError.message, { close: true }));

@@ -273,12 +273,20 @@ const LAST_CHUNK = Buffer.from("0\r\n\r\n", "latin1");
  * `src` ends early or fails, or the framing is malformed. With `framing.kind === "close"` the
  * body ends at EOF; `endDest` then ends `dest` too (half-close).
  */
+/** A body went past the size limit given to {@link pumpBody}. */
+export class BodyTooLargeError extends Error {
+  constructor(readonly limit: number) {
+    super(`request body larger than the limit of ${limit} bytes`);
+    this.name = "BodyTooLargeError";
+  }
+}
+
 export function pumpBody(
   src: Wire,
   framing: Framing,
   dest: Writable,
   counter: PumpCounter,
-  opts: { mode?: PumpMode; endDest?: boolean; signal?: AbortSignal } = {},
+  opts: { mode?: PumpMode; endDest?: boolean; signal?: AbortSignal; limit?: number } = {},
 ): Promise<void> {
   const mode = opts.mode ?? "raw";
   if (framing.kind === "none") return Promise.resolve();
@@ -308,6 +316,10 @@ export function pumpBody(
     };
     const write = (part: Buffer): boolean => {
       counter.bytes += part.length;
+      if (opts.limit !== undefined && counter.bytes > opts.limit) {
+        settle(new BodyTooLargeError(opts.limit));
+        return true;
+      }
       if (mode !== "chunk") return dest.write(part);
       dest.cork();
       dest.write(part.length.toString(16) + "\r\n", "latin1");

@@ -705,3 +705,25 @@ Deno.test("long-running requests (watch, follow, upgrades) get a stream of their
     await t.close();
   }
 });
+
+Deno.test("request body limit: 413 up front for Content-Length, mid-stream for chunked", async () => {
+  const t = await setup({ maxRequestBody: 1000 });
+  try {
+    const small = await t.fetch("/echo", { method: "POST", body: "x".repeat(1000) });
+    assertEquals(small.status, 200);
+    await small.body?.cancel();
+    const dialsBefore = t.dialer.dials;
+    const big = await t.fetch("/echo", { method: "POST", body: "x".repeat(1001) });
+    assertEquals(big.status, 413);
+    assertMatch(await big.text(), /exceeds the limit of 1000 bytes/);
+    assertEquals(t.dialer.dials, dialsBefore, "a refused body never reaches upstream");
+    const c = await RawClient.connect(t.proxy.port);
+    c.write("POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+    c.write("400\r\n" + "y".repeat(1024) + "\r\n");
+    const res = await c.readResponse();
+    assertEquals(res.status, 413);
+    await c.close();
+  } finally {
+    await t.close();
+  }
+});
