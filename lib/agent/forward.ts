@@ -102,6 +102,7 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
     let queued = 0;
     let writing = false;
     let ended = false;
+    let closing = false;
     const finishUp = () => {
       conn.closeWrite().catch(() => {}).finally(resolve);
     };
@@ -122,7 +123,8 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
       } finally {
         writing = false;
       }
-      if (ended && !closed) finishUp();
+      if (closing) closeAll();
+      else if (ended && !closed) finishUp();
     };
     channel.on("data", (chunk: Buffer) => {
       queue.push(chunk);
@@ -134,7 +136,15 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
       ended = true;
       if (!writing) finishUp();
     });
-    channel.once("close", () => resolve());
+    // The channel is gone (the proxy closed it, or the session ended): nothing more can go
+    // back, so the target connection is closed too, once what was already received from the
+    // channel has been written to it. Without this a keep-alive target would hold the stream
+    // (and the agent's stream count) open until it times the connection out.
+    channel.once("close", () => {
+      closing = true;
+      if (!writing) closeAll();
+      resolve();
+    });
     channel.on("error", () => closeAll());
   });
 

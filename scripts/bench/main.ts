@@ -342,17 +342,19 @@ async function main(args: string[]): Promise<number> {
           if (!want("concurrency") && p !== loadPath) continue;
           say(`${tag} concurrency ${p.name}`);
           const run = () => concurrency(p, v.conns as number, durationMs);
+          let r;
           if (p === loadPath && want("rss")) {
             const { result, peaks } = await peakRss(pids, run);
             for (const [k, mib] of Object.entries(peaks)) {
               results.add("rss", `${k}_load`, tower, mib, "MiB", "lower");
             }
-            if (want("concurrency")) {
-              results.add("concurrency", "req_per_s", p.name, result, "req/s", "higher");
-            }
-          } else {
-            results.add("concurrency", "req_per_s", p.name, await run(), "req/s", "higher");
+            r = result;
+          } else r = await run();
+          if (want("concurrency")) {
+            results.add("concurrency", "req_per_s", p.name, r.reqPerS, "req/s", "higher");
+            results.add("concurrency", "errors", p.name, r.errors, "", "lower");
           }
+          if (r.errors > 0) say(`${p.name}: ${r.errors} failed requests, first: ${r.firstError}`);
         }
       }
       if (want("fairness")) {

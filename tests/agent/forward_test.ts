@@ -171,3 +171,36 @@ Deno.test("SlabReader: slices never overlap; slabs grow while reads fill them", 
   assertEquals(b.byteOffset, ta.byteOffset + 100);
   assertEquals(b.buffer, ta.buffer);
 });
+
+Deno.test("the channel closing closes a keep-alive target connection (the stream is released)", async () => {
+  const targetSawEof = Promise.withResolvers<void>();
+  const server = startTcpServer(async (conn) => {
+    // Answers once and keeps the connection open, like an HTTP keep-alive server.
+    const buf = new Uint8Array(1024);
+    await conn.read(buf);
+    await conn.write(new TextEncoder().encode("reply"));
+    while ((await conn.read(buf).catch(() => null)) !== null);
+    targetSawEof.resolve();
+  });
+  const ch = new FakeChannel();
+  try {
+    const done = pipeChannel(ch, await dialTarget(target(server.port)));
+    ch.push(Buffer.from("request"));
+    for (let i = 0; i < 100 && ch.writtenBytes < 5; i++) {
+      await new Promise<void>((r) => setTimeout(r, 0));
+    }
+    assertEquals(Buffer.concat(ch.written).toString(), "reply");
+    ch.destroy(); // the proxy closed the channel
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const limit = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error("pipe still open 10 s after close")), 10_000);
+    });
+    try {
+      await Promise.race([Promise.all([done, targetSawEof.promise]), limit]);
+    } finally {
+      clearTimeout(timer);
+    }
+  } finally {
+    await server.close();
+  }
+});
