@@ -173,6 +173,11 @@ Deno.test("the agent dials only its two configured targets", async () => {
     );
     assertEquals((err as ChannelOpenError).reason, 1);
     await agent.waitFor(/Refusing to dial a target that is not configured/);
+    // Odd bytes in the extra data are refused the same way, and the session survives them.
+    for (const odd of ["\u0000\u00ff:1", `127.0.0.1:${echo.port}\r\n`, "x".repeat(5000), ""]) {
+      const e = await assertRejects(() => openKubesphereChannel(conn, odd), ChannelOpenError);
+      assertEquals((e as ChannelOpenError).reason, 1);
+    }
     assertEquals(echo.connections, 0);
     // A configured target works on the same session.
     const ch = await openKubesphereChannel(conn, `127.0.0.1:${echo.port}`);
