@@ -89,6 +89,11 @@ export const PROXY_FLAGS: FlagSpecs = {
     min: 1,
     help: "open streams per agent session",
   },
+  "http-idle-timeout": {
+    kind: "duration",
+    default: 120_000,
+    help: "endpoint clients must send a complete request head within this long (slowloris guard)",
+  },
   "kubesphere-max-body": {
     kind: "int",
     default: 100 << 20,
@@ -236,6 +241,7 @@ async function main(args: string[]): Promise<number> {
       maxConfigBytes: v["max-config-bytes"] as number,
       maxChannelsPerSession: v["max-channels-per-session"] as number,
       kubesphereMaxRequestBody: (v["kubesphere-max-body"] as number) || undefined,
+      httpIdleMs: v["http-idle-timeout"] as number,
     });
     await app.start();
   } catch (err) {

@@ -29,6 +29,8 @@ export interface ProxyAppOptions {
   endpointsHost?: string;
   /** Largest request body on kubesphere endpoints (undefined: no limit). */
   kubesphereMaxRequestBody?: number;
+  /** Endpoint clients must send a complete request head within this long. */
+  httpIdleMs?: number;
   keepaliveMs?: number;
   handshakeTimeoutMs?: number;
   maxPendingHandshakes?: number;
@@ -126,6 +128,7 @@ export class ProxyApp {
         registry: this.registry,
         bindHost: this.#opts.endpointsHost,
         kubesphereMaxRequestBody: this.#opts.kubesphereMaxRequestBody,
+        httpIdleMs: this.#opts.httpIdleMs,
       });
     }
     this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel);

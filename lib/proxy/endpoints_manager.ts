@@ -64,6 +64,8 @@ export interface EndpointsManagerOptions {
   bindHost?: string;
   /** Largest request body on kubesphere endpoints (undefined: no limit). */
   kubesphereMaxRequestBody?: number;
+  /** A client must send a complete request head within this long (idle keep-alive included). */
+  httpIdleMs?: number;
 }
 
 interface Running {
@@ -187,6 +189,7 @@ export class EndpointsManager {
       servingCert: await this.#servingCert(rec),
       verifyClient: (der) => verifyClientCert(this.#opts.ca, der),
       kubesphereMaxRequestBody: this.#opts.kubesphereMaxRequestBody,
+      clientIdleMs: this.#opts.httpIdleMs,
       kubernetes: { dialer: this.#dialer(cluster, "kubernetes"), auth: auth.kubernetes },
       kubesphere: { dialer: this.#dialer(cluster, "kubesphere"), auth: auth.kubesphere },
       onRequest: (r) => {

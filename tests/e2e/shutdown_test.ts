@@ -12,11 +12,12 @@ import { startTestApiServer } from "../apiserver/server.ts";
 
 const TOKEN = "a9".repeat(32);
 
-Deno.test("SIGTERM: an in-flight request completes, the agent is told, the proxy exits 0", async () => {
+Deno.test("slowloris cut off; SIGTERM: an in-flight request completes, the agent is told, the proxy exits 0", async () => {
   await using dir = await tempDir();
   const member = await startTestApiServer();
   const agentPort = freePort();
   const k8sPort = freePort();
+  const ksPort = freePort();
   await Deno.writeTextFile(
     `${dir.path}/clusters.json`,
     JSON.stringify([{
@@ -27,7 +28,7 @@ Deno.test("SIGTERM: an in-flight request completes, the agent is told, the proxy
           type: "proxy",
           token: TOKEN,
           kubernetesAPIServerPort: k8sPort,
-          kubesphereAPIServerPort: freePort(),
+          kubesphereAPIServerPort: ksPort,
         },
       },
     }]),
@@ -48,6 +49,8 @@ Deno.test("SIGTERM: an in-flight request completes, the agent is told, the proxy
       "127.0.0.1:0",
       "--shutdown-grace",
       "30s",
+      "--http-idle-timeout",
+      "1s",
     ]);
     procs.push(proxy);
     const agent = denoRun("agent", "agent.ts", [
@@ -70,6 +73,23 @@ Deno.test("SIGTERM: an in-flight request completes, the agent is told, the proxy
       cert: unb64(kc.users[0].user["client-certificate-data"]),
       key: unb64(kc.users[0].user["client-key-data"]),
     });
+
+    // Slowloris: a head that never completes is cut off by --http-idle-timeout.
+    const slow = await Deno.connect({ hostname: "127.0.0.1", port: ksPort });
+    await slow.write(new TextEncoder().encode("GET /kapis HTTP/1.1\r\nHost: x\r\nX-Slow: "));
+    const buf = new Uint8Array(1024);
+    let read: number | null = 0;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const cut = await Promise.race([
+      (async () => {
+        while (read !== null) read = await slow.read(buf).catch(() => null);
+        return "closed";
+      })(),
+      new Promise((resolve) => timer = setTimeout(() => resolve("still open"), 15_000)),
+    ]);
+    clearTimeout(timer);
+    slow.close();
+    assertEquals(cut, "closed");
 
     // The member answers slowly: the request is in flight when SIGTERM arrives.
     member.faults.delay(1500);
