@@ -392,3 +392,115 @@ Deno.test("deno task demo runs the whole flow and exits 0", async () => {
   assertStringIncludes(r.stdout, "Connected.");
   assertStringIncludes(r.stdout, "OK: the host reached the member's API");
 });
+
+Deno.test("host API server failing: tunnels keep serving; the controller converges when it is back", async () => {
+  await using dir = await tempDir();
+  const host = await startTestApiServer({ namespaces: ["kubesphere-system"] });
+  const member = await startTestApiServer({ namespaces: ["member-only"] });
+  const agentPort = freePort();
+  const procs: Proc[] = [];
+  try {
+    const crd = await run("kubectl", ["kustomize", "crd"]);
+    assertEquals((await kubectl(host, ["create", "-f", "-"], { stdin: crd.stdout })).code, 0);
+    const proxy = denoRun("proxy", "proxy.ts", [
+      "--kubeconfig",
+      host.kubeconfigPath,
+      "--host",
+      "127.0.0.1",
+      "--port",
+      String(agentPort),
+      "--publish-service-address",
+      "127.0.0.1",
+      "--metrics-address",
+      "",
+    ]);
+    procs.push(proxy);
+    await proxy.waitFor(/Listening on/, 30_000);
+    const cluster = (name: string) =>
+      JSON.stringify({
+        apiVersion: "cluster.kubesphere.io/v1alpha1",
+        kind: "Cluster",
+        metadata: { name },
+        spec: { connection: { type: "proxy", token: "" }, joinFederation: true },
+      });
+    assertEquals((await kubectl(host, ["create", "-f", "-"], { stdin: cluster("alpha") })).code, 0);
+    await waitJsonpath(host, ["cluster", "alpha"], "{.spec.connection.token}", /^[0-9a-f]{64}$/);
+    const token =
+      (await kubectl(host, ["get", "cluster", "alpha", "-o", "jsonpath={.spec.connection.token}"]))
+        .stdout;
+    const agent = denoRun("agent", "agent.ts", [
+      "--name",
+      "alpha",
+      "--token",
+      token,
+      "--proxy-server",
+      `http://127.0.0.1:${agentPort}`,
+      "--kubeconfig",
+      member.kubeconfigPath,
+    ]);
+    procs.push(agent);
+    await agent.waitFor(/Connected\./, 30_000);
+    await waitJsonpath(host, ["cluster", "alpha"], "{.spec.connection.kubeconfig}", /.+/);
+    const b64 = (await kubectl(host, [
+      "get",
+      "cluster",
+      "alpha",
+      "-o",
+      "jsonpath={.spec.connection.kubeconfig}",
+    ])).stdout;
+    const kubeconfigPath = `${dir.path}/config_alpha`;
+    await Deno.writeTextFile(kubeconfigPath, Buffer.from(b64, "base64").toString("utf8"));
+
+    // The host API fails every read and update (500, then 429) and drops its watches.
+    for (const status of [500, 429]) {
+      host.faults.failNext(1_000_000, status, (method) => method !== "POST");
+      host.faults.dropWatches();
+      for (let i = 0; i < 3; i++) {
+        const r = await kubectlWith(kubeconfigPath, `${dir.path}/cache`, ["get", "ns"]);
+        assertEquals(
+          r.code,
+          0,
+          `through the tunnel while the host API answers ${status}: ${r.stderr}`,
+        );
+        assertStringIncludes(r.stdout, "member-only");
+      }
+      // Meanwhile someone creates another Cluster (written behind the faults).
+      if (status === 500) {
+        assertEquals(
+          (await host.request(
+            "POST",
+            "/apis/cluster.kubesphere.io/v1alpha1/clusters",
+            JSON.parse(cluster("beta")),
+          )).status,
+          201,
+        );
+      }
+      host.faults.reset();
+    }
+    assert(!proxy.exited, "a failing host API never takes the proxy down");
+
+    // Back to normal: the controller converges on what it missed, without duplicates.
+    await waitJsonpath(
+      host,
+      ["cluster", "beta"],
+      '{.status.conditions[?(@.type=="Initialized")].status}=True',
+      /True/,
+    );
+    const services = JSON.parse(
+      (await kubectl(host, ["-n", "kubesphere-system", "get", "svc", "-o", "json"])).stdout,
+    );
+    const names = services.items.map((s: { metadata: { name: string } }) => s.metadata.name).sort();
+    assertEquals(names.filter((n: string) => n.startsWith("mc-")), ["mc-alpha", "mc-beta"]);
+    const alpha = JSON.parse(
+      (await kubectl(host, ["get", "cluster", "alpha", "-o", "json"])).stdout,
+    );
+    const available = alpha.status.conditions.find((c: { type: string }) =>
+      c.type === "AgentAvailable"
+    );
+    assertEquals(available.status, "True");
+  } finally {
+    for (const p of procs.reverse()) await p.stop();
+    await member.close();
+    await host.close();
+  }
+});
