@@ -202,3 +202,50 @@ Deno.test("too many handshakes in flight: further agents get 503", async () => {
     await proxy.close();
   }
 });
+
+Deno.test("malformed WebSocket frames close only that connection", async () => {
+  const proxy = await startTestProxy([{ name: "alpha", token: TOKEN }], {
+    handshakeTimeoutMs: 3000,
+  });
+  try {
+    const frames: [string, Uint8Array][] = [
+      ["unmasked client frame", new Uint8Array([0x82, 0x03, 1, 2, 3])],
+      ["reserved opcode", new Uint8Array([0x83, 0x80, 0, 0, 0, 0])],
+      ["RSV bits without extension", new Uint8Array([0xf2, 0x80, 0, 0, 0, 0])],
+      [
+        "absurd length",
+        new Uint8Array([0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4]),
+      ],
+      ["fragmented control frame", new Uint8Array([0x09, 0x80, 0, 0, 0, 0])],
+    ];
+    for (const [what, frame] of frames) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: proxy.app.addr.port });
+      await conn.write(enc.encode(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
+          `Sec-WebSocket-Protocol: ${WS_PROTOCOL}\r\n\r\n`,
+      ));
+      const buf = new Uint8Array(4096);
+      const n = await conn.read(buf);
+      assert(n && dec.decode(buf.subarray(0, n)).startsWith("HTTP/1.1 101"), what);
+      await conn.write(frame).catch(() => {});
+      // The proxy ends the connection: a close frame (0x88), EOF or a reset. Bounded wait.
+      const deadline = setTimeout(() => conn.close(), 10_000);
+      let closed = false;
+      for (let i = 0; i < 100 && !closed; i++) {
+        const r = await conn.read(buf).catch(() => null);
+        closed = r === null || buf[0] === 0x88;
+      }
+      clearTimeout(deadline);
+      assert(closed, `${what}: connection left open`);
+      try {
+        conn.close();
+      } catch {
+        // closed by the deadline
+      }
+    }
+    assert(await goStyleAgentWorks(proxy.url, "alpha", TOKEN), "proxy still serves agents");
+  } finally {
+    await proxy.close();
+  }
+});
