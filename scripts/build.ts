@@ -11,18 +11,27 @@
 const ROOT = new URL("../", import.meta.url).pathname;
 
 /** Permissions of each binary: network, env (kube/proxy settings), files it reads/writes. */
-const TARGETS = [
+export const TARGETS = [
   {
     name: "proxy",
     entry: "proxy.ts",
-    // read: kubeconfig, CA, clusters file; write: host key, kubeconfig dir; sys: hostname for leases.
-    perms: ["--allow-net", "--allow-env", "--allow-read", "--allow-write", "--allow-sys"],
+    // read: kubeconfig, CA, clusters file; write: host key, kubeconfig dir; sys: hostname for
+    // leases; run: kubeconfig `exec` credential plugins (cloud providers' kubeconfigs).
+    perms: [
+      "--allow-net",
+      "--allow-env",
+      "--allow-read",
+      "--allow-write",
+      "--allow-sys",
+      "--allow-run",
+    ],
   },
   {
     name: "agent",
     entry: "agent.ts",
-    // read: kubeconfig or service-account files; sys: os info used by the Kubernetes client.
-    perms: ["--allow-net", "--allow-env", "--allow-read", "--allow-sys"],
+    // read: kubeconfig or service-account files; sys: os info used by the Kubernetes client;
+    // run: kubeconfig `exec` credential plugins.
+    perms: ["--allow-net", "--allow-env", "--allow-read", "--allow-sys", "--allow-run"],
   },
 ];
 

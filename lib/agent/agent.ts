@@ -9,6 +9,7 @@
 // @ts-types="@types/ssh2"
 import ssh2 from "ssh2";
 import { Buffer } from "node:buffer";
+import type { Duplex } from "node:stream";
 import { logger, redact } from "../log.ts";
 import { type AgentConfig, encodeAgentConfig } from "../tunnel/handshake.ts";
 import { fingerprintOf } from "../tunnel/hostkey.ts";
@@ -257,7 +258,7 @@ export class Agent {
           (conn) => {
             const channel = accept();
             log.v(4, "Stream opened", { target, streams: this.#streams });
-            pipeChannel(channel as unknown as import("node:stream").Duplex, conn).finally(() => {
+            pipeChannel(channel as unknown as Duplex, conn).finally(() => {
               this.#streams--;
               log.v(4, "Stream closed", { target, streams: this.#streams });
             });
