@@ -13,6 +13,7 @@
  * @module
  */
 
+import { reconciles } from "../metrics.ts";
 import type { KubeClient } from "../kube/client.ts";
 import { jsonEqual } from "../kube/client.ts";
 import { KubeApiError } from "../kube/errors.ts";
@@ -229,6 +230,7 @@ export class ClusterController {
         }
         try {
           await this.reconcile(key, signal);
+          reconciles.inc({ result: "success" });
           this.#queue.forget(key);
         } catch (err) {
           if (signal.aborted) {
@@ -236,6 +238,7 @@ export class ClusterController {
             break;
           }
           this.stats.failures++;
+          reconciles.inc({ result: "error" });
           const delay = this.#queue.addRateLimited(key);
           log.warn("reconcile failed, will retry", {
             cluster: key,

@@ -223,6 +223,18 @@ Deno.test("walkthrough: CRD, proxy, Cluster, token, agent, kubeconfig, kubectl t
       assertStringIncludes(nodes.stdout, "node-1");
       const clusters = await kubectl(host, ["get", "clusters"]);
       assertMatch(clusters.stdout, /alpha\s.*proxy\s+True\s+https:\/\/127\.0\.0\.1:\d+/);
+      // Metrics moved with that traffic and with the reconciles behind it.
+      const addr = /address="([^"]+)"/.exec(await proxy.waitFor(/Serving metrics and health/))![1];
+      const metrics = await (await fetch(`http://${addr}/metrics`)).text();
+      const value = (re: RegExp) => Number(re.exec(metrics)?.[1] ?? 0);
+      assert(value(/^tower_reconciles_total\{result="success"\} (\d+)/m) > 0, "reconciles counted");
+      assert(
+        value(
+          /^tower_proxied_requests_total\{cluster="alpha",endpoint="kubernetes",code="200"\} (\d+)/m,
+        ) > 0,
+        "proxied requests counted",
+      );
+      assert(value(/^tower_proxied_bytes_total\{cluster="alpha",direction="out"\} (\d+)/m) > 0);
     });
 
     await t.step("a client without Tower's client certificate gets 401", async () => {
