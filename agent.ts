@@ -6,7 +6,7 @@
 
 import { Agent, logStartup } from "./lib/agent/agent.ts";
 import { buildAgentConfig } from "./lib/agent/member_config.ts";
-import { FlagError, type FlagSpecs, helpText, parseFlags } from "./lib/cli.ts";
+import { FlagError, type FlagSpecs, parseCommandLine } from "./lib/cli.ts";
 import { logger, setupLogging } from "./lib/log.ts";
 import { startHealthServer } from "./lib/health_server.ts";
 import { VERSION } from "./lib/version.ts";
@@ -72,25 +72,9 @@ export const AGENT_FLAGS: FlagSpecs = {
 const USAGE = "Usage: agent --name NAME --token TOKEN [--proxy-server URL] [flags]";
 
 async function main(args: string[]): Promise<number> {
-  let flags;
-  try {
-    flags = parseFlags(args, AGENT_FLAGS);
-  } catch (err) {
-    if (err instanceof FlagError) {
-      console.error(`agent: ${err.message} (see --help)`);
-      return 2;
-    }
-    throw err;
-  }
+  const flags = parseCommandLine("agent", args, AGENT_FLAGS, USAGE, { version: VERSION });
+  if (typeof flags === "number") return flags;
   const v = flags.values;
-  if (flags.help) {
-    console.log(helpText(USAGE, AGENT_FLAGS));
-    return 0;
-  }
-  if (v.version) {
-    console.log(VERSION);
-    return 0;
-  }
   setupLogging({ verbosity: v.v as number, format: v["log-format"] as "text" | "json" });
   const log = logger("agent");
   let token = (v.token as string | undefined) ?? "";

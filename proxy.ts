@@ -4,7 +4,7 @@
  * @module
  */
 
-import { FlagError, type FlagSpecs, helpText, parseFlags } from "./lib/cli.ts";
+import { type FlagSpecs, parseCommandLine } from "./lib/cli.ts";
 import { logger, setupLogging } from "./lib/log.ts";
 import { ProxyApp } from "./lib/proxy/app.ts";
 import {
@@ -138,22 +138,17 @@ export const JOIN_FLAGS: FlagSpecs = {
 
 /** `proxy join CLUSTER`: print what the member cluster needs, token filled in. */
 async function joinMain(args: string[]): Promise<number> {
-  let flags;
-  try {
-    flags = parseFlags(args, JOIN_FLAGS, true);
-    if (!flags.help && flags.positionals.length !== 1) {
-      throw new FlagError("proxy join takes exactly one cluster name");
-    }
-  } catch (err) {
-    if (err instanceof FlagError) {
-      console.error(`proxy join: ${err.message} (see --help)`);
-      return 2;
-    }
-    throw err;
-  }
-  if (flags.help) {
-    console.log(helpText("Usage: proxy join CLUSTER --proxy-server URL [flags]", JOIN_FLAGS));
-    return 0;
+  const flags = parseCommandLine(
+    "proxy join",
+    args,
+    JOIN_FLAGS,
+    "Usage: proxy join CLUSTER --proxy-server URL [flags]",
+    { allowPositionals: true },
+  );
+  if (typeof flags === "number") return flags;
+  if (flags.positionals.length !== 1) {
+    console.error("proxy join: takes exactly one cluster name (see --help)");
+    return 2;
   }
   const v = flags.values;
   try {
@@ -174,25 +169,9 @@ async function joinMain(args: string[]): Promise<number> {
 
 async function main(args: string[]): Promise<number> {
   if (args[0] === "join") return await joinMain(args.slice(1));
-  let flags;
-  try {
-    flags = parseFlags(args, PROXY_FLAGS);
-  } catch (err) {
-    if (err instanceof FlagError) {
-      console.error(`proxy: ${err.message} (see --help)`);
-      return 2;
-    }
-    throw err;
-  }
+  const flags = parseCommandLine("proxy", args, PROXY_FLAGS, USAGE, { version: VERSION });
+  if (typeof flags === "number") return flags;
   const v = flags.values;
-  if (flags.help) {
-    console.log(helpText(USAGE, PROXY_FLAGS));
-    return 0;
-  }
-  if (v.version) {
-    console.log(VERSION);
-    return 0;
-  }
   setupLogging({ verbosity: v.v as number, format: v["log-format"] as "text" | "json" });
   const log = logger("proxy");
   for (const [k, val] of Object.entries(v)) {

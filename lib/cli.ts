@@ -176,3 +176,37 @@ function defaultNote(spec: FlagSpec): string {
   if (spec.kind === "duration") return ` (default ${formatDuration(spec.default as number)})`;
   return ` (default ${JSON.stringify(spec.default)})`;
 }
+
+/**
+ * Parse a command's flags the way every Tower command does: a bad command line
+ * prints `<name>: <error> (see --help)` and gives exit code 2; `--help` prints
+ * the help and `--version` (when the specs have it) the version, giving 0.
+ * Returns the parsed flags, or the exit code when the command is already done.
+ */
+export function parseCommandLine(
+  name: string,
+  args: string[],
+  specs: FlagSpecs,
+  usage: string,
+  opts: { allowPositionals?: boolean; version?: string } = {},
+): ParsedFlags | number {
+  let flags: ParsedFlags;
+  try {
+    flags = parseFlags(args, specs, opts.allowPositionals ?? false);
+  } catch (err) {
+    if (err instanceof FlagError) {
+      console.error(`${name}: ${err.message} (see --help)`);
+      return 2;
+    }
+    throw err;
+  }
+  if (flags.help) {
+    console.log(helpText(usage, specs));
+    return 0;
+  }
+  if (opts.version && flags.values.version) {
+    console.log(opts.version);
+    return 0;
+  }
+  return flags;
+}
