@@ -38,7 +38,7 @@
  */
 
 import { Buffer } from "node:buffer";
-import type { Duplex } from "node:stream";
+import { Duplex } from "node:stream";
 // @ts-types="@types/ssh2"
 import type { Client, ClientChannel, Connection, Server, ServerChannel } from "ssh2";
 import channelLib from "ssh2/lib/Channel.js";
@@ -673,6 +673,28 @@ function whenTransportDrained(sock: Duplex, fn: () => void): void {
 }
 
 /**
+ * ssh2's `Channel.destroy()` only sends EOF and CLOSE: the stream is not destroyed (`destroyed`
+ * stays false), and `close` is emitted once the peer's CLOSE has arrived *and* the readable side
+ * has ended, which needs someone to read what is still buffered. A user that destroys a channel
+ * has stopped reading it (a client went away in the middle of a response), so `close` never
+ * came: the proxy session's channel count leaked one channel per abandoned response until
+ * "channel limit reached". Here `destroy()` sends EOF and CLOSE as before and then really
+ * destroys the stream (buffers dropped, `destroyed` true), so ssh2 emits `close` as soon as the
+ * peer's CLOSE arrives.
+ */
+function realDestroy(stream: ClientChannel | ServerChannel): void {
+  const ch = stream as unknown as Duplex;
+  const sshDestroy = ch.destroy;
+  ch.destroy = function (this: Duplex, err?: Error): Duplex {
+    if (this.destroyed) return this;
+    sshDestroy.call(this);
+    // ssh2 never turned destroy(err) into an error event; callers do not expect one now.
+    void err;
+    return Duplex.prototype.destroy.call(this);
+  } as Duplex["destroy"];
+}
+
+/**
  * Make a channel's write backpressure include the SSH transport's. ssh2 writes every packet to
  * the transport and ignores its `write()` result, so a fast writer on one channel (or many
  * channels with open windows) would queue without bound in the transport's buffer: hundreds of
@@ -689,6 +711,7 @@ function followTransport(stream: ClientChannel | ServerChannel, sock: Duplex | u
   if (state && state.highWaterMark > CHANNEL_WRITE_BUFFER) {
     state.highWaterMark = CHANNEL_WRITE_BUFFER;
   }
+  realDestroy(stream);
   if (!sock) return;
   const ch = stream as unknown as { _write: WriteFn };
   const write = ch._write;

@@ -11,7 +11,7 @@
 import { FlagError, type FlagSpecs, helpText, parseFlags } from "../../lib/cli.ts";
 import { setupLogging } from "../../lib/log.ts";
 import type { Proc } from "../../tests/helpers/proc.ts";
-import { bulk, concurrency, fairness, small } from "./figures.ts";
+import { bulk, concurrency, fairness, settle, small } from "./figures.ts";
 import { scale } from "./scale.ts";
 import {
   type BenchPath,
@@ -328,6 +328,9 @@ async function main(args: string[]): Promise<number> {
         for (const p of paths) {
           say(`${tag} small ${p.name}`);
           const r = await small(p, v["small-count"] as number);
+          if (r.done < (v["small-count"] as number)) {
+            say(`${p.name}: only ${r.done} small GETs within the time cap (slow path)`);
+          }
           results.add("small", "p50", p.name, r.p50, "ms", "lower");
           results.add("small", "p99", p.name, r.p99, "ms", "lower");
           results.add("small", "max", p.name, r.max, "ms", "lower");
@@ -361,10 +364,12 @@ async function main(args: string[]): Promise<number> {
         for (const p of tunnelPaths) {
           say(`${tag} fairness ${p.name} (${v.streams} streams)`);
           const free = await fairness(p, v.streams as number, fairMs, false);
+          await settle(p, v.streams as number);
           const stalled = await fairness(p, v.streams as number, fairMs, true);
           results.add("fairness", "unstalled", p.name, free, "MB/s", "higher");
           results.add("fairness", "one_stalled", p.name, stalled, "MB/s", "higher");
           results.add("fairness", "ratio", p.name, stalled / free, "", "higher");
+          await settle(p, v.conns as number);
         }
       }
     }
