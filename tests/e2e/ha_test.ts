@@ -4,79 +4,21 @@
  * carried, promptly, and requests keep succeeding through the other.
  */
 
-import { Buffer } from "node:buffer";
-import { parse } from "yaml";
 import { assert, assertEquals, assertStringIncludes } from "../helpers/assert.ts";
-import { denoRun, freePort, type Proc, run, tempDir } from "../helpers/proc.ts";
-import { startTestApiServer } from "../apiserver/server.ts";
+import { run, tempDir } from "../helpers/proc.ts";
+import { startStandaloneStack } from "../helpers/stack.ts";
 
 const TOKEN = "d0".repeat(32);
 
 Deno.test("two agents, one killed mid-run: its watch ends promptly, gets keep working", async () => {
   await using dir = await tempDir();
-  const member = await startTestApiServer();
-  const agentPort = freePort();
-  const kubernetesPort = freePort();
-  const kubespherePort = freePort();
-  await Deno.writeTextFile(
-    `${dir.path}/clusters.yaml`,
-    `apiVersion: cluster.kubesphere.io/v1alpha1
-kind: Cluster
-metadata: {name: alpha}
-spec:
-  joinFederation: true
-  connection:
-    type: proxy
-    token: "${TOKEN}"
-    kubernetesAPIServerPort: ${kubernetesPort}
-    kubesphereAPIServerPort: ${kubespherePort}
-`,
-  );
-  const procs: Proc[] = [];
-  const proxy = denoRun("proxy", "proxy.ts", [
-    "--clusters-file",
-    `${dir.path}/clusters.yaml`,
-    "--host",
-    "127.0.0.1",
-    "--port",
-    String(agentPort),
-    "--publish-service-address",
-    "127.0.0.1",
-    "--metrics-address",
-    "",
-  ]);
-  procs.push(proxy);
-  const agentArgs = [
-    "--name",
-    "alpha",
-    "--token",
-    TOKEN,
-    "--proxy-server",
-    `http://127.0.0.1:${agentPort}`,
-    "--kubeconfig",
-    member.kubeconfigPath,
-    "--kubesphere-service",
-    "127.0.0.1:1",
-    "--metrics-address",
-    "",
-  ];
-  const a = denoRun("agent-a", "agent.ts", agentArgs);
-  const b = denoRun("agent-b", "agent.ts", agentArgs);
-  procs.push(a, b);
-  let client: Deno.HttpClient | undefined;
+  const stack = await startStandaloneStack({ dir: dir.path, token: TOKEN });
   try {
+    const a = stack.startAgent("agent-a");
+    const b = stack.startAgent("agent-b");
     await a.waitFor(/Connected\./, 30_000);
     await b.waitFor(/Connected\./, 30_000);
-    await proxy.waitFor(/Wrote kubeconfig/, 30_000);
-    const kubeconfigPath = `${dir.path}/alpha.kubeconfig`;
-    const kc = parse(await Deno.readTextFile(kubeconfigPath));
-    const unb64 = (s: string) => Buffer.from(s, "base64").toString("utf8");
-    client = Deno.createHttpClient({
-      caCerts: [unb64(kc.clusters[0].cluster["certificate-authority-data"])],
-      cert: unb64(kc.users[0].user["client-certificate-data"]),
-      key: unb64(kc.users[0].user["client-key-data"]),
-    });
-    const base = kc.clusters[0].cluster.server as string;
+    const { path: kubeconfigPath, server: base, client } = await stack.kubeconfigClient();
     const get = async () => {
       const r = await fetch(`${base}/api/v1/namespaces`, { client });
       const body = await r.json();
@@ -137,8 +79,6 @@ spec:
       await w.ended;
     }
   } finally {
-    client?.close();
-    for (const p of procs.reverse()) await p.stop();
-    await member.close();
+    await stack.close();
   }
 });

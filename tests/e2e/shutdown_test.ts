@@ -1,78 +1,37 @@
 /**
- * SIGTERM on the proxy: in-flight requests finish (within `--shutdown-grace`),
+ * A slow request head is cut off by `--http-idle-timeout`. SIGTERM on the
+ * proxy: in-flight requests finish (within `--shutdown-grace`),
  * sessions are closed cleanly so the agent reconnects at once, and the process
  * exits 0.
  */
 
-import { Buffer } from "node:buffer";
-import { parse } from "yaml";
 import { assertEquals, assertStringIncludes } from "../helpers/assert.ts";
-import { denoRun, freePort, type Proc, tempDir } from "../helpers/proc.ts";
-import { startTestApiServer } from "../apiserver/server.ts";
+import { tempDir } from "../helpers/proc.ts";
+import { startStandaloneStack } from "../helpers/stack.ts";
 
 const TOKEN = "a9".repeat(32);
 
 Deno.test("slowloris cut off; SIGTERM: an in-flight request completes, the agent is told, the proxy exits 0", async () => {
   await using dir = await tempDir();
-  const member = await startTestApiServer();
-  const agentPort = freePort();
-  const k8sPort = freePort();
-  const ksPort = freePort();
-  await Deno.writeTextFile(
-    `${dir.path}/clusters.json`,
-    JSON.stringify([{
-      metadata: { name: "alpha" },
-      spec: {
-        joinFederation: true,
-        connection: {
-          type: "proxy",
-          token: TOKEN,
-          kubernetesAPIServerPort: k8sPort,
-          kubesphereAPIServerPort: ksPort,
-        },
-      },
-    }]),
-  );
-  const procs: Proc[] = [];
-  let client: Deno.HttpClient | undefined;
-  try {
-    const proxy = denoRun("proxy", "proxy.ts", [
-      "--clusters-file",
-      `${dir.path}/clusters.json`,
-      "--host",
-      "127.0.0.1",
-      "--port",
-      String(agentPort),
-      "--publish-service-address",
-      "127.0.0.1",
+  const stack = await startStandaloneStack({
+    dir: dir.path,
+    token: TOKEN,
+    proxyArgs: [
       "--metrics-address",
       "127.0.0.1:0",
       "--shutdown-grace",
       "30s",
       "--http-idle-timeout",
       "1s",
-    ]);
-    procs.push(proxy);
-    const agent = denoRun("agent", "agent.ts", [
-      "--name",
-      "alpha",
-      "--token",
-      TOKEN,
-      "--proxy-server",
-      `http://127.0.0.1:${agentPort}`,
-      "--kubeconfig",
-      member.kubeconfigPath,
-    ]);
-    procs.push(agent);
+    ],
+  });
+  const { proxy, member } = stack;
+  const k8sPort = stack.kubernetesPort;
+  const ksPort = stack.kubespherePort;
+  try {
+    const agent = stack.startAgent("agent");
     await agent.waitFor(/Connected\./, 30_000);
-    await proxy.waitFor(/Wrote kubeconfig/, 30_000);
-    const kc = parse(await Deno.readTextFile(`${dir.path}/alpha.kubeconfig`));
-    const unb64 = (s: string) => Buffer.from(s, "base64").toString("utf8");
-    client = Deno.createHttpClient({
-      caCerts: [unb64(kc.clusters[0].cluster["certificate-authority-data"])],
-      cert: unb64(kc.users[0].user["client-certificate-data"]),
-      key: unb64(kc.users[0].user["client-key-data"]),
-    });
+    const { client } = await stack.kubeconfigClient();
 
     // Slowloris: a head that never completes is cut off by --http-idle-timeout.
     const slow = await Deno.connect({ hostname: "127.0.0.1", port: ksPort });
@@ -107,10 +66,8 @@ Deno.test("slowloris cut off; SIGTERM: an in-flight request completes, the agent
     await agent.waitFor(/Disconnected from proxy/, 10_000);
     await agent.waitFor(/Retrying/, 10_000);
   } finally {
-    client?.close();
     member.faults.delay(0);
-    for (const p of procs.reverse()) await p.stop();
-    await member.close();
+    await stack.close();
   }
 });
 
