@@ -27,6 +27,11 @@ export const AGENT_FLAGS: FlagSpecs = {
     validate: (v) =>
       /^SHA256:[A-Za-z0-9+/]{43}$/.test(String(v)) ? undefined : "want SHA256:<43 base64 chars>",
   },
+  "proxy-ca": {
+    kind: "string",
+    default: "",
+    help: "PEM file of extra CAs to trust for a wss:// or https:// proxy (private CA)",
+  },
   kubeconfig: {
     kind: "string",
     default: "",
@@ -100,6 +105,7 @@ async function main(args: string[]): Promise<number> {
     agent = new Agent({
       proxyServer: v["proxy-server"] as string,
       proxyFingerprint: v["proxy-fingerprint"] as string | undefined,
+      proxyCaCerts: v["proxy-ca"] ? [await Deno.readTextFile(v["proxy-ca"] as string)] : undefined,
       keepaliveMs: v.keepalive as number,
       maxRetry: v["max-retry"] as number,
       maxRetryIntervalMs: v["max-retry-interval"] as number,

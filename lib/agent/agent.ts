@@ -44,6 +44,8 @@ export interface AgentOptions {
   minRetryIntervalMs?: number;
   /** `--proxy-fingerprint`: `SHA256:…` the proxy host key must have. */
   proxyFingerprint?: string;
+  /** `--proxy-ca`: extra trusted roots (PEM) for a `wss://` proxy. */
+  proxyCaCerts?: string[];
   /** Deadline for connect + SSH + config (default 30 s). */
   handshakeTimeoutMs?: number;
   /** Most tunnelled streams at once (default 1024). */
@@ -159,7 +161,11 @@ export class Agent {
     const url = tunnelUrl(this.#opts.proxyServer);
     log.v(1, "Dialing proxy", { url: url.toString() });
     const handshakeMs = this.#opts.handshakeTimeoutMs ?? 30_000;
-    const stream = await dialProxy(url, signal, handshakeMs);
+    const stream = await dialProxy(url, {
+      signal,
+      timeoutMs: handshakeMs,
+      caCerts: this.#opts.proxyCaCerts,
+    });
     log.info("Handshaking...");
     const client = new ssh2.Client();
     this.#client = client;

@@ -10,7 +10,7 @@
 import type { Duplex } from "node:stream";
 import { WS_PROTOCOL } from "../tunnel/protocol.ts";
 import { websocketStream } from "../tunnel/ws_stream.ts";
-import { connectThroughProxy, proxyFor } from "./ws_client.ts";
+import { connectWebSocket, proxyFor } from "./ws_client.ts";
 
 /** Turn `--proxy-server` into the WebSocket URL to dial. */
 export function tunnelUrl(proxyServer: string): URL {
@@ -28,26 +28,35 @@ export function tunnelUrl(proxyServer: string): URL {
   return url;
 }
 
+/** How {@link dialProxy} reaches the proxy. */
+export interface DialOptions {
+  signal?: AbortSignal;
+  /** Deadline for the whole opening handshake (default 15 s). */
+  timeoutMs?: number;
+  /** Extra trusted roots (PEM) for a `wss://` proxy behind a private CA (`--proxy-ca`). */
+  caCerts?: string[];
+  /** Environment lookup for `HTTP(S)_PROXY`/`NO_PROXY` (tests override). */
+  env?: (name: string) => string | undefined;
+}
+
 /**
- * Open the tunnel WebSocket; resolves once it is open.
+ * Open the tunnel WebSocket; resolves once it is open. Deno's native
+ * WebSocket is used for direct connections with the system trust store; our
+ * own client for HTTP CONNECT proxies and for private CAs.
  * @throws Error when the proxy refuses or cannot be reached (or on `signal`).
  */
-export function dialProxy(
-  url: URL,
-  signal?: AbortSignal,
-  timeoutMs = 15_000,
-  env: (name: string) => string | undefined = (n) => Deno.env.get(n),
-): Promise<Duplex> {
-  const via = proxyFor(url, env);
-  if (via) {
+export function dialProxy(url: URL, opts: DialOptions = {}): Promise<Duplex> {
+  const timeoutMs = opts.timeoutMs ?? 15_000;
+  const via = proxyFor(url, opts.env ?? ((n) => Deno.env.get(n)));
+  if (via || opts.caCerts?.length) {
     return withDeadline(
-      connectThroughProxy(url, via, WS_PROTOCOL),
+      connectWebSocket(url, WS_PROTOCOL, { proxy: via, caCerts: opts.caCerts }),
       timeoutMs,
-      signal,
-      `dial ${url} via ${via.host}`,
+      opts.signal,
+      via ? `dial ${url} via ${via.host}` : `dial ${url}`,
     );
   }
-  return dialNative(url, signal, timeoutMs);
+  return dialNative(url, opts.signal, timeoutMs);
 }
 
 /** `p`, or an error after `ms` / on abort; a stream that arrives too late is destroyed. */

@@ -90,43 +90,65 @@ function header(head: string, name: string): string | undefined {
   return re.exec(head)?.[1]?.trim();
 }
 
+/** Ask the HTTP proxy on `conn` for a tunnel to `host:port` (HTTP CONNECT). */
+async function connectTunnel(
+  conn: Deno.Conn,
+  proxy: URL,
+  host: string,
+  port: number,
+): Promise<void> {
+  const authority = `${host.includes(":") ? `[${host}]` : host}:${port}`;
+  let req = `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n`;
+  if (proxy.username) {
+    const cred = `${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`;
+    req += `Proxy-Authorization: Basic ${Buffer.from(cred).toString("base64")}\r\n`;
+  }
+  await writeAll(conn, new TextEncoder().encode(`${req}\r\n`));
+  const reply = await readHead(conn, `proxy ${proxy.host}`);
+  if (statusOf(reply.head) !== 200) {
+    throw new Error(
+      `proxy ${proxy.host} refused CONNECT ${authority}: ${reply.head.split("\r\n")[0]}`,
+    );
+  }
+}
+
 async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
   let off = 0;
   while (off < data.length) off += await conn.write(data.subarray(off));
 }
 
+/** How {@link connectWebSocket} reaches the server. */
+export interface ConnectOptions {
+  /** HTTP proxy to go through with CONNECT (see {@link proxyFor}). */
+  proxy?: URL;
+  /** Extra trusted root certificates (PEM) for `wss://` (and an `https://` proxy). */
+  caCerts?: string[];
+}
+
 /**
- * Open `target` (ws:// or wss://) through the HTTP proxy `proxy` with CONNECT,
- * then speak WebSocket with subprotocol `protocol`.
+ * Open `target` (ws:// or wss://), directly or through an HTTP proxy with
+ * CONNECT, then speak WebSocket with subprotocol `protocol`.
  */
-export async function connectThroughProxy(
+export async function connectWebSocket(
   target: URL,
-  proxy: URL,
   protocol: string,
-  opts: { caCerts?: string[] } = {},
+  opts: ConnectOptions = {},
 ): Promise<Duplex> {
   const secure = target.protocol === "wss:";
-  const host = target.hostname;
+  const host = target.hostname.replace(/^\[|\]$/g, "");
   const port = Number(target.port || (secure ? 443 : 80));
-  const proxyPort = Number(proxy.port || (proxy.protocol === "https:" ? 443 : 80));
-  let conn: Deno.Conn = proxy.protocol === "https:"
-    ? await Deno.connectTls({ hostname: proxy.hostname, port: proxyPort, caCerts: opts.caCerts })
-    : await Deno.connect({ hostname: proxy.hostname, port: proxyPort });
+  const proxy = opts.proxy;
+  let conn: Deno.Conn;
+  if (proxy) {
+    const proxyPort = Number(proxy.port || (proxy.protocol === "https:" ? 443 : 80));
+    conn = proxy.protocol === "https:"
+      ? await Deno.connectTls({ hostname: proxy.hostname, port: proxyPort, caCerts: opts.caCerts })
+      : await Deno.connect({ hostname: proxy.hostname, port: proxyPort });
+  } else {
+    conn = await Deno.connect({ hostname: host, port });
+  }
   try {
-    const authority = `${host.includes(":") && !host.startsWith("[") ? `[${host}]` : host}:${port}`;
-    let req = `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n`;
-    if (proxy.username) {
-      const cred = `${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`;
-      req += `Proxy-Authorization: Basic ${Buffer.from(cred).toString("base64")}\r\n`;
-    }
-    await writeAll(conn, new TextEncoder().encode(`${req}\r\n`));
-    const connectReply = await readHead(conn, `proxy ${proxy.host}`);
-    const status = statusOf(connectReply.head);
-    if (status !== 200) {
-      throw new Error(
-        `proxy ${proxy.host} refused CONNECT ${authority}: ${connectReply.head.split("\r\n")[0]}`,
-      );
-    }
+    if (proxy) await connectTunnel(conn, proxy, host, port);
     if (secure) {
       conn = await Deno.startTls(conn as Deno.TcpConn, { hostname: host, caCerts: opts.caCerts });
     }

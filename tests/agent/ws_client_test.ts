@@ -4,6 +4,7 @@
  */
 
 import { assert, assertEquals } from "../helpers/assert.ts";
+import { generateCA, issueServingCert } from "../../lib/pki/mod.ts";
 import { startAgent, startTcpServer, startTestProxy, writeAll } from "../helpers/tunnel.ts";
 import {
   acceptFor,
@@ -131,5 +132,72 @@ Deno.test("agent reaches the proxy through HTTP CONNECT; NO_PROXY goes direct", 
     await direct.stop();
     await proxy.close();
     await server.close();
+  }
+});
+
+Deno.test("wss:// proxy behind TLS with a private CA: --proxy-ca trusts it, without it the agent refuses", async () => {
+  const proxy = await startTestProxy([{ name: "alpha", token: TOKEN }]);
+  const ca = await generateCA({ commonName: "ingress-ca" });
+  const serving = await issueServingCert(ca, {
+    commonName: "localhost",
+    dnsNames: ["localhost"],
+    ipAddresses: ["127.0.0.1"],
+  });
+  // A TLS-terminating front (as an ingress would be) forwarding to the proxy's agent port.
+  const front = Deno.listenTls({
+    hostname: "127.0.0.1",
+    port: 0,
+    cert: serving.certPem,
+    key: serving.keyPem,
+  });
+  const conns: Deno.Conn[] = [];
+  const serving_ = (async () => {
+    for await (const c of front) {
+      conns.push(c);
+      (async () => {
+        const up = await Deno.connect({ hostname: "127.0.0.1", port: proxy.app.addr.port });
+        conns.push(up);
+        await Promise.allSettled([c.readable.pipeTo(up.writable), up.readable.pipeTo(c.writable)]);
+      })().catch(() => {});
+    }
+  })().catch(() => {});
+  const caFile = `${proxy.dir}/ingress-ca.pem`;
+  await Deno.writeTextFile(caFile, ca.certPem);
+  const frontUrl = `https://localhost:${(front.addr as Deno.NetAddr).port}`;
+  const trusted = await startAgent({
+    name: "alpha",
+    token: TOKEN,
+    proxyUrl: frontUrl,
+    dir: proxy.dir,
+    kubernetesPort: 1,
+    kubespherePort: 2,
+    extra: ["--proxy-ca", caFile],
+  });
+  const untrusted = await startAgent({
+    name: "alpha",
+    token: TOKEN,
+    proxyUrl: frontUrl,
+    dir: proxy.dir,
+    kubernetesPort: 1,
+    kubespherePort: 2,
+    label: "untrusted",
+  });
+  try {
+    await trusted.waitFor(/Connected\./);
+    await untrusted.waitFor(/Connection to proxy failed/);
+    assertEquals(untrusted.count(/Connected\./), 0);
+  } finally {
+    await trusted.stop();
+    await untrusted.stop();
+    front.close();
+    for (const c of conns) {
+      try {
+        c.close();
+      } catch {
+        // closed
+      }
+    }
+    await serving_;
+    await proxy.close();
   }
 });
