@@ -5,8 +5,14 @@
 //
 //	go_tower proxy          listen on 127.0.0.1:0, print "LISTEN <port>", serve one agent
 //	go_tower agent <port>   connect to 127.0.0.1:<port> as an agent, serve channels
+//	go_tower ws-agent <proxyURL> <name> <token> <kubernetesTarget> <kubesphereTarget>
+//	                        the original agent: SSH inside a kubesphere-v1 WebSocket
+//	go_tower ws-proxy <name> <token>
+//	                        the original proxy: SSH inside a kubesphere-v1 WebSocket
 //
-// Progress lines go to stdout ("KEY value..."), for the Deno test to check.
+// The ws-* modes are in ws.go. Progress lines go to stdout ("KEY value..."), for the Deno test
+// to check. GO_TOWER_TIMEOUT (a Go duration, default 30s) is the safety net after which the
+// program exits with an error.
 package main
 
 import (
@@ -36,7 +42,15 @@ func main() {
 		fail("usage: go_tower proxy | go_tower agent <port>")
 	}
 	// Safety net: never outlive a stuck test.
-	time.AfterFunc(30*time.Second, func() { fail("timeout") })
+	limit := 30 * time.Second
+	if v := os.Getenv("GO_TOWER_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			fail("GO_TOWER_TIMEOUT: " + err.Error())
+		}
+		limit = d
+	}
+	time.AfterFunc(limit, func() { fail("timeout") })
 	switch os.Args[1] {
 	case "proxy":
 		proxy()
@@ -45,6 +59,16 @@ func main() {
 			fail("agent needs a port")
 		}
 		agent(os.Args[2])
+	case "ws-agent":
+		if len(os.Args) != 7 {
+			fail("usage: go_tower ws-agent <proxyURL> <name> <token> <kubernetesTarget> <kubesphereTarget>")
+		}
+		wsAgent(os.Args[2], os.Args[3], os.Args[4], os.Args[5], os.Args[6])
+	case "ws-proxy":
+		if len(os.Args) != 4 {
+			fail("usage: go_tower ws-proxy <name> <token>")
+		}
+		wsProxy(os.Args[2], os.Args[3])
 	default:
 		fail("unknown mode " + os.Args[1])
 	}
