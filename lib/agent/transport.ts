@@ -1,15 +1,13 @@
 /**
  * The agent's transport to the proxy: a WebSocket with subprotocol
  * `kubesphere-v1` to `--proxy-server` (`http(s)://` or `ws(s)://`), seen as a
- * byte stream. Direct connections use Deno's native WebSocket; when
- * `HTTPS_PROXY`/`HTTP_PROXY` applies (and `NO_PROXY` does not exclude the
- * host) the connection goes through the proxy with HTTP CONNECT.
+ * byte stream; through `HTTPS_PROXY`/`HTTP_PROXY` with HTTP CONNECT when one
+ * applies (and `NO_PROXY` does not exclude the host).
  * @module
  */
 
 import type { Duplex } from "node:stream";
 import { WS_PROTOCOL } from "../tunnel/protocol.ts";
-import { websocketStream } from "../tunnel/ws_stream.ts";
 import { connectWebSocket, proxyFor } from "./ws_client.ts";
 
 /** Turn `--proxy-server` into the WebSocket URL to dial. */
@@ -40,23 +38,18 @@ export interface DialOptions {
 }
 
 /**
- * Open the tunnel WebSocket; resolves once it is open. Deno's native
- * WebSocket is used for direct connections with the system trust store; our
- * own client for HTTP CONNECT proxies and for private CAs.
+ * Open the tunnel WebSocket; resolves once it is open (see `ws_client.ts`).
  * @throws Error when the proxy refuses or cannot be reached (or on `signal`).
  */
 export function dialProxy(url: URL, opts: DialOptions = {}): Promise<Duplex> {
   const timeoutMs = opts.timeoutMs ?? 15_000;
   const via = proxyFor(url, opts.env ?? ((n) => Deno.env.get(n)));
-  if (via || opts.caCerts?.length) {
-    return withDeadline(
-      connectWebSocket(url, WS_PROTOCOL, { proxy: via, caCerts: opts.caCerts }),
-      timeoutMs,
-      opts.signal,
-      via ? `dial ${url} via ${via.host}` : `dial ${url}`,
-    );
-  }
-  return dialNative(url, opts.signal, timeoutMs);
+  return withDeadline(
+    connectWebSocket(url, WS_PROTOCOL, { proxy: via, caCerts: opts.caCerts }),
+    timeoutMs,
+    opts.signal,
+    via ? `dial ${url} via ${via.host}` : `dial ${url}`,
+  );
 }
 
 /** `p`, or an error after `ms` / on abort; a stream that arrives too late is destroyed. */
@@ -87,49 +80,5 @@ function withDeadline(
       cleanup();
       resolve(stream);
     }, (err) => fail((err as Error).message));
-  });
-}
-
-function dialNative(url: URL, signal?: AbortSignal, timeoutMs = 15_000): Promise<Duplex> {
-  return new Promise((resolve, reject) => {
-    let ws: WebSocket;
-    try {
-      ws = new WebSocket(url, [WS_PROTOCOL]);
-    } catch (err) {
-      return reject(new Error(`dial ${url}: ${(err as Error).message}`));
-    }
-    ws.binaryType = "arraybuffer";
-    const fail = (why: string) => {
-      cleanup();
-      try {
-        ws.close();
-      } catch {
-        // not open
-      }
-      reject(new Error(`dial ${url}: ${why}`));
-    };
-    const onOpen = () => {
-      cleanup();
-      if (ws.protocol !== WS_PROTOCOL) {
-        ws.close();
-        return reject(new Error(`dial ${url}: proxy answered subprotocol "${ws.protocol}"`));
-      }
-      resolve(websocketStream(ws));
-    };
-    const onError = (ev: Event) => fail((ev as ErrorEvent).message || "connection failed");
-    const onClose = (ev: CloseEvent) => fail(`closed during handshake (code ${ev.code})`);
-    const onAbort = () => fail("aborted");
-    const timer = setTimeout(() => fail(`no answer within ${timeoutMs} ms`), timeoutMs);
-    const cleanup = () => {
-      clearTimeout(timer);
-      ws.removeEventListener("open", onOpen);
-      ws.removeEventListener("error", onError);
-      ws.removeEventListener("close", onClose);
-      signal?.removeEventListener("abort", onAbort);
-    };
-    ws.addEventListener("open", onOpen);
-    ws.addEventListener("error", onError);
-    ws.addEventListener("close", onClose);
-    signal?.addEventListener("abort", onAbort);
   });
 }

@@ -1,21 +1,21 @@
 /**
- * A small RFC 6455 WebSocket client over a byte connection we open ourselves,
- * for the one case Deno's native WebSocket does not cover: reaching the proxy
- * through an HTTP proxy with `CONNECT` (Deno sends `ws://` through an HTTP
- * proxy as an absolute-form GET, which most proxies do not upgrade).
- *
- * Only what the tunnel needs: binary messages out (masked, as clients must),
- * binary/continuation in, ping → pong, close.
+ * The agent's WebSocket client: opening handshake (RFC 6455) over a TCP
+ * connection we dial ourselves — directly or through an HTTP proxy with
+ * `CONNECT`, with TLS for `wss://` — then the framing of
+ * `websocketClientStream`. Deno's native WebSocket is not used: it sends
+ * `ws://` through HTTP proxies as an absolute-form GET (most proxies do not
+ * upgrade that), cannot take extra CAs, and leaves Nagle on, which stalls
+ * every small request by a delayed ACK.
  * @module
  */
 
 import { Buffer } from "node:buffer";
 import { createHash, randomBytes } from "node:crypto";
-import { Duplex } from "node:stream";
+import type { Duplex } from "node:stream";
+import { websocketClientStream } from "../tunnel/ws_stream.ts";
 
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const MAX_HEAD = 16 * 1024;
-const MAX_FRAME = 64 << 20;
 
 /** Which proxy, if any, applies to `target` according to the environment. */
 export function proxyFor(target: URL, env: (name: string) => string | undefined): URL | undefined {
@@ -148,6 +148,8 @@ export async function connectWebSocket(
     conn = await Deno.connect({ hostname: host, port });
   }
   try {
+    // Nagle would hold back the small SSH packets (a 40 ms delayed-ACK stall per request).
+    (conn as Deno.TcpConn).setNoDelay?.(true);
     if (proxy) await connectTunnel(conn, proxy, host, port);
     if (secure) {
       conn = await Deno.startTls(conn as Deno.TcpConn, { hostname: host, caCerts: opts.caCerts });
@@ -172,7 +174,7 @@ export async function connectWebSocket(
     if (header(reply.head, "sec-websocket-protocol") !== protocol) {
       throw new Error(`websocket ${target.host}: server did not accept subprotocol ${protocol}`);
     }
-    return frameStream(conn, reply.rest);
+    return websocketClientStream(conn, reply.rest);
   } catch (err) {
     try {
       conn.close();
@@ -181,155 +183,4 @@ export async function connectWebSocket(
     }
     throw err;
   }
-}
-
-/** Mask `payload` in place with `mask` (4 bytes). */
-export function applyMask(payload: Uint8Array, mask: Uint8Array): void {
-  const n = payload.length;
-  let i = 0;
-  if (payload.byteOffset % 4 === 0 && n >= 8) {
-    const m32 = new Uint32Array(mask.buffer.slice(mask.byteOffset, mask.byteOffset + 4))[0];
-    const words = new Uint32Array(payload.buffer, payload.byteOffset, n >>> 2);
-    for (let w = 0; w < words.length; w++) words[w] ^= m32;
-    i = words.length << 2;
-  }
-  for (; i < n; i++) payload[i] ^= mask[i & 3];
-}
-
-/** Build one client frame (FIN set, masked). */
-export function encodeFrame(opcode: number, payload: Uint8Array): Uint8Array {
-  const len = payload.length;
-  const headLen = len < 126 ? 2 : len < 65536 ? 4 : 10;
-  // Pad in front so the payload starts 4-byte aligned and masks word by word.
-  const pad = (4 - ((headLen + 4) % 4)) % 4;
-  const out = new Uint8Array(pad + headLen + 4 + len).subarray(pad);
-  out[0] = 0x80 | opcode;
-  if (len < 126) out[1] = 0x80 | len;
-  else if (len < 65536) {
-    out[1] = 0x80 | 126;
-    out[2] = len >>> 8;
-    out[3] = len & 0xff;
-  } else {
-    out[1] = 0x80 | 127;
-    new DataView(out.buffer, out.byteOffset).setBigUint64(2, BigInt(len));
-  }
-  const mask = randomBytes(4);
-  out.set(mask, headLen);
-  const body = out.subarray(headLen + 4);
-  body.set(payload);
-  applyMask(body, mask);
-  return out;
-}
-
-/** Incremental parser of server frames (unmasked). */
-export class FrameParser {
-  #buf: Uint8Array = new Uint8Array(0);
-
-  /** Feed bytes; returns complete frames. */
-  push(data: Uint8Array): { fin: boolean; opcode: number; payload: Uint8Array }[] {
-    if (this.#buf.length === 0) this.#buf = data;
-    else {
-      const b = new Uint8Array(this.#buf.length + data.length);
-      b.set(this.#buf);
-      b.set(data, this.#buf.length);
-      this.#buf = b;
-    }
-    const frames = [];
-    for (;;) {
-      const b = this.#buf;
-      if (b.length < 2) break;
-      const masked = (b[1] & 0x80) !== 0;
-      let len = b[1] & 0x7f;
-      let off = 2;
-      if (len === 126) {
-        if (b.length < 4) break;
-        len = (b[2] << 8) | b[3];
-        off = 4;
-      } else if (len === 127) {
-        if (b.length < 10) break;
-        const big = new DataView(b.buffer, b.byteOffset + 2, 8).getBigUint64(0);
-        if (big > BigInt(MAX_FRAME)) throw new Error("websocket frame too large");
-        len = Number(big);
-        off = 10;
-      }
-      if (len > MAX_FRAME) throw new Error("websocket frame too large");
-      const maskLen = masked ? 4 : 0;
-      if (b.length < off + maskLen + len) break;
-      const payload = b.slice(off + maskLen, off + maskLen + len);
-      if (masked) applyMask(payload, b.subarray(off, off + 4));
-      frames.push({ fin: (b[0] & 0x80) !== 0, opcode: b[0] & 0x0f, payload });
-      this.#buf = b.subarray(off + maskLen + len);
-    }
-    return frames;
-  }
-}
-
-function frameStream(conn: Deno.Conn, initial: Uint8Array): Duplex {
-  const parser = new FrameParser();
-  let closed = false;
-  let writing: Promise<void> = Promise.resolve();
-  const send = (frame: Uint8Array) => {
-    writing = writing.then(() => writeAll(conn, frame));
-    return writing;
-  };
-  const shutdown = () => {
-    if (closed) return;
-    closed = true;
-    try {
-      conn.close();
-    } catch {
-      // already closed
-    }
-  };
-  const stream = new Duplex({
-    read() {},
-    write(chunk: Buffer, _enc, cb) {
-      send(encodeFrame(0x2, chunk)).then(() => cb(), (err) => cb(err));
-    },
-    final(cb) {
-      send(encodeFrame(0x8, new Uint8Array([0x03, 0xe8]))).then(() => cb(), () => cb());
-    },
-    destroy(err, cb) {
-      shutdown();
-      cb(err);
-    },
-  });
-  const handle = (data: Uint8Array) => {
-    for (const f of parser.push(data)) {
-      switch (f.opcode) {
-        case 0x0:
-        case 0x2:
-          stream.push(Buffer.from(f.payload.buffer, f.payload.byteOffset, f.payload.length));
-          break;
-        case 0x8:
-          stream.push(null);
-          shutdown();
-          return;
-        case 0x9:
-          send(encodeFrame(0xa, f.payload)).catch(() => {});
-          break;
-        case 0xa:
-          break;
-        default:
-          throw new Error(`unexpected websocket opcode ${f.opcode}`);
-      }
-    }
-  };
-  (async () => {
-    try {
-      if (initial.length) handle(initial);
-      const buf = new Uint8Array(256 * 1024);
-      while (!closed) {
-        const n = await conn.read(buf);
-        if (n === null) break;
-        handle(buf.slice(0, n));
-      }
-      stream.push(null);
-    } catch (err) {
-      stream.destroy(err as Error);
-    } finally {
-      shutdown();
-    }
-  })();
-  return stream;
 }
