@@ -54,6 +54,54 @@ async function waitJsonpath(
   throw new Error(`${what.join(" ")} ${path}: still ${JSON.stringify(last)} after ${timeoutMs} ms`);
 }
 
+/** `proxy.ts` in Kubernetes mode against `host`, agents on 127.0.0.1:`agentPort`. */
+function kubeModeProxy(host: TestApiServer, agentPort: number, metricsAddress = ""): Proc {
+  return denoRun("proxy", "proxy.ts", [
+    "--kubeconfig",
+    host.kubeconfigPath,
+    "--host",
+    "127.0.0.1",
+    "--port",
+    String(agentPort),
+    "--publish-service-address",
+    "127.0.0.1",
+    "--metrics-address",
+    metricsAddress,
+  ]);
+}
+
+/** `agent.ts` for cluster `name` against the proxy on `agentPort`, dialling `member`. */
+function memberAgent(
+  label: string,
+  name: string,
+  token: string,
+  agentPort: number,
+  member: TestApiServer,
+  extra: string[] = [],
+): Proc {
+  return denoRun(label, "agent.ts", [
+    "--name",
+    name,
+    "--token",
+    token,
+    "--proxy-server",
+    `http://127.0.0.1:${agentPort}`,
+    "--kubeconfig",
+    member.kubeconfigPath,
+    ...extra,
+  ]);
+}
+
+/** A Cluster object as JSON, `connection.type: proxy`, empty token unless given. */
+function clusterJson(name: string, connection: Record<string, unknown> = {}): string {
+  return JSON.stringify({
+    apiVersion: "cluster.kubesphere.io/v1alpha1",
+    kind: "Cluster",
+    metadata: { name },
+    spec: { connection: { type: "proxy", token: "", ...connection }, joinFederation: true },
+  });
+}
+
 Deno.test("walkthrough: CRD, proxy, Cluster, token, agent, kubeconfig, kubectl through the tunnel", async (t) => {
   await using dir = await tempDir();
   const host = await startTestApiServer({ namespaces: ["kubesphere-system"] });
@@ -72,18 +120,7 @@ Deno.test("walkthrough: CRD, proxy, Cluster, token, agent, kubeconfig, kubectl t
       );
     });
 
-    const proxy = denoRun("proxy", "proxy.ts", [
-      "--kubeconfig",
-      host.kubeconfigPath,
-      "--host",
-      "127.0.0.1",
-      "--port",
-      String(agentPort),
-      "--publish-service-address",
-      "127.0.0.1",
-      "--metrics-address",
-      "127.0.0.1:0",
-    ]);
+    const proxy = kubeModeProxy(host, agentPort, "127.0.0.1:0");
     procs.push(proxy);
     await proxy.waitFor(/Listening on 127\.0\.0\.1/, 30_000);
 
@@ -98,13 +135,7 @@ Deno.test("walkthrough: CRD, proxy, Cluster, token, agent, kubeconfig, kubectl t
 
     let token = "";
     await t.step("create a Cluster with an empty token; the proxy fills it in", async () => {
-      const cluster = {
-        apiVersion: "cluster.kubesphere.io/v1alpha1",
-        kind: "Cluster",
-        metadata: { name: "alpha" },
-        spec: { connection: { type: "proxy", token: "" }, joinFederation: true },
-      };
-      const r = await kubectl(host, ["create", "-f", "-"], { stdin: JSON.stringify(cluster) });
+      const r = await kubectl(host, ["create", "-f", "-"], { stdin: clusterJson("alpha") });
       assertEquals(r.code, 0, r.stderr);
       await waitJsonpath(
         host,
@@ -141,15 +172,7 @@ Deno.test("walkthrough: CRD, proxy, Cluster, token, agent, kubeconfig, kubectl t
       );
     });
 
-    const agent = denoRun("agent", "agent.ts", [
-      "--name",
-      "alpha",
-      "--token",
-      token,
-      "--proxy-server",
-      `http://127.0.0.1:${agentPort}`,
-      "--kubeconfig",
-      member.kubeconfigPath,
+    const agent = memberAgent("agent", "alpha", token, agentPort, member, [
       "--kubesphere-service",
       "127.0.0.1:1",
       "--v",
@@ -320,40 +343,19 @@ Deno.test("walkthrough: CRD, proxy, Cluster, token, agent, kubeconfig, kubectl t
         const squatter = Deno.listen({ hostname: "0.0.0.0", port: 0 });
         try {
           const busy = (squatter.addr as Deno.NetAddr).port;
-          const beta = {
-            apiVersion: "cluster.kubesphere.io/v1alpha1",
-            kind: "Cluster",
-            metadata: { name: "beta" },
-            spec: {
-              connection: {
-                type: "proxy",
-                token: "be".repeat(32),
-                kubernetesAPIServerPort: busy,
-                kubesphereAPIServerPort: freePort(),
-              },
-              joinFederation: true,
-            },
-          };
-          assertEquals(
-            (await kubectl(host, ["create", "-f", "-"], { stdin: JSON.stringify(beta) })).code,
-            0,
-          );
+          const beta = clusterJson("beta", {
+            token: "be".repeat(32),
+            kubernetesAPIServerPort: busy,
+            kubesphereAPIServerPort: freePort(),
+          });
+          assertEquals((await kubectl(host, ["create", "-f", "-"], { stdin: beta })).code, 0);
           await waitJsonpath(
             host,
             ["cluster", "beta"],
             '{.status.conditions[?(@.type=="Initialized")].status}=True',
             /True/,
           );
-          const betaAgent = denoRun("agent-beta", "agent.ts", [
-            "--name",
-            "beta",
-            "--token",
-            "be".repeat(32),
-            "--proxy-server",
-            `http://127.0.0.1:${agentPort}`,
-            "--kubeconfig",
-            member.kubeconfigPath,
-          ]);
+          const betaAgent = memberAgent("agent-beta", "beta", "be".repeat(32), agentPort, member);
           procs.push(betaAgent);
           await betaAgent.waitFor(/Connected\./, 30_000);
           const reason = await waitJsonpath(
@@ -414,42 +416,18 @@ Deno.test("host API server failing: tunnels keep serving; the controller converg
   try {
     const crd = await run("kubectl", ["kustomize", "crd"]);
     assertEquals((await kubectl(host, ["create", "-f", "-"], { stdin: crd.stdout })).code, 0);
-    const proxy = denoRun("proxy", "proxy.ts", [
-      "--kubeconfig",
-      host.kubeconfigPath,
-      "--host",
-      "127.0.0.1",
-      "--port",
-      String(agentPort),
-      "--publish-service-address",
-      "127.0.0.1",
-      "--metrics-address",
-      "",
-    ]);
+    const proxy = kubeModeProxy(host, agentPort);
     procs.push(proxy);
     await proxy.waitFor(/Listening on/, 30_000);
-    const cluster = (name: string) =>
-      JSON.stringify({
-        apiVersion: "cluster.kubesphere.io/v1alpha1",
-        kind: "Cluster",
-        metadata: { name },
-        spec: { connection: { type: "proxy", token: "" }, joinFederation: true },
-      });
-    assertEquals((await kubectl(host, ["create", "-f", "-"], { stdin: cluster("alpha") })).code, 0);
+    assertEquals(
+      (await kubectl(host, ["create", "-f", "-"], { stdin: clusterJson("alpha") })).code,
+      0,
+    );
     await waitJsonpath(host, ["cluster", "alpha"], "{.spec.connection.token}", /^[0-9a-f]{64}$/);
     const token =
       (await kubectl(host, ["get", "cluster", "alpha", "-o", "jsonpath={.spec.connection.token}"]))
         .stdout;
-    const agent = denoRun("agent", "agent.ts", [
-      "--name",
-      "alpha",
-      "--token",
-      token,
-      "--proxy-server",
-      `http://127.0.0.1:${agentPort}`,
-      "--kubeconfig",
-      member.kubeconfigPath,
-    ]);
+    const agent = memberAgent("agent", "alpha", token, agentPort, member);
     procs.push(agent);
     await agent.waitFor(/Connected\./, 30_000);
     await waitJsonpath(host, ["cluster", "alpha"], "{.spec.connection.kubeconfig}", /.+/);
@@ -482,7 +460,7 @@ Deno.test("host API server failing: tunnels keep serving; the controller converg
           (await host.request(
             "POST",
             "/apis/cluster.kubesphere.io/v1alpha1/clusters",
-            JSON.parse(cluster("beta")),
+            JSON.parse(clusterJson("beta")),
           )).status,
           201,
         );
