@@ -198,16 +198,6 @@ export class EndpointsManager {
         if (!r.upgrade) requestDuration.observe({ cluster, endpoint }, r.durationMs / 1000);
         bytesCounter.inc({ cluster, direction: "in" }, r.bytesIn);
         bytesCounter.inc({ cluster, direction: "out" }, r.bytesOut);
-        log.info("request", {
-          cluster,
-          user: r.commonName,
-          verb: r.method,
-          path: r.path,
-          status: r.status,
-          bytesIn: r.bytesIn,
-          bytesOut: r.bytesOut,
-          ms: Math.round(r.durationMs),
-        });
       },
     });
     this.#running.set(cluster, {

@@ -70,7 +70,11 @@ for (const format of ["text", "json"]) {
         await r.body?.cancel();
         assert(r.status === 200 || r.status === 404, `${path}: ${r.status}`);
       }
-      await stack.proxy.waitFor(/request.*\/api\/v1\/namespaces\/nope/, 10_000);
+      // One audit line per request: cluster, client certificate CN, verb, path, status, bytes, time.
+      const audit = await stack.proxy.waitFor(/request.*\/api\/v1\/namespaces\/nope/, 10_000);
+      for (const part of ["alpha", "kubernetes-admin", "GET", "404", "bytesOut", "ms"]) {
+        assert(audit.includes(part), `audit line lacks ${part}: ${audit}`);
+      }
 
       const secrets: [string, string][] = [
         ["cluster token", TOKEN],

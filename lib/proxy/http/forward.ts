@@ -333,20 +333,19 @@ export class HttpProxy {
   #audit(rec: RequestRecord, status: number, start: number): void {
     if (status) rec.status = status;
     rec.durationMs = performance.now() - start;
-    if (log.enabled(4)) {
-      log.v(4, "request", {
-        cluster: rec.cluster,
-        endpoint: rec.endpoint,
-        user: rec.commonName,
-        method: rec.method,
-        path: rec.path,
-        status: rec.status,
-        bytesIn: rec.bytesIn,
-        bytesOut: rec.bytesOut,
-        ms: Math.round(rec.durationMs),
-        upgrade: rec.upgrade,
-      });
-    }
+    // The audit line: one per proxied request, never headers, queries or credentials.
+    log.info("request", {
+      cluster: rec.cluster,
+      endpoint: rec.endpoint,
+      user: rec.commonName,
+      verb: rec.method,
+      path: rec.path,
+      status: rec.status,
+      bytesIn: rec.bytesIn,
+      bytesOut: rec.bytesOut,
+      ms: Math.round(rec.durationMs),
+      upgrade: rec.upgrade,
+    });
     if (!this.#o.onRequest) return;
     try {
       this.#o.onRequest(rec);
