@@ -17,6 +17,14 @@ import { Buffer } from "node:buffer";
 import { denoRun, freePort, type Proc, run } from "../tests/helpers/proc.ts";
 import { startTestApiServer, type TestApiServer } from "../tests/apiserver/server.ts";
 import { kubectl } from "../tests/apiserver/testing.ts";
+import { parseAllDocuments } from "yaml";
+import {
+  CLUSTERS,
+  KubeClient,
+  type KubeObject,
+  loadKubeConnection,
+  NAMESPACES,
+} from "../lib/kube/mod.ts";
 
 const keep = Deno.args.includes("--keep");
 const say = (s: string) => console.log(`\ndemo: ${s}`);
@@ -39,6 +47,44 @@ function waitFor(host: TestApiServer, jsonpath: string) {
   );
 }
 
+/** Whether the real `kubectl` is on the PATH (else the demo uses Tower's own client). */
+async function haveKubectl(): Promise<boolean> {
+  try {
+    return (await new Deno.Command("kubectl", {
+      args: ["version", "--client"],
+      stdout: "null",
+      stderr: "null",
+    })
+      .output()).success;
+  } catch {
+    return false;
+  }
+}
+
+type ClusterObj = KubeObject & {
+  spec?: { connection?: { token?: string; kubeconfig?: string; kubernetesAPIEndpoint?: string } };
+  status?: { conditions?: { type: string; status: string }[] };
+};
+
+/** Without kubectl: watch Cluster alpha with lib/kube until `done` holds (bounded). */
+async function watchAlpha(
+  client: KubeClient,
+  done: (c: ClusterObj) => boolean,
+): Promise<ClusterObj> {
+  for await (
+    const ev of client.watch<ClusterObj>(CLUSTERS, {
+      fieldSelector: "metadata.name=alpha",
+      timeoutSeconds: 60,
+    })
+  ) {
+    if (ev.type !== "BOOKMARK" && done(ev.object)) return ev.object;
+  }
+  throw new Error("Cluster alpha did not reach the expected state within 60 s");
+}
+
+const condition = (c: ClusterObj, type: string) =>
+  c.status?.conditions?.find((x) => x.type === type)?.status;
+
 const procs: Proc[] = [];
 const servers: TestApiServer[] = [];
 const dir = await Deno.makeTempDir({ prefix: "tower-demo-" });
@@ -51,9 +97,29 @@ try {
   servers.push(member);
   console.log(`  host   ${host.url}\n  member ${member.url}`);
 
+  const useKubectl = await haveKubectl();
+  if (!useKubectl) say("kubectl is not on the PATH: the host-side steps use Tower's own client");
+  const hostClient = new KubeClient(await loadKubeConnection(host.kubeconfigPath));
   say("$ kubectl kustomize crd | kubectl create -f -          (host)");
-  const crd = await must("kubectl kustomize crd", run("kubectl", ["kustomize", "crd"]));
-  show("", await must("install CRD", kubectl(host, ["create", "-f", "-"], { stdin: crd })));
+  if (useKubectl) {
+    const crd = await must("kubectl kustomize crd", run("kubectl", ["kustomize", "crd"]));
+    show("", await must("install CRD", kubectl(host, ["create", "-f", "-"], { stdin: crd })));
+  } else {
+    const text = await Deno.readTextFile("crd/cluster.kubesphere.io_clusters.yaml");
+    const crd = parseAllDocuments(text).map((d) => d.toJS()).find((o) =>
+      o?.kind === "CustomResourceDefinition"
+    );
+    const r = await host.request(
+      "POST",
+      "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+      crd,
+    );
+    if (r.status !== 201) throw new Error(`install CRD: ${r.status}`);
+    show(
+      "",
+      "customresourcedefinition.apiextensions.k8s.io/clusters.cluster.kubesphere.io created",
+    );
+  }
 
   const agentPort = freePort();
   say(
@@ -82,20 +148,28 @@ try {
     metadata: { name: "alpha" },
     spec: { connection: { type: "proxy", token: "" }, joinFederation: true },
   };
-  show(
-    "",
-    await must(
-      "create cluster",
-      kubectl(host, ["create", "-f", "-"], { stdin: JSON.stringify(cluster) }),
-    ),
-  );
-  await waitFor(host, '{.status.conditions[?(@.type=="Initialized")].status}=True');
-
-  say("$ kubectl get cluster alpha -o jsonpath='{.spec.connection.token}'");
-  const token = await must(
-    "get token",
-    kubectl(host, ["get", "cluster", "alpha", "-o", "jsonpath={.spec.connection.token}"]),
-  );
+  let token: string;
+  if (useKubectl) {
+    show(
+      "",
+      await must(
+        "create cluster",
+        kubectl(host, ["create", "-f", "-"], { stdin: JSON.stringify(cluster) }),
+      ),
+    );
+    await waitFor(host, '{.status.conditions[?(@.type=="Initialized")].status}=True');
+    say("$ kubectl get cluster alpha -o jsonpath='{.spec.connection.token}'");
+    token = await must(
+      "get token",
+      kubectl(host, ["get", "cluster", "alpha", "-o", "jsonpath={.spec.connection.token}"]),
+    );
+  } else {
+    await hostClient.create(CLUSTERS, cluster);
+    show("", "cluster.cluster.kubesphere.io/alpha created");
+    say("$ kubectl get cluster alpha -o jsonpath='{.spec.connection.token}'");
+    const c = await watchAlpha(hostClient, (c) => condition(c, "Initialized") === "True");
+    token = c.spec!.connection!.token!;
+  }
   show("", token);
 
   say(
@@ -118,31 +192,57 @@ try {
   procs.push(agent);
   await agent.waitFor(/Connected\./, 60_000);
   show("agent| ", agent.output);
-  await waitFor(host, '{.status.conditions[?(@.type=="AgentAvailable")].status}=True');
-  await waitFor(host, "{.spec.connection.kubeconfig}");
-
   say(
     "$ kubectl get cluster alpha -o jsonpath='{.spec.connection.kubeconfig}' | base64 -d > config_alpha",
   );
-  const b64 = await must(
-    "get kubeconfig",
-    kubectl(host, ["get", "cluster", "alpha", "-o", "jsonpath={.spec.connection.kubeconfig}"]),
-  );
+  let b64: string;
+  if (useKubectl) {
+    await waitFor(host, '{.status.conditions[?(@.type=="AgentAvailable")].status}=True');
+    await waitFor(host, "{.spec.connection.kubeconfig}");
+    b64 = await must(
+      "get kubeconfig",
+      kubectl(host, ["get", "cluster", "alpha", "-o", "jsonpath={.spec.connection.kubeconfig}"]),
+    );
+  } else {
+    const c = await watchAlpha(
+      hostClient,
+      (c) => condition(c, "AgentAvailable") === "True" && !!c.spec?.connection?.kubeconfig,
+    );
+    b64 = c.spec!.connection!.kubeconfig!;
+  }
   const configAlpha = `${dir}/config_alpha`;
   await Deno.writeTextFile(configAlpha, Buffer.from(b64, "base64").toString("utf8"));
 
   say(
     "$ kubectl --kubeconfig config_alpha get ns               (through the tunnel, to the member)",
   );
-  const ns = await must(
-    "kubectl get ns through the tunnel",
-    run("kubectl", [`--kubeconfig=${configAlpha}`, `--cache-dir=${dir}/cache`, "get", "ns"]),
-  );
+  let ns: string;
+  if (useKubectl) {
+    ns = await must(
+      "kubectl get ns through the tunnel",
+      run("kubectl", [`--kubeconfig=${configAlpha}`, `--cache-dir=${dir}/cache`, "get", "ns"]),
+    );
+  } else {
+    const memberClient = new KubeClient(await loadKubeConnection(configAlpha));
+    const list = await memberClient.list(NAMESPACES);
+    ns = ["NAME", ...list.items.map((n) => n.metadata.name)].join("\n");
+    memberClient.connection.close();
+  }
   show("", ns);
   if (!ns.includes("member-team-a")) throw new Error("the namespaces are not the member's");
 
   say("$ kubectl get clusters                                  (host)");
-  show("", await must("get clusters", kubectl(host, ["get", "clusters"])));
+  if (useKubectl) show("", await must("get clusters", kubectl(host, ["get", "clusters"])));
+  else {
+    const c = await hostClient.get<ClusterObj>(CLUSTERS, "alpha");
+    show(
+      "",
+      `alpha  proxy  AgentAvailable=${
+        condition(c, "AgentAvailable")
+      }  ${c.spec?.connection?.kubernetesAPIEndpoint}`,
+    );
+  }
+  hostClient.connection.close();
   say("OK: the host reached the member's API through the agent's outbound tunnel");
   ok = true;
 

@@ -54,7 +54,7 @@ Deno.test("walkthrough: token, ports, endpoints, Initialized, Service, AgentAvai
       const c = (await env.clusters.until("alpha", initialized, "alpha Initialized"))!;
       const conn = c.spec!.connection!;
       assert(/^[0-9a-f]{64}$/.test(conn.token!), `token ${conn.token}`);
-      assertEquals([conn.kubernetesAPIServerPort, conn.kubesphereAPIServerPort], [6000, 16000]);
+      assertEquals([conn.kubernetesAPIServerPort, conn.kubesphereAPIServerPort], [6001, 16001]);
       const svc = (await env.services.until("mc-alpha", (s) => !!s, "Service mc-alpha", {
         namespace: NS,
       }))!;
@@ -66,7 +66,7 @@ Deno.test("walkthrough: token, ports, endpoints, Initialized, Service, AgentAvai
       assertEquals(svc.spec!.selector, { app: "tower", "app.kubernetes.io/name": "tower" });
       assertEquals(
         svc.spec!.ports!.map((p) => [p.name, p.port, p.targetPort]),
-        [["kubernetes", 6443, 6000], ["kubesphere", 80, 16000]],
+        [["kubernetes", 6443, 6001], ["kubesphere", 80, 16001]],
       );
       assertEquals(svc.metadata.labels, { app: "mc-alpha", "app.kubernetes.io/name": "mc-alpha" });
 
@@ -74,7 +74,7 @@ Deno.test("walkthrough: token, ports, endpoints, Initialized, Service, AgentAvai
       await env.clusters.until("alpha", () => src.lookup("alpha")?.token === conn.token, "source");
       const rec = src.lookup("alpha")!;
       assertEquals(rec.enabled, true);
-      assertEquals(rec.kubernetesPort, 6000);
+      assertEquals(rec.kubernetesPort, 6001);
       assertEquals(rec.kubernetesEndpoint, `https://${ip}:6443`);
       assert(rec.endpointHosts.includes(ip));
       assert(rec.endpointHosts.includes("mc-alpha.kubesphere-system.svc"));
@@ -140,8 +140,8 @@ Deno.test("--publish-service-address: endpoints use it and the allocated ports",
     try {
       await env.client.create(CLUSTERS, clusterManifest("alpha"));
       const c = (await env.clusters.until("alpha", initialized, "alpha Initialized"))!;
-      assertEquals(c.spec!.connection!.kubernetesAPIEndpoint, "https://192.168.100.3:6000");
-      assertEquals(c.spec!.connection!.kubesphereAPIEndpoint, "http://192.168.100.3:16000");
+      assertEquals(c.spec!.connection!.kubernetesAPIEndpoint, "https://192.168.100.3:6001");
+      assertEquals(c.spec!.connection!.kubesphereAPIEndpoint, "http://192.168.100.3:16001");
     } finally {
       await src.close();
     }
@@ -239,7 +239,7 @@ Deno.test("deletion and joinFederation false remove the Service; the source repo
       const svc = await env.services.until("mc-b", (s) => !!s, "mc-b recreated", {
         namespace: NS,
       });
-      assertEquals(svc!.spec!.ports!.map((p) => p.targetPort), [6001, 16001]);
+      assertEquals(svc!.spec!.ports!.map((p) => p.targetPort), [6002, 16002]);
 
       // A stray mc-* Service with no Cluster is removed.
       await env.client.create<ServiceObject>(SERVICES, {

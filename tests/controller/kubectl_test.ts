@@ -68,7 +68,7 @@ Deno.test("README walkthrough (host side) with the real kubectl", async () => {
       ]),
       "get svc",
     );
-    assertEquals(svc, "6000 16000");
+    assertEquals(svc, "6001 16001");
 
     await src.agentConnected("alpha", {
       Version: "v0.1.0",

@@ -73,7 +73,7 @@ Deno.test("two replicas with --leader-elect: one reconciles; the other takes ove
       initialized,
       "beta Initialized by the new leader",
     );
-    assertEquals(beta!.spec!.connection!.kubernetesAPIServerPort, 6001);
+    assertEquals(beta!.spec!.connection!.kubernetesAPIServerPort, 6002);
     assert(second.src.controller.stats.reconciles > 0);
   } finally {
     await a.src.close();

@@ -1,22 +1,24 @@
 import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
-import { allocatePorts, pairIsFree } from "../../lib/controller/ports.ts";
+import { allocatePorts, FETCH_BLOCKED_PORTS, pairIsFree } from "../../lib/controller/ports.ts";
 
 Deno.test("allocatePorts picks the lowest pair with neither port used", () => {
-  assertEquals(allocatePorts(new Set()), { kubernetes: 6000, kubesphere: 16000 });
-  assertEquals(allocatePorts(new Set([6000])), { kubernetes: 6001, kubesphere: 16001 });
+  assertEquals(allocatePorts(new Set()), { kubernetes: 6001, kubesphere: 16001 });
+  assertEquals(allocatePorts(new Set([6001])), { kubernetes: 6002, kubesphere: 16002 });
   // A kubesphere port taken by someone else blocks the pair too.
-  assertEquals(allocatePorts(new Set([16000, 16001])), { kubernetes: 6002, kubesphere: 16002 });
+  assertEquals(allocatePorts(new Set([16001, 16002])), { kubernetes: 6003, kubesphere: 16003 });
 });
 
-Deno.test("1000 sequential allocations never collide, then the range is exhausted", () => {
+Deno.test("every free pair is handed out once, never a fetch-blocked port, then exhaustion", () => {
   const used = new Set<number>();
-  for (let i = 0; i < 1000; i++) {
+  const pairs = 1000 - FETCH_BLOCKED_PORTS.size;
+  for (let i = 0; i < pairs; i++) {
     const p = allocatePorts(used);
     assert(!used.has(p.kubernetes) && !used.has(p.kubesphere));
+    assert(!FETCH_BLOCKED_PORTS.has(p.kubernetes), `${p.kubernetes} is blocked by fetch`);
     used.add(p.kubernetes);
     used.add(p.kubesphere);
   }
-  assertEquals(used.size, 2000);
+  assertEquals(used.size, 2 * pairs);
   assertThrows(() => allocatePorts(used), Error, "no free port pair");
 });
 

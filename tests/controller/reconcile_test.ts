@@ -91,14 +91,14 @@ Deno.test("new Cluster: Service first, then ports, token, endpoints, Initialized
     type: "ClusterIP",
     selector: { app: "tower", "app.kubernetes.io/name": "tower" },
     ports: [
-      { name: "kubernetes", protocol: "TCP", port: 6443, targetPort: 6000 },
-      { name: "kubesphere", protocol: "TCP", port: 80, targetPort: 16000 },
+      { name: "kubernetes", protocol: "TCP", port: 6443, targetPort: 6001 },
+      { name: "kubesphere", protocol: "TCP", port: 80, targetPort: 16001 },
     ],
   });
   // No address yet: ports and token, no endpoints, not Initialized.
   const c = plan.cluster!;
-  assertEquals(c.spec!.connection!.kubernetesAPIServerPort, 6000);
-  assertEquals(c.spec!.connection!.kubesphereAPIServerPort, 16000);
+  assertEquals(c.spec!.connection!.kubernetesAPIServerPort, 6001);
+  assertEquals(c.spec!.connection!.kubesphereAPIServerPort, 16001);
   assertEquals(c.spec!.connection!.token, TOKEN);
   assertEquals(c.spec!.connection!.kubernetesAPIEndpoint, undefined);
   assertEquals(findCondition(c, "Initialized"), undefined);
@@ -148,10 +148,10 @@ Deno.test("converged: a second reconcile writes nothing (no hot loop)", () => {
 Deno.test("--publish-service-address: endpoints use it and the allocated ports", () => {
   const end = converge(input({ publishAddress: "192.168.100.3" }));
   const conn = end.cluster.spec!.connection!;
-  assertEquals(conn.kubernetesAPIEndpoint, "https://192.168.100.3:6000");
-  assertEquals(conn.kubesphereAPIEndpoint, "http://192.168.100.3:16000");
+  assertEquals(conn.kubernetesAPIEndpoint, "https://192.168.100.3:6001");
+  assertEquals(conn.kubesphereAPIEndpoint, "http://192.168.100.3:16001");
   const v6 = converge(input({ publishAddress: "fd00::1" }));
-  assertEquals(v6.cluster.spec!.connection!.kubernetesAPIEndpoint, "https://[fd00::1]:6000");
+  assertEquals(v6.cluster.spec!.connection!.kubernetesAPIEndpoint, "https://[fd00::1]:6001");
   // The Service is still created.
   assert(end.service);
 });
@@ -185,7 +185,7 @@ Deno.test("ports: existing free pair kept, colliding pair reallocated, used port
   ) {
     const c = cluster({ connection: { type: "proxy", token: "t", ...bad } });
     const p = reconcileCluster(input({ cluster: c })).cluster!.spec!.connection!;
-    assertEquals([p.kubernetesAPIServerPort, p.kubesphereAPIServerPort], [6000, 16000]);
+    assertEquals([p.kubernetesAPIServerPort, p.kubesphereAPIServerPort], [6001, 16001]);
   }
 });
 
@@ -419,7 +419,7 @@ Deno.test("Service drift is repaired: ports, selector, type, labels", () => {
   if (plan.service.kind !== "update") throw new Error("want update");
   const s = plan.service.service;
   assertEquals(s.spec!.selector, { app: "tower", "app.kubernetes.io/name": "tower" });
-  assertEquals(s.spec!.ports![0].targetPort, 6000);
+  assertEquals(s.spec!.ports![0].targetPort, 6001);
   assertEquals(s.metadata.labels, {
     team: "x",
     app: "mc-alpha",

@@ -396,7 +396,7 @@ Deno.test("walkthrough: CRD, proxy, Cluster, token, agent, kubeconfig, kubectl t
 });
 
 // In this file so that it never runs beside the walkthrough above: both let the
-// controller allocate the first port pair (6000/16000) on this machine.
+// controller allocate the first port pair (6001/16001) on this machine.
 Deno.test("deno task demo runs the whole flow and exits 0", async () => {
   const r = await run(Deno.execPath(), ["run", "-A", "--quiet", "scripts/demo.ts"], {
     timeoutMs: 120_000,
