@@ -115,12 +115,21 @@ export function recordsFromEntries(
     if (!k && prev?.kubernetesPort && !used.has(prev.kubernetesPort)) k = prev.kubernetesPort;
     if (!s && prev?.kubespherePort && !used.has(prev.kubespherePort)) s = prev.kubespherePort;
     if (!k || !s) {
-      const pair = allocatePorts(used);
-      k ??= pair.kubernetes;
-      s ??= pair.kubesphere;
+      try {
+        const pair = allocatePorts(used);
+        k ??= pair.kubernetes;
+        s ??= pair.kubesphere;
+      } catch (err) {
+        // The agents of this cluster may still connect; its endpoints wait for ports.
+        log.warn("No ports for the cluster's endpoints", {
+          cluster: e.name,
+          err: (err as Error).message,
+        });
+        k = s = undefined;
+      }
     }
-    used.add(k);
-    used.add(s);
+    if (k) used.add(k);
+    if (s) used.add(s);
     out.set(e.name, {
       name: e.name,
       token: e.token,
@@ -128,7 +137,7 @@ export function recordsFromEntries(
       kubernetesPort: k,
       kubespherePort: s,
       endpointHosts: [publishAddress],
-      kubernetesEndpoint: `https://${hostForUrl(publishAddress)}:${k}`,
+      kubernetesEndpoint: k ? `https://${hostForUrl(publishAddress)}:${k}` : undefined,
     });
   }
   return out;
