@@ -5,11 +5,11 @@
  * @module
  */
 
-import { KubeConfig } from "@kubernetes/client-node";
 import { Buffer } from "node:buffer";
 import type { AgentConfig } from "../tunnel/handshake.ts";
 import { serviceHostPort } from "../tunnel/handshake.ts";
 import { VERSION } from "../version.ts";
+import { loadClientNode } from "../kube/config.ts";
 
 /** Inputs from the agent's flags. */
 export interface MemberConfigInput {
@@ -53,7 +53,7 @@ type Member = Pick<
 >;
 
 async function fromKubeconfig(path: string): Promise<Member> {
-  const kc = new KubeConfig();
+  const kc = new (await loadClientNode()).KubeConfig();
   try {
     kc.loadFromFile(path);
   } catch (err) {

@@ -8,10 +8,19 @@
  * @module
  */
 
-import { KubeConfig } from "@kubernetes/client-node";
+import type { KubeConfig } from "@kubernetes/client-node";
 import type { RequestOptions } from "node:https";
 import { Buffer } from "node:buffer";
 import { logger } from "../log.ts";
+
+/**
+ * `@kubernetes/client-node`, loaded on first use: it costs ~80 MiB of resident memory, which a
+ * proxy on a clusters file (no Kubernetes at all) should not pay. A literal specifier keeps it in
+ * the static module graph that `deno compile` bundles.
+ */
+export function loadClientNode(): Promise<typeof import("@kubernetes/client-node")> {
+  return import("@kubernetes/client-node");
+}
 
 const log = logger("kube/config");
 
@@ -68,7 +77,7 @@ export async function loadKubeConnection(
   path: string,
   opts: LoadOptions = {},
 ): Promise<KubeConnection> {
-  const kc = new KubeConfig();
+  const kc = new (await loadClientNode()).KubeConfig();
   const where = path === "" ? "in-cluster config" : `kubeconfig ${path}`;
   try {
     if (path === "") {
