@@ -14,6 +14,7 @@ import { logger, redact } from "../log.ts";
 import { type AgentConfig, encodeAgentConfig } from "../tunnel/handshake.ts";
 import { fingerprintOf } from "../tunnel/hostkey.ts";
 import { SSH_ALGORITHMS } from "../tunnel/protocol.ts";
+import { installFastChaChaPoly } from "../tunnel/ssh_cipher.ts";
 import { acceptAnyIdent, onKubesphereChannel } from "../tunnel/ssh_compat.ts";
 import { GlobalRequester } from "../tunnel/ssh_requests.ts";
 import { VERSION } from "../version.ts";
@@ -101,6 +102,7 @@ export class Agent {
    * @throws Error when `--max-retry` consecutive attempts failed.
    */
   async run(signal: AbortSignal): Promise<void> {
+    await installFastChaChaPoly();
     const backoff = new Backoff({
       minMs: this.#opts.minRetryIntervalMs ?? 1000,
       maxMs: this.#opts.maxRetryIntervalMs ?? 120_000,

@@ -14,6 +14,7 @@ import type { AgentPort } from "./agent_port.ts";
 import type { ClusterSource } from "./clusters.ts";
 import { SessionRegistry } from "./registry.ts";
 import { TunnelServer, type TunnelServerOptions } from "./tunnel_server.ts";
+import { installFastChaChaPoly } from "../tunnel/ssh_cipher.ts";
 
 const log = logger("proxy");
 
@@ -77,6 +78,7 @@ export class ProxyApp {
   /** Load clusters, then listen for agents. */
   async start(): Promise<void> {
     const { clusters } = this.#opts;
+    await installFastChaChaPoly();
     await clusters.ready();
     this.#unsubscribe = clusters.subscribe((name, rec) => {
       if (!rec || !rec.enabled) {

@@ -1,0 +1,306 @@
+/**
+ * A faster `chacha20-poly1305@openssh.com` for ssh2 1.17.0 under Deno, byte-for-byte the same
+ * on the wire (it is the cipher the agent link prefers, SPEC §1).
+ *
+ * Without its native addon (never available under Deno) ssh2 seals each packet with three
+ * `createCipheriv("chacha20")` objects, a Poly1305 call through Emscripten's `cwrap` (which
+ * copies the packet onto the WASM stack) and three separate writes (length, body, MAC), and
+ * opens each with the same again. Here each packet costs two cipher objects (the Poly1305 key
+ * and the body come from one ChaCha20 stream, blocks 0 and 1…), is sealed in place in a buffer
+ * that already has room for its MAC and leaves in one write; Poly1305 runs on ssh2's own WASM
+ * build, called directly on one reused region of its memory.
+ *
+ * It works by replacing `allocPacket`/`encrypt` and `decrypt` on the prototypes of ssh2's
+ * `ChaChaPolyCipherNative`/`ChaChaPolyDecipherNative` ({@link installFastChaChaPoly}); the
+ * instance fields those methods use are the ones ssh2's constructors set. `checkChaChaPoly()`
+ * fails loudly if ssh2 changes shape, and tests/tunnel/ssh_cipher_test.ts checks the output
+ * against ssh2's own implementation both ways.
+ * @module
+ */
+
+import { Buffer } from "node:buffer";
+import { createCipheriv, createDecipheriv, randomFillSync, timingSafeEqual } from "node:crypto";
+import cryptoModule from "ssh2/lib/protocol/crypto.js";
+import createPoly1305Module from "ssh2/lib/protocol/crypto/poly1305.js";
+
+/** The name of the cipher on the wire. */
+export const CHACHA_POLY = "chacha20-poly1305@openssh.com";
+
+/** ssh2's largest accepted packet length field (lib/protocol/crypto.js `MAX_PACKET_SIZE`). */
+const MAX_PACKET_SIZE = 35000;
+
+interface Poly1305Wasm {
+  HEAPU8: Uint8Array;
+  _malloc(n: number): number;
+  _poly1305_auth(
+    out: number,
+    m1: number,
+    m1Len: number,
+    m2: number,
+    m2Len: number,
+    key: number,
+  ): void;
+}
+
+interface Ssh2Crypto {
+  CIPHER_INFO: Record<string, unknown>;
+  bindingAvailable: boolean;
+  init: Promise<void>;
+  createCipher(config: unknown): CipherInstance;
+  createDecipher(config: unknown): DecipherInstance;
+}
+
+/** The fields ssh2's `ChaChaPolyCipherNative` constructor sets. */
+interface CipherInstance {
+  outSeqno: number;
+  _onWrite(data: Buffer): void;
+  _encKeyMain: Buffer;
+  _encKeyPktLen: Buffer;
+  _dead: boolean;
+  allocPacket(payloadLen: number): Buffer;
+  encrypt(packet: Buffer): void;
+}
+
+/** The fields ssh2's `ChaChaPolyDecipherNative` constructor sets. */
+interface DecipherInstance {
+  inSeqno: number;
+  _onPayload(payload: Buffer): unknown;
+  _decKeyMain: Buffer;
+  _decKeyPktLen: Buffer;
+  _len: number;
+  _lenBuf: Buffer;
+  _lenPos: number;
+  _packet: Uint8Array | null;
+  _pktLen: number;
+  _mac: Buffer;
+  _calcMac: Buffer;
+  _macPos: number;
+  decrypt(data: Uint8Array, p: number, dataLen: number): number | undefined;
+}
+
+const ssh2Crypto = cryptoModule as unknown as Ssh2Crypto;
+const ZEROS64 = Buffer.alloc(64);
+/** ChaCha20 IV as node:crypto takes it: 32-bit LE block counter 0, then the 96-bit nonce. */
+const IV = Buffer.alloc(16);
+
+let poly: Poly1305Wasm | undefined;
+/** Offsets in the WASM memory: output MAC, key, message (length field + packet). */
+let polyOut = 0;
+let polyKey = 0;
+let polyMsg = 0;
+
+function setIv(seqno: number): Buffer {
+  IV[12] = seqno >>> 24;
+  IV[13] = (seqno >>> 16) & 0xff;
+  IV[14] = (seqno >>> 8) & 0xff;
+  IV[15] = seqno & 0xff;
+  return IV;
+}
+
+/**
+ * Poly1305 of `lenField ‖ body` under the first 32 bytes of `key`, written to `out[outOff..+16]`.
+ * `lenField` is 4 bytes; `body` at most {@link MAX_PACKET_SIZE}.
+ */
+function poly1305(
+  lenField: Uint8Array,
+  body: Uint8Array,
+  key: Uint8Array,
+  out: Uint8Array,
+  outOff: number,
+): void {
+  const m = poly!;
+  const heap = m.HEAPU8; // read each time: Emscripten replaces the view if memory grows
+  heap.set(lenField.subarray(0, 4), polyMsg);
+  heap.set(body, polyMsg + 4);
+  heap.set(key.subarray(0, 32), polyKey);
+  m._poly1305_auth(polyOut, polyMsg, 4, polyMsg + 4, body.length, polyKey);
+  out.set(heap.subarray(polyOut, polyOut + 16), outOff);
+}
+
+function allocPacket(this: CipherInstance, payloadLen: number): Buffer {
+  let pktLen = 4 + 1 + payloadLen;
+  let padLen = 8 - ((pktLen - 4) & 7);
+  if (padLen < 4) padLen += 8;
+  pktLen += padLen;
+  const packet = Buffer.allocUnsafe(pktLen + 16);
+  packet.writeUInt32BE(pktLen - 4, 0);
+  packet[4] = padLen;
+  randomFillSync(packet, 5 + payloadLen, padLen);
+  return packet;
+}
+
+function encrypt(this: CipherInstance, packet: Buffer): void {
+  if (this._dead) return;
+  const end = packet.length - 16;
+  const iv = setIv(this.outSeqno);
+  const lenEnc = createCipheriv("chacha20", this._encKeyPktLen, iv).update(packet.subarray(0, 4));
+  packet.set(lenEnc, 0);
+  const main = createCipheriv("chacha20", this._encKeyMain, iv);
+  const key = main.update(ZEROS64); // block 0: the Poly1305 key (first 32 bytes)
+  const body = main.update(packet.subarray(4, end)); // blocks 1…: the packet body
+  packet.set(body, 4);
+  poly1305(lenEnc, body, key, packet, end);
+  this._onWrite(packet);
+  this.outSeqno = (this.outSeqno + 1) >>> 0;
+}
+
+function decrypt(
+  this: DecipherInstance,
+  data: Uint8Array,
+  p: number,
+  dataLen: number,
+): number | undefined {
+  while (p < dataLen) {
+    // Packet length
+    if (this._lenPos < 4) {
+      let nb = Math.min(4 - this._lenPos, dataLen - p);
+      while (nb--) this._lenBuf[this._lenPos++] = data[p++];
+      if (this._lenPos < 4) return;
+      const lenDec = createDecipheriv("chacha20", this._decKeyPktLen, setIv(this.inSeqno))
+        .update(this._lenBuf);
+      this._len = lenDec.readUInt32BE(0);
+      if (this._len > MAX_PACKET_SIZE || this._len < 8 || (this._len & 7) !== 0) {
+        throw new Error("Bad packet length");
+      }
+    }
+    // Padding length, payload and padding
+    if (this._pktLen < this._len) {
+      if (p >= dataLen) return;
+      const nb = Math.min(this._len - this._pktLen, dataLen - p);
+      const encrypted = p !== 0 || nb !== dataLen
+        ? new Uint8Array(data.buffer, data.byteOffset + p, nb)
+        : data;
+      if (nb === this._len) {
+        this._packet = encrypted;
+      } else {
+        if (!this._packet) this._packet = Buffer.allocUnsafe(this._len);
+        this._packet.set(encrypted, this._pktLen);
+      }
+      p += nb;
+      this._pktLen += nb;
+      if (this._pktLen < this._len || p >= dataLen) return;
+    }
+    // MAC
+    {
+      const nb = Math.min(16 - this._macPos, dataLen - p);
+      this._mac.set(
+        p !== 0 || nb !== dataLen ? new Uint8Array(data.buffer, data.byteOffset + p, nb) : data,
+        this._macPos,
+      );
+      p += nb;
+      this._macPos += nb;
+      if (this._macPos < 16) return;
+    }
+    const main = createCipheriv("chacha20", this._decKeyMain, setIv(this.inSeqno));
+    const key = main.update(ZEROS64);
+    const sealed = this._packet!;
+    poly1305(this._lenBuf, sealed, key, this._calcMac, 0);
+    if (!timingSafeEqual(this._calcMac, this._mac)) throw new Error("Invalid MAC");
+    const packet = main.update(sealed);
+    const payload = Buffer.from(
+      packet.buffer,
+      packet.byteOffset + 1,
+      packet.length - packet[0] - 1,
+    );
+
+    this.inSeqno = (this.inSeqno + 1) >>> 0;
+    this._len = 0;
+    this._lenPos = 0;
+    this._packet = null;
+    this._pktLen = 0;
+    this._macPos = 0;
+
+    const ret = this._onPayload(payload);
+    if (ret !== undefined) return ret === false ? p : (ret as number);
+  }
+}
+
+function probeConfigs(): { cipher: CipherInstance; decipher: DecipherInstance } {
+  const info = ssh2Crypto.CIPHER_INFO[CHACHA_POLY];
+  const cipher = ssh2Crypto.createCipher({
+    outbound: {
+      seqno: 0,
+      onWrite() {},
+      cipherInfo: info,
+      cipherKey: Buffer.alloc(64),
+      macInfo: null,
+    },
+  });
+  const decipher = ssh2Crypto.createDecipher({
+    inbound: {
+      seqno: 0,
+      onPayload() {},
+      decipherInfo: info,
+      decipherKey: Buffer.alloc(64),
+      macInfo: null,
+    },
+  });
+  return { cipher, decipher };
+}
+
+/**
+ * The prototypes to patch, or an error naming what changed: ssh2 must be using its
+ * pure-JavaScript ChaCha20-Poly1305 classes with the fields this module relies on.
+ */
+export function checkChaChaPoly(): {
+  cipherProto: CipherInstance;
+  decipherProto: DecipherInstance;
+} {
+  const { cipher, decipher } = probeConfigs();
+  const cipherProto = Object.getPrototypeOf(cipher) as CipherInstance;
+  const decipherProto = Object.getPrototypeOf(decipher) as DecipherInstance;
+  const problems: string[] = [];
+  if (cipherProto.constructor.name !== "ChaChaPolyCipherNative") {
+    problems.push(`cipher class is ${cipherProto.constructor.name}`);
+  }
+  if (decipherProto.constructor.name !== "ChaChaPolyDecipherNative") {
+    problems.push(`decipher class is ${decipherProto.constructor.name}`);
+  }
+  for (const f of ["outSeqno", "_onWrite", "_encKeyMain", "_encKeyPktLen", "_dead"] as const) {
+    if (!(f in cipher)) problems.push(`cipher field ${f} missing`);
+  }
+  for (
+    const f of [
+      "inSeqno",
+      "_onPayload",
+      "_decKeyMain",
+      "_decKeyPktLen",
+      "_lenBuf",
+      "_lenPos",
+      "_packet",
+      "_pktLen",
+      "_mac",
+      "_calcMac",
+      "_macPos",
+    ] as const
+  ) {
+    if (!(f in decipher)) problems.push(`decipher field ${f} missing`);
+  }
+  if (problems.length > 0) {
+    throw new Error(`ssh2 chacha20-poly1305 internals changed: ${problems.join("; ")}`);
+  }
+  return { cipherProto, decipherProto };
+}
+
+let installed: Promise<void> | undefined;
+
+/**
+ * Replace ssh2's ChaCha20-Poly1305 packet methods with the ones above, once per process.
+ * Sessions whose keys are already in use keep working (the fields are shared); call before
+ * any session is set up. Resolves when the Poly1305 module is ready.
+ */
+export function installFastChaChaPoly(): Promise<void> {
+  installed ??= (async () => {
+    await ssh2Crypto.init;
+    const { cipherProto, decipherProto } = checkChaChaPoly();
+    const m = await (createPoly1305Module as unknown as () => Promise<Poly1305Wasm>)();
+    polyOut = m._malloc(16);
+    polyKey = m._malloc(32);
+    polyMsg = m._malloc(4 + MAX_PACKET_SIZE + 16);
+    poly = m;
+    cipherProto.allocPacket = allocPacket;
+    cipherProto.encrypt = encrypt;
+    decipherProto.decrypt = decrypt;
+  })();
+  return installed;
+}
