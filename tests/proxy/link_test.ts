@@ -92,10 +92,13 @@ Deno.test("agent connects; bytes round-trip both ways with half-close, 64 MiB, 2
         const results = await Promise.all(
           Array.from({ length: 200 }, async (_, i) => {
             const ch = await echoSession.openStream(target(echo.port));
+            const closed = new Promise((r) => ch.once("close", r));
             const payload = Buffer.from(`channel-${i}-`.repeat(1000 + i));
             const back = readAllNode(ch);
             ch.end(payload);
             const got = await back;
+            // The session counts a channel until both sides have closed it, which follows EOF.
+            await closed;
             return got.equals(payload);
           }),
         );
