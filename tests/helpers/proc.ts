@@ -147,7 +147,9 @@ export function denoRun(
   args: string[],
   env?: Record<string, string>,
 ): Proc {
-  return new Proc(name, Deno.execPath(), ["run", "-A", "--quiet", script, ...args], env);
+  // TOWER_DENO_FLAGS adds runtime flags to every child (e.g. `--cpu-prof` for profiling).
+  const extra = (Deno.env.get("TOWER_DENO_FLAGS") ?? "").split(/\s+/).filter((f) => f !== "");
+  return new Proc(name, Deno.execPath(), ["run", "-A", "--quiet", ...extra, script, ...args], env);
 }
 
 /** Run a command to completion and return its output. */
