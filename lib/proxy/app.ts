@@ -78,8 +78,8 @@ export class ProxyApp {
   /** Load clusters, then listen for agents. */
   async start(): Promise<void> {
     const { clusters } = this.#opts;
-    await installFastChaChaPoly();
-    await clusters.ready();
+    // Both at once: a source that fails to load must be awaited before the rejection is seen.
+    await Promise.all([clusters.ready(), installFastChaChaPoly()]);
     this.#unsubscribe = clusters.subscribe((name, rec) => {
       if (!rec || !rec.enabled) {
         const n = this.registry.closeCluster(
