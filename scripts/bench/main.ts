@@ -53,6 +53,11 @@ export const BENCH_FLAGS: FlagSpecs = {
   "fair-duration": { kind: "duration", default: 3_000, help: "length of each fairness run" },
   agents: { kind: "int", default: 1000, min: 0, help: "agents of the scale figure (0: skip)" },
   "agent-procs": { kind: "int", default: 4, min: 1, help: "processes the scale agents run in" },
+  settle: {
+    kind: "duration",
+    default: 30_000,
+    help: "how long the scale figure watches the proxy's RSS settle with every agent connected",
+  },
   only: {
     kind: "string",
     default: "",
@@ -385,10 +390,18 @@ async function main(args: string[]): Promise<number> {
       const scaleDir = `${dir}/scale`;
       await Deno.mkdir(scaleDir);
       say(`scale: ${v.agents} agents in ${v["agent-procs"]} processes`);
-      const s = await scale(scaleDir, v.agents as number, v["agent-procs"] as number, runs, say);
+      const s = await scale(
+        scaleDir,
+        v.agents as number,
+        v["agent-procs"] as number,
+        runs,
+        say,
+        v.settle as number,
+      );
       results.add("scale", "initial_connect", "tower", s.initialConnectS, "s", "lower");
       results.add("scale", "connect_rate", "tower", s.connectRate, "agents/s", "higher");
       results.add("scale", "proxy_rss", "tower", s.proxyRssMiB, "MiB", "lower");
+      results.add("scale", "proxy_rss_settled", "tower", s.proxyRssSettledMiB, "MiB", "lower");
       for (const r of s.restarts) {
         results.add("scale", "restart_all_back", "tower", r.allBackS, "s", "lower");
         results.add("scale", "proxy_rss_after_restart", "tower", r.proxyRssMiB, "MiB", "lower");

@@ -27,8 +27,13 @@ export interface ScaleResult {
   initialConnectS: number;
   /** Agents per second during the initial connect. */
   connectRate: number;
-  /** Proxy RSS (MiB) with every agent connected, before any restart. */
+  /** Proxy RSS (MiB) right after every agent connected (the connect storm's garbage included). */
   proxyRssMiB: number;
+  /**
+   * Lowest proxy RSS (MiB) over `settleMs` after that, every agent still connected: the steady
+   * state once V8 has collected the handshakes' garbage (it does so after some quiet seconds).
+   */
+  proxyRssSettledMiB: number;
   restarts: ScaleRestart[];
 }
 
@@ -60,6 +65,18 @@ async function waitCount(
   }
 }
 
+/** Lowest RSS of `pid` sampled every 250 ms for `ms`, checking the agents stay connected. */
+async function settledRss(pid: number, ms: number, stillAll: () => void): Promise<number> {
+  let min = rssMiB(pid);
+  const end = performance.now() + ms;
+  while (performance.now() < end) {
+    await new Promise((r) => setTimeout(r, 250));
+    stillAll();
+    min = Math.min(min, rssMiB(pid));
+  }
+  return min;
+}
+
 /** Run the scale figure with `agents` agents in `procs` worker processes. */
 export async function scale(
   dir: string,
@@ -67,6 +84,7 @@ export async function scale(
   procs: number,
   restarts: number,
   log: (msg: string) => void,
+  settleMs = 30_000,
 ): Promise<ScaleResult> {
   const seed = crypto.randomUUID();
   const names = Array.from({ length: agents }, (_, i) => ({
@@ -101,6 +119,11 @@ export async function scale(
         proxyRss.toFixed(0)
       } MiB`,
     );
+    const proxyRssSettled = await settledRss(proxy.child.pid, settleMs, () => {
+      const n = workers.reduce((s, w) => s + connectedOf(w), 0);
+      if (n < agents) throw new Error(`scale: only ${n} of ${agents} agents stayed connected`);
+    });
+    log(`scale: proxy RSS settled at ${proxyRssSettled.toFixed(0)} MiB`);
     const out: ScaleRestart[] = [];
     for (let r = 0; r < restarts; r++) {
       const t = performance.now();
@@ -122,6 +145,7 @@ export async function scale(
       initialConnectS,
       connectRate: agents / initialConnectS,
       proxyRssMiB: proxyRss,
+      proxyRssSettledMiB: proxyRssSettled,
       restarts: out,
     };
   } finally {
