@@ -16,11 +16,8 @@
 
 import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
+import { SlabReader } from "../slab.ts";
 
-/** Largest single read from the target. */
-const READ_MAX = 256 * 1024;
-/** A read gets at least this much room; a fresh slab is taken below it. */
-const READ_MIN = 16 * 1024;
 /** Queued channel → TCP bytes above which the channel is paused. */
 const UP_HIGH_WATER = 1 << 20;
 
@@ -36,47 +33,6 @@ export async function dialTarget(target: string): Promise<Deno.TcpConn> {
   const conn = await Deno.connect({ ...splitHostPort(target), transport: "tcp" });
   conn.setNoDelay(true);
   return conn;
-}
-
-/**
- * Hands out read buffers as consecutive slices of a slab. A slice given out is
- * never handed out again; the slab is dropped (left to the GC with whatever
- * slices still use it) once less than {@link READ_MIN} is left. Slabs start
- * small and double (up to `max`) while reads fill all the room they get, so an
- * idle or slow stream holds little memory and a bulk one reads in large pieces.
- */
-export class SlabReader {
-  #slab: Uint8Array<ArrayBuffer> = new Uint8Array(0);
-  #pos = 0;
-  #size: number;
-  #lastRoom = 0;
-  readonly #max: number;
-
-  constructor(initial = 64 * 1024, max = READ_MAX) {
-    this.#size = Math.max(initial, READ_MIN);
-    this.#max = Math.max(max, this.#size);
-  }
-
-  /** Room for the next read (at most `max` bytes). */
-  room(): Uint8Array<ArrayBuffer> {
-    if (this.#slab.length - this.#pos < READ_MIN) {
-      this.#slab = new Uint8Array(this.#size);
-      this.#pos = 0;
-    }
-    const room = this.#slab.subarray(this.#pos, this.#pos + this.#max);
-    this.#lastRoom = room.length;
-    return room;
-  }
-
-  /** Claim the first `n` bytes of the last {@link room} as a Buffer of its own. */
-  take(n: number): Buffer {
-    if (n === this.#lastRoom && this.#size < this.#max) {
-      this.#size = Math.min(this.#max, this.#size * 2);
-    }
-    const b = Buffer.from(this.#slab.buffer, this.#slab.byteOffset + this.#pos, n);
-    this.#pos += n;
-    return b;
-  }
 }
 
 /**

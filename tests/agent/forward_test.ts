@@ -13,7 +13,7 @@ import {
   sourceServer,
   startTcpServer,
 } from "../helpers/tunnel.ts";
-import { dialTarget, pipeChannel, SlabReader, splitHostPort } from "../../lib/agent/forward.ts";
+import { dialTarget, pipeChannel, splitHostPort } from "../../lib/agent/forward.ts";
 
 /** Stands in for an SSH channel: what the agent writes is kept (not copied). */
 class FakeChannel extends Duplex {
@@ -147,29 +147,6 @@ Deno.test("the target closing abruptly ends the pipe and closes the channel", as
   } finally {
     await server.close();
   }
-});
-
-Deno.test("SlabReader: slices never overlap; slabs grow while reads fill them", () => {
-  const slab = new SlabReader(16 * 1024, 128 * 1024);
-  const taken: Buffer[] = [];
-  let rooms = 0;
-  for (let i = 0; i < 40; i++) {
-    const room = slab.room();
-    rooms = Math.max(rooms, room.length);
-    const n = room.length; // a read that fills all the room
-    room.fill(i);
-    taken.push(slab.take(n));
-  }
-  assertEquals(rooms, 128 * 1024, "room grows to the maximum");
-  taken.forEach((b, i) => assert(b.every((x) => x === (i & 0xff)), `slice ${i} overwritten`));
-  // Small reads share one slab.
-  const small = new SlabReader(64 * 1024);
-  const a = small.room();
-  a[0] = 1;
-  const ta = small.take(100);
-  const b = small.room();
-  assertEquals(b.byteOffset, ta.byteOffset + 100);
-  assertEquals(b.buffer, ta.buffer);
 });
 
 Deno.test("the channel closing closes a keep-alive target connection (the stream is released)", async () => {
