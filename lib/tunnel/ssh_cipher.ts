@@ -26,8 +26,17 @@ import createPoly1305Module from "ssh2/lib/protocol/crypto/poly1305.js";
 /** The name of the cipher on the wire. */
 export const CHACHA_POLY = "chacha20-poly1305@openssh.com";
 
-/** ssh2's largest accepted packet length field (lib/protocol/crypto.js `MAX_PACKET_SIZE`). */
-const MAX_PACKET_SIZE = 35000;
+/**
+ * Largest channel data payload a Tower end announces when its inbound cipher is this one:
+ * eight times SSH's customary 32 KiB, so a bulk transfer costs an eighth of the per-packet work
+ * (cipher setup, Poly1305 call, parsing, socket writes). The peer sends packets up to this size
+ * only if we announce it; ssh2's other ciphers still refuse anything over 35,000 bytes, and Go's
+ * transport reads packets up to 256 KiB, so both ends stay compatible.
+ */
+export const LARGE_PACKET_SIZE = 256 * 1024;
+
+/** Largest packet length field accepted: a {@link LARGE_PACKET_SIZE} payload and its framing. */
+const MAX_PACKET_SIZE = LARGE_PACKET_SIZE + 1024;
 
 interface Poly1305Wasm {
   HEAPU8: Uint8Array;
@@ -280,6 +289,15 @@ export function checkChaChaPoly(): {
     throw new Error(`ssh2 chacha20-poly1305 internals changed: ${problems.join("; ")}`);
   }
   return { cipherProto, decipherProto };
+}
+
+/**
+ * Whether packets arriving through `decipher` (a `Protocol`'s `_decipher`) are opened by this
+ * module, which accepts up to {@link LARGE_PACKET_SIZE} of channel data per packet.
+ */
+export function acceptsLargePackets(decipher: unknown): boolean {
+  if (typeof decipher !== "object" || decipher === null) return false;
+  return (decipher as { decrypt?: unknown }).decrypt === decrypt;
 }
 
 let installed: Promise<void> | undefined;

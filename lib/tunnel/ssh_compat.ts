@@ -44,6 +44,7 @@ import type { Client, ClientChannel, Connection, Server, ServerChannel } from "s
 import channelLib from "ssh2/lib/Channel.js";
 import protoUtils from "ssh2/lib/protocol/utils.js";
 import { logger } from "../log.ts";
+import { acceptsLargePackets, LARGE_PACKET_SIZE } from "./ssh_cipher.ts";
 
 const log = logger("ssh-compat");
 
@@ -70,6 +71,7 @@ export const SSH2_INTERNALS = {
     "_identRaw", // own ident used in the exchange hash (kex.js)
     "_handlers", // per-connection message handlers; CHANNEL_OPEN is replaced
     "_packetRW", // .read is the (de)compressing packet reader, .write the packet builder
+    "_decipher", // inbound decipher: whether it is ours decides the packet size we announce
   ],
   "ChannelManager": ["add", "update", "remove", "get"],
   "Channel": [
@@ -110,6 +112,8 @@ interface ProtocolInternals {
   _identRaw: Buffer;
   _handlers: { CHANNEL_OPEN?: (p: unknown, info: ChannelOpenInfo) => void };
   _packetRW: { read: PacketReader; write: PacketWriter };
+  /** The inbound packet decipher (replaced at each key exchange). */
+  _decipher: unknown;
   channelOpenConfirm(remote: number, local: number, window: number, packetSize: number): void;
   channelOpenFail(remote: number, reason: number, desc: string): void;
 }
@@ -514,12 +518,13 @@ function dispatchKubesphereOpen(
   const accept = (): ClientChannel => {
     if (answered) throw new Error(`ssh compat: kubesphere channel to ${target} already answered`);
     answered = true;
+    const packetSize = localPacketSize(proto);
     const chanInfo: ChannelInfo = {
       type: KUBESPHERE_CHANNEL,
       incoming: {
         id: localChan,
         window: DEFAULT_WINDOW,
-        packetSize: DEFAULT_PACKET_SIZE,
+        packetSize,
         state: "open",
       },
       outgoing: {
@@ -533,7 +538,7 @@ function dispatchKubesphereOpen(
     enableHalfClose(stream);
     followTransport(stream, internals(client)._sock);
     mgr.update(localChan, stream);
-    proto.channelOpenConfirm(info.sender, localChan, DEFAULT_WINDOW, DEFAULT_PACKET_SIZE);
+    proto.channelOpenConfirm(info.sender, localChan, DEFAULT_WINDOW, packetSize);
     return stream;
   };
   const reject = (reason: number = OPEN_FAILURE.CONNECT_FAILED, description = ""): void => {
@@ -548,6 +553,15 @@ function dispatchKubesphereOpen(
     log.warn("kubesphere channel handler failed", { target, error: String(err) });
     reject(OPEN_FAILURE.CONNECT_FAILED, "internal error");
   }
+}
+
+/**
+ * The largest data packet to announce for channels of `proto`: {@link LARGE_PACKET_SIZE} when
+ * our own ChaCha20-Poly1305 opens its inbound packets, else ssh2's 32 KiB (its other ciphers
+ * refuse packets over 35,000 bytes).
+ */
+export function localPacketSize(proto: { _decipher?: unknown }): number {
+  return acceptsLargePackets(proto._decipher) ? LARGE_PACKET_SIZE : DEFAULT_PACKET_SIZE;
 }
 
 /** Options for {@link openKubesphereChannel}. */
@@ -601,10 +615,10 @@ export function openChannelWithExtraData(
 ): Promise<ServerChannel> {
   checkInternals(conn);
   const window = opts.window ?? DEFAULT_WINDOW;
-  const packetSize = opts.packetSize ?? DEFAULT_PACKET_SIZE;
   const what = `open ${type} channel to ${extra}`;
   const { _protocol: proto, _chanMgr: mgr } = internals(conn);
   if (!proto) return Promise.reject(new Error(`${what}: no session`));
+  const packetSize = opts.packetSize ?? localPacketSize(proto);
   return new Promise<ServerChannel>((resolve, reject) => {
     // ssh2's CHANNEL_OPEN_CONFIRMATION/FAILURE handlers call the function stored under our
     // channel id; `type` names the channel it then builds (server.js openChannel does this).

@@ -17,6 +17,8 @@ import {
   waitForSessions,
 } from "../helpers/tunnel.ts";
 
+import { LARGE_PACKET_SIZE } from "../../lib/tunnel/ssh_cipher.ts";
+
 const TOKEN = "a1".repeat(32);
 
 function target(port: number) {
@@ -59,11 +61,19 @@ Deno.test("agent connects; bytes round-trip both ways with half-close, 64 MiB, 2
       assertEquals(text, `sha256:${expect.digest("hex")} bytes:${64 << 20}\n`);
     });
 
-    await t.step("64 MiB down, ends with EOF", async () => {
+    await t.step("64 MiB down, ends with EOF, in 256 KiB packets", async () => {
       const ch = await session.openStream(target(source.port));
+      // Both Tower ends open packets with their own ChaCha20-Poly1305, so both announce large
+      // packets, and the agent sends data in packets over SSH's customary 32 KiB.
+      const info = ch as unknown as Record<"incoming" | "outgoing", { packetSize: number }>;
+      assertEquals(info.incoming.packetSize, LARGE_PACKET_SIZE);
+      assertEquals(info.outgoing.packetSize, LARGE_PACKET_SIZE);
+      let largest = 0;
+      ch.on("data", (c: Buffer) => largest = Math.max(largest, c.length));
       ch.end(); // nothing to send: half-close our side right away
       const got = await readAllNode(ch);
       assertEquals(got.length, 64 << 20);
+      assert(largest > 32 * 1024, `largest packet payload ${largest}`);
       const expect = createHash("sha256");
       const chunk = patternChunk(7);
       for (let i = 0; i < 64; i++) expect.update(chunk);

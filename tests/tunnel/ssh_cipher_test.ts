@@ -10,9 +10,11 @@ import fc from "fast-check";
 import cryptoModule from "ssh2/lib/protocol/crypto.js";
 import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
 import {
+  acceptsLargePackets,
   CHACHA_POLY,
   checkChaChaPoly,
   installFastChaChaPoly,
+  LARGE_PACKET_SIZE,
 } from "../../lib/tunnel/ssh_cipher.ts";
 
 // deno-lint-ignore no-explicit-any
@@ -163,4 +165,45 @@ Deno.test("ssh_cipher: tampered bytes, a wrong sequence number and a bad length 
   c.encrypt(p);
   const d = decipher(key, 9, []);
   assertThrows(() => d.decrypt(lenEnc[0], 0, lenEnc[0].length), Error, "Bad packet length");
+});
+
+Deno.test("ssh_cipher: 256 KiB payloads are sealed like ssh2 and opened; larger lengths refused", () => {
+  const key = randomBytes(64);
+  const payload = randomBytes(LARGE_PACKET_SIZE + 9); // CHANNEL_DATA header + 256 KiB of data
+  const { ours, theirs } = sealBoth(key, 3, payload);
+  assertEquals(ours.toString("hex"), theirs.toString("hex"));
+  const got: Buffer[] = [];
+  const d = decipher(key, 3, got);
+  feed(d, d.decrypt, ours, [1000, 70_000, 200_000]);
+  assertEquals(got.length, 1);
+  assert(got[0].equals(payload));
+  // ssh2's own decipher refuses what it never announces.
+  assertThrows(
+    () => orig.decrypt.call(decipher(key, 3, []), ours, 0, ours.length),
+    Error,
+    "Bad packet length",
+  );
+
+  const big: Buffer[] = [];
+  const c = cipher(key, 4, big);
+  const p = c.allocPacket(LARGE_PACKET_SIZE + 2048) as Buffer;
+  c.encrypt(p);
+  const d2 = decipher(key, 4, []);
+  assertThrows(() => d2.decrypt(big[0], 0, big[0].length), Error, "Bad packet length");
+});
+
+Deno.test("ssh_cipher: large packets are announced only for inbound packets this module opens", () => {
+  const key = randomBytes(64);
+  assert(acceptsLargePackets(decipher(key, 0, [])));
+  const gcm = ssh2.createDecipher({
+    inbound: {
+      seqno: 0,
+      onPayload() {},
+      decipherInfo: ssh2.CIPHER_INFO["aes128-gcm@openssh.com"],
+      decipherKey: randomBytes(16),
+      decipherIV: randomBytes(12),
+    },
+  });
+  assert(!acceptsLargePackets(gcm));
+  assert(!acceptsLargePackets(undefined));
 });
