@@ -146,10 +146,16 @@ export function denoRun(
   script: string,
   args: string[],
   env?: Record<string, string>,
+  runtimeFlags: string[] = [],
 ): Proc {
   // TOWER_DENO_FLAGS adds runtime flags to every child (e.g. `--cpu-prof` for profiling).
   const extra = (Deno.env.get("TOWER_DENO_FLAGS") ?? "").split(/\s+/).filter((f) => f !== "");
-  return new Proc(name, Deno.execPath(), ["run", "-A", "--quiet", ...extra, script, ...args], env);
+  return new Proc(
+    name,
+    Deno.execPath(),
+    ["run", "-A", "--quiet", ...runtimeFlags, ...extra, script, ...args],
+    env,
+  );
 }
 
 /** Run a command to completion and return its output. */
