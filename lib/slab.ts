@@ -27,7 +27,8 @@ export class SlabReader {
   readonly #max: number;
 
   constructor(initial = 64 * 1024, max = READ_MAX) {
-    this.#size = Math.max(initial, READ_MIN);
+    // A slab of READ_MIN would be replaced after every read, however small.
+    this.#size = Math.max(initial, 4 * READ_MIN);
     this.#max = Math.max(max, this.#size);
   }
 

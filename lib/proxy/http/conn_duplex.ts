@@ -27,7 +27,7 @@ export function connDuplex(conn: Deno.TcpConn): ConnDuplex {
   } catch {
     // already closed: the first read will say so
   }
-  const slab = new SlabReader(16 * 1024, 256 * 1024);
+  const slab = new SlabReader();
   let reading = false;
   let closed = false;
 
