@@ -323,23 +323,29 @@ export async function startProxyProc(
   label = "proxy",
 ): Promise<Proc> {
   const flags = (Deno.env.get("BENCH_PROXY_FLAGS") ?? "").split(/\s+/).filter((f) => f);
-  const proc = denoRun(label, "proxy.ts", [
-    "--clusters-file",
-    clustersPath,
-    "--host",
-    "127.0.0.1",
-    "--port",
-    String(port),
-    "--kubeconfig-dir",
-    dir,
-    "--host-key",
-    `${dir}/proxy_host_key`,
-    "--publish-service-address",
-    "127.0.0.1",
-    // The bulk PUT (256 MiB with --full) is over the endpoint's default 100 MiB body limit.
-    "--kubesphere-max-body",
-    "0",
-  ], undefined, flags);
+  const proc = denoRun(
+    label,
+    "proxy.ts",
+    [
+      "--clusters-file",
+      clustersPath,
+      "--host",
+      "127.0.0.1",
+      "--port",
+      String(port),
+      "--kubeconfig-dir",
+      dir,
+      "--host-key",
+      `${dir}/proxy_host_key`,
+      "--publish-service-address",
+      "127.0.0.1",
+      // The bulk PUT (256 MiB with --full) is over the endpoint's default 100 MiB body limit.
+      "--kubesphere-max-body",
+      "0",
+    ],
+    undefined,
+    flags,
+  );
   await proc.waitFor(/Listening on/, 60_000);
   return proc;
 }
