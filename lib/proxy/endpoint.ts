@@ -18,7 +18,6 @@ import {
   type RequestRecord,
 } from "./http/forward.ts";
 import type { PoolOptions } from "./http/pool.ts";
-import { type ConnDuplex, type ConnListener, listenConns } from "./http/conn_duplex.ts";
 import type { UpstreamAuth, UpstreamDialer } from "./http/upstream.ts";
 
 export type { ClientVerdict, RequestRecord } from "./http/forward.ts";
@@ -126,27 +125,6 @@ function listen(server: net.Server, host: string, port: number, what: string): P
   });
 }
 
-/** Bind the plain endpoint on Deno's own sockets; a bind failure becomes a {@link ListenError}. */
-function listenPlain(
-  host: string,
-  port: number,
-  what: string,
-  onConn: (sock: ConnDuplex) => void,
-  onError: (err: Error) => void,
-): ConnListener {
-  try {
-    return listenConns(host, port, onConn, onError);
-  } catch (err) {
-    const where = `${host === "0.0.0.0" ? "" : host}:${port}`;
-    const [why, code] = err instanceof Deno.errors.AddrInUse
-      ? ["address in use", "EADDRINUSE"]
-      : err instanceof Deno.errors.PermissionDenied
-      ? ["permission denied", "EACCES"]
-      : [(err as Error).message, (err as { code?: string }).code];
-    throw new ListenError(`${what}: listen ${where}: ${why}`, code, { cause: err });
-  }
-}
-
 function closeServer(server: net.Server): Promise<void> {
   return new Promise((resolve) => {
     if (!server.listening) return resolve();
@@ -226,10 +204,13 @@ export async function startClusterEndpoints(
   tlsServer.on("tlsClientError", (err: Error) => {
     log.v(2, "TLS handshake failed", { cluster: opts.cluster, error: err.message });
   });
+  const plainServer = net.createServer((sock: net.Socket) => {
+    tuneClientSocket(sock);
+    void ks.serve(sock, { remoteAddress: sock.remoteAddress ?? "" });
+  });
 
   let kubernetesPort: number;
   let kubespherePort: number;
-  let plainServer: ConnListener;
   try {
     kubernetesPort = await listen(
       tlsServer,
@@ -237,21 +218,23 @@ export async function startClusterEndpoints(
       opts.kubernetesPort,
       `cluster ${opts.cluster}`,
     );
-    plainServer = listenPlain(host, opts.kubespherePort, `cluster ${opts.cluster}`, (sock) => {
-      void ks.serve(sock, { remoteAddress: sock.remoteAddress });
-    }, (err) => {
-      log.error("listener failed", { cluster: opts.cluster, error: err.message });
-    });
-    kubespherePort = plainServer.port;
+    kubespherePort = await listen(
+      plainServer,
+      host,
+      opts.kubespherePort,
+      `cluster ${opts.cluster}`,
+    );
   } catch (err) {
-    await closeServer(tlsServer);
+    await Promise.all([closeServer(tlsServer), closeServer(plainServer)]);
     kube.close();
     ks.close();
     throw err;
   }
-  tlsServer.on("error", (err: Error) => {
-    log.error("listener failed", { cluster: opts.cluster, error: err.message });
-  });
+  for (const s of [tlsServer, plainServer]) {
+    s.on("error", (err: Error) => {
+      log.error("listener failed", { cluster: opts.cluster, error: err.message });
+    });
+  }
   log.info("cluster endpoints listening", {
     cluster: opts.cluster,
     kubernetes: `${host}:${kubernetesPort}`,
@@ -281,8 +264,7 @@ export async function startClusterEndpoints(
     stats: () => ({ kubernetes: kube.stats, kubesphere: ks.stats }),
     close(graceMs = 0): Promise<void> {
       closing ??= (async () => {
-        plainServer.close();
-        const done = closeServer(tlsServer);
+        const done = Promise.all([closeServer(tlsServer), closeServer(plainServer)]);
         if (graceMs > 0) {
           kube.drain();
           ks.drain();
