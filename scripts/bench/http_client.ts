@@ -59,6 +59,8 @@ export class HttpConnection {
   #end = 0;
   #eof = false;
   #closed = false;
+  /** A response was abandoned part-way (`stop`): the connection cannot be reused. */
+  #abandoned = false;
 
   constructor(conn: ByteConn, host: string, bufferSize = 256 * 1024) {
     this.#conn = conn;
@@ -68,7 +70,7 @@ export class HttpConnection {
 
   /** Whether the server closed its side (the connection cannot be reused). */
   get closed(): boolean {
-    return this.#closed || this.#eof;
+    return this.#closed || this.#eof || this.#abandoned;
   }
 
   /** Send one request and read its whole response. */
@@ -197,7 +199,7 @@ export class HttpConnection {
     while (got < n) {
       if (this.#start === this.#end) {
         if (stop?.()) {
-          this.#closed = true;
+          this.#abandoned = true; // close() still closes it
           return got;
         }
         if (!(await this.#fill())) {
@@ -225,7 +227,7 @@ export class HttpConnection {
         return total;
       }
       total += await this.#consume(size, sink, stop);
-      if (this.#closed) return total;
+      if (this.#abandoned) return total;
       await this.#readUntil(CRLF, "chunk end");
     }
   }
