@@ -663,27 +663,40 @@ type WriteFn = (chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null
 /** Bytes a channel's writable side buffers before `write()` returns false. */
 export const CHANNEL_WRITE_BUFFER = 256 * 1024;
 
-/** Writers waiting for a congested transport, woken by one `drain` listener per transport. */
+/** Channel writes waiting for a congested transport, in arrival order, per transport. */
 const transportWaiters = new WeakMap<Duplex, (() => void)[]>();
 
-/** Run `fn` once `sock` has drained (or closed); at once when it is not congested. */
-function whenTransportDrained(sock: Duplex, fn: () => void): void {
-  if (!sock.writableNeedDrain || sock.destroyed) return fn();
-  let waiters = transportWaiters.get(sock);
-  if (!waiters) {
-    const list: (() => void)[] = [];
-    waiters = list;
-    transportWaiters.set(sock, list);
-    const wake = () => {
-      transportWaiters.delete(sock);
-      sock.off("drain", wake);
-      sock.off("close", wake);
-      for (const w of list) w();
-    };
-    sock.on("drain", wake);
-    sock.on("close", wake);
+/**
+ * Run `fn` (a channel write) now if `sock` is not congested and nobody is queued before it,
+ * else once it is its turn: on `drain` the queued writes run in arrival order until the
+ * transport is congested again, and the rest wait for the next `drain`. So with a thousand
+ * channels the transport holds its high-water mark plus one write, not one write per channel,
+ * and every channel gets its turn. On `close` everything queued runs (and fails).
+ */
+function whenTransportReady(sock: Duplex, fn: () => void): void {
+  const queued = transportWaiters.get(sock);
+  if (!queued && (!sock.writableNeedDrain || sock.destroyed)) return fn();
+  if (queued) {
+    queued.push(fn);
+    return;
   }
-  waiters.push(fn);
+  const list: (() => void)[] = [fn];
+  transportWaiters.set(sock, list);
+  const done = () => {
+    transportWaiters.delete(sock);
+    sock.off("drain", onDrain);
+    sock.off("close", onClose);
+  };
+  const onDrain = () => {
+    while (list.length > 0 && !sock.writableNeedDrain) list.shift()!();
+    if (list.length === 0) done();
+  };
+  const onClose = () => {
+    done();
+    for (const w of list.splice(0)) w();
+  };
+  sock.on("drain", onDrain);
+  sock.on("close", onClose);
 }
 
 /**
@@ -713,8 +726,9 @@ function realDestroy(stream: ClientChannel | ServerChannel): void {
  * the transport and ignores its `write()` result, so a fast writer on one channel (or many
  * channels with open windows) would queue without bound in the transport's buffer: hundreds of
  * MiB with a thousand streams, and the garbage collector's work grows with it. Here a channel
- * write completes only once the transport is not congested, so `channel.write()` returns false
- * and `drain` follows the slower of the two, and nothing in the callers has to change.
+ * write reaches ssh2 only when the transport is not congested, in turn with the other channels
+ * ({@link whenTransportReady}), so `channel.write()` returns false and `drain` follows the
+ * slower of the two, and nothing in the callers has to change.
  */
 function followTransport(stream: ClientChannel | ServerChannel, sock: Duplex | undefined): void {
   // ssh2 sets the channel's writable high-water mark to its 2 MiB window: with a thousand
@@ -730,10 +744,7 @@ function followTransport(stream: ClientChannel | ServerChannel, sock: Duplex | u
   const ch = stream as unknown as { _write: WriteFn };
   const write = ch._write;
   ch._write = function (this: unknown, chunk, encoding, cb) {
-    write.call(this, chunk, encoding, (err?: Error | null) => {
-      if (err) cb(err);
-      else whenTransportDrained(sock, () => cb());
-    });
+    whenTransportReady(sock, () => write.call(this, chunk, encoding, cb));
   };
 }
 

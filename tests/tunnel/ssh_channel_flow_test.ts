@@ -132,6 +132,38 @@ Deno.test("channel writes wait for a congested transport: 16 channels do not que
   }
 });
 
+Deno.test("300 channels waiting on a congested transport add one write to it, not one each", async () => {
+  const l = await link();
+  try {
+    const channels = await Promise.all(
+      Array.from({ length: 300 }, () => openKubesphereChannel(l.conn, "10.0.0.1:443")),
+    );
+    l.agentSock.pause();
+    const transport = (l.conn as unknown as { _sock: Duplex })._sock;
+    // Congest the transport (the kernel's socket buffers fill first), one channel after the
+    // other, then give every channel a 256 KiB write: 75 MiB in all.
+    const chunk = Buffer.alloc(256 * 1024, 2);
+    for (let i = 0; i < channels.length && !transport.writableNeedDrain; i++) {
+      channels[i].write(chunk);
+      await new Promise((r) => setTimeout(r, 0)); // let the socket report what the kernel took
+    }
+    assert(transport.writableNeedDrain, "transport never congested");
+    const before = transport.writableLength;
+    for (const ch of channels) ch.write(chunk);
+    const queued = transport.writableLength - before;
+    assert(queued <= 2 * chunk.length, `transport took ${queued} more bytes while congested`);
+    // Reading again lets every channel's write through, in turn.
+    l.agentSock.resume();
+    const drained = channels.map((ch) =>
+      ch.writableNeedDrain ? new Promise((r) => ch.once("drain", r)) : Promise.resolve()
+    );
+    await within(Promise.all(drained), 20_000, "drain");
+    for (const ch of channels) ch.destroy();
+  } finally {
+    await l.close();
+  }
+});
+
 Deno.test("destroy() with unread data still ends in close, and marks the channel destroyed", async () => {
   const l = await link();
   try {
