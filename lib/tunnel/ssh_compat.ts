@@ -687,13 +687,21 @@ function whenTransportReady(sock: Duplex, fn: () => void): void {
     sock.off("drain", onDrain);
     sock.off("close", onClose);
   };
+  const run = (w: () => void) => {
+    try {
+      w();
+    } catch (err) {
+      // One channel's failure must not strand the channels queued behind it.
+      log.v(2, "channel write failed", { error: String(err) });
+    }
+  };
   const onDrain = () => {
-    while (list.length > 0 && !sock.writableNeedDrain) list.shift()!();
+    while (list.length > 0 && !sock.writableNeedDrain) run(list.shift()!);
     if (list.length === 0) done();
   };
   const onClose = () => {
     done();
-    for (const w of list.splice(0)) w();
+    for (const w of list.splice(0)) run(w);
   };
   sock.on("drain", onDrain);
   sock.on("close", onClose);
