@@ -10,7 +10,7 @@ import { Buffer } from "node:buffer";
 /** Largest single read by default. */
 const READ_MAX = 256 * 1024;
 /** A read gets at least this much room; a fresh slab is taken below it. */
-const READ_MIN = 16 * 1024;
+export const READ_MIN = 16 * 1024;
 
 /**
  * Hands out read buffers as consecutive slices of a slab. A slice given out is
@@ -32,13 +32,18 @@ export class SlabReader {
     this.#max = Math.max(max, this.#size);
   }
 
-  /** Room for the next read (at most `max` bytes). */
-  room(): Uint8Array<ArrayBuffer> {
+  /**
+   * Room for the next read: at most `max` bytes, and at most `limit` (not below
+   * {@link READ_MIN}) when the caller is sharing a memory budget with other readers; a new slab
+   * is then at most four times that, so a reader's slab shrinks with its share.
+   */
+  room(limit: number = this.#max): Uint8Array<ArrayBuffer> {
+    const max = Math.max(READ_MIN, Math.min(this.#max, limit));
     if (this.#slab.length - this.#pos < READ_MIN) {
-      this.#slab = new Uint8Array(this.#size);
+      this.#slab = new Uint8Array(Math.min(this.#size, Math.max(4 * READ_MIN, 4 * max)));
       this.#pos = 0;
     }
-    const room = this.#slab.subarray(this.#pos, this.#pos + this.#max);
+    const room = this.#slab.subarray(this.#pos, this.#pos + max);
     this.#lastRoom = room.length;
     return room;
   }

@@ -26,3 +26,15 @@ Deno.test("SlabReader: slices never overlap; slabs grow while reads fill them", 
   assertEquals(b.byteOffset, ta.byteOffset + 100);
   assertEquals(b.buffer, ta.buffer);
 });
+
+Deno.test("SlabReader: a read limit caps the room (not below 16 KiB) and the next slab's size", () => {
+  const slab = new SlabReader(64 * 1024, 256 * 1024);
+  // Grow to full size with reads that fill their room.
+  for (let i = 0; i < 10; i++) slab.take(slab.room().length);
+  assertEquals(slab.room().length, 256 * 1024);
+  slab.take(256 * 1024);
+  const small = slab.room(16 * 1024);
+  assertEquals(small.length, 16 * 1024);
+  assert(small.buffer.byteLength <= 64 * 1024, `slab of ${small.buffer.byteLength} bytes`);
+  assertEquals(slab.room(100).length, 16 * 1024, "never below the minimum read");
+});

@@ -16,10 +16,27 @@
 
 import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
-import { SlabReader } from "../slab.ts";
+import { READ_MIN, SlabReader } from "../slab.ts";
 
 /** Queued channel → TCP bytes above which the channel is paused. */
 const UP_HIGH_WATER = 1 << 20;
+
+/**
+ * Bytes all target → channel reads of this process may hold at once. A stream's next read is this
+ * divided by the streams currently holding a chunk the channel has not taken (waiting for their
+ * SSH window or the transport), between 16 KiB and 256 KiB: a bulk stream reads 256 KiB at a
+ * time, while a thousand stalled-up streams hold 16 KiB each instead of a quarter of a GiB
+ * together. Idle keep-alive streams do not count.
+ */
+export const READ_BUDGET = 16 << 20;
+
+/** Target → channel loops now holding a chunk the channel has not taken (waiting for `drain`). */
+let blockedReaders = 0;
+
+/** Read size for one of `readers` streams sharing {@link READ_BUDGET}. */
+export function readLimit(readers: number): number {
+  return Math.max(READ_MIN, Math.min(256 * 1024, Math.floor(READ_BUDGET / Math.max(1, readers))));
+}
 
 /** Parse `host:port` (with `[v6]` support) for `Deno.connect`. */
 export function splitHostPort(target: string): { hostname: string; port: number } {
@@ -109,18 +126,23 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
     const slab = new SlabReader();
     try {
       while (!closed) {
-        const n = await conn.read(slab.room());
+        const n = await conn.read(slab.room(readLimit(blockedReaders + 1)));
         if (n === null) break;
         if (!channel.write(slab.take(n))) {
-          await new Promise<void>((resolve) => {
-            const done = () => {
-              channel.off("drain", done);
-              channel.off("close", done);
-              resolve();
-            };
-            channel.on("drain", done);
-            channel.on("close", done);
-          });
+          blockedReaders++;
+          try {
+            await new Promise<void>((resolve) => {
+              const done = () => {
+                channel.off("drain", done);
+                channel.off("close", done);
+                resolve();
+              };
+              channel.on("drain", done);
+              channel.on("close", done);
+            });
+          } finally {
+            blockedReaders--;
+          }
         }
       }
       if (!closed) {

@@ -13,7 +13,13 @@ import {
   sourceServer,
   startTcpServer,
 } from "../helpers/tunnel.ts";
-import { dialTarget, pipeChannel, splitHostPort } from "../../lib/agent/forward.ts";
+import {
+  dialTarget,
+  pipeChannel,
+  READ_BUDGET,
+  readLimit,
+  splitHostPort,
+} from "../../lib/agent/forward.ts";
 
 /** Stands in for an SSH channel: what the agent writes is kept (not copied). */
 class FakeChannel extends Duplex {
@@ -180,4 +186,13 @@ Deno.test("the channel closing closes a keep-alive target connection (the stream
   } finally {
     await server.close();
   }
+});
+
+Deno.test("read budget: 256 KiB reads for a few streams, ~16 KiB each for a thousand held ones", () => {
+  assertEquals(readLimit(0), 256 * 1024);
+  assertEquals(readLimit(1), 256 * 1024);
+  assertEquals(readLimit(READ_BUDGET / (128 * 1024)), 128 * 1024);
+  assertEquals(readLimit(1000), Math.floor(READ_BUDGET / 1000));
+  assertEquals(readLimit(5000), 16 * 1024, "never below the minimum read");
+  assert(readLimit(1000) * 1000 <= READ_BUDGET, "a thousand held reads stay within the budget");
 });
