@@ -199,10 +199,23 @@ export async function tempDir(): Promise<{ path: string; [Symbol.asyncDispose]()
   };
 }
 
-/** A free TCP port on 127.0.0.1 (bound then released). */
+/** Ports {@link freePort} has handed out in this process. */
+const handedOut = new Set<number>();
+
+/**
+ * A free TCP port on 127.0.0.1 (bound then released), never one this process was given before:
+ * the kernel may hand the same ephemeral port to two quick binds, and a test that asked for a
+ * proxy port and an endpoint port must not get the same number twice.
+ */
 export function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
+  for (let i = 0; i < 100; i++) {
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (l.addr as Deno.NetAddr).port;
+    l.close();
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error("freePort: no new free port in 100 tries");
 }
