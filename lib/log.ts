@@ -47,7 +47,7 @@ export function flushLogs(): void {
     flushTimer = undefined;
   }
   if (pending.length === 0) return;
-  const bytes = encoder.encode(pending.length === 1 ? pending[0] : pending.join(""));
+  const bytes = encoder.encode(pending.join(""));
   pending = [];
   try {
     for (let off = 0; off < bytes.length;) off += Deno.stderr.writeSync(bytes.subarray(off));

@@ -52,6 +52,19 @@ export async function dialTarget(target: string): Promise<Deno.TcpConn> {
   return conn;
 }
 
+/** Resolve once `stream` emits `drain` or `close`. */
+function drainedOrClosed(stream: Duplex): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      stream.off("drain", done);
+      stream.off("close", done);
+      resolve();
+    };
+    stream.on("drain", done);
+    stream.on("close", done);
+  });
+}
+
 /**
  * Pipe `channel` ↔ `conn` until both directions are done, then close both.
  * Resolves when everything is closed; never rejects.
@@ -130,19 +143,7 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
         if (n === null) break;
         if (!channel.write(slab.take(n))) {
           blockedReaders++;
-          try {
-            await new Promise<void>((resolve) => {
-              const done = () => {
-                channel.off("drain", done);
-                channel.off("close", done);
-                resolve();
-              };
-              channel.on("drain", done);
-              channel.on("close", done);
-            });
-          } finally {
-            blockedReaders--;
-          }
+          await drainedOrClosed(channel).finally(() => blockedReaders--);
         }
       }
       if (!closed) {

@@ -53,7 +53,6 @@ interface Poly1305Wasm {
 
 interface Ssh2Crypto {
   CIPHER_INFO: Record<string, unknown>;
-  bindingAvailable: boolean;
   init: Promise<void>;
   createCipher(config: unknown): CipherInstance;
   createDecipher(config: unknown): DecipherInstance;

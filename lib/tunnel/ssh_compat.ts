@@ -675,11 +675,8 @@ const transportWaiters = new WeakMap<Duplex, (() => void)[]>();
  */
 function whenTransportReady(sock: Duplex, fn: () => void): void {
   const queued = transportWaiters.get(sock);
-  if (!queued && (!sock.writableNeedDrain || sock.destroyed)) return fn();
-  if (queued) {
-    queued.push(fn);
-    return;
-  }
+  if (queued) return void queued.push(fn);
+  if (!sock.writableNeedDrain || sock.destroyed) return fn();
   const list: (() => void)[] = [fn];
   transportWaiters.set(sock, list);
   const done = () => {
