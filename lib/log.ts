@@ -41,7 +41,7 @@ let pending: string[] = [];
 let flushTimer: ReturnType<typeof setTimeout> | undefined;
 
 /** Write any buffered log lines to standard error now. */
-export function flushLogs(): void {
+function flushLogs(): void {
   if (flushTimer !== undefined) {
     clearTimeout(flushTimer);
     flushTimer = undefined;
