@@ -45,6 +45,11 @@ function connectedOf(worker: Proc): number {
   return 0;
 }
 
+/** Agents connected over all workers. */
+function connectedCount(workers: Proc[]): number {
+  return workers.reduce((s, w) => s + connectedOf(w), 0);
+}
+
 async function waitCount(
   workers: Proc[],
   ok: (n: number) => boolean,
@@ -53,7 +58,7 @@ async function waitCount(
 ): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {
-    const n = workers.reduce((s, w) => s + connectedOf(w), 0);
+    const n = connectedCount(workers);
     if (ok(n)) return;
     for (const w of workers) {
       if (w.exited) throw new Error(`scale: ${w.name} exited:\n${w.tail(10)}`);
@@ -120,7 +125,7 @@ export async function scale(
       } MiB`,
     );
     const proxyRssSettled = await settledRss(proxy.child.pid, settleMs, () => {
-      const n = workers.reduce((s, w) => s + connectedOf(w), 0);
+      const n = connectedCount(workers);
       if (n < agents) throw new Error(`scale: only ${n} of ${agents} agents stayed connected`);
     });
     log(`scale: proxy RSS settled at ${proxyRssSettled.toFixed(0)} MiB`);

@@ -10,7 +10,7 @@
 import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
 import { parse as parseYaml } from "yaml";
-import { denoRun, freePort, type Proc } from "../../tests/helpers/proc.ts";
+import { denoRun, envFlags, freePort, type Proc } from "../../tests/helpers/proc.ts";
 import { clustersYaml } from "../../tests/helpers/tunnel.ts";
 import { ProxyApp } from "../../lib/proxy/app.ts";
 import { FileClusterSource } from "../../lib/proxy/clusters_file.ts";
@@ -322,7 +322,6 @@ export async function startProxyProc(
   clustersPath: string,
   label = "proxy",
 ): Promise<Proc> {
-  const flags = (Deno.env.get("BENCH_PROXY_FLAGS") ?? "").split(/\s+/).filter((f) => f);
   const proc = denoRun(
     label,
     "proxy.ts",
@@ -344,7 +343,7 @@ export async function startProxyProc(
       "0",
     ],
     undefined,
-    flags,
+    envFlags("BENCH_PROXY_FLAGS"),
   );
   await proc.waitFor(/Listening on/, 60_000);
   return proc;

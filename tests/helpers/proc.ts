@@ -140,6 +140,11 @@ export class Proc {
   }
 }
 
+/** Whitespace-separated flags from environment variable `name` (none when unset). */
+export function envFlags(name: string): string[] {
+  return (Deno.env.get(name) ?? "").split(/\s+/).filter((f) => f !== "");
+}
+
 /** Start `deno run -A <script> …args` from the repository root. */
 export function denoRun(
   name: string,
@@ -149,7 +154,7 @@ export function denoRun(
   runtimeFlags: string[] = [],
 ): Proc {
   // TOWER_DENO_FLAGS adds runtime flags to every child (e.g. `--cpu-prof` for profiling).
-  const extra = (Deno.env.get("TOWER_DENO_FLAGS") ?? "").split(/\s+/).filter((f) => f !== "");
+  const extra = envFlags("TOWER_DENO_FLAGS");
   return new Proc(
     name,
     Deno.execPath(),
