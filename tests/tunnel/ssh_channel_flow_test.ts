@@ -98,16 +98,24 @@ async function link(): Promise<Link> {
   return l;
 }
 
+/**
+ * `n` proxy-opened channels on `l` whose agent has stopped reading its socket, so everything the
+ * proxy sends backs up; and the proxy's SSH transport.
+ */
+async function stalledChannels(l: Link, n: number) {
+  const channels = await Promise.all(
+    Array.from({ length: n }, () => openKubesphereChannel(l.conn, "10.0.0.1:443")),
+  );
+  l.agentSock.pause();
+  const transport = (l.conn as unknown as { _sock: Duplex })._sock;
+  return { channels, transport };
+}
+
 Deno.test("channel writes wait for a congested transport: 16 channels do not queue 32 MiB", async () => {
   const l = await link();
   try {
-    const channels = await Promise.all(
-      Array.from({ length: 16 }, () => openKubesphereChannel(l.conn, "10.0.0.1:443")),
-    );
-    // The agent stops reading its socket: everything the proxy sends backs up.
-    l.agentSock.pause();
+    const { channels, transport } = await stalledChannels(l, 16);
     for (const ch of channels) assertEquals(ch.writableHighWaterMark, CHANNEL_WRITE_BUFFER);
-    const transport = (l.conn as unknown as { _sock: Duplex })._sock;
     const chunk = Buffer.alloc(64 * 1024, 1);
     // Each channel has a 2 MiB window: without the transport check ssh2 would put all of it,
     // 32 MiB, into the transport's buffer. Write until every channel reports backpressure.
@@ -135,17 +143,12 @@ Deno.test("channel writes wait for a congested transport: 16 channels do not que
 Deno.test("300 channels waiting on a congested transport add one write to it, not one each", async () => {
   const l = await link();
   try {
-    const channels = await Promise.all(
-      Array.from({ length: 300 }, () => openKubesphereChannel(l.conn, "10.0.0.1:443")),
-    );
-    l.agentSock.pause();
-    const transport = (l.conn as unknown as { _sock: Duplex })._sock;
-    // Congest the transport (the kernel's socket buffers fill first), one channel after the
-    // other, then give every channel a 256 KiB write: 75 MiB in all.
+    const { channels, transport } = await stalledChannels(l, 300);
+    // Congest the transport, one channel after the other, then give every channel a 256 KiB
+    // write: 75 MiB in all.
     const chunk = Buffer.alloc(256 * 1024, 2);
     for (let i = 0; i < channels.length && !transport.writableNeedDrain; i++) {
       channels[i].write(chunk);
-      await new Promise((r) => setTimeout(r, 0)); // let the socket report what the kernel took
     }
     assert(transport.writableNeedDrain, "transport never congested");
     const before = transport.writableLength;
