@@ -1,11 +1,70 @@
 /**
- * Log output of a real process: lines buffered for a tick still reach standard error in order,
- * whether the process keeps running, exits with `Deno.exit`, or dies of an uncaught error;
- * warnings go out at once, after what was buffered before them.
+ * The two line layouts (klog text and JSON) and verbosity, then the log output of a real
+ * process: lines buffered for a tick still reach standard error in order, whether the process
+ * keeps running, exits with `Deno.exit`, or dies of an uncaught error; warnings go out at
+ * once, after what was buffered before them.
  */
 
 import { Proc } from "./helpers/proc.ts";
-import { assert, assertEquals } from "./helpers/assert.ts";
+import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
+import { logger, setupLogging } from "../lib/log.ts";
+
+/** Log through `fn` with output collected, then restore the default setup. */
+function collect(format: "text" | "json", verbosity: number, fn: () => void): string[] {
+  const lines: string[] = [];
+  setupLogging({ format, verbosity, write: (l) => lines.push(l) });
+  try {
+    fn();
+  } finally {
+    setupLogging();
+  }
+  return lines;
+}
+
+Deno.test("log: klog text layout, levels, fields in order, braces kept as text", () => {
+  const lines = collect("text", 0, () => {
+    const log = logger("proxy/layout");
+    log.info("request {not a placeholder}", { cluster: "alpha", status: 200, ok: true });
+    log.warn("slow", { ms: 1.5, error: new Error('bad "thing"') });
+    log.error("failed", { obj: { a: [1] }, nothing: undefined });
+  });
+  assertEquals(lines.length, 3);
+  const pid = String(Deno.pid).padStart(7);
+  const stamp = String.raw`\d{4} \d\d:\d\d:\d\d\.\d{3}000 ${pid} proxy/layout\] `;
+  assertMatch(
+    lines[0],
+    new RegExp(`^I${stamp}request \\{not a placeholder\\} cluster="alpha" status=200 ok=true\n$`),
+  );
+  assertMatch(lines[1], new RegExp(`^W${stamp}slow ms=1\\.5 error="bad \\\\"thing\\\\""\n$`));
+  assertMatch(lines[2], new RegExp(`^E${stamp}failed obj=\\{"a":\\[1\\]\\} nothing=undefined\n$`));
+  // The time columns are now, in UTC.
+  const now = new Date();
+  const mmdd = `${String(now.getUTCMonth() + 1).padStart(2, "0")}${
+    String(now.getUTCDate()).padStart(2, "0")
+  }`;
+  assertEquals(lines[0].slice(1, 5), mmdd);
+});
+
+Deno.test("log: JSON layout and klog verbosity", () => {
+  const lines = collect("json", 2, () => {
+    const log = logger("agent/layout");
+    log.v(2, "shown {x}", { n: 1 });
+    log.v(3, "hidden");
+    log.info("plain", { error: new Error("why") });
+  });
+  assertEquals(lines.length, 2);
+  const [a, b] = lines.map((l) => JSON.parse(l));
+  assertEquals(
+    { level: a.level, logger: a.logger, msg: a.msg, n: a.n },
+    { level: "debug", logger: "agent/layout", msg: "shown {x}", n: 1 },
+  );
+  assert(Math.abs(Date.parse(a.ts) - Date.now()) < 60_000, a.ts);
+  assertEquals({ level: b.level, msg: b.msg, error: b.error }, {
+    level: "info",
+    msg: "plain",
+    error: "why",
+  });
+});
 
 const LOG_URL = new URL("../lib/log.ts", import.meta.url).href;
 const CONFIG = new URL("../deno.json", import.meta.url).pathname;
