@@ -9,8 +9,9 @@
  * deno run -A scripts/bench/profile.ts /tmp/prof/*.cpuprofile
  * ```
  *
- * `--top N` (default 30) rows per table; `--under REGEX` restricts the self-time table to
- * samples whose stack holds a frame matching REGEX (e.g. `#audit`).
+ * `--top N` (default 30) rows per table; `--under REGEX` restricts the tables to samples whose
+ * stack holds a frame matching REGEX (e.g. `#audit`) and adds a third: who called the
+ * outermost matching frame (e.g. `--under '^setTimeout '` shows who sets the timers).
  * @module
  */
 
@@ -52,6 +53,8 @@ export interface ProfileSummary {
   busyUs: number;
   self: ProfileRow[];
   inclusive: ProfileRow[];
+  /** With `under`: the callers of the outermost frame matching it, by time under them. */
+  callers: ProfileRow[];
 }
 
 function frameName(f: CallFrame): string {
@@ -67,6 +70,7 @@ export function summarise(p: CpuProfile, under?: RegExp): ProfileSummary {
   for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   const self = new Map<string, number>();
   const incl = new Map<string, number>();
+  const callers = new Map<string, number>();
   let total = 0;
   let busy = 0;
   for (let i = 0; i < p.samples.length; i++) {
@@ -78,7 +82,13 @@ export function summarise(p: CpuProfile, under?: RegExp): ProfileSummary {
     for (let id: number | undefined = leaf.id; id !== undefined; id = parent.get(id)) {
       stack.push(frameName(byId.get(id)!.callFrame));
     }
-    if (under && !stack.some((s) => under.test(s))) continue;
+    if (under) {
+      const outer = stack.findLastIndex((s) => under.test(s));
+      if (outer < 0) continue;
+      const above = stack[outer + 1];
+      const caller = above === undefined || above === "(root)" ? "(top level)" : above;
+      callers.set(caller, (callers.get(caller) ?? 0) + dt);
+    }
     busy += dt;
     self.set(stack[0], (self.get(stack[0]) ?? 0) + dt);
     for (const name of new Set(stack)) incl.set(name, (incl.get(name) ?? 0) + dt);
@@ -88,7 +98,13 @@ export function summarise(p: CpuProfile, under?: RegExp): ProfileSummary {
       .filter(([name]) => name !== "(root)")
       .map(([name, us]) => ({ name, us, share: busy > 0 ? us / busy : 0 }))
       .sort((a, b) => b.us - a.us);
-  return { totalUs: total, busyUs: busy, self: rows(self), inclusive: rows(incl) };
+  return {
+    totalUs: total,
+    busyUs: busy,
+    self: rows(self),
+    inclusive: rows(incl),
+    callers: rows(callers),
+  };
 }
 
 function table(title: string, rows: ProfileRow[], top: number): string {
@@ -128,5 +144,6 @@ if (import.meta.main) {
     );
     console.log(table("self", s.self, top));
     console.log(table("inclusive", s.inclusive, top));
+    if (under) console.log(table("callers", s.callers, top));
   }
 }

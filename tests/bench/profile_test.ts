@@ -1,4 +1,7 @@
-/** The CPU-profile summary: self and inclusive time, idle left out, `--under` filtering. */
+/**
+ * The CPU-profile summary: self and inclusive time, idle left out, `--under` filtering and the
+ * callers of the matching frame.
+ */
 
 import { assertEquals } from "../helpers/assert.ts";
 import { type CpuProfile, summarise } from "../../scripts/bench/profile.ts";
@@ -34,4 +37,13 @@ Deno.test("profile summary: --under keeps only stacks through a matching frame",
   const s = summarise(profile, /^b /);
   assertEquals(s.busyUs, 20);
   assertEquals(s.self.map((r) => r.name), ["b lib/b.ts:1"]);
+  assertEquals(s.callers.map((r) => [r.name, r.us]), [["a lib/a.ts:1", 20]]);
+});
+
+Deno.test("profile summary: callers are those of the outermost matching frame", () => {
+  // a → b and a → a: for /^a /, the outermost a's caller is the root either way.
+  const s = summarise(profile, /^a /);
+  assertEquals(s.busyUs, 32);
+  assertEquals(s.callers.map((r) => [r.name, r.us]), [["(top level)", 32]]);
+  assertEquals(summarise(profile).callers, []);
 });
