@@ -30,6 +30,7 @@ import type { Duplex } from "node:stream";
 import { logger } from "../../log.ts";
 import { ChunkedError } from "./chunked.ts";
 import { openUpstream, type UpstreamConn, UpstreamConnectError } from "./conn.ts";
+import { Deadlines } from "./deadlines.ts";
 import {
   DEFAULT_HEAD_LIMITS,
   type Framing,
@@ -191,6 +192,8 @@ export class HttpProxy {
   readonly #limits: HeadLimits;
   /** Client connections waiting for their next request (no exchange in flight). */
   readonly #idle = new Set<Duplex>();
+  /** The client connections' idle timeouts, on one timer. */
+  readonly #deadlines = new Deadlines();
   #closed = false;
   #draining = false;
   #emptyWaiters: (() => void)[] = [];
@@ -240,6 +243,7 @@ export class HttpProxy {
   /** Destroy every client connection and upstream stream; later connections are refused. */
   close(): void {
     this.#closed = true;
+    this.#deadlines.close();
     this.#pool.clear();
     for (const c of this.#clients) c.destroy();
     for (const u of this.#upstreams) u.destroy();
@@ -280,6 +284,7 @@ export class HttpProxy {
         got = await readHead(wire, {
           maxBytes: this.#limits.maxBytes,
           idleMs: this.#o.clientIdleMs ?? 120_000,
+          deadlines: this.#deadlines,
         });
       } catch (err) {
         this.#idle.delete(sock);

@@ -12,6 +12,7 @@
 import { Buffer } from "node:buffer";
 import type { Duplex, Writable } from "node:stream";
 import { ChunkedScanner } from "./chunked.ts";
+import type { Deadline, Deadlines } from "./deadlines.ts";
 import { DEFAULT_HEAD_LIMITS, findHeadEnd, type Framing, HttpParseError } from "./head.ts";
 
 /** Consumer of a {@link Wire}'s bytes. */
@@ -171,29 +172,36 @@ export class Wire {
  * Read one head from `wire`: resolves the head bytes and their length (the rest stays held in
  * the wire), or null when the stream ended cleanly before any byte. Rejects with
  * {@link HttpParseError} (431) past `maxBytes`, {@link WireClosedError} when the stream ends or
- * closes mid-head or `idleMs` elapses first.
+ * closes mid-head or `idleMs` elapses first (timed by `deadlines` if given, which a server
+ * shares among its connections, else by a timer of its own).
  */
 export function readHead(
   wire: Wire,
-  opts: { maxBytes?: number; idleMs?: number } = {},
+  opts: { maxBytes?: number; idleMs?: number; deadlines?: Deadlines } = {},
 ): Promise<{ buf: Buffer; end: number } | null> {
   const maxBytes = opts.maxBytes ?? DEFAULT_HEAD_LIMITS.maxBytes;
   return new Promise((resolve, reject) => {
     let acc: Buffer | null = null;
     let len = 0;
     let timer: ReturnType<typeof setTimeout> | undefined;
+    let deadline: Deadline | undefined;
     const finish = (err: Error | null, value?: { buf: Buffer; end: number } | null) => {
       if (timer !== undefined) clearTimeout(timer);
       timer = undefined;
+      if (deadline !== undefined) opts.deadlines!.cancel(deadline);
+      deadline = undefined;
       wire.setSink(null);
       if (err) reject(err);
       else resolve(value ?? null);
     };
     if (opts.idleMs) {
-      timer = setTimeout(() => {
+      const expire = () => {
         timer = undefined;
+        deadline = undefined;
         finish(new WireClosedError(`no complete head within ${opts.idleMs} ms`, len));
-      }, opts.idleMs);
+      };
+      if (opts.deadlines) deadline = opts.deadlines.add(opts.idleMs, expire);
+      else timer = setTimeout(expire, opts.idleMs);
     }
     wire.setSink({
       onData(chunk) {

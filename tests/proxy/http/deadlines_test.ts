@@ -1,0 +1,95 @@
+/**
+ * Timeouts on one timer: each fires once, not early, in deadline order; cancelled ones never
+ * fire; a thousand add/cancel pairs arm no further timer; close drops everything.
+ */
+
+import { assert, assertEquals } from "../../helpers/assert.ts";
+import { Deadlines } from "../../../lib/proxy/http/deadlines.ts";
+
+Deno.test("deadlines: fire once, not early, in order; cancelled ones never", async () => {
+  const dl = new Deadlines(5);
+  try {
+    const fired: string[] = [];
+    const start = performance.now();
+    const at: Record<string, number> = {};
+    const last = Promise.withResolvers<void>();
+    const mark = (name: string) => () => {
+      fired.push(name);
+      at[name] = performance.now() - start;
+      if (name === "c") last.resolve();
+    };
+    dl.add(60, mark("c"));
+    dl.add(20, mark("a"));
+    const gone = dl.add(30, mark("cancelled"));
+    dl.add(40, mark("b"));
+    dl.cancel(gone);
+    assertEquals(dl.size, 3);
+    await last.promise;
+    assertEquals(fired, ["a", "b", "c"]);
+    assert(at.a >= 20 && at.b >= 40 && at.c >= 60, JSON.stringify(at));
+    assertEquals(dl.size, 0);
+    assert(!dl.armed, "nothing pending: no timer");
+  } finally {
+    dl.close();
+  }
+});
+
+Deno.test("deadlines: a thousand add/cancel pairs arm one timer", () => {
+  const dl = new Deadlines();
+  const real = globalThis.setTimeout;
+  let timers = 0;
+  globalThis.setTimeout = ((fn: () => void, ms?: number) => {
+    timers++;
+    return real(fn, ms);
+  }) as typeof setTimeout;
+  try {
+    for (let i = 0; i < 1000; i++) dl.cancel(dl.add(60_000, () => {}));
+    assertEquals(timers, 1);
+    assert(dl.armed);
+    assertEquals(dl.size, 0);
+  } finally {
+    globalThis.setTimeout = real;
+    dl.close();
+  }
+  assert(!dl.armed, "close stops the timer");
+});
+
+Deno.test("deadlines: close drops pending timeouts; none fire after it", async () => {
+  const dl = new Deadlines(1);
+  let fired = 0;
+  dl.add(5, () => fired++);
+  dl.close();
+  assertEquals(dl.size, 0);
+  assert(!dl.armed);
+  dl.add(0, () => fired++);
+  assertEquals(dl.size, 0);
+  // A later timeout of another set fires: by then the dropped ones would have too.
+  const other = new Deadlines(1);
+  await new Promise<void>((resolve) => other.add(20, resolve));
+  other.close();
+  assertEquals(fired, 0);
+});
+
+Deno.test("deadlines: a throwing callback surfaces as an uncaught error; the rest still fire", async () => {
+  const dl = new Deadlines(1);
+  const errors: unknown[] = [];
+  const onError = (e: ErrorEvent) => {
+    e.preventDefault();
+    errors.push(e.error);
+  };
+  globalThis.addEventListener("error", onError);
+  try {
+    const second = Promise.withResolvers<void>();
+    dl.add(10, () => {
+      throw new Error("boom");
+    });
+    dl.add(10, second.resolve);
+    await second.promise;
+    // The error is rethrown from a microtask queued before the second callback ran.
+    await Promise.resolve();
+    assertEquals(errors.map((e) => (e as Error).message), ["boom"]);
+  } finally {
+    globalThis.removeEventListener("error", onError);
+    dl.close();
+  }
+});
