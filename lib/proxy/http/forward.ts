@@ -33,6 +33,7 @@ import { openUpstream, type UpstreamConn, UpstreamConnectError } from "./conn.ts
 import { Deadlines } from "./deadlines.ts";
 import {
   DEFAULT_HEAD_LIMITS,
+  encodeHead,
   type Framing,
   headerTokens,
   headerValue,
@@ -406,7 +407,7 @@ export class HttpProxy {
       req,
       framing,
       upgrade,
-      head: Buffer.from(
+      head: encodeHead(
         upstreamRequestHead(req, {
           framing,
           upgrade,
@@ -417,7 +418,6 @@ export class HttpProxy {
           proto: this.#o.proto,
           defaultHost: auth.tls?.serverName ?? "localhost",
         }),
-        "latin1",
       ),
       clientKeep: req.minor >= 1 && !headerTokens(req.headers, "connection").has("close"),
       rec,
@@ -579,7 +579,9 @@ export class HttpProxy {
         return fail(new Error(`malformed response: ${(err as Error).message}`), received);
       }
       if (res.status >= 200 || res.status === 101) break;
-      if (req.minor >= 1 && !x.clientGone) sock.write(clientResponseHead(res, "none", NONE, false));
+      if (req.minor >= 1 && !x.clientGone) {
+        sock.write(encodeHead(clientResponseHead(res, "none", NONE, false)));
+      }
     }
 
     if (res.status === 101) {
@@ -588,7 +590,7 @@ export class HttpProxy {
       }
       rec.status = 101;
       rec.upgrade = true;
-      sock.write(clientResponseHead(res, "none", NONE, false));
+      sock.write(encodeHead(clientResponseHead(res, "none", NONE, false)));
       await this.#relay(wire, conn, x);
       return { retry: false, keep: false };
     }
@@ -631,7 +633,7 @@ export class HttpProxy {
       !headerTokens(res.headers, "connection").has("close");
     rec.status = res.status;
     sock.cork();
-    sock.write(clientResponseHead(res, mode, rf, close));
+    sock.write(encodeHead(clientResponseHead(res, mode, rf, close)));
     const bodyDone = pumpBody(uw, rf, sock, x.resCount, { mode: pumpMode });
     sock.uncork();
     try {

@@ -5,11 +5,12 @@
  * request smuggling is made of), header lookups, and body framing rules.
  *
  * Heads are small and parsed once per message, so they are decoded as latin1
- * strings; bodies are never touched here.
+ * strings (one character per byte) and encoded back the same way
+ * ({@link encodeHead}); bodies are never touched here.
  * @module
  */
 
-import type { Buffer } from "node:buffer";
+import { Buffer } from "node:buffer";
 
 /** One header field as received (name keeps its case; `lower` is for matching). */
 export interface HeaderField {
@@ -249,4 +250,20 @@ export function responseFraming(method: string, head: ResponseHead): Framing {
   const len = contentLength(head.headers);
   if (len === undefined) return { kind: "close" };
   return len === 0 ? { kind: "none" } : { kind: "length", length: len };
+}
+
+const NON_ASCII = /[\u0080-\uffff]/;
+const utf8 = new TextEncoder();
+
+/**
+ * The bytes of a head built from latin1-decoded strings: one byte per character, so header
+ * bytes beyond ASCII (obs-text, e.g. a raw UTF-8 file name) leave as they came. ASCII heads,
+ * nearly all of them, take the native encoder (latin1 encoding is a JavaScript loop here).
+ */
+export function encodeHead(head: string): Buffer {
+  if (!NON_ASCII.test(head)) {
+    const bytes = utf8.encode(head);
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+  }
+  return Buffer.from(head, "latin1");
 }

@@ -360,6 +360,32 @@ Deno.test("upgrade refused with a normal answer keeps the connection usable", as
   }
 });
 
+Deno.test("header bytes beyond ASCII (obs-text) pass through unchanged both ways", async () => {
+  // E.g. a Content-Disposition file name sent as raw UTF-8 bytes: HTTP heads are bytes, and
+  // the proxy must not re-encode them.
+  const origin = await startRawOrigin(() => ({
+    response:
+      'HTTP/1.1 200 OK\r\nContent-Disposition: attachment; filename="r\xc3\xa9sum\xc3\xa9"\r\n' +
+      "X-Latin: caf\xe9 \xff\r\nContent-Length: 2\r\n\r\nok",
+    upgrade: false,
+  }));
+  const dialer = new TestDialer(origin.port);
+  const proxy = await startPlainProxy(dialer);
+  const c = await RawClient.connect(proxy.port);
+  try {
+    c.write("GET / HTTP/1.1\r\nHost: a\r\nX-Name: na\xefve \xc3\xa9\r\n\r\n");
+    const res = await c.readResponse();
+    assertEquals(res.status, 200);
+    assertEquals(res.headers["content-disposition"], 'attachment; filename="r\xc3\xa9sum\xc3\xa9"');
+    assertEquals(res.headers["x-latin"], "caf\xe9 \xff");
+    assertMatch(origin.heads[0], /\r\nX-Name: na\xefve \xc3\xa9(\r\n|$)/);
+  } finally {
+    await c.close();
+    await proxy.close();
+    await origin.close();
+  }
+});
+
 Deno.test("HEAD, 204 and 304 have no body; Connection: close from origin is honoured upstream only", async () => {
   const t = await setup();
   const c = await RawClient.connect(t.proxy.port);

@@ -1,5 +1,6 @@
 import { Buffer } from "node:buffer";
 import {
+  encodeHead,
   findHeadEnd,
   HttpParseError,
   parseRequestHead,
@@ -115,4 +116,12 @@ Deno.test("response heads and framing (HEAD, 1xx, 204, 304, chunked, length, clo
   for (const bad of ["HTTP/1.1 20 OK\r\n\r\n", "HTTP/1.1 200OK\r\n\r\n", "ICY 200 OK\r\n\r\n"]) {
     assertThrows(() => res(bad), HttpParseError);
   }
+});
+
+Deno.test("encodeHead: one byte per character, ASCII or not", () => {
+  const ascii = "HTTP/1.1 200 OK\r\nX-A: b\r\n\r\n";
+  assertEquals(Array.from(encodeHead(ascii)), Array.from(ascii, (c) => c.charCodeAt(0)));
+  const latin = "X-Name: caf\xe9 \xc3\xa9 \xff\r\n";
+  assertEquals(Array.from(encodeHead(latin)), Array.from(latin, (c) => c.charCodeAt(0)));
+  assertEquals(encodeHead("").length, 0);
 });

@@ -185,7 +185,7 @@ export async function startRawOrigin(
           sock.destroy();
           return;
         }
-        sock.write(a.response);
+        sock.write(Buffer.from(a.response, "latin1"));
         if (a.upgrade) {
           upgraded = true;
           if (buf.length) sock.write(buf);
