@@ -74,7 +74,6 @@ export class UpstreamPool {
       this.#idle.splice(i, 1);
       this.#lastKey = found.key;
     }
-    if (this.#idle.length === 0) this.#schedule();
     return found;
   }
 
@@ -105,13 +104,14 @@ export class UpstreamPool {
     for (const e of this.#idle.filter((e) => e.conn.key === key)) this.#evict(e);
   }
 
-  /** Destroy every idle connection. */
+  /** Destroy every idle connection and stop the expiry timer (also when done with the pool). */
   clear(): void {
     for (const e of this.#idle.splice(0)) {
       this.#release(e);
       e.conn.destroy();
     }
-    this.#schedule();
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
   }
 
   #release(e: Idle): void {
@@ -124,17 +124,15 @@ export class UpstreamPool {
     this.#idle.splice(i, 1);
     this.#release(e);
     e.conn.destroy();
-    if (this.#idle.length === 0) this.#schedule();
   }
 
-  /** Keep the timer due at the oldest entry's expiry; none while the pool is empty. */
+  /**
+   * Keep a timer due no later than the oldest entry's expiry. A pool that empties keeps its
+   * timer (it fires, finds nothing and stops): one request at a time empties and refills the
+   * pool with every request, and re-arming each time cost ~3% of the proxy's CPU.
+   */
   #schedule(): void {
-    if (this.#idle.length === 0) {
-      if (this.#timer !== undefined) clearTimeout(this.#timer);
-      this.#timer = undefined;
-      return;
-    }
-    if (this.#timer !== undefined) return;
+    if (this.#timer !== undefined || this.#idle.length === 0) return;
     const due = this.#idle[0].since + this.#opts.idleTimeoutMs - performance.now();
     this.#timer = setTimeout(() => {
       this.#timer = undefined;

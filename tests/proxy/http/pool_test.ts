@@ -25,6 +25,7 @@ Deno.test("pool: most recently idled first; bounded; dead ones skipped", async (
   assertEquals(pool.size, 0, "evicted on close");
   assertEquals(pool.take(), undefined);
   c.destroy();
+  pool.clear(); // stops the expiry timer
 });
 
 Deno.test("pool: unsolicited bytes or EOF evict; isLive and dropKey filter by session", async () => {
@@ -87,4 +88,26 @@ Deno.test("pool: reuse alternates over sessions when several have idle connectio
   assertEquals(pool.take()!.key, "a");
   pool.clear();
   for (const c of [a1, a2, b1]) c.destroy();
+});
+
+Deno.test("pool: emptying and refilling a thousand times arms one expiry timer", () => {
+  const pool = new UpstreamPool();
+  const c = conn();
+  const real = globalThis.setTimeout;
+  let timers = 0;
+  globalThis.setTimeout = ((fn: () => void, ms?: number) => {
+    timers++;
+    return real(fn, ms);
+  }) as typeof setTimeout;
+  try {
+    for (let i = 0; i < 1000; i++) {
+      assert(pool.put(c));
+      assertEquals(pool.take(), c);
+    }
+  } finally {
+    globalThis.setTimeout = real;
+  }
+  assertEquals(timers, 1);
+  pool.clear();
+  c.destroy();
 });
