@@ -33,12 +33,15 @@ const encoder = new TextEncoder();
 
 /**
  * Info and debug lines waiting to go to standard error. A busy proxy logs a line per request:
- * one `write` per line cost a sixth of its CPU, so lines written within one timer tick (about a
- * millisecond) leave in one write. Warnings and errors flush everything at once, and so does
- * process exit (`unload`, which `Deno.exit` dispatches too).
+ * one `write` per line cost a sixth of its CPU, so lines leave together, at most
+ * {@link FLUSH_MS} after the first of them or once 256 are waiting (klog itself flushes info
+ * lines every 5 s). Warnings and errors flush everything at once, and so does process exit
+ * (`unload`, which `Deno.exit` dispatches too).
  */
 let pending: string[] = [];
 let flushTimer: ReturnType<typeof setTimeout> | undefined;
+/** Longest an info line waits in {@link pending}. */
+const FLUSH_MS = 50;
 
 /** Write any buffered log lines to standard error now. */
 function flushLogs(): void {
@@ -60,7 +63,7 @@ function defaultWrite(line: string, urgent: boolean): void {
   pending.push(line);
   if (urgent || pending.length >= 256) flushLogs();
   else if (flushTimer === undefined) {
-    flushTimer = setTimeout(flushLogs, 0);
+    flushTimer = setTimeout(flushLogs, FLUSH_MS);
   }
 }
 
