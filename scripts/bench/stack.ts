@@ -211,21 +211,27 @@ export async function startAgentProc(
 ): Promise<Proc> {
   const kc = `${dir}/agent-${name}.kubeconfig`;
   await Deno.writeTextFile(kc, agentKubeconfig(origin));
-  const proc = denoRun(`agent-${name}`, "agent.ts", [
-    "--name",
-    name,
-    "--token",
-    token,
-    "--proxy-server",
-    proxyUrl,
-    "--kubeconfig",
-    kc,
-    "--kubesphere-service",
-    `127.0.0.1:${origin.httpPort}`,
-    "--max-retry-interval",
-    "2s",
-    ...extraArgs,
-  ]);
+  const proc = denoRun(
+    `agent-${name}`,
+    "agent.ts",
+    [
+      "--name",
+      name,
+      "--token",
+      token,
+      "--proxy-server",
+      proxyUrl,
+      "--kubeconfig",
+      kc,
+      "--kubesphere-service",
+      `127.0.0.1:${origin.httpPort}`,
+      "--max-retry-interval",
+      "2s",
+      ...extraArgs,
+    ],
+    undefined,
+    envFlags("BENCH_AGENT_FLAGS"),
+  );
   await proc.waitFor(/Connected\./, 30_000);
   return proc;
 }
