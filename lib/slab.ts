@@ -1,11 +1,14 @@
 /**
  * Read buffers for socket read loops: consecutive slices of a slab, so a small read does not
  * cost a fresh zero-filled buffer of the largest read size, and a slice handed out is never
- * reused (consumers may keep it, as ssh2 does until the peer's window opens).
+ * reused while a consumer may hold it (ssh2 keeps a chunk until the peer's window opens). Once
+ * every slice of a full slab has been given back ({@link SlabReader.release}), the slab goes
+ * to the shared buffer pool for reuse instead of to the GC.
  * @module
  */
 
 import { Buffer } from "node:buffer";
+import { releaseBuffer, takeBuffer } from "./buffer_pool.ts";
 
 /** Largest single read by default. */
 const READ_MAX = 256 * 1024;
@@ -22,6 +25,8 @@ export const READ_MIN = 16 * 1024;
 export class SlabReader {
   #slab: Uint8Array<ArrayBuffer> = new Uint8Array(0);
   #pos = 0;
+  /** Slices taken and not given back yet, by slab (the current one and full ones). */
+  readonly #out = new Map<ArrayBufferLike, { slab: Uint8Array; count: number }>();
   #size: number;
   #lastRoom = 0;
   readonly #max: number;
@@ -40,7 +45,11 @@ export class SlabReader {
   room(limit: number = this.#max): Uint8Array<ArrayBuffer> {
     const max = Math.max(READ_MIN, Math.min(this.#max, limit));
     if (this.#slab.length - this.#pos < READ_MIN) {
-      this.#slab = new Uint8Array(Math.min(this.#size, Math.max(4 * READ_MIN, 4 * max)));
+      // The full slab goes back to the pool now if no slice of it is out, else with the last.
+      if (this.#slab.length > 0 && !this.#out.has(this.#slab.buffer)) releaseBuffer(this.#slab);
+      const size = Math.min(this.#size, Math.max(4 * READ_MIN, 4 * max));
+      const fresh = takeBuffer(size);
+      this.#slab = new Uint8Array(fresh.buffer as ArrayBuffer, fresh.byteOffset, size);
       this.#pos = 0;
     }
     const room = this.#slab.subarray(this.#pos, this.#pos + max);
@@ -55,6 +64,20 @@ export class SlabReader {
     }
     const b = Buffer.from(this.#slab.buffer, this.#slab.byteOffset + this.#pos, n);
     this.#pos += n;
+    const out = this.#out.get(this.#slab.buffer);
+    if (out) out.count++;
+    else this.#out.set(this.#slab.buffer, { slab: this.#slab, count: 1 });
     return b;
+  }
+
+  /**
+   * A slice from {@link take} is no longer referenced anywhere (e.g. its bytes have been
+   * copied into a packet). Call once per slice, and only then; other buffers are ignored.
+   */
+  release(slice: Uint8Array): void {
+    const out = this.#out.get(slice.buffer);
+    if (out === undefined || --out.count > 0) return;
+    this.#out.delete(slice.buffer);
+    if (out.slab !== this.#slab) releaseBuffer(out.slab);
   }
 }

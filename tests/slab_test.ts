@@ -38,3 +38,38 @@ Deno.test("SlabReader: a read limit caps the room (not below 16 KiB) and the nex
   assert(small.buffer.byteLength <= 64 * 1024, `slab of ${small.buffer.byteLength} bytes`);
   assertEquals(slab.room(100).length, 16 * 1024, "never below the minimum read");
 });
+
+Deno.test("SlabReader: a full slab is reused once every slice of it is released, not before", () => {
+  const slab = new SlabReader(64 * 1024, 64 * 1024);
+  // Fill one slab with four 16 KiB reads; keep the slices.
+  const first = slab.room();
+  const slices = [16, 16, 16, 16].map(() => {
+    slab.room();
+    return slab.take(16 * 1024);
+  });
+  assertEquals(slices[0].buffer, first.buffer);
+  // The slab is full: the next room is a new slab, whatever happens to the old one's slices.
+  const second = slab.room();
+  assert(second.buffer !== first.buffer);
+  for (const s of slices.slice(0, 3)) slab.release(s);
+  // One slice still out: after the second slab fills, the first is not handed out again.
+  for (let i = 0; i < 4; i++) {
+    slab.room();
+    slab.release(slab.take(16 * 1024));
+  }
+  const third = slab.room();
+  assert(third.buffer !== first.buffer, "reused while a slice was out");
+  slab.release(slices[3]);
+  slab.release(slices[3]); // a second release changes nothing
+  // Now the first slab (and the second, released as it filled) are back in the pool.
+  for (let i = 0; i < 4; i++) {
+    slab.room();
+    slab.release(slab.take(16 * 1024));
+  }
+  const seen = new Set<ArrayBufferLike>();
+  for (let i = 0; i < 8; i++) {
+    seen.add(slab.room().buffer);
+    slab.release(slab.take(16 * 1024));
+  }
+  assert(seen.has(first.buffer) || seen.has(second.buffer), "a released slab came back");
+});

@@ -4,10 +4,14 @@
  * sides and half-close carried across (channel EOF → TCP FIN and back).
  *
  * Performance notes (this is the agent's whole data path):
- * - TCP → channel reads go into slices of a shared slab that is replaced only
- *   when nearly used up, so a small read does not cost a fresh zero-filled
- *   256 KiB buffer (ssh2 may keep a written chunk until the peer's window
- *   opens, so buffers handed to the channel are never reused).
+ * - TCP → channel reads go into slices of a slab that is replaced only when
+ *   nearly used up, so a small read does not cost a fresh zero-filled 256 KiB
+ *   buffer. ssh2 may keep a written chunk until the peer's window opens, so a
+ *   slab goes back to the buffer pool only once the channel has taken every
+ *   slice of it (the write callbacks).
+ * - A stream holds at most its share of {@link READ_BUDGET} in chunks the
+ *   channel has not taken yet (not the channel's whole 256 KiB write buffer):
+ *   a thousand busy streams hold ~16 KiB each.
  * - channel → TCP keeps the channel flowing and queues chunks while a write is
  *   in progress; it pauses the channel only when the queue is large, instead
  *   of pausing and resuming around every 32 KiB SSH packet.
@@ -22,16 +26,17 @@ import { READ_MIN, SlabReader } from "../slab.ts";
 const UP_HIGH_WATER = 1 << 20;
 
 /**
- * Bytes all target → channel reads of this process may hold at once. A stream's next read is this
- * divided by the streams currently holding a chunk the channel has not taken (waiting for their
- * SSH window or the transport), between 16 KiB and 256 KiB: a bulk stream reads 256 KiB at a
- * time, while a thousand stalled-up streams hold 16 KiB each instead of a quarter of a GiB
- * together. Idle keep-alive streams do not count.
+ * Bytes all target → channel reads of this process may hold at once. A stream's share is this
+ * divided by the streams currently holding chunks the channel has not taken (waiting for their
+ * SSH window or the transport), between 16 KiB and 256 KiB: it reads at most its share at a
+ * time and holds at most its share unsent, so a bulk stream moves 256 KiB at a time while a
+ * thousand busy streams hold ~16 KiB each instead of a quarter of a GiB together. Idle
+ * keep-alive streams do not count.
  */
 export const READ_BUDGET = 16 << 20;
 
-/** Target → channel loops now holding a chunk the channel has not taken (waiting for `drain`). */
-let blockedReaders = 0;
+/** Target → channel loops now holding bytes the channel has not taken. */
+let holders = 0;
 
 /** Read size for one of `readers` streams sharing {@link READ_BUDGET}. */
 export function readLimit(readers: number): number {
@@ -137,14 +142,48 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
   // TCP → channel
   const down = (async () => {
     const slab = new SlabReader();
+    /** Bytes written to the channel that it has not taken yet (write callbacks pending). */
+    let unsent = 0;
+    let finished = false;
+    let wake: (() => void) | undefined;
+    /** Chunks written and not yet taken, oldest first (writes complete in order). */
+    const written: Buffer[] = [];
+    // One callback for every write: Node then batches the completions of a tick into one call
+    // each (a fresh closure per write cost a tick of its own, ~15% of small-request req/s).
+    const onTaken = (err?: Error | null) => {
+      const chunk = written.shift();
+      if (finished || chunk === undefined) return; // counted out already: the channel closed
+      unsent -= chunk.length;
+      if (unsent === 0) holders--;
+      // Once ssh2 has copied the chunk into packets, its slab may be reused.
+      if (!err) slab.release(chunk);
+      wake?.();
+    };
+    /** Resolve once `unsent` is below `limit`, or the channel is gone (callbacks may never come). */
+    const taken = (limit: number) =>
+      new Promise<void>((resolve) => {
+        const check = () => {
+          if (unsent >= limit && !closed && !channel.destroyed) return;
+          wake = undefined;
+          channel.off("close", check);
+          resolve();
+        };
+        wake = check;
+        channel.on("close", check);
+        check();
+      });
     try {
       while (!closed) {
-        const n = await conn.read(slab.room(readLimit(blockedReaders + 1)));
+        const n = await conn.read(slab.room(readLimit(holders + (unsent > 0 ? 0 : 1))));
         if (n === null) break;
-        if (!channel.write(slab.take(n))) {
-          blockedReaders++;
-          await drainedOrClosed(channel).finally(() => blockedReaders--);
-        }
+        const chunk = slab.take(n);
+        if (unsent === 0) holders++;
+        unsent += n;
+        written.push(chunk);
+        const ok = channel.write(chunk, onTaken);
+        const share = readLimit(holders);
+        if (!ok) await drainedOrClosed(channel);
+        else if (unsent >= share) await taken(share);
       }
       if (!closed) {
         // Everything queued on the channel must reach the proxy before close.
@@ -156,6 +195,10 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
       }
     } catch {
       closeAll();
+    } finally {
+      // A closed channel never calls back for what it still held: stop counting it.
+      finished = true;
+      if (unsent > 0) holders--;
     }
   })();
 

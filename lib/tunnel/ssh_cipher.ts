@@ -25,6 +25,7 @@ import { createCipheriv, createDecipheriv, randomFillSync, timingSafeEqual } fro
 import cryptoModule from "ssh2/lib/protocol/crypto.js";
 import createPoly1305Module from "ssh2/lib/protocol/crypto/poly1305.js";
 import { keyWords, LITTLE_ENDIAN, seqnoBlock, xorKeystream } from "./chacha20.ts";
+import { takeBuffer } from "../buffer_pool.ts";
 
 /** The name of the cipher on the wire. */
 export const CHACHA_POLY = "chacha20-poly1305@openssh.com";
@@ -154,7 +155,7 @@ function allocPacket(this: CipherInstance, payloadLen: number): Buffer {
   let padLen = 8 - ((pktLen - 4) & 7);
   if (padLen < 4) padLen += 8;
   pktLen += padLen;
-  const packet = Buffer.allocUnsafe(pktLen + 16);
+  const packet = takeBuffer(pktLen + 16);
   packet.writeUInt32BE(pktLen - 4, 0);
   packet[4] = padLen;
   randomFillSync(packet, 5 + payloadLen, padLen);

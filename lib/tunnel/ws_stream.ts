@@ -21,6 +21,7 @@
 import { Buffer } from "node:buffer";
 import { randomFillSync } from "node:crypto";
 import { Duplex } from "node:stream";
+import { releaseBuffer } from "../buffer_pool.ts";
 
 /** Options for {@link websocketStream}. */
 export interface WsStreamOptions {
@@ -283,8 +284,11 @@ export function websocketClientStream(
       const k = Math.min(c.length, FRAME_PAD + len - off);
       frame.set(k === c.length ? c : c.subarray(0, k), off);
       off += k;
-      if (k === c.length) batch.shift();
-      else batch[0] = c.subarray(k);
+      if (k === c.length) {
+        batch.shift();
+        // Copied out whole: if it is a packet buffer, the next packet may reuse it.
+        releaseBuffer(c);
+      } else batch[0] = c.subarray(k);
     }
     batchBytes -= len;
     return sealFrame(frame, OP_BINARY, len);

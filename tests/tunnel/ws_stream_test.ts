@@ -10,6 +10,7 @@ import { createHash } from "node:crypto";
 import type { Duplex } from "node:stream";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { patternChunk, readAllNode, writeAll } from "../helpers/tunnel.ts";
+import { freeBufferBytes, takeBuffer } from "../../lib/buffer_pool.ts";
 import {
   encodeClientFrame,
   websocketClientStream,
@@ -259,6 +260,28 @@ Deno.test("client frames are masked, sized with 7/16/64-bit lengths, and batch s
       got += g.payload.length;
     }
     assert(all.equals(big));
+  } finally {
+    close();
+  }
+});
+
+Deno.test("a pooled buffer written whole is given back once framed, and its bytes went out", async () => {
+  const { client, server, close } = await rawPair();
+  try {
+    const packet = takeBuffer(40_000);
+    const other = takeBuffer(40_000);
+    packet.set(patternChunk(40_000).subarray(0, 40_000));
+    const want = Buffer.from(packet);
+    const freeBefore = freeBufferBytes();
+    client.write(packet);
+    const f = (await server.frame())!;
+    assert(Buffer.from(f.payload).equals(want), "the frame carries the bytes as written");
+    assertEquals(freeBufferBytes(), freeBefore + packet.buffer.byteLength);
+    // A buffer written as a view into its middle is left to the GC.
+    client.write(other.subarray(8));
+    await server.frame();
+    assertEquals(freeBufferBytes(), freeBefore + packet.buffer.byteLength);
+    assertEquals(takeBuffer(40_000).buffer, packet.buffer, "reused by the next packet");
   } finally {
     close();
   }

@@ -1,0 +1,97 @@
+/**
+ * Reusable large buffers: outbound SSH packets and the agent's read slabs.
+ *
+ * Above 4 KiB `Buffer`'s own pool does not serve an allocation, so each sealed packet and each
+ * read slab was an ArrayBuffer of its own: a busy agent sending 100 MB/s made about twice that
+ * in garbage buffers, which V8 collected only every few seconds (300–450 MB dead at a time, and
+ * an RSS glibc never handed back; the agent's manifest limits it to 256 MiB). Whoever knows a
+ * buffer is no longer referenced gives it back ({@link releaseBuffer}): the agent's WebSocket
+ * framing once it has copied a packet into its frame, a read slab once every slice of it has
+ * been consumed. The next request of that size class reuses it.
+ *
+ * Only buffers made here are taken back, only whole (offset 0), only once while free. At most
+ * {@link MAX_FREE_BYTES} wait in all: past that the buffers free the longest go to the GC, so
+ * sizes no longer asked for (a bulk transfer's large packets, once a thousand streams share
+ * the reads) do not hold the room that the sizes in use need.
+ * @module
+ */
+
+import { Buffer } from "node:buffer";
+
+/** Smaller requests come from `Buffer`'s own pool (or a plain allocation). */
+export const MIN_POOLED = 16 * 1024;
+/**
+ * Size classes (KiB): two an octave, so a class serves lengths up to a third apart, plus one
+ * for the largest channel-data packet (256 KiB and its framing). Longer requests are not pooled.
+ */
+const CLASSES = [16, 24, 32, 48, 64, 96, 128, 192, 272, 384, 512].map((k) => k * 1024);
+/** Most bytes kept free at once, all classes together. */
+export const MAX_FREE_BYTES = 16 * 1024 * 1024;
+
+/** Free buffers by size class; the last freed is reused first. */
+const free = new Map<number, ArrayBuffer[]>();
+/** Free buffers, longest free first (entries reused since are skipped and dropped lazily). */
+let freeOrder: ArrayBuffer[] = [];
+let freeCount = 0;
+/** Buffers made here (only these are taken back). */
+const ours = new WeakSet<ArrayBuffer>();
+/** Buffers currently on a free list (a second release of one is ignored). */
+const isFree = new WeakSet<ArrayBuffer>();
+let freeBytes = 0;
+
+/** A buffer of exactly `len` bytes, contents undefined. */
+export function takeBuffer(len: number): Buffer {
+  if (len < MIN_POOLED) return Buffer.allocUnsafe(len);
+  const size = CLASSES.find((c) => c >= len);
+  if (size === undefined) return Buffer.allocUnsafe(len);
+  const ab = free.get(size)?.pop();
+  if (ab !== undefined) {
+    isFree.delete(ab);
+    freeBytes -= size;
+    freeCount--;
+    return Buffer.from(ab, 0, len);
+  }
+  const fresh = new ArrayBuffer(size);
+  ours.add(fresh);
+  return Buffer.from(fresh, 0, len);
+}
+
+/**
+ * `buf` (from {@link takeBuffer}) is no longer referenced anywhere: its memory may serve a
+ * later request. Release each buffer once; anything not made here is ignored.
+ */
+export function releaseBuffer(buf: Uint8Array): void {
+  const ab = buf.buffer;
+  if (buf.byteOffset !== 0 || !(ab instanceof ArrayBuffer) || !ours.has(ab) || isFree.has(ab)) {
+    return;
+  }
+  if (ab.byteLength > MAX_FREE_BYTES) return;
+  let list = free.get(ab.byteLength);
+  if (list === undefined) free.set(ab.byteLength, list = []);
+  list.push(ab);
+  isFree.add(ab);
+  freeBytes += ab.byteLength;
+  freeCount++;
+  freeOrder.push(ab);
+  while (freeBytes > MAX_FREE_BYTES) evictOldest();
+  if (freeOrder.length > 4 * freeCount + 64) freeOrder = freeOrder.filter((b) => isFree.has(b));
+}
+
+/** Leave the buffer free the longest to the GC. */
+function evictOldest(): void {
+  for (;;) {
+    const ab = freeOrder.shift()!;
+    if (!isFree.has(ab)) continue; // reused since it was freed
+    const list = free.get(ab.byteLength)!;
+    list.splice(list.indexOf(ab), 1);
+    isFree.delete(ab);
+    freeBytes -= ab.byteLength;
+    freeCount--;
+    return;
+  }
+}
+
+/** Bytes waiting on the free lists (for tests). */
+export function freeBufferBytes(): number {
+  return freeBytes;
+}
