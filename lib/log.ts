@@ -121,7 +121,7 @@ export function logger(component: string): Log {
   const l = getLogger(category);
   const emit = (level: "info" | "warning" | "error" | "debug", msg: string, fields?: LogFields) => {
     if (!configured) setupLogging();
-    const properties: LogFields = { ...fields, [COMPONENT]: component };
+    const properties: LogFields = fields ?? {};
     // A finished record: no message template to parse (braces in `msg` are text), no lazy
     // properties to resolve. The proxy logs a line per request, so this path counts.
     // With its category the record goes straight to the sinks.
@@ -153,14 +153,18 @@ export function redact(secret: string | undefined | null): string {
   return `${secret.slice(0, 4)}…(${secret.length} chars)`;
 }
 
-const COMPONENT = "component";
+/** The component a record comes from: `proxy/http` for `tower`'s, else its whole category. */
+function componentOf(record: LogRecord): string {
+  const c = record.category;
+  return c[0] === "tower" && c.length > 1 ? c.slice(1).join("/") : c.join(".");
+}
 
 function message(record: LogRecord): string {
   return record.message.map((part) => (typeof part === "string" ? part : String(part))).join("");
 }
 
 function fieldsOf(record: LogRecord): [string, unknown][] {
-  return Object.entries(record.properties).filter(([k]) => k !== COMPONENT);
+  return Object.entries(record.properties);
 }
 
 /** The klog time and thread columns of the last millisecond formatted (lines share it). */
@@ -208,8 +212,8 @@ function fmtValue(v: unknown): string {
 export function formatKlog(record: LogRecord): string {
   const props = record.properties;
   let line = `${LETTER[record.level] ?? "I"}${klogStamp(record.timestamp)} ` +
-    `${String(props[COMPONENT] ?? "tower")}] ${message(record)}`;
-  for (const k in props) if (k !== COMPONENT) line += ` ${k}=${fmtValue(props[k])}`;
+    `${componentOf(record)}] ${message(record)}`;
+  for (const k in props) line += ` ${k}=${fmtValue(props[k])}`;
   return line + "\n";
 }
 
@@ -218,7 +222,7 @@ export function formatJson(record: LogRecord): string {
   const obj: Record<string, unknown> = {
     ts: new Date(record.timestamp).toISOString(),
     level: record.level === "warning" ? "warn" : record.level,
-    logger: record.properties[COMPONENT] ?? "tower",
+    logger: componentOf(record),
     msg: message(record),
   };
   for (const [k, v] of fieldsOf(record)) obj[k] = v instanceof Error ? v.message : v;

@@ -27,8 +27,10 @@ Deno.test("log: klog text layout, levels, fields in order, braces kept as text",
     log.info("request {not a placeholder}", { cluster: "alpha", status: 200, ok: true });
     log.warn("slow", { ms: 1.5, error: new Error('bad "thing"') });
     log.error("failed", { obj: { a: [1] }, nothing: undefined });
+    log.info("own field", { component: "kept" });
   });
-  assertEquals(lines.length, 3);
+  assertEquals(lines.length, 4);
+  assertMatch(lines[3], / proxy\/layout\] own field component="kept"\n$/);
   const pid = String(Deno.pid).padStart(7);
   const stamp = String.raw`\d{4} \d\d:\d\d:\d\d\.\d{3}000 ${pid} proxy/layout\] `;
   assertMatch(
