@@ -4,10 +4,10 @@
  * Above 4 KiB `Buffer`'s own pool does not serve an allocation, so each sealed packet and each
  * read slab was an ArrayBuffer of its own: a busy agent sending 100 MB/s made about twice that
  * in garbage buffers, which V8 collected only every few seconds (300–450 MB dead at a time, and
- * an RSS glibc never handed back). Whoever knows a
- * buffer is no longer referenced gives it back ({@link releaseBuffer}): the agent's WebSocket
- * framing once it has copied a packet into its frame, a read slab once every slice of it has
- * been consumed. The next request of that size class reuses it.
+ * an RSS glibc never handed back). Whoever knows a buffer is no longer referenced gives it back
+ * ({@link releaseBuffer}): the agent's WebSocket framing once it has copied a packet into its
+ * frame, a read slab once every slice of it has been consumed. The next request of that size
+ * class reuses it.
  *
  * Only buffers made here are taken back, only whole (offset 0), only once while free. At most
  * {@link MAX_FREE_BYTES} wait in all: past that the buffers free the longest go to the GC, so
