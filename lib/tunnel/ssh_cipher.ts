@@ -21,7 +21,7 @@
  */
 
 import { Buffer } from "node:buffer";
-import { createCipheriv, createDecipheriv, randomFillSync, timingSafeEqual } from "node:crypto";
+import { createCipheriv, createDecipheriv, randomFillSync } from "node:crypto";
 import cryptoModule from "ssh2/lib/protocol/crypto.js";
 import createPoly1305Module from "ssh2/lib/protocol/crypto/poly1305.js";
 import { keyWords, LITTLE_ENDIAN, seqnoBlock, xorKeystream } from "./chacha20.ts";
@@ -150,6 +150,16 @@ function poly1305(
   out.set(heap.subarray(polyOut, polyOut + 16), outOff);
 }
 
+/**
+ * Whether two 16-byte MACs are equal, in constant time: every byte is looked at and no branch
+ * depends on them (node:crypto's timingSafeEqual costs ~1.5 µs a call under Deno).
+ */
+function macEqual(a: Uint8Array, b: Uint8Array): boolean {
+  let diff = 0;
+  for (let i = 0; i < 16; i++) diff |= a[i] ^ b[i];
+  return diff === 0;
+}
+
 function allocPacket(this: CipherInstance, payloadLen: number): Buffer {
   let pktLen = 4 + 1 + payloadLen;
   let padLen = 8 - ((pktLen - 4) & 7);
@@ -240,7 +250,7 @@ function decrypt(
     seqnoBlock(keys.main, 0, seqno, polyBlock);
     const sealed = this._packet!;
     poly1305(this._lenBuf, sealed, polyKeyBytes, this._calcMac, 0);
-    if (!timingSafeEqual(this._calcMac, this._mac)) throw new Error("Invalid MAC");
+    if (!macEqual(this._calcMac, this._mac)) throw new Error("Invalid MAC");
     let packet: Uint8Array;
     if (sealed.length <= JS_MAX_BODY) {
       // Opened in a copy: `sealed` may be the caller's read buffer.
