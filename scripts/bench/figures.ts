@@ -131,6 +131,11 @@ export async function concurrency(
  * Figure 4: `streams` connections each downloading a large body; with `stall`,
  * one of them sends its request and never reads. Returns the aggregate MB/s of
  * the reading streams over `durationMs` (after a warm-up of `warmupMs`).
+ *
+ * The stalled stream asks first, alone, and gets `warmupMs` to fill everything
+ * on its path (socket buffers, the proxy's buffers, its SSH window) before the
+ * others start: sharing ~100 MB/s with a thousand others it would need about a
+ * minute to, so the measurement would not see a stalled stream at all.
  */
 export async function fairness(
   path: BenchPath,
@@ -155,14 +160,15 @@ export async function fairness(
       cs.push(...wave);
     }
     const huge = 2 ** 40;
+    if (stall) {
+      // Ask for the body and never read it; let it fill its path while alone.
+      readers.push(
+        cs[0].request("GET", `/bytes?n=${huge}`, { stop: () => true }).catch(() => {}),
+      );
+      await new Promise<void>((r) => setTimeout(r, warmupMs));
+    }
     cs.forEach((c, i) => {
-      if (stall && i === 0) {
-        // Ask for the body and never read it.
-        readers.push(
-          c.request("GET", `/bytes?n=${huge}`, { stop: () => true }).catch(() => {}),
-        );
-        return;
-      }
+      if (stall && i === 0) return;
       readers.push(
         c.request("GET", `/bytes?n=${huge}`, { onBody, stop: () => stop }).catch(
           (err: Error) => {
