@@ -1,0 +1,85 @@
+/**
+ * `deno task bench` end to end at tiny sizes: origin, proxy and agent start as processes, the
+ * figures run direct and through the kubesphere endpoint, and `--json` holds every result with
+ * plausible values (the bench has no other test, and nothing else would notice it breaking).
+ */
+
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { Proc } from "../helpers/proc.ts";
+
+interface Result {
+  key: string;
+  sample: { median: number; runs: number[] };
+}
+
+Deno.test("bench: a tiny run measures every asked figure, direct and through Tower", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "tower-bench-" });
+  const out = `${dir}/results.json`;
+  const main = new URL("../../scripts/bench/main.ts", import.meta.url).pathname;
+  const proc = new Proc("bench", Deno.execPath(), [
+    "run",
+    "-A",
+    "--quiet",
+    main,
+    "--only",
+    "bulk,small,concurrency,fairness,rss",
+    "--runs",
+    "1",
+    "--get-mib",
+    "4",
+    "--put-mib",
+    "2",
+    "--small-count",
+    "30",
+    "--conns",
+    "4",
+    "--duration",
+    "300ms",
+    "--streams",
+    "8",
+    "--fair-duration",
+    "300ms",
+    "--paths",
+    "direct,kubesphere",
+    "--agents",
+    "0",
+    "--json",
+    out,
+  ]);
+  try {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const status = await Promise.race([
+      proc.status(),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`bench did not finish within 120 s:\n${proc.tail(30)}`)),
+          120_000,
+        );
+      }),
+    ]).finally(() => clearTimeout(timer));
+    assertEquals(status.code, 0, proc.tail(30));
+    const { results } = JSON.parse(await Deno.readTextFile(out)) as { results: Result[] };
+    const got = new Map(results.map((r) => [r.key, r.sample.median]));
+    for (const path of ["direct", "kubesphere"]) {
+      for (const key of ["bulk/get", "bulk/put", "concurrency/req_per_s"]) {
+        assert(
+          (got.get(`${key}/${path}`) ?? 0) > 0,
+          `${key}/${path}: ${got.get(`${key}/${path}`)}`,
+        );
+      }
+      const p50 = got.get(`small/p50/${path}`) ?? 0;
+      const p99 = got.get(`small/p99/${path}`) ?? 0;
+      assert(p50 > 0 && p99 >= p50, `small/${path}: p50 ${p50} p99 ${p99}`);
+      assertEquals(got.get(`concurrency/errors/${path}`), 0);
+    }
+    assert((got.get("fairness/unstalled/kubesphere") ?? 0) > 0);
+    assert((got.get("fairness/one_stalled/kubesphere") ?? 0) > 0);
+    for (const key of ["proxy_idle", "agent_idle", "proxy_load", "agent_load"]) {
+      const mib = got.get(`rss/${key}/tower`) ?? 0;
+      assert(mib > 10 && mib < 4096, `rss/${key}: ${mib} MiB`);
+    }
+  } finally {
+    if (!proc.exited) await proc.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
