@@ -216,3 +216,25 @@ Deno.test("sha256Fingerprint: hex SHA-256", () => {
     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
   );
 });
+
+Deno.test("issued certificates name their CA's key: authority key id = the CA's subject key id", async () => {
+  const { AuthorityKeyIdentifierExtension, SubjectKeyIdentifierExtension, X509Certificate } =
+    await import("@peculiar/x509");
+  const [a, b] = await Promise.all([
+    generateCA({ commonName: "a" }),
+    generateCA({ commonName: "b" }),
+  ]);
+  const keyIdOf = (ca: CA) => ca.cert.getExtension(SubjectKeyIdentifierExtension)!.keyId;
+  for (const ca of [a, b, a]) {
+    for (
+      const issued of [
+        await issueServingCert(ca, { commonName: "s", dnsNames: ["x.example"] }),
+        await issueClientCert(ca, { commonName: "c" }),
+      ]
+    ) {
+      const aki = new X509Certificate(issued.certPem).getExtension(AuthorityKeyIdentifierExtension);
+      nodeAssert.equal(aki?.keyId, keyIdOf(ca));
+    }
+  }
+  nodeAssert.notEqual(keyIdOf(a), keyIdOf(b));
+});
