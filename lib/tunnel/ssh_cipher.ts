@@ -8,9 +8,10 @@
  * opens each with the same again. Here a packet is sealed in place in a buffer that already
  * has room for its MAC and leaves in one write; the length block, the Poly1305 key and bodies
  * up to 2 KiB come from {@link ./chacha20.ts} (no cipher object at all: most packets of small
- * requests), longer bodies from one `node:crypto` cipher; Poly1305 runs on ssh2's own WASM
- * build, called directly on one reused region of its memory. Little-endian platforms only
- * (x86-64, arm64); elsewhere ssh2's own methods stay.
+ * requests), longer bodies from one `node:crypto` cipher; Poly1305 runs on our SIMD
+ * WebAssembly build ({@link ./poly1305.ts}; ssh2's scalar one where SIMD is missing), called
+ * on one reused region of its memory. Little-endian platforms only (x86-64, arm64); elsewhere
+ * ssh2's own methods stay.
  *
  * It works by replacing `allocPacket`/`encrypt` and `decrypt` on the prototypes of ssh2's
  * `ChaChaPolyCipherNative`/`ChaChaPolyDecipherNative` ({@link installFastChaChaPoly}); the
@@ -23,8 +24,8 @@
 import { Buffer } from "node:buffer";
 import { createCipheriv, createDecipheriv, randomFillSync } from "node:crypto";
 import cryptoModule from "ssh2/lib/protocol/crypto.js";
-import createPoly1305Module from "ssh2/lib/protocol/crypto/poly1305.js";
 import { keyWords, LITTLE_ENDIAN, seqnoBlock, xorKeystream } from "./chacha20.ts";
+import { loadPoly1305, type Poly1305, type Poly1305Kind } from "./poly1305.ts";
 import { takeBuffer } from "../buffer_pool.ts";
 
 /** The name of the cipher on the wire. */
@@ -41,19 +42,6 @@ export const LARGE_PACKET_SIZE = 256 * 1024;
 
 /** Largest packet length field accepted: a {@link LARGE_PACKET_SIZE} payload and its framing. */
 const MAX_PACKET_SIZE = LARGE_PACKET_SIZE + 1024;
-
-interface Poly1305Wasm {
-  HEAPU8: Uint8Array;
-  _malloc(n: number): number;
-  _poly1305_auth(
-    out: number,
-    m1: number,
-    m1Len: number,
-    m2: number,
-    m2Len: number,
-    key: number,
-  ): void;
-}
 
 interface Ssh2Crypto {
   CIPHER_INFO: Record<string, unknown>;
@@ -115,11 +103,8 @@ const lenBlockBytes = new Uint8Array(lenBlock.buffer);
 const polyBlock = new Uint32Array(16);
 const polyKeyBytes = new Uint8Array(polyBlock.buffer, 0, 32);
 
-let poly: Poly1305Wasm | undefined;
-/** Offsets in the WASM memory: output MAC, key, message (length field + packet). */
-let polyOut = 0;
-let polyKey = 0;
-let polyMsg = 0;
+/** Poly1305 of `lenField ‖ body` (./poly1305.ts), set by {@link installFastChaChaPoly}. */
+let poly1305: Poly1305;
 
 /** The IV for the body of packet `seqno`: block counter 1 (block 0 is the Poly1305 key). */
 function setIv(seqno: number): Buffer {
@@ -128,26 +113,6 @@ function setIv(seqno: number): Buffer {
   IV[14] = (seqno >>> 8) & 0xff;
   IV[15] = seqno & 0xff;
   return IV;
-}
-
-/**
- * Poly1305 of `lenField ‖ body` under the first 32 bytes of `key`, written to `out[outOff..+16]`.
- * `lenField` is 4 bytes; `body` at most {@link MAX_PACKET_SIZE}.
- */
-function poly1305(
-  lenField: Uint8Array,
-  body: Uint8Array,
-  key: Uint8Array,
-  out: Uint8Array,
-  outOff: number,
-): void {
-  const m = poly!;
-  const heap = m.HEAPU8; // read each time: Emscripten replaces the view if memory grows
-  heap.set(lenField.subarray(0, 4), polyMsg);
-  heap.set(body, polyMsg + 4);
-  heap.set(key.subarray(0, 32), polyKey);
-  m._poly1305_auth(polyOut, polyMsg, 4, polyMsg + 4, body.length, polyKey);
-  out.set(heap.subarray(polyOut, polyOut + 16), outOff);
 }
 
 /**
@@ -355,6 +320,12 @@ export function acceptsLargePackets(decipher: unknown): boolean {
 }
 
 let installed: Promise<void> | undefined;
+let polyKind: Poly1305Kind | undefined;
+
+/** Which Poly1305 the installed cipher uses (undefined before {@link installFastChaChaPoly}). */
+export function poly1305Kind(): Poly1305Kind | undefined {
+  return polyKind;
+}
 
 /**
  * Replace ssh2's ChaCha20-Poly1305 packet methods with the ones above, once per process.
@@ -367,11 +338,9 @@ export function installFastChaChaPoly(): Promise<void> {
     if (!LITTLE_ENDIAN) return;
     await ssh2Crypto.init;
     const { cipherProto, decipherProto } = checkChaChaPoly();
-    const m = await (createPoly1305Module as unknown as () => Promise<Poly1305Wasm>)();
-    polyOut = m._malloc(16);
-    polyKey = m._malloc(32);
-    polyMsg = m._malloc(4 + MAX_PACKET_SIZE + 16);
-    poly = m;
+    const loaded = await loadPoly1305(MAX_PACKET_SIZE);
+    poly1305 = loaded.poly1305;
+    polyKind = loaded.kind;
     cipherProto.allocPacket = allocPacket;
     cipherProto.encrypt = encrypt;
     decipherProto.decrypt = decrypt;
