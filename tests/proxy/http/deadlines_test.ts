@@ -5,6 +5,7 @@
 
 import { assert, assertEquals } from "../../helpers/assert.ts";
 import { Deadlines } from "../../../lib/proxy/http/deadlines.ts";
+import { countTimers } from "../../helpers/timers.ts";
 
 Deno.test("deadlines: fire once, not early, in order; cancelled ones never", async () => {
   const dl = new Deadlines(5);
@@ -36,19 +37,14 @@ Deno.test("deadlines: fire once, not early, in order; cancelled ones never", asy
 
 Deno.test("deadlines: a thousand add/cancel pairs arm one timer", () => {
   const dl = new Deadlines();
-  const real = globalThis.setTimeout;
-  let timers = 0;
-  globalThis.setTimeout = ((fn: () => void, ms?: number) => {
-    timers++;
-    return real(fn, ms);
-  }) as typeof setTimeout;
   try {
-    for (let i = 0; i < 1000; i++) dl.cancel(dl.add(60_000, () => {}));
+    const timers = countTimers(() => {
+      for (let i = 0; i < 1000; i++) dl.cancel(dl.add(60_000, () => {}));
+    });
     assertEquals(timers, 1);
     assert(dl.armed);
     assertEquals(dl.size, 0);
   } finally {
-    globalThis.setTimeout = real;
     dl.close();
   }
   assert(!dl.armed, "close stops the timer");

@@ -3,6 +3,7 @@ import { UpstreamConn } from "../../../lib/proxy/http/conn.ts";
 import { UpstreamPool } from "../../../lib/proxy/http/pool.ts";
 import { assert, assertEquals } from "../../helpers/assert.ts";
 import { once } from "./helpers.ts";
+import { countTimers } from "../../helpers/timers.ts";
 
 /** A connection over a PassThrough: what is written to it comes back as "received" bytes. */
 function conn(key = "s1"): UpstreamConn {
@@ -93,20 +94,12 @@ Deno.test("pool: reuse alternates over sessions when several have idle connectio
 Deno.test("pool: emptying and refilling a thousand times arms one expiry timer", () => {
   const pool = new UpstreamPool();
   const c = conn();
-  const real = globalThis.setTimeout;
-  let timers = 0;
-  globalThis.setTimeout = ((fn: () => void, ms?: number) => {
-    timers++;
-    return real(fn, ms);
-  }) as typeof setTimeout;
-  try {
+  const timers = countTimers(() => {
     for (let i = 0; i < 1000; i++) {
       assert(pool.put(c));
       assertEquals(pool.take(), c);
     }
-  } finally {
-    globalThis.setTimeout = real;
-  }
+  });
   assertEquals(timers, 1);
   pool.clear();
   c.destroy();
