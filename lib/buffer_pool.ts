@@ -73,21 +73,22 @@ export function releaseBuffer(buf: Uint8Array): void {
   freeBytes += ab.byteLength;
   freeCount++;
   freeOrder.push(ab);
-  while (freeBytes > MAX_FREE_BYTES) evictOldest();
+  while (freeBytes > MAX_FREE_BYTES && evictOldest());
   if (freeOrder.length > 4 * freeCount + 64) freeOrder = freeOrder.filter((b) => isFree.has(b));
 }
 
-/** Leave the buffer free the longest to the GC. */
-function evictOldest(): void {
+/** Leave the buffer free the longest to the GC; false if there was none. */
+function evictOldest(): boolean {
   for (;;) {
-    const ab = freeOrder.shift()!;
+    const ab = freeOrder.shift();
+    if (ab === undefined) return false;
     if (!isFree.has(ab)) continue; // reused since it was freed
     const list = free.get(ab.byteLength)!;
     list.splice(list.indexOf(ab), 1);
     isFree.delete(ab);
     freeBytes -= ab.byteLength;
     freeCount--;
-    return;
+    return true;
   }
 }
 
