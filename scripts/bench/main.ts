@@ -404,11 +404,13 @@ async function main(args: string[]): Promise<number> {
         v.settle as number,
       );
       results.add("scale", "initial_connect", "tower", s.initialConnectS, "s", "lower");
+      results.add("scale", "initial_serving", "tower", s.initialServingS, "s", "lower");
       results.add("scale", "connect_rate", "tower", s.connectRate, "agents/s", "higher");
       results.add("scale", "proxy_rss", "tower", s.proxyRssMiB, "MiB", "lower");
       results.add("scale", "proxy_rss_settled", "tower", s.proxyRssSettledMiB, "MiB", "lower");
       for (const r of s.restarts) {
         results.add("scale", "restart_all_back", "tower", r.allBackS, "s", "lower");
+        results.add("scale", "restart_all_serving", "tower", r.allServingS, "s", "lower");
         results.add("scale", "proxy_rss_after_restart", "tower", r.proxyRssMiB, "MiB", "lower");
       }
     }

@@ -16,6 +16,8 @@ import { rssMiB, startProxyProc } from "./stack.ts";
 export interface ScaleRestart {
   /** Seconds from SIGTERM to the old proxy until every agent is connected to the new one. */
   allBackS: number;
+  /** Seconds from SIGTERM until the new proxy serves every cluster's endpoints. */
+  allServingS: number;
   /** Proxy RSS (MiB) once every agent is back. */
   proxyRssMiB: number;
 }
@@ -27,6 +29,8 @@ export interface ScaleResult {
   initialConnectS: number;
   /** Agents per second during the initial connect. */
   connectRate: number;
+  /** Seconds from starting the workers until the proxy serves every cluster's endpoints. */
+  initialServingS: number;
   /** Proxy RSS (MiB) right after every agent connected (the connect storm's garbage included). */
   proxyRssMiB: number;
   /**
@@ -48,6 +52,24 @@ function connectedOf(worker: Proc): number {
 /** Agents connected over all workers. */
 function connectedCount(workers: Proc[]): number {
   return workers.reduce((s, w) => s + connectedOf(w), 0);
+}
+
+/**
+ * Wait until `proxy` has logged that it serves the endpoints of all `clusters` clusters that
+ * got ports (the port range holds 991 pairs: past that a cluster's agent connects but its
+ * endpoints wait, and the proxy says so once).
+ */
+async function waitServing(proxy: Proc, clusters: number, timeoutMs: number): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const n = proxy.count(/Serving cluster endpoints/);
+    if (n >= clusters - proxy.count(/No ports for the cluster's endpoints/)) return;
+    if (proxy.exited) throw new Error(`scale: proxy exited:\n${proxy.tail(10)}`);
+    if (performance.now() > deadline) {
+      throw new Error(`scale: ${n} of ${clusters} clusters served after ${timeoutMs} ms`);
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
 }
 
 async function waitCount(
@@ -119,6 +141,8 @@ export async function scale(
     await waitCount(workers, (n) => n >= agents, 300_000, "initial connect");
     const initialConnectS = (performance.now() - t0) / 1000;
     const proxyRss = rssMiB(proxy.child.pid);
+    await waitServing(proxy, agents, 300_000);
+    const initialServingS = (performance.now() - t0) / 1000;
     log(
       `scale: ${agents} agents connected in ${initialConnectS.toFixed(1)} s, proxy RSS ${
         proxyRss.toFixed(0)
@@ -138,17 +162,20 @@ export async function scale(
       await waitCount(workers, (n) => n >= agents, 300_000, "reconnect after restart");
       const allBackS = (performance.now() - t) / 1000;
       const rss = rssMiB(proxy.child.pid);
+      await waitServing(proxy, agents, 300_000);
+      const allServingS = (performance.now() - t) / 1000;
       log(
         `scale: restart ${r + 1}: all back in ${allBackS.toFixed(1)} s, proxy RSS ${
           rss.toFixed(0)
         } MiB`,
       );
-      out.push({ allBackS, proxyRssMiB: rss });
+      out.push({ allBackS, allServingS, proxyRssMiB: rss });
     }
     return {
       agents,
       initialConnectS,
       connectRate: agents / initialConnectS,
+      initialServingS,
       proxyRssMiB: proxyRss,
       proxyRssSettledMiB: proxyRssSettled,
       restarts: out,
