@@ -18,7 +18,7 @@ export interface ScaleRestart {
   allBackS: number;
   /** Seconds from SIGTERM until the new proxy serves every cluster's endpoints. */
   allServingS: number;
-  /** Proxy RSS (MiB) once every agent is back. */
+  /** Proxy RSS (MiB) once every agent is back and every cluster served. */
   proxyRssMiB: number;
 }
 
@@ -31,7 +31,10 @@ export interface ScaleResult {
   connectRate: number;
   /** Seconds from starting the workers until the proxy serves every cluster's endpoints. */
   initialServingS: number;
-  /** Proxy RSS (MiB) right after every agent connected (the connect storm's garbage included). */
+  /**
+   * Proxy RSS (MiB) as soon as every agent is connected and every cluster served (the connect
+   * storm's garbage included).
+   */
   proxyRssMiB: number;
   /**
    * Lowest proxy RSS (MiB) over `settleMs` after that, every agent still connected: the steady
@@ -140,9 +143,10 @@ export async function scale(
     }
     await waitCount(workers, (n) => n >= agents, 300_000, "initial connect");
     const initialConnectS = (performance.now() - t0) / 1000;
-    const proxyRss = rssMiB(proxy.child.pid);
     await waitServing(proxy, agents, 300_000);
     const initialServingS = (performance.now() - t0) / 1000;
+    // With every agent connected and every cluster served: the whole load in place.
+    const proxyRss = rssMiB(proxy.child.pid);
     log(
       `scale: ${agents} agents connected in ${initialConnectS.toFixed(1)} s, proxy RSS ${
         proxyRss.toFixed(0)
@@ -161,9 +165,9 @@ export async function scale(
       proxy = await startProxyProc(dir, port, clustersPath, "scale-proxy");
       await waitCount(workers, (n) => n >= agents, 300_000, "reconnect after restart");
       const allBackS = (performance.now() - t) / 1000;
-      const rss = rssMiB(proxy.child.pid);
       await waitServing(proxy, agents, 300_000);
       const allServingS = (performance.now() - t) / 1000;
+      const rss = rssMiB(proxy.child.pid);
       log(
         `scale: restart ${r + 1}: all back in ${allBackS.toFixed(1)} s, proxy RSS ${
           rss.toFixed(0)
