@@ -26,6 +26,24 @@ async function setup(opts: Parameters<typeof startPlainProxy>[1] = {}, wrap = fa
   };
 }
 
+/** A scripted raw origin (see startRawOrigin), the proxy in front of it and a raw client. */
+async function rawSetup(answer: Parameters<typeof startRawOrigin>[0]) {
+  const origin = await startRawOrigin(answer);
+  const dialer = new TestDialer(origin.port);
+  const proxy = await startPlainProxy(dialer);
+  const client = await RawClient.connect(proxy.port);
+  return {
+    origin,
+    dialer,
+    client,
+    async close() {
+      await client.close();
+      await proxy.close();
+      await origin.close();
+    },
+  };
+}
+
 Deno.test("GET is forwarded; keep-alive reuses one upstream stream", async () => {
   const t = await setup();
   try {
@@ -363,26 +381,22 @@ Deno.test("upgrade refused with a normal answer keeps the connection usable", as
 Deno.test("header bytes beyond ASCII (obs-text) pass through unchanged both ways", async () => {
   // E.g. a Content-Disposition file name sent as raw UTF-8 bytes: HTTP heads are bytes, and
   // the proxy must not re-encode them.
-  const origin = await startRawOrigin(() => ({
+  const t = await rawSetup(() => ({
     response:
       'HTTP/1.1 200 OK\r\nContent-Disposition: attachment; filename="r\xc3\xa9sum\xc3\xa9"\r\n' +
       "X-Latin: caf\xe9 \xff\r\nContent-Length: 2\r\n\r\nok",
     upgrade: false,
   }));
-  const dialer = new TestDialer(origin.port);
-  const proxy = await startPlainProxy(dialer);
-  const c = await RawClient.connect(proxy.port);
+  const c = t.client;
   try {
     c.write("GET / HTTP/1.1\r\nHost: a\r\nX-Name: na\xefve \xc3\xa9\r\n\r\n");
     const res = await c.readResponse();
     assertEquals(res.status, 200);
     assertEquals(res.headers["content-disposition"], 'attachment; filename="r\xc3\xa9sum\xc3\xa9"');
     assertEquals(res.headers["x-latin"], "caf\xe9 \xff");
-    assertMatch(origin.heads[0], /\r\nX-Name: na\xefve \xc3\xa9(\r\n|$)/);
+    assertMatch(t.origin.heads[0], /\r\nX-Name: na\xefve \xc3\xa9(\r\n|$)/);
   } finally {
-    await c.close();
-    await proxy.close();
-    await origin.close();
+    await t.close();
   }
 });
 
@@ -567,13 +581,11 @@ Deno.test("upstream failing mid-response breaks the client connection promptly",
 
 Deno.test("a pooled stream that turns out dead is retried once for idempotent requests", async () => {
   // Every connection answers its first request and drops on the second, unanswered.
-  const origin = await startRawOrigin((_head, n) => ({
+  const t = await rawSetup((_head, n) => ({
     response: n === 0 ? "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" : null,
     upgrade: false,
   }));
-  const dialer = new TestDialer(origin.port);
-  const proxy = await startPlainProxy(dialer);
-  const c = await RawClient.connect(proxy.port);
+  const { client: c, dialer, origin } = t;
   try {
     c.write("GET /a HTTP/1.1\r\nHost: a\r\n\r\n");
     assertEquals((await c.readResponse()).body.toString(), "ok");
@@ -587,9 +599,7 @@ Deno.test("a pooled stream that turns out dead is retried once for idempotent re
     assertEquals(res.status, 502);
     assertEquals(dialer.dials, 2);
   } finally {
-    await c.close();
-    await proxy.close();
-    await origin.close();
+    await t.close();
   }
 });
 
