@@ -33,9 +33,12 @@ const free = new Map<number, ArrayBuffer[]>();
 /** Free buffers, longest free first (entries reused since are skipped and dropped lazily). */
 let freeOrder: ArrayBuffer[] = [];
 let freeCount = 0;
-/** Buffers made here (only these are taken back). */
-const ours = new WeakSet<ArrayBuffer>();
-/** Buffers currently on a free list (a second release of one is ignored). */
+/**
+ * Buffers lent out, with the length of the view lent: only that exact view is taken back, once
+ * (a slice of it, e.g. a read slab's first slice, is not the whole buffer's release).
+ */
+const lent = new WeakMap<ArrayBuffer, number>();
+/** Buffers on a free list (for eviction, whose order list may hold stale entries). */
 const isFree = new WeakSet<ArrayBuffer>();
 let freeBytes = 0;
 
@@ -44,28 +47,25 @@ export function takeBuffer(len: number): Buffer {
   if (len < MIN_POOLED) return Buffer.allocUnsafe(len);
   const size = CLASSES.find((c) => c >= len);
   if (size === undefined) return Buffer.allocUnsafe(len);
-  const ab = free.get(size)?.pop();
+  let ab = free.get(size)?.pop();
   if (ab !== undefined) {
     isFree.delete(ab);
     freeBytes -= size;
     freeCount--;
-    return Buffer.from(ab, 0, len);
-  }
-  const fresh = new ArrayBuffer(size);
-  ours.add(fresh);
-  return Buffer.from(fresh, 0, len);
+  } else ab = new ArrayBuffer(size);
+  lent.set(ab, len);
+  return Buffer.from(ab, 0, len);
 }
 
 /**
- * `buf` (from {@link takeBuffer}) is no longer referenced anywhere: its memory may serve a
- * later request. Release each buffer once; anything not made here is ignored.
+ * `buf` (as {@link takeBuffer} returned it) is no longer referenced anywhere: its memory may
+ * serve a later request. Anything else (a buffer not lent here, a slice of one, a second
+ * release) is ignored.
  */
 export function releaseBuffer(buf: Uint8Array): void {
-  const ab = buf.buffer;
-  if (buf.byteOffset !== 0 || !(ab instanceof ArrayBuffer) || !ours.has(ab) || isFree.has(ab)) {
-    return;
-  }
-  if (ab.byteLength > MAX_FREE_BYTES) return;
+  const ab = buf.buffer as ArrayBuffer;
+  if (buf.byteOffset !== 0 || lent.get(ab) !== buf.length) return;
+  lent.delete(ab);
   let list = free.get(ab.byteLength);
   if (list === undefined) free.set(ab.byteLength, list = []);
   list.push(ab);

@@ -17,8 +17,9 @@ export const READ_MIN = 16 * 1024;
 
 /**
  * Hands out read buffers as consecutive slices of a slab. A slice given out is
- * never handed out again; the slab is dropped (left to the GC with whatever
- * slices still use it) once less than {@link READ_MIN} is left. Slabs start
+ * never handed out again; once less than {@link READ_MIN} is left a new slab is
+ * taken, and the full one goes back to the buffer pool when every slice of it
+ * has been released (slices never released leave it to the GC). Slabs start
  * small and double (up to `max`) while reads fill all the room they get, so an
  * idle or slow stream holds little memory and a bulk one reads in large pieces.
  */
@@ -48,8 +49,7 @@ export class SlabReader {
       // The full slab goes back to the pool now if no slice of it is out, else with the last.
       if (this.#slab.length > 0 && !this.#out.has(this.#slab.buffer)) releaseBuffer(this.#slab);
       const size = Math.min(this.#size, Math.max(4 * READ_MIN, 4 * max));
-      const fresh = takeBuffer(size);
-      this.#slab = new Uint8Array(fresh.buffer as ArrayBuffer, fresh.byteOffset, size);
+      this.#slab = takeBuffer(size) as Uint8Array<ArrayBuffer>;
       this.#pos = 0;
     }
     const room = this.#slab.subarray(this.#pos, this.#pos + max);
