@@ -284,8 +284,7 @@ export class HttpProxy {
       try {
         got = await readHead(wire, {
           maxBytes: this.#limits.maxBytes,
-          idleMs: this.#o.clientIdleMs ?? 120_000,
-          deadlines: this.#deadlines,
+          idle: { ms: this.#o.clientIdleMs ?? 120_000, deadlines: this.#deadlines },
         });
       } catch (err) {
         this.#idle.delete(sock);

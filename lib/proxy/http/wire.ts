@@ -172,36 +172,31 @@ export class Wire {
  * Read one head from `wire`: resolves the head bytes and their length (the rest stays held in
  * the wire), or null when the stream ended cleanly before any byte. Rejects with
  * {@link HttpParseError} (431) past `maxBytes`, {@link WireClosedError} when the stream ends or
- * closes mid-head or `idleMs` elapses first (timed by `deadlines` if given, which a server
- * shares among its connections, else by a timer of its own).
+ * closes mid-head or `idle.ms` elapses first (timed by `idle.deadlines`, which a server shares
+ * among its connections).
  */
 export function readHead(
   wire: Wire,
-  opts: { maxBytes?: number; idleMs?: number; deadlines?: Deadlines } = {},
+  opts: { maxBytes?: number; idle?: { ms: number; deadlines: Deadlines } } = {},
 ): Promise<{ buf: Buffer; end: number } | null> {
   const maxBytes = opts.maxBytes ?? DEFAULT_HEAD_LIMITS.maxBytes;
   return new Promise((resolve, reject) => {
     let acc: Buffer | null = null;
     let len = 0;
-    let timer: ReturnType<typeof setTimeout> | undefined;
+    const idle = opts.idle;
     let deadline: Deadline | undefined;
     const finish = (err: Error | null, value?: { buf: Buffer; end: number } | null) => {
-      if (timer !== undefined) clearTimeout(timer);
-      timer = undefined;
-      if (deadline !== undefined) opts.deadlines!.cancel(deadline);
+      if (deadline !== undefined) idle!.deadlines.cancel(deadline);
       deadline = undefined;
       wire.setSink(null);
       if (err) reject(err);
       else resolve(value ?? null);
     };
-    if (opts.idleMs) {
-      const expire = () => {
-        timer = undefined;
+    if (idle) {
+      deadline = idle.deadlines.add(idle.ms, () => {
         deadline = undefined;
-        finish(new WireClosedError(`no complete head within ${opts.idleMs} ms`, len));
-      };
-      if (opts.deadlines) deadline = opts.deadlines.add(opts.idleMs, expire);
-      else timer = setTimeout(expire, opts.idleMs);
+        finish(new WireClosedError(`no complete head within ${idle.ms} ms`, len));
+      });
     }
     wire.setSink({
       onData(chunk) {

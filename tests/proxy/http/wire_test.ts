@@ -2,6 +2,7 @@ import { Buffer } from "node:buffer";
 import { PassThrough, Writable } from "node:stream";
 import { HttpParseError } from "../../../lib/proxy/http/head.ts";
 import { pumpBody, readHead, Wire, WireClosedError } from "../../../lib/proxy/http/wire.ts";
+import { Deadlines } from "../../../lib/proxy/http/deadlines.ts";
 import { assert, assertEquals, assertRejects } from "../../helpers/assert.ts";
 import { once } from "./helpers.ts";
 
@@ -49,9 +50,11 @@ Deno.test("readHead: clean EOF is null; too large is 431; idle limit", async () 
   s2.destroy();
 
   const s3 = new PassThrough();
-  const idle = readHead(new Wire(s3), { idleMs: 20 });
-  await assertRejects(idle, WireClosedError, "no complete head");
+  const deadlines = new Deadlines(1);
+  const idle = readHead(new Wire(s3), { idle: { ms: 20, deadlines } });
+  await assertRejects(idle, WireClosedError, "no complete head within 20 ms");
   s3.destroy();
+  deadlines.close();
 });
 
 Deno.test("pumpBody: backpressure pauses the source until the destination drains", async () => {
