@@ -72,6 +72,9 @@ globalThis.addEventListener("unload", flushLogs);
 globalThis.addEventListener("error", flushLogs);
 globalThis.addEventListener("unhandledrejection", flushLogs);
 
+/** LogTape's mark for a sink that is done with a record when it returns (a registered symbol). */
+const IMMEDIATE_SINK = Symbol.for("LogTape.sinkSnapshotPolicy.immediate");
+
 /** Configure logging once per process (a second call reconfigures). */
 export function setupLogging(opts: LogOptions = {}): void {
   verbosity = opts.verbosity ?? 0;
@@ -96,9 +99,6 @@ export function setupLogging(opts: LogOptions = {}): void {
   configured = true;
 }
 
-/** LogTape's mark for a sink that is done with a record when it returns (a registered symbol). */
-const IMMEDIATE_SINK = Symbol.for("LogTape.sinkSnapshotPolicy.immediate");
-
 /** Current klog verbosity. */
 export function logVerbosity(): number {
   return verbosity;
@@ -121,17 +121,16 @@ export function logger(component: string): Log {
   const l = getLogger(category);
   const emit = (level: "info" | "warning" | "error" | "debug", msg: string, fields?: LogFields) => {
     if (!configured) setupLogging();
-    const properties: LogFields = fields ?? {};
-    // A finished record: no message template to parse (braces in `msg` are text), no lazy
-    // properties to resolve. The proxy logs a line per request, so this path counts.
-    // With its category the record goes straight to the sinks.
+    // A finished record, with its category so it goes straight to the sinks: no message
+    // template to parse (braces in `msg` are text), no lazy properties to resolve. The proxy
+    // logs a line per request, so this path counts.
     const record: LogRecord = {
       category,
       level,
       timestamp: Date.now(),
       message: [msg],
       rawMessage: msg,
-      properties,
+      properties: fields ?? {},
     };
     l.emit(record);
   };
@@ -161,10 +160,6 @@ function componentOf(record: LogRecord): string {
 
 function message(record: LogRecord): string {
   return record.message.map((part) => (typeof part === "string" ? part : String(part))).join("");
-}
-
-function fieldsOf(record: LogRecord): [string, unknown][] {
-  return Object.entries(record.properties);
 }
 
 /** The klog time and thread columns of the last millisecond formatted (lines share it). */
@@ -225,7 +220,9 @@ export function formatJson(record: LogRecord): string {
     logger: componentOf(record),
     msg: message(record),
   };
-  for (const [k, v] of fieldsOf(record)) obj[k] = v instanceof Error ? v.message : v;
+  for (const [k, v] of Object.entries(record.properties)) {
+    obj[k] = v instanceof Error ? v.message : v;
+  }
   try {
     return JSON.stringify(obj) + "\n";
   } catch {
