@@ -25,7 +25,7 @@ import { Buffer } from "node:buffer";
 import { createCipheriv, createDecipheriv, randomFillSync } from "node:crypto";
 import cryptoModule from "ssh2/lib/protocol/crypto.js";
 import { keyWords, LITTLE_ENDIAN, seqnoBlock, xorKeystream } from "./chacha20.ts";
-import { loadPoly1305, type Poly1305, type Poly1305Kind } from "./poly1305.ts";
+import { loadPoly1305, type Poly1305 } from "./poly1305.ts";
 import { takeBuffer } from "../buffer_pool.ts";
 
 /** The name of the cipher on the wire. */
@@ -320,12 +320,6 @@ export function acceptsLargePackets(decipher: unknown): boolean {
 }
 
 let installed: Promise<void> | undefined;
-let polyKind: Poly1305Kind | undefined;
-
-/** Which Poly1305 the installed cipher uses (undefined before {@link installFastChaChaPoly}). */
-export function poly1305Kind(): Poly1305Kind | undefined {
-  return polyKind;
-}
 
 /**
  * Replace ssh2's ChaCha20-Poly1305 packet methods with the ones above, once per process.
@@ -338,9 +332,7 @@ export function installFastChaChaPoly(): Promise<void> {
     if (!LITTLE_ENDIAN) return;
     await ssh2Crypto.init;
     const { cipherProto, decipherProto } = checkChaChaPoly();
-    const loaded = await loadPoly1305(MAX_PACKET_SIZE);
-    poly1305 = loaded.poly1305;
-    polyKind = loaded.kind;
+    ({ poly1305 } = await loadPoly1305(MAX_PACKET_SIZE));
     cipherProto.allocPacket = allocPacket;
     cipherProto.encrypt = encrypt;
     decipherProto.decrypt = decrypt;
