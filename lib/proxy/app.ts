@@ -133,7 +133,10 @@ export class ProxyApp {
         httpIdleMs: this.#opts.httpIdleMs,
       });
     }
-    this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel);
+    // One knob bounds an unauthenticated client: its request head, then its handshake.
+    this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel, {
+      headTimeoutMs: this.#opts.handshakeTimeoutMs,
+    });
     this.#started = true;
   }
 

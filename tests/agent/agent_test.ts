@@ -23,8 +23,7 @@ import {
   openKubesphereChannel,
 } from "../../lib/tunnel/ssh_compat.ts";
 import { serveGlobalRequests } from "../../lib/tunnel/ssh_requests.ts";
-import { websocketStream } from "../../lib/tunnel/ws_stream.ts";
-import { WS_PROTOCOL } from "../../lib/tunnel/protocol.ts";
+import { startAgentPort } from "../../lib/proxy/agent_port.ts";
 
 const TOKEN = "e5".repeat(32);
 
@@ -131,7 +130,7 @@ Deno.test("--max-retry gives up with a non-zero exit", async () => {
 });
 
 /** A minimal stand-in proxy: accepts any agent, then lets the test open channels. */
-function fakeProxy() {
+async function fakeProxy() {
   const server = new ssh2.Server({ hostKeys: [generateHostKeyPem()] });
   const conns = Promise.withResolvers<ssh2.Connection>();
   server.on("connection", (conn: ssh2.Connection) => {
@@ -140,21 +139,18 @@ function fakeProxy() {
     serveGlobalRequests(conn, () => ({ ok: true }));
     conn.on("ready", () => conns.resolve(conn));
   });
-  const http = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
-    const { socket, response } = Deno.upgradeWebSocket(req, {
-      protocol: WS_PROTOCOL,
-      idleTimeout: 0,
-    });
-    const stream = websocketStream(socket);
-    server.injectSocket(acceptAnyIdent(stream, server) as never);
-    return response;
+  // The proxy's agent port, with this ssh2 server behind it instead of the TunnelServer.
+  const http = await startAgentPort("127.0.0.1", 0, {
+    admit: () => undefined,
+    accept: (stream) => server.injectSocket(acceptAnyIdent(stream, server) as never),
+    close: () => {},
   });
   return { url: `http://127.0.0.1:${http.addr.port}`, conn: conns.promise, http };
 }
 
 Deno.test("the agent dials only its two configured targets", async () => {
   await using dir = await tempDir();
-  const fake = fakeProxy();
+  const fake = await fakeProxy();
   const echo = echoServer();
   const agent = await startAgent({
     name: "alpha",
@@ -187,7 +183,7 @@ Deno.test("the agent dials only its two configured targets", async () => {
     assert(echo.connections === 1);
   } finally {
     await agent.stop();
-    await fake.http.shutdown();
+    await fake.http.close();
     await echo.close();
   }
 });
