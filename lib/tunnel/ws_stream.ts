@@ -215,8 +215,8 @@ function connStream(
   /**
    * Where frames are built. The client (an agent: one connection, often sending bulk) keeps one
    * buffer, grown to its largest frame: taking each frame from the shared pool instead cost the
-   * agent ~5% of its CPU in fresh 512 KiB allocations with a thousand busy streams, whose read
-   * slabs churn the pool, and halved their throughput. The server (the proxy: a connection per
+   * agent ~5% of its CPU (profiled) in fresh 512 KiB allocations with a thousand busy streams,
+   * whose read slabs churn the pool. The server (the proxy: a connection per
    * agent, mostly idle) takes each frame from the pool and gives it back once written, since a
    * buffer kept per connection cost a proxy with 1,000 agents 64 MiB.
    */
