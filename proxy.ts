@@ -68,7 +68,7 @@ export const PROXY_FLAGS: FlagSpecs = {
   "handshake-timeout": {
     kind: "duration",
     default: 10_000,
-    help: "deadline from connect to accepted config, and for each request head on the agent port",
+    help: "deadline from connect to accepted config",
   },
   "max-pending-handshakes": {
     kind: "int",

@@ -92,11 +92,6 @@ function evictOldest(): boolean {
   }
 }
 
-/** Whether `ab` waits on a free list (for tests). */
-export function isFreeBuffer(ab: ArrayBufferLike): boolean {
-  return isFree.has(ab as ArrayBuffer);
-}
-
 /** Bytes waiting on the free lists (for tests). */
 export function freeBufferBytes(): number {
   return freeBytes;

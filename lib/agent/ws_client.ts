@@ -10,11 +10,11 @@
  */
 
 import { Buffer } from "node:buffer";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import type { Duplex } from "node:stream";
-import { acceptFor } from "../tunnel/ws_upgrade.ts";
 import { websocketClientStream } from "../tunnel/ws_stream.ts";
 
+const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const MAX_HEAD = 16 * 1024;
 
 /** Which proxy, if any, applies to `target` according to the environment. */
@@ -42,6 +42,11 @@ export function proxyFor(target: URL, env: (name: string) => string | undefined)
   } catch {
     throw new Error(`invalid proxy URL in environment: ${raw}`);
   }
+}
+
+/** The `Sec-WebSocket-Accept` a server must answer to `key` (RFC 6455 §4.2.2). */
+export function acceptFor(key: string): string {
+  return createHash("sha1").update(key + GUID).digest("base64");
 }
 
 /** Read from `conn` until the end of an HTTP head; returns the head and any bytes after it. */

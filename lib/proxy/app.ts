@@ -133,10 +133,7 @@ export class ProxyApp {
         httpIdleMs: this.#opts.httpIdleMs,
       });
     }
-    // One knob bounds an unauthenticated client: its request head, then its handshake.
-    this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel, {
-      headTimeoutMs: this.#opts.handshakeTimeoutMs,
-    });
+    this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel);
     this.#started = true;
   }
 

@@ -19,6 +19,7 @@ import { ConfigError, decodeAgentConfig } from "../tunnel/handshake.ts";
 import { type HostKey, signingHostKey } from "../tunnel/hostkey.ts";
 import { serveGlobalRequests } from "../tunnel/ssh_requests.ts";
 import { acceptAnyIdent } from "../tunnel/ssh_compat.ts";
+import { websocketStream } from "../tunnel/ws_stream.ts";
 import { SSH_ALGORITHMS, WS_PROTOCOL } from "../tunnel/protocol.ts";
 import type { ClusterSource } from "./clusters.ts";
 import type { SessionRegistry } from "./registry.ts";
@@ -57,13 +58,6 @@ export interface TunnelServerOptions {
   onHandshakeFailure?: (reason: HandshakeFailure) => void;
 }
 
-/** Why a tunnel request is refused: the status to answer, a message, extra header fields. */
-export interface TunnelRefusal {
-  status: 400 | 503;
-  message: string;
-  headers?: Record<string, string>;
-}
-
 /** Accepts agents and turns them into registered {@link ProxySession}s. */
 export class TunnelServer {
   #opts: TunnelServerOptions;
@@ -100,44 +94,45 @@ export class TunnelServer {
     return this.#pending;
   }
 
-  /**
-   * Whether a request with these `Upgrade` and `Sec-WebSocket-Protocol` values asks for the
-   * agent tunnel (a WebSocket offering any `kubesphere-*` subprotocol); other requests fall
-   * through to the agent port's plain routes.
-   */
-  static wantsTunnel(upgrade: string | undefined, protocols: string | undefined): boolean {
-    return (upgrade ?? "").toLowerCase().split(",").some((t) => t.trim() === "websocket") &&
-      /(^|,)\s*kubesphere-/i.test(protocols ?? "");
+  /** Whether `req` asks for the agent tunnel (any `kubesphere-*` subprotocol). */
+  static wantsTunnel(req: Request): boolean {
+    return (req.headers.get("upgrade") ?? "").toLowerCase() === "websocket" &&
+      /(^|,)\s*kubesphere-/i.test(req.headers.get("sec-websocket-protocol") ?? "");
   }
 
-  /**
-   * Whether to take a tunnel request offering subprotocols `protocols` from `remote`: undefined
-   * to go ahead (the caller answers 101 with {@link WS_PROTOCOL} and calls
-   * {@link TunnelServer.accept}), else the refusal to answer with.
-   */
-  admit(protocols: string, remote: string): TunnelRefusal | undefined {
-    const offered = protocols.split(",").map((s) => s.trim());
-    if (!offered.includes(WS_PROTOCOL)) {
+  /** Handle an upgrade request for the tunnel (see {@link TunnelServer.wantsTunnel}). */
+  handle(req: Request, remote: string): Response {
+    const protocols = (req.headers.get("sec-websocket-protocol") ?? "").split(",").map((s) =>
+      s.trim()
+    );
+    if (!protocols.includes(WS_PROTOCOL)) {
       log.warn("Refusing agent with an unsupported protocol version", {
         remote,
-        offered: offered.join(","),
+        offered: protocols.join(","),
         want: WS_PROTOCOL,
       });
       this.#opts.onHandshakeFailure?.("bad_protocol");
-      return { status: 400, message: `unsupported protocol version, want ${WS_PROTOCOL}` };
+      return new Response(`unsupported protocol version, want ${WS_PROTOCOL}\n`, { status: 400 });
     }
-    if (this.#closing) return { status: 503, message: "shutting down" };
+    if (this.#closing) return new Response("shutting down\n", { status: 503 });
     const max = this.#opts.maxPendingHandshakes ?? 256;
     if (this.#pending >= max) {
       log.warn("Refusing agent: too many handshakes in progress", { remote, max });
       this.#opts.onHandshakeFailure?.("too_many_pending");
-      return {
+      return new Response("too many handshakes in progress\n", {
         status: 503,
-        message: "too many handshakes in progress",
-        headers: { "Retry-After": "5" },
-      };
+        headers: { "retry-after": "5" },
+      });
     }
-    return undefined;
+    let upgraded;
+    try {
+      upgraded = Deno.upgradeWebSocket(req, { protocol: WS_PROTOCOL, idleTimeout: 0 });
+    } catch (err) {
+      return new Response(`bad websocket upgrade: ${(err as Error).message}\n`, { status: 400 });
+    }
+    const stream = websocketStream(upgraded.socket);
+    this.accept(stream, remote);
+    return upgraded.response;
   }
 
   /** Run the SSH server side over any byte stream (WebSocket or, in tests, a socket). */

@@ -1,39 +1,161 @@
 /**
- * A WebSocket seen as a Node `Duplex` byte stream, which is what ssh2 runs on:
- * RFC 6455 framing of our own over a `Deno.Conn` whose opening handshake is
- * done, as the client ({@link websocketClientStream}, the agent) or the server
- * ({@link websocketServerStream}, the proxy's agent port).
+ * A WebSocket seen as a Node `Duplex` byte stream, which is what ssh2 runs on.
  *
  * Binary messages carry the SSH byte stream in order; their boundaries mean
- * nothing (SPEC §1). Every batch of writes made in the same tick becomes one
- * frame in one write on a `TCP_NODELAY` socket, so ssh2's many small packet
- * writes do not become many frames or syscalls, and payloads read are handed
- * to ssh2 without copying. (Deno's native `WebSocket` client turns Nagle's
- * algorithm back on and writes a frame's header and payload in two syscalls,
- * which costs a delayed-ACK wait, 40 ms on Linux, per request/response; its
- * server side offers no drain event, only `bufferedAmount` to poll, and comes
- * with `Deno.serve`, which has no timeout for reading a request head.)
+ * nothing (SPEC §1). Writes made in the same tick are coalesced into one
+ * message, so ssh2's many small packet writes do not become many frames.
+ *
+ * Two flavours:
+ * - {@link websocketStream} over a `WebSocket` object (the proxy side, from
+ *   `Deno.upgradeWebSocket`); backpressure follows `bufferedAmount`.
+ * - {@link websocketClientStream}: RFC 6455 client framing of our own over a
+ *   `Deno.Conn` whose opening handshake is done (the agent side). Deno's
+ *   native `WebSocket` client turns Nagle's algorithm back on and writes a
+ *   frame's header and payload in two syscalls, which costs a delayed-ACK
+ *   wait (40 ms on Linux) per request/response; here every batch of writes
+ *   becomes one masked frame in one write on a `TCP_NODELAY` socket, and
+ *   payloads read are handed to ssh2 without copying.
  * @module
  */
 
 import { Buffer } from "node:buffer";
 import { randomFillSync } from "node:crypto";
 import { Duplex } from "node:stream";
-import { releaseBuffer, takeBuffer } from "../buffer_pool.ts";
+import { releaseBuffer } from "../buffer_pool.ts";
 
-/** Options for {@link websocketClientStream} and {@link websocketServerStream}. */
-export interface WsConnStreamOptions {
+/** Options for {@link websocketStream}. */
+export interface WsStreamOptions {
+  /** Pause writers while more than this many bytes wait to be sent (default 4 MiB). */
+  highWaterMark?: number;
+  /** Largest message to send; bigger batches are split (default 1 MiB). */
+  maxMessage?: number;
+}
+
+/**
+ * Wrap an open (or opening) WebSocket. The stream ends when the socket closes;
+ * destroying the stream closes the socket. A text message is a protocol error.
+ */
+export function websocketStream(ws: WebSocket, opts: WsStreamOptions = {}): Duplex {
+  const highWater = opts.highWaterMark ?? 4 << 20;
+  const maxMessage = opts.maxMessage ?? 1 << 20;
+  ws.binaryType = "arraybuffer";
+  let batch: Buffer[] = [];
+  let batchBytes = 0;
+  let flushScheduled = false;
+  let drainWaiters: (() => void)[] = [];
+  let drainTimer: ReturnType<typeof setTimeout> | undefined;
+
+  const opened = ws.readyState === WebSocket.OPEN
+    ? Promise.resolve()
+    : new Promise<void>((resolve, reject) => {
+      ws.addEventListener("open", () => resolve(), { once: true });
+      ws.addEventListener("close", () => reject(new Error("websocket closed before open")), {
+        once: true,
+      });
+    });
+  opened.catch(() => {});
+
+  const sendNow = () => {
+    flushScheduled = false;
+    if (batchBytes === 0 || ws.readyState !== WebSocket.OPEN) return;
+    const data = batch.length === 1 ? batch[0] : Buffer.concat(batch, batchBytes);
+    batch = [];
+    batchBytes = 0;
+    for (let off = 0; off < data.length; off += maxMessage) {
+      ws.send(data.subarray(off, Math.min(data.length, off + maxMessage)));
+    }
+  };
+
+  const checkDrain = () => {
+    drainTimer = undefined;
+    if (ws.readyState !== WebSocket.OPEN || ws.bufferedAmount <= highWater) {
+      const waiters = drainWaiters;
+      drainWaiters = [];
+      for (const w of waiters) w();
+    } else {
+      // No drain event exists on WebSocket: look again shortly.
+      drainTimer = setTimeout(checkDrain, 2);
+    }
+  };
+
+  const stream = new Duplex({
+    allowHalfOpen: false,
+    readableHighWaterMark: 1 << 20,
+    writableHighWaterMark: 1 << 20,
+    read() {},
+    write(chunk: Buffer, _enc, cb) {
+      const go = () => {
+        if (ws.readyState !== WebSocket.OPEN) return cb(new Error("websocket is not open"));
+        batch.push(chunk);
+        batchBytes += chunk.length;
+        if (batchBytes >= maxMessage) sendNow();
+        else if (!flushScheduled) {
+          flushScheduled = true;
+          queueMicrotask(sendNow);
+        }
+        if (ws.bufferedAmount > highWater) {
+          drainWaiters.push(() => cb());
+          if (drainTimer === undefined) drainTimer = setTimeout(checkDrain, 2);
+        } else cb();
+      };
+      if (ws.readyState === WebSocket.CONNECTING) opened.then(go, (e) => cb(e));
+      else go();
+    },
+    final(cb) {
+      sendNow();
+      try {
+        ws.close(1000);
+      } catch {
+        // already closing
+      }
+      cb();
+    },
+    destroy(err, cb) {
+      if (drainTimer !== undefined) clearTimeout(drainTimer);
+      drainTimer = undefined;
+      for (const w of drainWaiters.splice(0)) w();
+      try {
+        if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
+          ws.close(err ? 1011 : 1000);
+        }
+      } catch {
+        // already closed
+      }
+      cb(err);
+    },
+  });
+
+  ws.addEventListener("message", (ev: MessageEvent) => {
+    if (typeof ev.data === "string") {
+      stream.destroy(new Error("unexpected text message on the tunnel websocket"));
+      return;
+    }
+    stream.push(Buffer.from(ev.data as ArrayBuffer));
+  });
+  ws.addEventListener("close", () => {
+    if (drainTimer !== undefined) clearTimeout(drainTimer);
+    drainTimer = undefined;
+    for (const w of drainWaiters.splice(0)) w();
+    stream.push(null);
+    if (!stream.destroyed) stream.destroy();
+  });
+  ws.addEventListener("error", () => {
+    if (!stream.destroyed) stream.destroy(new Error("websocket error"));
+  });
+  return stream;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client framing over a raw connection.
+
+/** Options for {@link websocketClientStream}. */
+export interface WsClientStreamOptions {
   /** Pause writers while more than this many bytes wait to be written (default 4 MiB). */
   highWaterMark?: number;
-  /**
-   * Largest frame payload to send; bigger batches are split (default 512 KiB less the header
-   * room: the largest frame the buffer pool serves, so frames are never one-off allocations).
-   */
+  /** Largest frame payload to send; bigger batches are split (default 1 MiB). */
   maxMessage?: number;
-  /** Largest frame payload accepted from the peer (default 64 MiB; payloads are streamed). */
+  /** Largest frame payload accepted from the server (default 64 MiB). */
   maxFrame?: number;
-  /** After our close frame, how long the peer has to answer with its own (default 5 s). */
-  closeWaitMs?: number;
 }
 
 const OP_CONT = 0x0;
@@ -46,17 +168,7 @@ const OP_PONG = 0xa;
 const FRAME_PAD = 16;
 /** Reads at least this large are handed on without copying (a new buffer is taken). */
 const ZERO_COPY_READ = 16 * 1024;
-/**
- * Read buffers start at `MIN_READ`, double after each read that fills one, up to `MAX_READ`,
- * and fall back to `MIN_READ` after a short read. Every connection always has a read pending
- * into its buffer: a proxy with 1,000 mostly idle agents held 1,000 × 256 KiB with a fixed size
- * (proxy RSS 237 → 401 MiB), while bulk transfers still reach 256 KiB reads within four.
- */
-const MIN_READ = 16 * 1024;
-const MAX_READ = 256 * 1024;
-
-const maskBytes = new Uint8Array(4);
-const maskWord = new Uint32Array(maskBytes.buffer);
+const READ_SIZE = 256 * 1024;
 
 /** Masking keys come from one CSPRNG fill, 4 bytes at a time. */
 const maskPool = new Uint32Array(1024);
@@ -70,92 +182,42 @@ function nextMask(): number {
 }
 
 /**
- * Write the frame header for a payload of `len` bytes that starts at `FRAME_PAD` in `frame`,
- * masking the payload in place when `masked` (client frames), and return the frame
- * (header + payload).
+ * Write the client frame header for a payload of `len` bytes that starts at `FRAME_PAD` in
+ * `frame`, mask the payload in place, and return the frame (header + payload).
  */
-function sealFrame(frame: Uint8Array, opcode: number, len: number, masked: boolean): Uint8Array {
+function sealFrame(frame: Uint8Array, opcode: number, len: number): Uint8Array {
   const headLen = len < 126 ? 2 : len < 65536 ? 4 : 10;
-  const start = FRAME_PAD - headLen - (masked ? 4 : 0);
-  const maskBit = masked ? 0x80 : 0;
+  const start = FRAME_PAD - headLen - 4;
   frame[start] = 0x80 | opcode;
-  if (len < 126) frame[start + 1] = maskBit | len;
+  if (len < 126) frame[start + 1] = 0x80 | len;
   else if (len < 65536) {
-    frame[start + 1] = maskBit | 126;
+    frame[start + 1] = 0x80 | 126;
     frame[start + 2] = len >>> 8;
     frame[start + 3] = len & 0xff;
   } else {
-    frame[start + 1] = maskBit | 127;
+    frame[start + 1] = 0x80 | 127;
     const dv = new DataView(frame.buffer, frame.byteOffset + start + 2, 8);
     dv.setUint32(0, Math.floor(len / 2 ** 32));
     dv.setUint32(4, len >>> 0);
   }
-  if (masked) {
-    const maskAt = FRAME_PAD - 4;
-    // The key's bytes on the wire (any 4 random bytes; `frame` need not be 4-byte aligned).
-    maskWord[0] = nextMask();
-    frame.set(maskBytes, maskAt);
-    xorMask(frame.subarray(FRAME_PAD, FRAME_PAD + len), frame.subarray(maskAt, maskAt + 4), 0);
+  const mask = nextMask();
+  const maskAt = FRAME_PAD - 4;
+  // The key's bytes on the wire, in the order the XOR below applies them (platform endian).
+  new Uint32Array(frame.buffer, frame.byteOffset + maskAt, 1)[0] = mask;
+  const words = len >>> 2;
+  const w = new Uint32Array(frame.buffer, frame.byteOffset + FRAME_PAD, words);
+  for (let i = 0; i < words; i++) w[i] ^= mask;
+  for (let i = words << 2; i < len; i++) {
+    frame[FRAME_PAD + i] ^= frame[maskAt + (i & 3)];
   }
   return frame.subarray(start, FRAME_PAD + len);
 }
 
-/**
- * XOR `data` in place with the 4-byte masking `key`, `data[0]` being payload byte `pos` of its
- * frame (RFC 6455 §5.3). Whole words at a time where `data` is 4-byte aligned.
- */
-export function xorMask(data: Uint8Array, key: Uint8Array, pos: number): void {
-  const n = data.length;
-  let i = 0;
-  while (i < n && ((data.byteOffset + i) & 3) !== 0) {
-    data[i] ^= key[(pos + i) & 3];
-    i++;
-  }
-  const words = (n - i) >>> 2;
-  if (words > 0) {
-    for (let k = 0; k < 4; k++) maskBytes[k] = key[(pos + i + k) & 3];
-    const m = maskWord[0];
-    const w = new Uint32Array(data.buffer, data.byteOffset + i, words);
-    for (let j = 0; j < words; j++) w[j] ^= m;
-    i += words << 2;
-  }
-  for (; i < n; i++) data[i] ^= key[(pos + i) & 3];
-}
-
-/** A frame carrying `payload`, masked when `masked` (for control frames and tests). */
-export function encodeFrame(opcode: number, payload: Uint8Array, masked: boolean): Uint8Array {
+/** A masked client frame carrying `payload` (for control frames and tests). */
+export function encodeClientFrame(opcode: number, payload: Uint8Array): Uint8Array {
   const frame = new Uint8Array(FRAME_PAD + payload.length);
   frame.set(payload, FRAME_PAD);
-  return sealFrame(frame, opcode, payload.length, masked);
-}
-
-/**
- * Speak RFC 6455 as the client over `conn`, whose opening handshake is already done;
- * `initial` holds any bytes read past the handshake response. Frames sent are masked; frames
- * received may be either (a server should not mask, and nothing is lost by reading it anyway).
- * Sets `TCP_NODELAY` when `conn` is TCP. Returns the byte stream carried in binary messages.
- * The stream ends when the server closes; destroying it closes the connection.
- */
-export function websocketClientStream(
-  conn: Deno.Conn,
-  initial: Uint8Array = new Uint8Array(0),
-  opts: WsConnStreamOptions = {},
-): Duplex {
-  return connStream(conn, initial, opts, "client");
-}
-
-/**
- * Speak RFC 6455 as the server over `conn`, whose opening handshake (the 101 response) is
- * done; `initial` holds any bytes read past the request head. Frames sent are not masked;
- * an unmasked frame received is a protocol error (RFC 6455 §5.1). Otherwise as
- * {@link websocketClientStream}.
- */
-export function websocketServerStream(
-  conn: Deno.Conn,
-  initial: Uint8Array = new Uint8Array(0),
-  opts: WsConnStreamOptions = {},
-): Duplex {
-  return connStream(conn, initial, opts, "server");
+  return sealFrame(frame, opcode, payload.length);
 }
 
 /**
@@ -164,18 +226,14 @@ export function websocketServerStream(
  * `conn` is TCP. Returns the byte stream carried in binary messages. The stream ends when
  * the server closes; destroying it closes the connection.
  */
-function connStream(
+export function websocketClientStream(
   conn: Deno.Conn,
-  initial: Uint8Array,
-  opts: WsConnStreamOptions,
-  role: "client" | "server",
+  initial: Uint8Array = new Uint8Array(0),
+  opts: WsClientStreamOptions = {},
 ): Duplex {
-  const masked = role === "client";
   const highWater = opts.highWaterMark ?? 4 << 20;
-  const maxMessage = opts.maxMessage ?? (512 << 10) - FRAME_PAD;
+  const maxMessage = opts.maxMessage ?? 1 << 20;
   const maxFrame = opts.maxFrame ?? 64 << 20;
-  const closeWaitMs = opts.closeWaitMs ?? 5_000;
-  let closeWait: ReturnType<typeof setTimeout> | undefined;
   try {
     (conn as Deno.TcpConn).setNoDelay?.(true);
   } catch {
@@ -197,7 +255,6 @@ function connStream(
   const shutdown = (): void => {
     if (finished) return;
     finished = true;
-    if (closeWait !== undefined) clearTimeout(closeWait);
     try {
       conn.close();
     } catch {
@@ -212,27 +269,15 @@ function connStream(
     while (off < data.length) off += await conn.write(data.subarray(off));
   };
 
-  /**
-   * Where frames are built. The client (an agent: one connection, often sending bulk) keeps one
-   * buffer, grown to its largest frame: taking each frame from the shared pool instead cost the
-   * agent ~5% of its CPU (profiled) in fresh 512 KiB allocations with a thousand busy streams,
-   * whose read slabs churn the pool. The server (the proxy: a connection per
-   * agent, mostly idle) takes each frame from the pool and gives it back once written, since a
-   * buffer kept per connection cost a proxy with 1,000 agents 64 MiB.
-   */
+  // One frame buffer, reused: the pump awaits each write before building the next frame.
   let frameBuf = new Uint8Array(0);
-  let pooledFrame: Uint8Array | undefined;
-  /** Take up to `maxMessage` bytes of the batch as one frame. */
+  /** Take up to `maxMessage` bytes of the batch as one masked frame. */
   const takeFrame = (): Uint8Array => {
     const len = Math.min(batchBytes, maxMessage);
-    let frame: Uint8Array;
-    if (role === "server") frame = pooledFrame = takeBuffer(FRAME_PAD + len);
-    else {
-      if (frameBuf.length < FRAME_PAD + len) {
-        frameBuf = new Uint8Array(FRAME_PAD + Math.max(len, 64 * 1024));
-      }
-      frame = frameBuf;
+    if (frameBuf.length < FRAME_PAD + len) {
+      frameBuf = new Uint8Array(FRAME_PAD + Math.max(len, 64 * 1024));
     }
+    const frame = frameBuf;
     let off = FRAME_PAD;
     while (off < FRAME_PAD + len) {
       const c = batch[0];
@@ -246,7 +291,7 @@ function connStream(
       } else batch[0] = c.subarray(k);
     }
     batchBytes -= len;
-    return sealFrame(frame, OP_BINARY, len, masked);
+    return sealFrame(frame, OP_BINARY, len);
   };
 
   let pumped: Promise<void> = Promise.resolve();
@@ -261,10 +306,6 @@ function connStream(
           for (const w of drainWaiters.splice(0)) w();
         }
         await writeAll(frame);
-        if (pooledFrame !== undefined) {
-          releaseBuffer(pooledFrame);
-          pooledFrame = undefined;
-        }
       }
       if (finalCb && batchBytes === 0 && !finished) {
         // Everything written is out: now the close frame, then report the end as done.
@@ -272,9 +313,7 @@ function connStream(
         finalCb = undefined;
         if (!closeSent) {
           closeSent = true;
-          await writeAll(encodeFrame(OP_CLOSE, new Uint8Array([0x03, 0xe8]), masked));
-          // A peer that never answers does not keep the connection.
-          if (!finished) closeWait = setTimeout(shutdown, closeWaitMs);
+          await writeAll(encodeClientFrame(OP_CLOSE, new Uint8Array([0x03, 0xe8])));
         }
         cb();
       }
@@ -296,7 +335,7 @@ function connStream(
   const sendControl = (opcode: number, payload: Uint8Array): void => {
     if (finished || closeSent) return;
     if (opcode === OP_CLOSE) closeSent = true;
-    control.push(encodeFrame(opcode, payload, masked));
+    control.push(encodeClientFrame(opcode, payload));
     schedule();
   };
 
@@ -368,7 +407,6 @@ function connStream(
           if (headLen < need) continue;
         }
         const fin = (head[0] & 0x80) !== 0;
-        if ((head[0] & 0x70) !== 0) throw new Error("websocket frame with reserved bits set");
         opcode = head[0] & 0x0f;
         const len7 = head[1] & 0x7f;
         let len = len7;
@@ -384,9 +422,6 @@ function connStream(
         }
         if (len > maxFrame) throw new Error(`websocket frame of ${len} bytes is too large`);
         maskKey = (head[1] & 0x80) ? head.slice(off, off + 4) : undefined;
-        if (role === "server" && maskKey === undefined) {
-          throw new Error("unmasked websocket frame from a client");
-        }
         maskPos = 0;
         headLen = 0;
         need = 2;
@@ -406,7 +441,7 @@ function connStream(
       const k = Math.min(remaining, data.length - p);
       const piece = data.subarray(p, p + k);
       if (maskKey) {
-        xorMask(piece, maskKey, maskPos);
+        for (let i = 0; i < k; i++) piece[i] ^= maskKey[(maskPos + i) & 3];
         maskPos += k;
       }
       p += k;
@@ -425,7 +460,7 @@ function connStream(
   (async () => {
     try {
       if (initial.length > 0) parse(initial.slice());
-      let buf = new Uint8Array(MIN_READ);
+      let buf = new Uint8Array(READ_SIZE);
       while (!closing && !finished) {
         if (readPaused) {
           await new Promise<void>((r) => resumeRead = r);
@@ -434,20 +469,13 @@ function connStream(
         if (finished) break;
         const n = await conn.read(buf);
         if (n === null) break;
-        const size = n === buf.length
-          ? Math.min(buf.length * 2, MAX_READ)
-          : n < MIN_READ
-          ? MIN_READ
-          : buf.length;
         if (n >= ZERO_COPY_READ) {
           // Hand the bytes on as they are; the next read gets a fresh buffer.
           const got = buf.subarray(0, n);
-          buf = new Uint8Array(size);
+          buf = new Uint8Array(READ_SIZE);
           parse(got);
         } else {
-          const got = buf.slice(0, n);
-          if (size !== buf.length) buf = new Uint8Array(size);
-          parse(got);
+          parse(buf.slice(0, n));
         }
       }
       if (!stream.destroyed) stream.push(null);

@@ -23,7 +23,8 @@ import {
   openKubesphereChannel,
 } from "../../lib/tunnel/ssh_compat.ts";
 import { serveGlobalRequests } from "../../lib/tunnel/ssh_requests.ts";
-import { startAgentPort } from "../../lib/proxy/agent_port.ts";
+import { websocketStream } from "../../lib/tunnel/ws_stream.ts";
+import { WS_PROTOCOL } from "../../lib/tunnel/protocol.ts";
 
 const TOKEN = "e5".repeat(32);
 
@@ -130,7 +131,7 @@ Deno.test("--max-retry gives up with a non-zero exit", async () => {
 });
 
 /** A minimal stand-in proxy: accepts any agent, then lets the test open channels. */
-async function fakeProxy() {
+function fakeProxy() {
   const server = new ssh2.Server({ hostKeys: [generateHostKeyPem()] });
   const conns = Promise.withResolvers<ssh2.Connection>();
   server.on("connection", (conn: ssh2.Connection) => {
@@ -139,18 +140,21 @@ async function fakeProxy() {
     serveGlobalRequests(conn, () => ({ ok: true }));
     conn.on("ready", () => conns.resolve(conn));
   });
-  // The proxy's agent port, with this ssh2 server behind it instead of the TunnelServer.
-  const http = await startAgentPort("127.0.0.1", 0, {
-    admit: () => undefined,
-    accept: (stream) => server.injectSocket(acceptAnyIdent(stream, server) as never),
-    close: () => {},
+  const http = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+    const { socket, response } = Deno.upgradeWebSocket(req, {
+      protocol: WS_PROTOCOL,
+      idleTimeout: 0,
+    });
+    const stream = websocketStream(socket);
+    server.injectSocket(acceptAnyIdent(stream, server) as never);
+    return response;
   });
   return { url: `http://127.0.0.1:${http.addr.port}`, conn: conns.promise, http };
 }
 
 Deno.test("the agent dials only its two configured targets", async () => {
   await using dir = await tempDir();
-  const fake = await fakeProxy();
+  const fake = fakeProxy();
   const echo = echoServer();
   const agent = await startAgent({
     name: "alpha",
@@ -183,7 +187,7 @@ Deno.test("the agent dials only its two configured targets", async () => {
     assert(echo.connections === 1);
   } finally {
     await agent.stop();
-    await fake.http.close();
+    await fake.http.shutdown();
     await echo.close();
   }
 });

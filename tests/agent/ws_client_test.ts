@@ -6,7 +6,7 @@
 import { assertEquals } from "../helpers/assert.ts";
 import { generateCA, issueServingCert } from "../../lib/pki/mod.ts";
 import { startAgent, startTcpServer, startTestProxy, writeAll } from "../helpers/tunnel.ts";
-import { proxyFor } from "../../lib/agent/ws_client.ts";
+import { acceptFor, proxyFor } from "../../lib/agent/ws_client.ts";
 
 const TOKEN = "a7".repeat(32);
 
@@ -64,6 +64,10 @@ Deno.test("proxyFor follows HTTP(S)_PROXY and NO_PROXY", () => {
     proxyFor(ws, env({ HTTP_PROXY: "http://p:3128", NO_PROXY: "other.com" }))?.host,
     "p:3128",
   );
+});
+
+Deno.test("Sec-WebSocket-Accept matches the RFC 6455 example", () => {
+  assertEquals(acceptFor("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 });
 
 Deno.test("agent reaches the proxy through HTTP CONNECT; NO_PROXY goes direct", async () => {
