@@ -407,6 +407,8 @@ export function websocketClientStream(
           if (headLen < need) continue;
         }
         const fin = (head[0] & 0x80) !== 0;
+        // No extension is negotiated, so the reserved bits must be clear (RFC 6455 §5.2).
+        if ((head[0] & 0x70) !== 0) throw new Error("websocket frame with reserved bits set");
         opcode = head[0] & 0x0f;
         const len7 = head[1] & 0x7f;
         let len = len7;

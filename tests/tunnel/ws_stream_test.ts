@@ -334,6 +334,20 @@ Deno.test("a text message is a protocol error that destroys the stream", async (
   }
 });
 
+Deno.test("a server frame with reserved bits set is a protocol error that destroys the stream", async () => {
+  const { client, server, close } = await rawPair();
+  try {
+    const failed = new Promise<Error>((resolve) => client.once("error", resolve));
+    const frame = serverFrame(2, enc.encode("compressed?"));
+    frame[0] |= 0x40; // RSV1, as permessage-deflate would set it
+    await writeAll(server.conn, frame);
+    assert(/reserved bits/.test((await failed).message));
+    assertEquals(await server.frame(), undefined);
+  } finally {
+    close();
+  }
+});
+
 Deno.test("end() flushes what was written, then sends a close frame", async () => {
   const { client, server, close } = await rawPair();
   try {
