@@ -16,7 +16,7 @@ import type { Duplex } from "node:stream";
 import { logger, redact } from "../log.ts";
 import { secretsEqual } from "../secret.ts";
 import { ConfigError, decodeAgentConfig } from "../tunnel/handshake.ts";
-import { type HostKey, signingHostKey } from "../tunnel/hostkey.ts";
+import type { HostKey } from "../tunnel/hostkey.ts";
 import { serveGlobalRequests } from "../tunnel/ssh_requests.ts";
 import { acceptAnyIdent } from "../tunnel/ssh_compat.ts";
 import { websocketStream } from "../tunnel/ws_stream.ts";
@@ -72,7 +72,7 @@ export class TunnelServer {
     this.#opts = opts;
     const keepalive = opts.keepaliveMs ?? 30_000;
     this.#ssh = new ssh2.Server({
-      hostKeys: [{ key: signingHostKey(opts.hostKey.pem) }],
+      hostKeys: [{ key: opts.hostKey.sshKey }],
       ident: "Tower_v0.1.0",
       algorithms: SSH_ALGORITHMS,
       keepaliveInterval: keepalive,

@@ -9,6 +9,9 @@ import { createHash, createPrivateKey, generateKeyPairSync, sign } from "node:cr
 // @ts-types="@types/ssh2"
 import ssh2 from "ssh2";
 
+/** ssh2's parsed private key, as its `utils.parseKey` returns it. */
+export type ParsedSshKey = Exclude<ReturnType<typeof ssh2.utils.parseKey>, Error | unknown[]>;
+
 /** A parsed host key, ready for ssh2's `hostKeys`. */
 export interface HostKey {
   /** PEM (`EC PRIVATE KEY`) as stored. */
@@ -17,6 +20,8 @@ export interface HostKey {
   publicBlob: Uint8Array;
   /** `SHA256:…` fingerprint. */
   fingerprint: string;
+  /** The key as ssh2's server takes it (`hostKeys: [{ key }]`), signing as {@link signOnce} says. */
+  sshKey: ParsedSshKey;
 }
 
 /** Generate a new ECDSA P-256 host key as SEC1 PEM. */
@@ -37,42 +42,30 @@ export function parseHostKey(pem: string, source = "host key"): HostKey {
   }
   if (!key.isPrivateKey()) throw new Error(`${source}: not a private key`);
   const publicBlob = new Uint8Array(key.getPublicSSH());
-  return { pem, publicBlob, fingerprint: fingerprintOf(publicBlob) };
+  return { pem, publicBlob, fingerprint: fingerprintOf(publicBlob), sshKey: signOnce(key, source) };
 }
 
-/** ssh2's parsed private key, as its `utils.parseKey` returns it. */
-export type ParsedSshKey = Exclude<ReturnType<typeof ssh2.utils.parseKey>, Error | unknown[]>;
-
 /**
- * The host key parsed once for ssh2's server (`hostKeys: [{ key }]`), signing with a
- * `KeyObject` made once. ssh2's own `sign` hands node:crypto the PEM text on every
- * handshake, which parses it again each time: under Deno an ECDSA P-256 signature costs
- * ~1.15 ms that way and ~0.77 ms from a `KeyObject`.
- * @throws Error saying the key is unusable.
+ * Make ssh2's parsed private `key` sign with a `KeyObject` made once. ssh2's own `sign` hands
+ * node:crypto the PEM text on every handshake, which parses it again each time: under Deno an
+ * ECDSA P-256 signature costs ~1.15 ms that way and ~0.77 ms from a `KeyObject`. The hash
+ * stays ssh2's choice: the caller's, else the key type's (sha1 for ssh-rsa, none for ed25519),
+ * which ssh2 keeps on the key under a symbol of its own.
  */
-export function signingHostKey(pem: string): ParsedSshKey {
-  const parsed = ssh2.utils.parseKey(pem);
-  const key = Array.isArray(parsed) ? parsed[0] : parsed;
-  if (!key || key instanceof Error) {
-    throw new Error(`host key: not a usable SSH private key: ${key ? key.message : "empty"}`);
-  }
-  const privatePem = key.getPrivatePEM();
-  const keyObject = createPrivateKey(privatePem);
-  // The hash ssh2 would use when the caller names none (sha1 for ssh-rsa, none for ed25519),
-  // kept on the key under a symbol of ssh2's.
+function signOnce(key: ParsedSshKey, source: string): ParsedSshKey {
+  const keyObject = createPrivateKey(key.getPrivatePEM());
   const hashSym = Object.getOwnPropertySymbols(key).find((s) => s.description === "Hash Algorithm");
-  if (hashSym === undefined) throw new Error("host key: ssh2's parsed key has no hash algorithm");
+  if (hashSym === undefined) throw new Error(`${source}: ssh2's parsed key has no hash algorithm`);
   const defaultHash = (key as unknown as Record<symbol, string | null>)[hashSym];
   const signWith = (data: Buffer, algo?: string): Buffer | Error => {
     try {
-      const hash = algo || defaultHash;
-      return sign(hash, data, keyObject);
+      return sign(algo || defaultHash, data, keyObject);
     } catch (err) {
       return err as Error;
     }
   };
   Object.defineProperty(key, "sign", { value: signWith });
-  return key as ParsedSshKey;
+  return key;
 }
 
 /** OpenSSH-style SHA256 fingerprint of a public key blob. */

@@ -1,11 +1,12 @@
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { createPublicKey, generateKeyPairSync, verify } from "node:crypto";
 import { Buffer } from "node:buffer";
-import { generateHostKeyPem, parseHostKey, signingHostKey } from "../../lib/tunnel/hostkey.ts";
+import { generateHostKeyPem, parseHostKey } from "../../lib/tunnel/hostkey.ts";
 
-Deno.test("signingHostKey: signatures verify against the host key, hash as ssh2 picks it", () => {
+Deno.test("parseHostKey: its ssh2 key signs so that the host key verifies, hash as ssh2 picks it", () => {
   const pem = generateHostKeyPem();
-  const key = signingHostKey(pem);
+  const host = parseHostKey(pem);
+  const key = host.sshKey;
   assertEquals(key.type, "ecdsa-sha2-nistp256");
   assert(Object.hasOwn(key, "sign"), "signs through its own KeyObject, not ssh2's PEM path");
   const data = Buffer.from("exchange hash");
@@ -16,14 +17,14 @@ Deno.test("signingHostKey: signatures verify against the host key, hash as ssh2 
   assert(!verify("sha256", Buffer.from("other"), pub, sig as Buffer));
   // ssh2's own verify of its own key type agrees (the path a client takes).
   assert(key.verify(data, sig as Buffer) === true);
-  // The public half is the one parseHostKey fingerprints.
-  assertEquals(new Uint8Array(key.getPublicSSH()), parseHostKey(pem).publicBlob);
+  // The public half is the one fingerprinted.
+  assertEquals(new Uint8Array(key.getPublicSSH()), host.publicBlob);
 });
 
-Deno.test("signingHostKey: an RSA key keeps ssh2's per-call hash choice", () => {
+Deno.test("parseHostKey: an RSA key keeps ssh2's per-call hash choice", () => {
   const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
   const pem = privateKey.export({ type: "pkcs1", format: "pem" }) as string;
-  const key = signingHostKey(pem);
+  const key = parseHostKey(pem).sshKey;
   const data = Buffer.from("exchange hash");
   const pub = createPublicKey(pem);
   const sha1 = key.sign(data) as Buffer;
@@ -32,12 +33,12 @@ Deno.test("signingHostKey: an RSA key keeps ssh2's per-call hash choice", () => 
   assert(verify("sha512", data, pub, sha512), "rsa-sha2-512 asks for sha512");
 });
 
-Deno.test("signingHostKey: an unusable key is a clear error", () => {
+Deno.test("parseHostKey: an unusable key is a clear error naming where it came from", () => {
   let msg = "";
   try {
-    signingHostKey("not a key");
+    parseHostKey("not a key", "host key /etc/tower/key");
   } catch (err) {
     msg = (err as Error).message;
   }
-  assertMatch(msg, /host key: not a usable SSH private key/);
+  assertMatch(msg, /^host key \/etc\/tower\/key: not a usable SSH private key/);
 });
