@@ -5,6 +5,7 @@
  * @module
  */
 
+import { Buffer } from "node:buffer";
 import wabtInit from "wabt";
 
 const WAT = new URL("../lib/tunnel/poly1305.wat", import.meta.url);
@@ -19,10 +20,7 @@ export async function generate(): Promise<string> {
   });
   try {
     mod.validate();
-    const { buffer } = mod.toBinary({});
-    let bin = "";
-    for (const b of buffer) bin += String.fromCharCode(b);
-    const b64 = btoa(bin);
+    const b64 = Buffer.from(mod.toBinary({}).buffer).toString("base64");
     const lines = b64.match(/.{1,96}/g)!.map((l) => `  "${l}"`).join(" +\n");
     return `/**
  * Poly1305 for WebAssembly with SIMD, assembled from ./poly1305.wat by scripts/gen_poly1305.ts

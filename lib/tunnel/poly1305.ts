@@ -5,6 +5,7 @@
  * @module
  */
 
+import { Buffer } from "node:buffer";
 import createSsh2Poly1305 from "ssh2/lib/protocol/crypto/poly1305.js";
 import { POLY1305_WASM_BASE64 } from "./poly1305_wasm.ts";
 
@@ -41,17 +42,10 @@ const KEY = 0;
 const OUT = 32;
 const MSG = 64;
 
-function bytesOf(b64: string): Uint8Array<ArrayBuffer> {
-  const bin = atob(b64);
-  const bytes = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-  return bytes;
-}
-
 async function loadSimd(maxBody: number): Promise<Poly1305 | undefined> {
   let instance: WebAssembly.Instance;
   try {
-    ({ instance } = await WebAssembly.instantiate(bytesOf(POLY1305_WASM_BASE64)));
+    ({ instance } = await WebAssembly.instantiate(Buffer.from(POLY1305_WASM_BASE64, "base64")));
   } catch {
     return undefined; // no WebAssembly SIMD here
   }
