@@ -17,6 +17,7 @@ import {
   type BenchPath,
   rssMiB,
   startOrigin,
+  startPassthroughPair,
   startRawTunnel,
   startTowerStack,
   tcpPath,
@@ -66,8 +67,8 @@ export const BENCH_FLAGS: FlagSpecs = {
   paths: {
     kind: "string",
     default: "",
-    help: "comma-separated paths (direct,direct-tls,kubesphere,kubernetes,raw); default: " +
-      "all but raw when the endpoints exist, else direct,raw",
+    help: "comma-separated paths (direct,direct-tls,kubesphere,kubernetes,passthrough," +
+      "passthrough-sealed,raw); default: all but raw when the endpoints exist, else direct,raw",
   },
   against: {
     kind: "string",
@@ -231,7 +232,7 @@ async function main(args: string[]): Promise<number> {
   const pathNames = (v.paths as string)
     ? (v.paths as string).split(",").map((s) => s.trim())
     : haveEndpoints
-    ? ["direct", "direct-tls", "kubesphere", "kubernetes"]
+    ? ["direct", "direct-tls", "kubesphere", "kubernetes", "passthrough", "passthrough-sealed"]
     : ["direct", "raw"];
   const against = (v.against as string[] | undefined) ?? [];
   const settings = {
@@ -277,6 +278,10 @@ async function main(args: string[]): Promise<number> {
         paths.push(raw.path);
         agentProc ??= raw.agent;
         proxyPid ??= Deno.pid;
+      } else if (name === "passthrough" || name === "passthrough-sealed") {
+        const pair = await startPassthroughPair(origin, name === "passthrough-sealed");
+        cleanups.push(pair.close);
+        paths.push(pair.path);
       } else if (name === "kubesphere" || name === "kubernetes") {
         if (paths.some((p) => p.name === "kubesphere" || p.name === "kubernetes")) continue;
         const towerDir = `${dir}/tower`;
@@ -421,7 +426,16 @@ async function main(args: string[]): Promise<number> {
       settings,
       results: results.results(),
     };
-    const order = ["direct", "direct-tls", "kubesphere", "kubernetes", "raw", "tower"];
+    const order = [
+      "direct",
+      "direct-tls",
+      "kubesphere",
+      "kubernetes",
+      "passthrough",
+      "passthrough-sealed",
+      "raw",
+      "tower",
+    ];
     for (const p of paths) if (!order.includes(p.name)) order.push(p.name);
     console.log(`\n${renderTable(report.results, order)}\n`);
     console.log(

@@ -426,3 +426,48 @@ export async function startTowerStack(
     },
   };
 }
+
+/** A chain of two {@link ./passthrough.ts} processes in front of the origin. */
+export interface PassthroughPair {
+  path: BenchPath;
+  close(): Promise<void>;
+}
+
+/**
+ * Start two forwarder processes, client side and origin side, chained to the origin's HTTP
+ * port: path `passthrough`, or `passthrough-sealed` with ChaCha20-Poly1305 packets between them.
+ */
+export async function startPassthroughPair(
+  origin: Origin,
+  sealed: boolean,
+): Promise<PassthroughPair> {
+  const name = sealed ? "passthrough-sealed" : "passthrough";
+  const key = Array.from(crypto.getRandomValues(new Uint8Array(64)))
+    .map((b) => b.toString(16).padStart(2, "0")).join("");
+  const env = { PASSTHROUGH_KEY: key };
+  const started: Proc[] = [];
+  const start = async (side: string, to: number, sealedSide: string) => {
+    const proc = denoRun(`${name}-${side}`, "scripts/bench/passthrough.ts", [
+      "--to",
+      `127.0.0.1:${to}`,
+      "--sealed",
+      sealed ? sealedSide : "none",
+    ], env);
+    started.push(proc);
+    const line = await proc.waitFor(/^passthrough port=\d+/, 30_000);
+    return Number(/port=(\d+)/.exec(line)![1]);
+  };
+  const close = async () => {
+    for (const p of started.reverse()) await p.stop();
+  };
+  try {
+    const originSide = await start("origin-side", origin.httpPort, "downstream");
+    const clientSide = await start("client-side", originSide, "upstream");
+    const path = tcpPath(name, clientSide);
+    await waitHealthy(path);
+    return { path, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}

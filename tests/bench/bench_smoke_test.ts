@@ -1,7 +1,7 @@
 /**
  * `deno task bench` end to end at tiny sizes: origin, proxy and agent start as processes, the
- * figures run direct and through the kubesphere endpoint, and `--json` holds every result with
- * plausible values (the bench has no other test, and nothing else would notice it breaking).
+ * figures run direct, through the kubesphere endpoint and through the sealed reference pair, and
+ * `--json` holds every result with plausible values (nothing else would notice it breaking).
  */
 
 import { assert, assertEquals } from "../helpers/assert.ts";
@@ -40,7 +40,7 @@ Deno.test("bench: a tiny run measures every asked figure, direct and through Tow
     "--fair-duration",
     "300ms",
     "--paths",
-    "direct,kubesphere",
+    "direct,kubesphere,passthrough-sealed",
     "--agents",
     "0",
     "--json",
@@ -60,7 +60,7 @@ Deno.test("bench: a tiny run measures every asked figure, direct and through Tow
     assertEquals(status.code, 0, proc.tail(30));
     const { results } = JSON.parse(await Deno.readTextFile(out)) as { results: Result[] };
     const got = new Map(results.map((r) => [r.key, r.sample.median]));
-    for (const path of ["direct", "kubesphere"]) {
+    for (const path of ["direct", "kubesphere", "passthrough-sealed"]) {
       for (const key of ["bulk/get", "bulk/put", "concurrency/req_per_s"]) {
         assert(
           (got.get(`${key}/${path}`) ?? 0) > 0,
