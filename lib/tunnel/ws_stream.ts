@@ -58,12 +58,15 @@ export function websocketStream(ws: WebSocket, opts: WsStreamOptions = {}): Dupl
   const sendNow = () => {
     flushScheduled = false;
     if (batchBytes === 0 || ws.readyState !== WebSocket.OPEN) return;
-    const data = batch.length === 1 ? batch[0] : Buffer.concat(batch, batchBytes);
+    const sent = batch;
+    const data = sent.length === 1 ? sent[0] : Buffer.concat(sent, batchBytes);
     batch = [];
     batchBytes = 0;
     for (let off = 0; off < data.length; off += maxMessage) {
       ws.send(data.subarray(off, Math.min(data.length, off + maxMessage)));
     }
+    // `send` has copied the bytes: packet buffers may serve the next packets.
+    for (const c of sent) releaseBuffer(c);
   };
 
   const checkDrain = () => {

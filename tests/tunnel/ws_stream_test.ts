@@ -287,6 +287,57 @@ Deno.test("a pooled buffer written whole is given back once framed, and its byte
   }
 });
 
+Deno.test("server side: pooled buffers are given back once sent, and reusing them changes nothing sent", async () => {
+  const gotServer = Promise.withResolvers<Duplex>();
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    gotServer.resolve(websocketStream(socket));
+    return response;
+  });
+  const ws = new WebSocket(`ws://127.0.0.1:${server.addr.port}/`);
+  ws.binaryType = "arraybuffer";
+  const received: Uint8Array[] = [];
+  let wake: (() => void) | undefined;
+  ws.onmessage = (ev) => {
+    received.push(new Uint8Array(ev.data as ArrayBuffer));
+    wake?.();
+  };
+  const bytes = async (n: number) => {
+    while (received.reduce((k, m) => k + m.length, 0) < n) {
+      await new Promise<void>((r) => wake = r);
+    }
+    return Buffer.concat(received.splice(0));
+  };
+  const srv = await gotServer.promise;
+  try {
+    const fill = (b: Uint8Array, v: number) => b.fill(v);
+    // Once a first message has arrived the socket is open, and a write is sent one microtask on.
+    srv.write(Buffer.from("open"));
+    assertEquals((await bytes(4)).toString(), "open");
+    // One packet alone in a batch (sent as it is): given back once sent, then overwritten
+    // while its bytes are still on their way.
+    const a = fill(takeBuffer(40_000), 1);
+    const freeBefore = freeBufferBytes();
+    srv.write(a);
+    await Promise.resolve();
+    assertEquals(freeBufferBytes(), freeBefore + a.buffer.byteLength, "given back once sent");
+    const reused = takeBuffer(40_000);
+    assertEquals(reused.buffer, a.buffer, "the next packet reuses it");
+    fill(reused, 9);
+    // Two in one tick (concatenated), the second in the first one's buffer.
+    srv.write(fill(takeBuffer(40_000), 2));
+    srv.write(fill(reused, 3));
+    const got = await bytes(120_000);
+    assert(got.subarray(0, 40_000).every((v) => v === 1), "the first packet as written");
+    assert(got.subarray(40_000, 80_000).every((v) => v === 2), "the second");
+    assert(got.subarray(80_000).every((v) => v === 3), "the third, in the reused buffer");
+  } finally {
+    srv.destroy();
+    ws.close();
+    await server.shutdown();
+  }
+});
+
 Deno.test("server frames: split anywhere, fragmented, masked, with ping and close", async () => {
   const { client, server, close } = await rawPair();
   try {
