@@ -13,6 +13,7 @@ import { setupLogging } from "../../lib/log.ts";
 import type { Proc } from "../../tests/helpers/proc.ts";
 import { bulk, concurrency, fairness, settle, small } from "./figures.ts";
 import { scale } from "./scale.ts";
+import { tcpMemPressureMiB } from "./tcp_mem.ts";
 import {
   type BenchPath,
   rssMiB,
@@ -312,9 +313,11 @@ async function main(args: string[]): Promise<number> {
     }
     // Fairness runs on the plain-HTTP tunnel path (and any --against port): 2,000 streams per
     // run per path is the most expensive figure, and the TLS endpoint adds nothing to what it
-    // shows about the tunnel.
+    // shows about the tunnel. The sealed pass-through pair (a connection per stream, nothing
+    // shared) shows what the figure reads when nothing can be unfair.
     const tunnelPaths = paths.filter((p) =>
-      p.name === "kubesphere" || p.name === "raw" || p.name.startsWith("against:")
+      p.name === "kubesphere" || p.name === "raw" || p.name === "passthrough-sealed" ||
+      p.name.startsWith("against:")
     );
     const loadPath = paths.find((p) => p.name === "kubesphere") ??
       paths.find((p) => p.name === "raw");
@@ -386,9 +389,26 @@ async function main(args: string[]): Promise<number> {
           const free = await fairness(p, v.streams as number, fairMs, false);
           await settle(p, v.streams as number).catch((err) => say(err.message));
           const stalled = await fairness(p, v.streams as number, fairMs, true);
-          results.add("fairness", "unstalled", p.name, free, "MB/s", "higher");
-          results.add("fairness", "one_stalled", p.name, stalled, "MB/s", "higher");
-          results.add("fairness", "ratio", p.name, stalled / free, "", "higher");
+          results.add("fairness", "unstalled", p.name, free.mbps, "MB/s", "higher");
+          results.add("fairness", "one_stalled", p.name, stalled.mbps, "MB/s", "higher");
+          results.add("fairness", "ratio", p.name, stalled.mbps / free.mbps, "", "higher");
+          const errors = free.errors + stalled.errors;
+          results.add("fairness", "errors", p.name, errors, "", "lower");
+          if (errors > 0) {
+            say(
+              `${p.name}: ${errors} failed fairness requests, first: ` +
+                (free.firstError || stalled.firstError),
+            );
+          }
+          const memPeak = Math.max(free.tcpMemPeakMiB, stalled.tcpMemPeakMiB);
+          results.add("fairness", "tcp_mem_peak", p.name, memPeak, "MiB", "lower");
+          if (memPeak > tcpMemPressureMiB()) {
+            say(
+              `${p.name}: TCP buffer memory reached ${fmt(memPeak)} MiB, past the kernel's ` +
+                `pressure mark (${fmt(tcpMemPressureMiB())} MiB, net.ipv4.tcp_mem): it was ` +
+                "shrinking every socket's window, so the fairness passes measured that too",
+            );
+          }
           await settle(p, v.conns as number).catch((err) => say(err.message));
         }
       }

@@ -72,8 +72,13 @@ Deno.test("bench: a tiny run measures every asked figure, direct and through Tow
       assert(p50 > 0 && p99 >= p50, `small/${path}: p50 ${p50} p99 ${p99}`);
       assertEquals(got.get(`concurrency/errors/${path}`), 0);
     }
-    assert((got.get("fairness/unstalled/kubesphere") ?? 0) > 0);
-    assert((got.get("fairness/one_stalled/kubesphere") ?? 0) > 0);
+    for (const path of ["kubesphere", "passthrough-sealed"]) {
+      assert((got.get(`fairness/unstalled/${path}`) ?? 0) > 0, `fairness/unstalled/${path}`);
+      assert((got.get(`fairness/one_stalled/${path}`) ?? 0) > 0, `fairness/one_stalled/${path}`);
+      assertEquals(got.get(`fairness/errors/${path}`), 0, `fairness/errors/${path}`);
+      const mem = got.get(`fairness/tcp_mem_peak/${path}`) ?? NaN;
+      assert(mem >= 0, `fairness/tcp_mem_peak/${path}: ${mem}`);
+    }
     for (const key of ["proxy_idle", "agent_idle", "proxy_load", "agent_load"]) {
       const mib = got.get(`rss/${key}/tower`) ?? 0;
       assert(mib > 10 && mib < 4096, `rss/${key}: ${mib} MiB`);
