@@ -24,6 +24,7 @@ export type { ClientVerdict, RequestRecord } from "./http/forward.ts";
 export {
   type DialedStream,
   NoAgentError,
+  StreamLimitError,
   type UpstreamAuth,
   type UpstreamDialer,
   type UpstreamTls,

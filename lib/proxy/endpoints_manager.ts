@@ -14,7 +14,12 @@ import { type CA, issueClientCert, issueServingCert, verifyClientCert } from "..
 import type { AgentConfig } from "../tunnel/handshake.ts";
 import type { ClusterRecord, ClusterSource } from "./clusters.ts";
 import { type ClusterEndpoints, startClusterEndpoints } from "./endpoint.ts";
-import { NoAgentError, type UpstreamAuth, type UpstreamDialer } from "./http/upstream.ts";
+import {
+  NoAgentError,
+  StreamLimitError,
+  type UpstreamAuth,
+  type UpstreamDialer,
+} from "./http/upstream.ts";
 import { kubeconfigStillValid, renderKubeconfig } from "./kubeconfig.ts";
 import type { SessionRegistry } from "./registry.ts";
 import { Slots } from "../slots.ts";
@@ -36,12 +41,18 @@ function openWithin(
 ): Promise<Duplex> {
   return new Promise((resolve, reject) => {
     let settled = false;
-    const fail = (why: string) => {
+    const fail = (why: string, cause?: unknown) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
-      reject(new Error(`open ${target}: ${why}`));
+      const message = `open ${target}: ${why}`;
+      // A full session stays recognisable: the caller then tries elsewhere.
+      reject(
+        cause instanceof StreamLimitError
+          ? new StreamLimitError(message)
+          : new Error(message, { cause }),
+      );
     };
     const onAbort = () => fail("client went away");
     const timer = setTimeout(() => fail(`agent did not answer within ${ms} ms`), ms);
@@ -52,7 +63,7 @@ function openWithin(
       clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
       resolve(stream);
-    }, (err) => fail((err as Error).message));
+    }, (err) => fail((err as Error).message, err));
   });
 }
 
@@ -269,8 +280,8 @@ export class EndpointsManager {
     return {
       isLive: (key) => registry.sessions(cluster).some((s) => s.id === key && s.alive),
       dial: async (signal?: AbortSignal): Promise<{ stream: Duplex; key: string }> => {
-        // Try each live session once: a session that dies between pick and open
-        // must not fail the request when another agent is connected.
+        // Try each live session once: a session that dies between pick and open, or is at its
+        // stream limit, must not fail the request when another agent can take it.
         const tried = new Set<string>();
         let lastErr: Error | undefined;
         for (;;) {
@@ -287,7 +298,10 @@ export class EndpointsManager {
             };
           } catch (err) {
             lastErr = err as Error;
-            if (session.alive) throw err; // the agent answered: its dial failed (→ 502)
+            // A full session, like a dead one, leaves the stream to the next session.
+            if (session.alive && !(err instanceof StreamLimitError)) {
+              throw err; // the agent answered: its dial failed (→ 502)
+            }
           }
         }
         if (lastErr) throw lastErr;

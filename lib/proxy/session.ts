@@ -13,6 +13,7 @@ import { openKubesphereChannel } from "../tunnel/ssh_compat.ts";
 import type { AgentSession } from "./registry.ts";
 import { logger } from "../log.ts";
 import { channelsGauge } from "../metrics.ts";
+import { StreamLimitError } from "./http/upstream.ts";
 
 const log = logger("proxy/session");
 let counter = 0;
@@ -45,6 +46,10 @@ export class ProxySession implements AgentSession {
   #conn: Connection;
   #limits: SessionLimits;
   #channels = 0;
+  /** The channels counted in `#channels` once open. */
+  #open = new Set<Duplex>();
+  /** Openers waiting at the channel limit for a channel being closed to be gone. */
+  #waiting: (() => void)[] = [];
   #closed = false;
   #onClose: (() => void)[] = [];
 
@@ -81,6 +86,7 @@ export class ProxySession implements AgentSession {
   ended(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#wakeWaiting();
     for (const fn of this.#onClose.splice(0)) {
       try {
         fn();
@@ -96,8 +102,16 @@ export class ProxySession implements AgentSession {
       throw new SessionError(`session ${this.id}: target ${target} is not one the agent announced`);
     }
     const max = this.#limits.maxChannels ?? 1024;
-    if (this.#channels >= max) {
-      throw new SessionError(`session ${this.id}: channel limit ${max} reached`);
+    while (this.#channels >= max) {
+      // A channel this end has destroyed counts until the agent's CLOSE is back (a round trip,
+      // longer under load): when some are on their way out, wait for one rather than fail. A
+      // burst of keep-alive clients whose idle streams the pool gives up would otherwise get
+      // 502s for a limit that is only taken by streams already abandoned.
+      if (![...this.#open].some((c) => c.destroyed)) {
+        throw new StreamLimitError(`session ${this.id}: channel limit ${max} reached`);
+      }
+      await new Promise<void>((resolve) => this.#waiting.push(resolve));
+      if (this.#closed) throw new SessionError(`session ${this.id}: closed`);
     }
     this.#channels++;
     let channel: Duplex;
@@ -108,14 +122,23 @@ export class ProxySession implements AgentSession {
       }) as unknown as Duplex;
     } catch (err) {
       this.#channels--;
+      this.#wakeWaiting();
       throw new SessionError(`session ${this.id}: open ${target}: ${(err as Error).message}`);
     }
     channelsGauge.inc();
+    this.#open.add(channel);
     channel.once("close", () => {
+      this.#open.delete(channel);
       this.#channels--;
       channelsGauge.dec();
+      this.#wakeWaiting();
     });
     return channel;
+  }
+
+  /** A channel is gone: waiting openers look again (one takes it; the rest wait or fail). */
+  #wakeWaiting(): void {
+    for (const wake of this.#waiting.splice(0)) wake();
   }
 
   close(reason: string): void {

@@ -82,3 +82,40 @@ Deno.test("two agents, one killed mid-run: its watch ends promptly, gets keep wo
     await stack.close();
   }
 });
+
+Deno.test("a session at its stream limit leaves new streams to another agent of the cluster", async () => {
+  await using dir = await tempDir();
+  const stack = await startStandaloneStack({
+    dir: dir.path,
+    token: TOKEN,
+    proxyArgs: ["--max-channels-per-session", "2"],
+  });
+  const watches: ReadableStreamDefaultReader<Uint8Array>[] = [];
+  try {
+    // Agent a alone: two watches (each a stream of its own) fill its session.
+    const a = stack.startAgent("agent-a");
+    await a.waitFor(/Connected\./, 30_000);
+    const { server: base, client } = await stack.kubeconfigClient();
+    const watch = async () => {
+      const r = await fetch(`${base}/api/v1/namespaces?watch=true`, { client });
+      if (r.status !== 200) return `${r.status}: ${await r.text()}`;
+      const reader = r.body!.getReader();
+      watches.push(reader);
+      await reader.read(); // the first event: the stream is live
+      return "open";
+    };
+    assertEquals(await watch(), "open");
+    assertEquals(await watch(), "open");
+    // With a third, a's session refuses the stream; agent b's takes it.
+    const b = stack.startAgent("agent-b");
+    await b.waitFor(/Connected\./, 30_000);
+    assertEquals(await watch(), "open");
+    assertEquals(await watch(), "open");
+    // Both full: the answer says so.
+    const full = await watch();
+    assert(full.startsWith("502: ") && full.includes("channel limit 2 reached"), full);
+  } finally {
+    for (const w of watches) await w.cancel().catch(() => {});
+    await stack.close();
+  }
+});

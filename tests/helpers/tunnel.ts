@@ -53,6 +53,7 @@ export async function startTestProxy(
     keepaliveMs?: number;
     maxPendingHandshakes?: number;
     maxConfigBytes?: number;
+    maxChannelsPerSession?: number;
   } = {},
 ): Promise<TestProxy> {
   const dir = await Deno.makeTempDir({ prefix: "tower-proxy-" });

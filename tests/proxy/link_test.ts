@@ -18,6 +18,7 @@ import {
 } from "../helpers/tunnel.ts";
 
 import { LARGE_PACKET_SIZE } from "../../lib/tunnel/ssh_cipher.ts";
+import { StreamLimitError } from "../../lib/proxy/http/upstream.ts";
 
 const TOKEN = "a1".repeat(32);
 
@@ -210,5 +211,50 @@ Deno.test("the right pinned fingerprint connects", async () => {
   } finally {
     await agent.stop();
     await proxy.close();
+  }
+});
+
+Deno.test("at the channel limit an open waits for a destroyed channel to be gone, and fails when none is going", async () => {
+  const proxy = await startTestProxy([{ name: "alpha", token: TOKEN }], {
+    maxChannelsPerSession: 2,
+  });
+  const echo = echoServer();
+  const agent = await startAgent({
+    name: "alpha",
+    token: TOKEN,
+    proxyUrl: proxy.url,
+    dir: proxy.dir,
+    kubernetesPort: echo.port,
+    kubespherePort: echo.port,
+  });
+  try {
+    await agent.waitFor(/Connected\./);
+    await waitForSessions(proxy.app, "alpha", 1);
+    const session = proxy.app.registry.pick("alpha")!;
+    const a = await session.openStream(target(echo.port));
+    const b = await session.openStream(target(echo.port));
+    // Full and nothing on its way out: refused at once, as a limit the caller can recognise.
+    await assertRejects(
+      () => session.openStream(target(echo.port)),
+      StreamLimitError,
+      "channel limit 2 reached",
+    );
+    // b destroyed: it counts until the agent's CLOSE is back; the open waits for that.
+    const order: string[] = [];
+    b.once("close", () => order.push("b gone"));
+    b.destroy();
+    const c = await session.openStream(target(echo.port));
+    order.push("c open");
+    assertEquals(order, ["b gone", "c open"]);
+    assertEquals(session.channels, 2);
+    c.write("ping");
+    const back = await new Promise<string>((resolve) => c.once("data", (d) => resolve(`${d}`)));
+    assertEquals(back, "ping");
+    a.destroy();
+    c.destroy();
+  } finally {
+    await agent.stop();
+    await proxy.close();
+    await echo.close();
   }
 });

@@ -18,6 +18,7 @@ export { type KubeStatus, kubeStatus, statusResponse } from "./status.ts";
 export {
   type DialedStream,
   NoAgentError,
+  StreamLimitError,
   type UpstreamAuth,
   type UpstreamDialer,
   type UpstreamTls,

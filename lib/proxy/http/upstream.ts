@@ -19,8 +19,8 @@ export interface DialedStream {
 export interface UpstreamDialer {
   /**
    * Resolves a fresh raw stream. Rejects with {@link NoAgentError} (→ 503 Status naming the
-   * cluster) when no agent is connected, or another Error (→ 502 Status with the cause) when the
-   * agent cannot dial. `key` identifies the session the stream rides on, so pooled streams of a
+   * cluster) when no agent is connected, {@link StreamLimitError} when the link is at its stream
+   * limit, or another Error (→ 502 Status with the cause) when the agent cannot dial. `key` identifies the session the stream rides on, so pooled streams of a
    * dead session are never reused.
    */
   dial(signal?: AbortSignal): Promise<DialedStream>;
@@ -36,6 +36,17 @@ export class NoAgentError extends Error {
   constructor(message = "no agent connected") {
     super(message);
     this.name = "NoAgentError";
+  }
+}
+
+/**
+ * The agent link has no room for another stream now (its channel limit). The proxy then serves
+ * the request on a stream that became idle in the meantime if there is one, else answers 502.
+ */
+export class StreamLimitError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StreamLimitError";
   }
 }
 
