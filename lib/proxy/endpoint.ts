@@ -86,6 +86,11 @@ export interface ClusterEndpoints {
   updateAuth(auth: { kubernetes?: UpstreamAuth; kubesphere?: UpstreamAuth }): void;
   /** Close idle upstream connections riding on session `key` (call when a session ends). */
   dropSession(key: string): void;
+  /**
+   * Close one idle upstream connection riding on session `key` (either endpoint's, idle longest
+   * first), to give its stream back to the session; false if there is none.
+   */
+  dropIdle(key: string): boolean;
   /** Connection counts per endpoint. */
   stats(): Record<"kubernetes" | "kubesphere", HttpProxy["stats"]>;
   /**
@@ -261,6 +266,9 @@ export async function startClusterEndpoints(
     dropSession(key: string): void {
       kube.dropSession(key);
       ks.dropSession(key);
+    },
+    dropIdle(key: string): boolean {
+      return kube.dropIdle(key) || ks.dropIdle(key);
     },
     stats: () => ({ kubernetes: kube.stats, kubesphere: ks.stats }),
     close(graceMs = 0): Promise<void> {

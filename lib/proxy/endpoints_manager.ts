@@ -293,7 +293,16 @@ export class EndpointsManager {
             : session.config.KubeSphereSvcHost;
           try {
             return {
-              stream: await openWithin(session.openStream(target), OPEN_TIMEOUT_MS, target, signal),
+              stream: await openWithin(
+                session.openStream(target, {
+                  // At the limit, an idle pooled stream of this session gives its channel back.
+                  reclaim: () =>
+                    this.#running.get(cluster)?.endpoints.dropIdle(session.id) ?? false,
+                }),
+                OPEN_TIMEOUT_MS,
+                target,
+                signal,
+              ),
               key: session.id,
             };
           } catch (err) {

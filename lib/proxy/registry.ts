@@ -23,7 +23,7 @@ export interface AgentSession {
   /** Number of open channels. */
   readonly channels: number;
   /** Open a tunnelled TCP stream to `host:port` on the agent's side. */
-  openStream(target: string): Promise<Duplex>;
+  openStream(target: string, opts?: { reclaim?: () => boolean }): Promise<Duplex>;
   /** Close the session (idempotent); `reason` is logged. */
   close(reason: string): void;
 }

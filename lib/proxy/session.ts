@@ -96,7 +96,12 @@ export class ProxySession implements AgentSession {
     }
   }
 
-  async openStream(target: string): Promise<Duplex> {
+  /**
+   * Open a `kubesphere` channel to `target` (one the agent announced). At the channel limit it
+   * waits for a channel this end destroyed to be gone, after asking `reclaim` (when given) to
+   * destroy an idle one of its own; with neither it rejects with {@link StreamLimitError}.
+   */
+  async openStream(target: string, opts: { reclaim?: () => boolean } = {}): Promise<Duplex> {
     if (this.#closed) throw new SessionError(`session ${this.id}: closed`);
     if (target !== this.config.KubernetesSvcHost && target !== this.config.KubeSphereSvcHost) {
       throw new SessionError(`session ${this.id}: target ${target} is not one the agent announced`);
@@ -104,10 +109,10 @@ export class ProxySession implements AgentSession {
     const max = this.#limits.maxChannels ?? 1024;
     while (this.#channels >= max) {
       // A channel this end has destroyed counts until the agent's CLOSE is back (a round trip,
-      // longer under load): when some are on their way out, wait for one rather than fail. A
-      // burst of keep-alive clients whose idle streams the pool gives up would otherwise get
-      // 502s for a limit that is only taken by streams already abandoned.
-      if (![...this.#open].some((c) => c.destroyed)) {
+      // longer under load): when some are on their way out, or an idle pooled stream can be
+      // given up, wait for one rather than fail. A burst of keep-alive clients would otherwise
+      // get 502s for a limit taken by streams abandoned or idle.
+      if (![...this.#open].some((c) => c.destroyed) && !opts.reclaim?.()) {
         throw new StreamLimitError(`session ${this.id}: channel limit ${max} reached`);
       }
       await new Promise<void>((resolve) => this.#waiting.push(resolve));

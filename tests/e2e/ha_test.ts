@@ -119,3 +119,44 @@ Deno.test("a session at its stream limit leaves new streams to another agent of 
     await stack.close();
   }
 });
+
+Deno.test("at its stream limit a session gives up an idle stream of the other endpoint for a new one", async () => {
+  await using dir = await tempDir();
+  const stack = await startStandaloneStack({
+    dir: dir.path,
+    token: TOKEN,
+    proxyArgs: ["--max-channels-per-session", "2"],
+  });
+  // The agent's kubesphere target: a keep-alive HTTP server.
+  const ks = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    () => new Response("ok"),
+  );
+  const watches: ReadableStreamDefaultReader<Uint8Array>[] = [];
+  try {
+    const a = stack.startAgent("agent-a", [
+      "--kubesphere-service",
+      `127.0.0.1:${ks.addr.port}`,
+    ]);
+    await a.waitFor(/Connected\./, 30_000);
+    const { server: base, client } = await stack.kubeconfigClient();
+    const watch = async () => {
+      const r = await fetch(`${base}/api/v1/namespaces?watch=true`, { client });
+      assertEquals(r.status, 200, r.status === 200 ? "" : await r.text());
+      const reader = r.body!.getReader();
+      watches.push(reader);
+      assert(!(await reader.read()).done, "the watch delivers its first event");
+    };
+    // A request on the kubesphere endpoint leaves its stream idle in that endpoint's pool.
+    const r = await fetch(`http://127.0.0.1:${stack.kubespherePort}/kapis/version`);
+    assertEquals(await r.text(), "ok");
+    // A watch on the kubernetes endpoint (a stream of its own) fills the session.
+    await watch();
+    // A second one: the kubernetes endpoint has nothing idle; the kubesphere one gives its up.
+    await watch();
+  } finally {
+    for (const w of watches) await w.cancel().catch(() => {});
+    await stack.close();
+    await ks.shutdown();
+  }
+});

@@ -250,8 +250,27 @@ Deno.test("at the channel limit an open waits for a destroyed channel to be gone
     c.write("ping");
     const back = await new Promise<string>((resolve) => c.once("data", (d) => resolve(`${d}`)));
     assertEquals(back, "ping");
+    // Full again, nothing closing: `reclaim` may give one up (an idle pooled stream, in the
+    // proxy); the open then waits for it to be gone.
+    let asked = 0;
+    c.once("close", () => order.push("c gone"));
+    const d = await session.openStream(target(echo.port), {
+      reclaim: () => {
+        asked++;
+        c.destroy();
+        return true;
+      },
+    });
+    order.push("d open");
+    assertEquals(asked, 1);
+    assertEquals(order.slice(2), ["c gone", "d open"]);
+    // With nothing to give up, the refusal is immediate.
+    await assertRejects(
+      () => session.openStream(target(echo.port), { reclaim: () => false }),
+      StreamLimitError,
+    );
     a.destroy();
-    c.destroy();
+    d.destroy();
   } finally {
     await agent.stop();
     await proxy.close();

@@ -231,6 +231,11 @@ export class HttpProxy {
     this.#pool.dropKey(key);
   }
 
+  /** Close the idle upstream connection of session `key` idle longest; false if there is none. */
+  dropIdle(key: string): boolean {
+    return this.#pool.dropOldest(key);
+  }
+
   /**
    * Graceful shutdown, first step: refuse new connections, close idle ones now,
    * and close each busy one once its current exchange is done.

@@ -104,6 +104,14 @@ export class UpstreamPool {
     for (const e of this.#idle.filter((e) => e.conn.key === key)) this.#evict(e);
   }
 
+  /** Destroy the connection idle longest among those riding on session `key`; false if none. */
+  dropOldest(key: string): boolean {
+    const e = this.#idle.find((e) => e.conn.key === key);
+    if (e === undefined) return false;
+    this.#evict(e);
+    return true;
+  }
+
   /** Destroy every idle connection and stop the expiry timer (also when done with the pool). */
   clear(): void {
     for (const e of this.#idle.splice(0)) {

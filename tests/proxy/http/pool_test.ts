@@ -104,3 +104,21 @@ Deno.test("pool: emptying and refilling a thousand times arms one expiry timer",
   pool.clear();
   c.destroy();
 });
+
+Deno.test("pool: dropOldest closes the session's connection idle longest, and only that", async () => {
+  const pool = new UpstreamPool();
+  const [a1, b1, a2] = [conn("a"), conn("b"), conn("a")];
+  pool.put(a1);
+  pool.put(b1);
+  pool.put(a2);
+  const a1Closed = once(a1.stream, "close");
+  assert(pool.dropOldest("a"));
+  await a1Closed;
+  assertEquals(pool.size, 2);
+  assert(!a2.dead && !b1.dead);
+  assert(pool.dropOldest("a"));
+  assert(!pool.dropOldest("a"), "none of session a left");
+  assertEquals(pool.take(), b1);
+  b1.destroy();
+  pool.clear();
+});
