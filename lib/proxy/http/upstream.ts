@@ -20,8 +20,9 @@ export interface UpstreamDialer {
   /**
    * Resolves a fresh raw stream. Rejects with {@link NoAgentError} (→ 503 Status naming the
    * cluster) when no agent is connected, {@link StreamLimitError} when the link is at its stream
-   * limit, or another Error (→ 502 Status with the cause) when the agent cannot dial. `key` identifies the session the stream rides on, so pooled streams of a
-   * dead session are never reused.
+   * limit, or another Error (→ 502 Status with the cause) when the agent cannot dial. `key`
+   * identifies the session the stream rides on, so pooled streams of a dead session are never
+   * reused.
    */
   dial(signal?: AbortSignal): Promise<DialedStream>;
   /**
