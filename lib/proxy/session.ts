@@ -48,8 +48,11 @@ export class ProxySession implements AgentSession {
   #channels = 0;
   /** The channels counted in `#channels` once open. */
   #open = new Set<Duplex>();
-  /** Openers waiting at the channel limit for a channel being closed to be gone. */
-  #waiting: (() => void)[] = [];
+  /**
+   * Openers waiting at the channel limit, each for a channel on its way out: a channel that goes
+   * hands its place in `#channels` to the first of them (false: the session ended).
+   */
+  #waiting: ((ok: boolean) => void)[] = [];
   #closed = false;
   #onClose: (() => void)[] = [];
 
@@ -86,7 +89,7 @@ export class ProxySession implements AgentSession {
   ended(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#wakeWaiting();
+    for (const wake of this.#waiting.splice(0)) wake(false);
     for (const fn of this.#onClose.splice(0)) {
       try {
         fn();
@@ -98,8 +101,9 @@ export class ProxySession implements AgentSession {
 
   /**
    * Open a `kubesphere` channel to `target` (one the agent announced). At the channel limit it
-   * waits for a channel this end destroyed to be gone, after asking `reclaim` (when given) to
-   * destroy an idle one of its own; with neither it rejects with {@link StreamLimitError}.
+   * takes the place of a channel this end destroyed once that one is gone, asking `reclaim`
+   * (when given) to destroy an idle one of its own if none is going spare; with neither it
+   * rejects with {@link StreamLimitError}.
    */
   async openStream(target: string, opts: { reclaim?: () => boolean } = {}): Promise<Duplex> {
     if (this.#closed) throw new SessionError(`session ${this.id}: closed`);
@@ -107,18 +111,18 @@ export class ProxySession implements AgentSession {
       throw new SessionError(`session ${this.id}: target ${target} is not one the agent announced`);
     }
     const max = this.#limits.maxChannels ?? 1024;
-    while (this.#channels >= max) {
+    if (this.#channels < max) this.#channels++;
+    else {
       // A channel this end has destroyed counts until the agent's CLOSE is back (a round trip,
-      // longer under load): when some are on their way out, or an idle pooled stream can be
-      // given up, wait for one rather than fail. A burst of keep-alive clients would otherwise
-      // get 502s for a limit taken by streams abandoned or idle.
-      if (![...this.#open].some((c) => c.destroyed) && !opts.reclaim?.()) {
+      // longer under load). When one is on its way out that no earlier opener waits for, or
+      // `reclaim` gives up an idle one, wait to take its place rather than fail: a burst of
+      // keep-alive clients would otherwise get 502s for a limit held by abandoned or idle streams.
+      if (this.#closing() <= this.#waiting.length && !opts.reclaim?.()) {
         throw new StreamLimitError(`session ${this.id}: channel limit ${max} reached`);
       }
-      await new Promise<void>((resolve) => this.#waiting.push(resolve));
-      if (this.#closed) throw new SessionError(`session ${this.id}: closed`);
+      const ok = await new Promise<boolean>((resolve) => this.#waiting.push(resolve));
+      if (!ok) throw new SessionError(`session ${this.id}: closed`);
     }
-    this.#channels++;
     let channel: Duplex;
     try {
       channel = await openKubesphereChannel(this.#conn, target, {
@@ -126,24 +130,31 @@ export class ProxySession implements AgentSession {
         packetSize: this.#limits.channelPacket,
       }) as unknown as Duplex;
     } catch (err) {
-      this.#channels--;
-      this.#wakeWaiting();
+      this.#release();
       throw new SessionError(`session ${this.id}: open ${target}: ${(err as Error).message}`);
     }
     channelsGauge.inc();
     this.#open.add(channel);
     channel.once("close", () => {
       this.#open.delete(channel);
-      this.#channels--;
       channelsGauge.dec();
-      this.#wakeWaiting();
+      this.#release();
     });
     return channel;
   }
 
-  /** A channel is gone: waiting openers look again (one takes it; the rest wait or fail). */
-  #wakeWaiting(): void {
-    for (const wake of this.#waiting.splice(0)) wake();
+  /** A counted channel is gone (or never opened): its place goes to the first waiter, else frees. */
+  #release(): void {
+    const next = this.#waiting.shift();
+    if (next) next(true);
+    else this.#channels--;
+  }
+
+  /** Channels this end has destroyed whose close has not come back yet. */
+  #closing(): number {
+    let n = 0;
+    for (const c of this.#open) if (c.destroyed) n++;
+    return n;
   }
 
   close(reason: string): void {
