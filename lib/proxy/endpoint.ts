@@ -87,8 +87,9 @@ export interface ClusterEndpoints {
   /** Close idle upstream connections riding on session `key` (call when a session ends). */
   dropSession(key: string): void;
   /**
-   * Close one idle upstream connection riding on session `key` (either endpoint's, idle longest
-   * first), to give its stream back to the session; false if there is none.
+   * Close one idle upstream connection riding on session `key` (the kubernetes endpoint's
+   * longest idle, else the kubesphere endpoint's), to give its stream back to the session;
+   * false if there is none.
    */
   dropIdle(key: string): boolean;
   /** Connection counts per endpoint. */

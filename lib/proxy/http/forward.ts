@@ -49,12 +49,7 @@ import {
 import { type PoolOptions, UpstreamPool } from "./pool.ts";
 import { type ClientBodyMode, clientResponseHead, upstreamRequestHead } from "./rewrite.ts";
 import { statusResponse } from "./status.ts";
-import {
-  NoAgentError,
-  StreamLimitError,
-  type UpstreamAuth,
-  type UpstreamDialer,
-} from "./upstream.ts";
+import { NoAgentError, type UpstreamAuth, type UpstreamDialer } from "./upstream.ts";
 import {
   BodyTooLargeError,
   pumpBody,
@@ -455,11 +450,9 @@ export class HttpProxy {
       // spread over the cluster's sessions: losing one agent then ends only its share of them.
       const fresh = upgrade !== null || isLongRunning(req.target);
       for (let attempt = 0;; attempt++) {
-        const isLive = this.#o.dialer.isLive?.bind(this.#o.dialer);
-        let conn = fresh ? undefined : this.#pool.take(isLive);
-        let reused = conn !== undefined;
+        let conn = fresh ? undefined : this.#pool.take(this.#o.dialer.isLive?.bind(this.#o.dialer));
+        const reused = conn !== undefined;
         if (!conn) {
-          let dialErr: unknown;
           try {
             conn = await openUpstream(
               this.#o.dialer,
@@ -467,26 +460,15 @@ export class HttpProxy {
               x.abort.signal,
               this.#o.handshakeMs ?? 30_000,
             );
-            this.#track(conn);
           } catch (err) {
-            dialErr = err;
-          }
-          if (!conn && x.clientGone) return false;
-          // At the link's stream limit, a stream that went idle while this one was being opened
-          // serves as well: idle streams hold channels too, and under a burst of keep-alive
-          // clients they would otherwise turn requests into 502s.
-          if (!conn && dialErr instanceof StreamLimitError) {
-            conn = this.#pool.take(isLive);
-            reused = conn !== undefined;
-          }
-          if (!conn) {
+            if (x.clientGone) return false;
             const keep = x.clientKeep && framing.kind === "none";
-            if (dialErr instanceof NoAgentError) {
+            if (err instanceof NoAgentError) {
               return reply(503, `cluster ${this.#o.cluster}: no agent connected`, keep);
             }
-            const cause = dialErr instanceof UpstreamConnectError
-              ? dialErr.message
-              : `dial: ${(dialErr as Error).message}`;
+            const cause = err instanceof UpstreamConnectError
+              ? err.message
+              : `dial: ${(err as Error).message}`;
             log.v(2, "upstream unreachable", {
               cluster: this.#o.cluster,
               endpoint: this.#o.kind,
@@ -498,6 +480,7 @@ export class HttpProxy {
               keep,
             );
           }
+          this.#track(conn);
         }
         x.upstream = conn;
         if (x.clientGone || this.#closed) {

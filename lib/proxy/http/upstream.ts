@@ -41,8 +41,8 @@ export class NoAgentError extends Error {
 }
 
 /**
- * The agent link has no room for another stream now (its channel limit). The proxy then serves
- * the request on a stream that became idle in the meantime if there is one, else answers 502.
+ * The agent link has no room for another stream (its channel limit), even after giving up idle
+ * ones: the dialer then tries the cluster's other agents, and a request none can take gets 502.
  */
 export class StreamLimitError extends Error {
   constructor(message: string) {
