@@ -10,6 +10,7 @@
 
 import { FlagError, type FlagSpecs, helpText, parseFlags } from "../../lib/cli.ts";
 import { setupLogging } from "../../lib/log.ts";
+import { randomToken } from "../../lib/secret.ts";
 import type { Proc } from "../../tests/helpers/proc.ts";
 import { bulk, concurrency, fairness, settle, small } from "./figures.ts";
 import { scale } from "./scale.ts";
@@ -256,10 +257,7 @@ async function main(args: string[]): Promise<number> {
   const dir = await Deno.makeTempDir({ prefix: "tower-bench-" });
   const results = new ResultSet();
   const cleanups: (() => Promise<void>)[] = [];
-  const token = crypto.getRandomValues(new Uint8Array(32)).reduce(
-    (s, b) => s + b.toString(16).padStart(2, "0"),
-    "",
-  );
+  const token = randomToken();
   try {
     const origin = await startOrigin(dir, v["origin-port"] as number);
     cleanups.push(async () => void await origin.proc.stop());

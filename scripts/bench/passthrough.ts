@@ -202,7 +202,7 @@ export async function startPassthrough(opts: {
 
 function hexBytes(hex: string): Uint8Array {
   if (!/^([0-9a-f]{2})*$/i.test(hex)) throw new Error("PASSTHROUGH_KEY: not hex");
-  return Uint8Array.from(hex.match(/../g) ?? [], (h) => parseInt(h, 16));
+  return Buffer.from(hex, "hex");
 }
 
 async function main(): Promise<void> {

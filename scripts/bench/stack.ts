@@ -15,6 +15,7 @@ import { clustersYaml } from "../../tests/helpers/tunnel.ts";
 import { ProxyApp } from "../../lib/proxy/app.ts";
 import { FileClusterSource } from "../../lib/proxy/clusters_file.ts";
 import { loadOrCreateHostKeyFile } from "../../lib/tunnel/hostkey.ts";
+import { randomToken } from "../../lib/secret.ts";
 import type { ByteConn } from "./http_client.ts";
 import { makeOriginTls, type OriginTls } from "./tls.ts";
 
@@ -442,9 +443,7 @@ export async function startPassthroughPair(
   sealed: boolean,
 ): Promise<PassthroughPair> {
   const name = sealed ? "passthrough-sealed" : "passthrough";
-  const key = Array.from(crypto.getRandomValues(new Uint8Array(64)))
-    .map((b) => b.toString(16).padStart(2, "0")).join("");
-  const env = { PASSTHROUGH_KEY: key };
+  const env = { PASSTHROUGH_KEY: randomToken(64) };
   const started: Proc[] = [];
   const start = async (side: string, to: number, sealedSide: string) => {
     const proc = denoRun(`${name}-${side}`, "scripts/bench/passthrough.ts", [
@@ -458,7 +457,7 @@ export async function startPassthroughPair(
     return Number(/port=(\d+)/.exec(line)![1]);
   };
   const close = async () => {
-    for (const p of started.reverse()) await p.stop();
+    for (const p of [...started].reverse()) await p.stop();
   };
   try {
     const originSide = await start("origin-side", origin.httpPort, "downstream");

@@ -6,6 +6,7 @@
 
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { denoRun, type Proc } from "../helpers/proc.ts";
+import { randomToken } from "../../lib/secret.ts";
 
 /** An echo server on 127.0.0.1 that also records what it was sent. */
 function echoServer(): { port: number; received: () => number; close(): void } {
@@ -81,8 +82,7 @@ function pattern(len: number): Uint8Array {
   return data;
 }
 
-const KEY = Array.from(crypto.getRandomValues(new Uint8Array(64)))
-  .map((b) => b.toString(16).padStart(2, "0")).join("");
+const KEY = randomToken(64);
 
 for (const sealed of [false, true]) {
   Deno.test(`passthrough: a ${sealed ? "sealed" : "plain"} chain of two carries bytes both ways unchanged`, async () => {
