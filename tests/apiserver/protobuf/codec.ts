@@ -11,8 +11,8 @@
  * encoding, magic included}}.
  *
  * JSON conventions (Go's `encoding/json` on the k8s.io/api types): zero
- * scalars, empty lists and maps are left out unless the field is marked
- * `(keep_zero)`; `Time` is RFC 3339 in seconds, `MicroTime` with six
+ * scalars are left out unless the field is marked `(keep_zero)`, empty lists
+ * and maps always; `Time` is RFC 3339 in seconds, `MicroTime` with six
  * fractional digits, a zero time is left out; `IntOrString` is a number or a
  * string; bytes are base64; `FieldsV1` is inline JSON. Items of a list carry
  * no apiVersion/kind in protobuf (the Go types have an empty TypeMeta there).
@@ -180,17 +180,17 @@ function fromPlain(t: protobuf.Type, plain: Obj): Obj {
   for (const f of t.fieldsArray) {
     if (!(f.name in plain)) continue;
     const v = plain[f.name];
-    const keep = f.options?.["(keep_zero)"] === true;
     if (f.map) {
       const entries = Object.entries(v as Obj);
-      if (entries.length || keep) {
+      if (entries.length) {
         out[f.name] = Object.fromEntries(entries.map(([k, e]) => [k, valueFromPlain(f, e)]));
       }
     } else if (f.repeated) {
       const list = v as unknown[];
-      if (list.length || keep) out[f.name] = list.map((e) => valueFromPlain(f, e));
+      if (list.length) out[f.name] = list.map((e) => valueFromPlain(f, e));
     } else {
       const x = valueFromPlain(f, v);
+      const keep = f.options?.["(keep_zero)"] === true;
       if (x !== undefined && (keep || !isZero(x))) out[f.name] = x;
     }
   }
