@@ -220,7 +220,7 @@ export function fromMessage(t: protobuf.Type, bytes: Uint8Array): Obj {
 }
 
 /** The `k8s\0` + Unknown encoding of a JSON object whose apiVersion/kind is spoken. */
-export function encodeObject(obj: Obj): Uint8Array {
+export function encodeObject(obj: Obj): Uint8Array<ArrayBuffer> {
   const apiVersion = String(obj.apiVersion ?? "");
   const kind = String(obj.kind ?? "");
   const t = messageFor(apiVersion, kind);
@@ -273,7 +273,7 @@ export function decodeObject(body: Uint8Array): Obj {
 }
 
 /** One framed protobuf watch event (length prefix included). */
-export function encodeWatchEvent(eventType: string, object: Obj): Uint8Array {
+export function encodeWatchEvent(eventType: string, object: Obj): Uint8Array<ArrayBuffer> {
   const ev = WATCH_EVENT.encode(WATCH_EVENT.fromObject({
     type: eventType,
     object: { raw: encodeObject(object) },
