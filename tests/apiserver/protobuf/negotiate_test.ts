@@ -248,6 +248,27 @@ Deno.test("protobuf negotiation over HTTPS", async (t) => {
           ac.abort();
           client.close();
         }
+        const initialClient = httpClient(s);
+        try {
+          const initial = await fetch(
+            `${s.url}/api/v1/namespaces?watch=true&sendInitialEvents=true&allowWatchBookmarks=true` +
+              "&resourceVersionMatch=NotOlderThan&timeoutSeconds=1",
+            { headers: { accept: TYPED }, client: initialClient },
+          );
+          const kinds = [];
+          for await (const ev of protobufWatchEvents(initial.body!)) {
+            kinds.push(ev.type);
+            if (ev.type !== "BOOKMARK") continue;
+            assertEquals(ev.object.kind, "Namespace");
+            const meta = ev.object.metadata as Obj;
+            assertEquals(meta.annotations, { "k8s.io/initial-events-end": "true" });
+            break;
+          }
+          assert(kinds.filter((k) => k === "ADDED").length >= 5, kinds.join());
+          assertEquals(kinds.at(-1), "BOOKMARK");
+        } finally {
+          initialClient.close();
+        }
         s.compact();
         const expired = await call(
           s,
