@@ -10,9 +10,8 @@
  */
 
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
-import { Proc } from "../helpers/proc.ts";
 import { startTestApiServer, type TestApiServer } from "./server.ts";
-import { kubectl, type KubectlResult } from "./testing.ts";
+import { kubectl, kubectlProc, type KubectlResult } from "./testing.ts";
 
 const NS = "typed";
 
@@ -27,14 +26,6 @@ function fails(r: KubectlResult, what: string): string {
 }
 
 const k = (s: TestApiServer, ...args: string[]) => kubectl(s, args);
-
-function watcher(s: TestApiServer, name: string, args: string[]): Proc {
-  return new Proc(name, "kubectl", [
-    `--kubeconfig=${s.kubeconfigPath}`,
-    `--cache-dir=${s.dir}/kubectl-cache`,
-    ...args,
-  ], { HOME: s.dir });
-}
 
 /** The Content-Type of each response in kubectl's `-v=8` log, in order. */
 function responseTypes(log: string): string[] {
@@ -248,8 +239,8 @@ Deno.test("kubectl typed commands (protobuf) against the test API server", async
     );
 
     await t.step("get -w and --watch-only see later changes in order", async () => {
-      const all = watcher(s, "get-w", ["get", "configmaps", "-n", NS, "-w", "-o", "name"]);
-      const only = watcher(s, "watch-only", [
+      const all = kubectlProc(s, "get-w", ["get", "configmaps", "-n", NS, "-w", "-o", "name"]);
+      const only = kubectlProc(s, "watch-only", [
         "get",
         "services",
         "-n",
