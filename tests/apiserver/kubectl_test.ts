@@ -8,23 +8,14 @@
  */
 
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
-import { Proc } from "../helpers/proc.ts";
-import { startTestApiServer, type TestApiServer } from "./server.ts";
-import { deadline, kubectl, type KubectlResult } from "./testing.ts";
+import { startTestApiServer } from "./server.ts";
+import { deadline, kubectl, kubectlProc, type KubectlResult } from "./testing.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
 function ok(r: KubectlResult, what: string): string {
   assertEquals(r.code, 0, `${what}: kubectl failed: ${r.stderr}`);
   return r.stdout;
-}
-
-function kubectlProc(s: TestApiServer, name: string, args: string[]): Proc {
-  return new Proc(name, "kubectl", [
-    `--kubeconfig=${s.kubeconfigPath}`,
-    `--cache-dir=${s.dir}/kubectl-cache`,
-    ...args,
-  ], { HOME: s.dir });
 }
 
 async function kustomizeIn(dir: string, target: string): Promise<string> {

@@ -322,7 +322,6 @@ Deno.test("minted tokens and kubeconfigs for other identities work with kubectl"
     );
     for (const token of [false, true]) {
       const kc = await s.kubeconfigForServiceAccount("kubesphere-system", "tower", { token });
-      // (`kubectl create configmap` sends protobuf, which the server does not speak.)
       const ok = await kubectl(s, ["-n", "kubesphere-system", "create", "-f", "-"], {
         kubeconfig: kc,
         stdin: JSON.stringify({

@@ -29,7 +29,7 @@ import { AuditLog } from "./audit.ts";
 import { forbidden, type Identity, RbacAuthorizer, serviceAccountIdentity } from "./rbac.ts";
 import { impersonate } from "./impersonation.ts";
 import { type RequestAttributes, requestAttributes } from "./requestinfo.ts";
-import { decodeReview } from "./protobuf.ts";
+import { negotiatedResponse, withProtobuf } from "./protobuf/negotiate.ts";
 import { answerReview } from "./reviews.ts";
 import { handleUpgrade, rejectUpgrade, type StreamStats } from "./streaming.ts";
 import { type ServerTls, serverTls, userKubeconfig } from "./tls.ts";
@@ -191,20 +191,17 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
     return authorizer.allowed(acting, a) ? { acting } : { acting, error: forbidden(acting, a) };
   };
 
-  /** Answer an authorization.k8s.io access review, or undefined for other requests. */
+  /** Answer an authorization.k8s.io access review (JSON body), or undefined for other requests. */
   const review = (
     user: Identity,
     a: RequestAttributes,
     body: Uint8Array,
-    contentType: string,
   ): ApiResponse | undefined => {
     if (!a.resourceRequest || a.group !== "authorization.k8s.io" || a.verb !== "create") return;
     const def = core.registry.find(a.group, a.version, a.resource);
     if (!def || a.name) return;
     try {
-      const obj = contentType.includes("protobuf")
-        ? decodeReview(body)
-        : JSON.parse(new TextDecoder().decode(body));
+      const obj = JSON.parse(new TextDecoder().decode(body));
       const out = answerReview(def.kind, obj, a, user, authorizer, rbacOn);
       return {
         status: 201,
@@ -240,12 +237,17 @@ export async function startTestApiServer(opts: TestApiServerOptions = {}): Promi
     const method = req.method ?? "GET";
     const attrs = requestAttributes(method, url);
     const { acting, error } = actAs(user, headers, attrs);
+    // The served resource, for content negotiation (protobuf for built-in kinds).
+    const def = attrs.resourceRequest
+      ? core.registry.find(attrs.group, attrs.version, attrs.resource)
+      : undefined;
     let r: ApiResponse;
-    if (error || !acting) r = errorResponse(error ?? UNAUTHORIZED);
-    else {
+    if (error || !acting) {
+      r = negotiatedResponse(headers.get("accept"), def, errorResponse(error ?? UNAUTHORIZED));
+    } else {
       const body = new Uint8Array(Buffer.concat(chunks));
-      r = review(acting, attrs, body, headers.get("content-type") ?? "") ??
-        await core.handle({ method, url, headers, body, signal: ac.signal, user: acting });
+      const req = { method, url, headers, body, signal: ac.signal, user: acting };
+      r = await withProtobuf(req, def, (q) => review(acting, attrs, q.body) ?? core.handle(q));
     }
     audit.record(acting, method, req.url ?? "/", attrs, r.status, user);
     log.v(4, "request", { method: req.method, url: req.url, status: r.status, user: user?.name });

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { run } from "../helpers/proc.ts";
+import { Proc, run } from "../helpers/proc.ts";
 import type { TestApiServer } from "./server.ts";
 
 /** An HTTP client trusting the server's CA, optionally with a client certificate. */
@@ -50,6 +50,18 @@ export function kubectl(
     "--request-timeout=15s",
     ...args,
   ], { stdin: opts.stdin, timeoutMs: opts.timeoutMs ?? 30_000, env: { HOME: server.dir } });
+}
+
+/**
+ * Start the real `kubectl` as a long-running {@link Proc} (for `-w`,
+ * `logs -f`) with the server's admin kubeconfig and its own cache dir.
+ */
+export function kubectlProc(server: TestApiServer, name: string, args: string[]): Proc {
+  return new Proc(name, "kubectl", [
+    `--kubeconfig=${server.kubeconfigPath}`,
+    `--cache-dir=${server.dir}/kubectl-cache`,
+    ...args,
+  ], { HOME: server.dir });
 }
 
 /** Read newline-delimited JSON events from a watch response body. */
