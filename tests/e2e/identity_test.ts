@@ -15,7 +15,7 @@ import { X509Certificate } from "node:crypto";
 import { parse } from "yaml";
 import { generateCA, issueClientCert, loadCA } from "../../lib/pki/mod.ts";
 import { renderKubeconfig } from "../../lib/proxy/kubeconfig.ts";
-import { startTestApiServer, type TestApiServer } from "../apiserver/server.ts";
+import { startTestApiServer } from "../apiserver/server.ts";
 import { kubectl } from "../apiserver/testing.ts";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { denoRun, freePort, type Proc, run, tempDir } from "../helpers/proc.ts";
