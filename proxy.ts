@@ -17,6 +17,14 @@ import { startHealthServer } from "./lib/health_server.ts";
 import { VERSION } from "./lib/version.ts";
 import { joinCommand, joinInputFromCluster, joinManifest } from "./lib/proxy/join.ts";
 import { KubeClient, loadKubeConnection } from "./lib/kube/mod.ts";
+import {
+  clusterFactsFromApi,
+  clusterFactsFromFile,
+  DEFAULT_USER_VALIDITY_MS,
+  mintUserKubeconfig,
+} from "./lib/proxy/user_kubeconfig.ts";
+import { loadCAFiles } from "./lib/proxy/ca_store.ts";
+import { dirname } from "node:path";
 
 /** The proxy's flags (SPEC §2 plus this project's). */
 export const PROXY_FLAGS: FlagSpecs = {
@@ -100,6 +108,12 @@ export const PROXY_FLAGS: FlagSpecs = {
     min: 0,
     help: "largest request body on the kubesphere endpoints, bytes (0: no limit)",
   },
+  "client-cert-validity": {
+    kind: "duration",
+    default: 720 * 3600_000,
+    help: "validity of the admin kubeconfigs' client certificates; re-issued when a third is left",
+    validate: (v) => (v as number) >= 5_000 ? undefined : "want at least 5s",
+  },
   "shutdown-grace": {
     kind: "duration",
     default: 20_000,
@@ -121,7 +135,8 @@ export const PROXY_FLAGS: FlagSpecs = {
 };
 
 const USAGE = "Usage: proxy [--clusters-file FILE | --kubeconfig FILE] [flags]\n" +
-  "       proxy join CLUSTER --proxy-server URL [--kubeconfig FILE] [--print manifest|command]";
+  "       proxy join CLUSTER --proxy-server URL [--kubeconfig FILE] [--print manifest|command]\n" +
+  "       proxy kubeconfig CLUSTER --user USER [--group GROUP]... [flags]";
 
 /** Flags of `proxy join`. */
 export const JOIN_FLAGS: FlagSpecs = {
@@ -167,8 +182,87 @@ async function joinMain(args: string[]): Promise<number> {
   }
 }
 
+/** Flags of `proxy kubeconfig`. */
+export const KUBECONFIG_FLAGS: FlagSpecs = {
+  user: { kind: "string", required: true, help: "user the member cluster sees (certificate CN)" },
+  group: {
+    kind: "string",
+    multiple: true,
+    help: "a group of the user (certificate O); repeat for several",
+  },
+  validity: {
+    kind: "duration",
+    default: DEFAULT_USER_VALIDITY_MS,
+    help: "how long the kubeconfig is valid",
+    validate: (v) => (v as number) >= 60_000 ? undefined : "want at least 1m",
+  },
+  kubeconfig: { kind: "string", default: "", help: "host cluster kubeconfig (empty: in-cluster)" },
+  "clusters-file": {
+    kind: "string",
+    default: "",
+    help: "standalone mode: the proxy's clusters file",
+  },
+  "kubeconfig-dir": {
+    kind: "string",
+    default: "",
+    help: "standalone mode: the proxy's --kubeconfig-dir (default: beside --clusters-file)",
+  },
+  "ca-cert": { kind: "string", default: "", help: "the proxy's --ca-cert, when it has one" },
+  "ca-key": { kind: "string", default: "", help: "the proxy's --ca-key" },
+};
+
+/** `proxy kubeconfig CLUSTER --user U`: print a kubeconfig for one person on one member cluster. */
+async function kubeconfigMain(args: string[]): Promise<number> {
+  const flags = parseCommandLine(
+    "proxy kubeconfig",
+    args,
+    KUBECONFIG_FLAGS,
+    "Usage: proxy kubeconfig CLUSTER --user USER [--group GROUP]... [flags]",
+    { allowPositionals: true },
+  );
+  if (typeof flags === "number") return flags;
+  if (flags.positionals.length !== 1) {
+    console.error("proxy kubeconfig: takes exactly one cluster name (see --help)");
+    return 2;
+  }
+  const v = flags.values;
+  const cluster = flags.positionals[0];
+  try {
+    const caFiles = v["ca-cert"]
+      ? await loadCAFiles(v["ca-cert"] as string, v["ca-key"] as string)
+      : undefined;
+    const file = v["clusters-file"] as string;
+    const dir = (v["kubeconfig-dir"] as string) || dirname(file);
+    const facts = file
+      ? await clusterFactsFromFile(
+        file,
+        dir,
+        cluster,
+        caFiles ?? await loadCAFiles(`${dir}/ca.crt`, `${dir}/ca.key`),
+      )
+      : await clusterFactsFromApi(
+        new KubeClient(await loadKubeConnection(v.kubeconfig as string)),
+        cluster,
+        caFiles,
+      );
+    console.log(
+      await mintUserKubeconfig({
+        ...facts,
+        user: v.user as string,
+        groups: (v.group as string[] | undefined) ?? [],
+        validityMs: v.validity as number,
+      }),
+    );
+    return 0;
+  } catch (err) {
+    console.error(`proxy kubeconfig: ${(err as Error).message}`);
+    return 1;
+  }
+}
+
 async function main(args: string[]): Promise<number> {
   if (args[0] === "join") return await joinMain(args.slice(1));
+  if (args[0] === "kubeconfig") return await kubeconfigMain(args.slice(1));
   const flags = parseCommandLine("proxy", args, PROXY_FLAGS, USAGE, { version: VERSION });
   if (typeof flags === "number") return flags;
   const v = flags.values;
@@ -221,6 +315,7 @@ async function main(args: string[]): Promise<number> {
       maxChannelsPerSession: v["max-channels-per-session"] as number,
       kubesphereMaxRequestBody: (v["kubesphere-max-body"] as number) || undefined,
       httpIdleMs: v["http-idle-timeout"] as number,
+      clientCertValidityMs: v["client-cert-validity"] as number,
     });
     await app.start();
   } catch (err) {

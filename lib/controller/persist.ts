@@ -140,17 +140,40 @@ export async function loadOrCreateCA(
     };
   }, opts);
   const where = `Secret ${namespace}/${name}`;
-  const certPem = unb64(secret.data?.["tls.crt"]);
-  const keyPem = unb64(secret.data?.["tls.key"]);
-  if (!certPem || !keyPem) throw new Error(`${where}: missing tls.crt or tls.key`);
-  let ca: CA;
+  const ca = await caFromSecret(secret, where);
+  log.info(created ? "generated a CA and stored it" : "loaded the CA", { secret: where });
+  return { ...ca, created };
+}
+
+/**
+ * Tower's CA from Secret `tower-ca` as the proxy stored it, without ever creating one (for
+ * commands that issue certificates the proxy must accept).
+ */
+export async function readCA(
+  client: KubeClient,
+  namespace: string = TOWER_NAMESPACE,
+  name: string = CA_SECRET,
+): Promise<CA> {
+  const where = `Secret ${namespace}/${name}`;
+  let secret: SecretObject | undefined;
   try {
-    ca = await loadCA(certPem, keyPem);
+    secret = await client.tryGet<SecretObject>(SECRETS, name, { namespace });
   } catch (err) {
     throw new Error(`${where}: ${(err as Error).message}`);
   }
-  log.info(created ? "generated a CA and stored it" : "loaded the CA", { secret: where });
-  return { ...ca, created };
+  if (!secret) throw new Error(`${where}: not found (has the proxy started?)`);
+  return await caFromSecret(secret, where);
+}
+
+async function caFromSecret(secret: SecretObject, where: string): Promise<CA> {
+  const certPem = unb64(secret.data?.["tls.crt"]);
+  const keyPem = unb64(secret.data?.["tls.key"]);
+  if (!certPem || !keyPem) throw new Error(`${where}: missing tls.crt or tls.key`);
+  try {
+    return await loadCA(certPem, keyPem);
+  } catch (err) {
+    throw new Error(`${where}: ${(err as Error).message}`);
+  }
 }
 
 /**

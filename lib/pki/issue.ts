@@ -36,8 +36,12 @@ export interface ClientCertOptions {
   commonName: string;
   /** Subject O values (Kubernetes groups). */
   organizations?: string[];
+  /** URI subject alternative names (e.g. a cluster binding, `binding.ts`). */
+  uris?: string[];
   /** Default 365; never beyond the CA's notAfter. */
   validDays?: number;
+  /** Validity in milliseconds; takes precedence over `validDays`. */
+  validMs?: number;
 }
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -66,12 +70,12 @@ function authorityKeyId(ca: CA): Promise<AuthorityKeyIdentifierExtension> {
 async function issue(
   ca: CA,
   subject: string,
-  validDays: number,
+  validMs: number,
   extensions: Extension[],
 ): Promise<KeyPairPem> {
   const keys = await generateEcKeyPair();
   const now = Date.now();
-  const notAfter = Math.min(now + validDays * DAY_MS, ca.cert.notAfter.getTime());
+  const notAfter = Math.min(now + validMs, ca.cert.notAfter.getTime());
   const cert = await X509CertificateGenerator.create({
     serialNumber: randomSerial(),
     subject,
@@ -116,7 +120,7 @@ export async function issueServingCert(ca: CA, opts: ServingCertOptions): Promis
     if (isIp(opts.commonName)) add("ip", opts.commonName);
     else add("dns", opts.commonName);
   }
-  return await issue(ca, subjectName(opts.commonName), opts.validDays ?? 365, [
+  return await issue(ca, subjectName(opts.commonName), (opts.validDays ?? 365) * DAY_MS, [
     new KeyUsagesExtension(KeyUsageFlags.digitalSignature, true),
     new ExtendedKeyUsageExtension([ExtendedKeyUsage.serverAuth]),
     new SubjectAlternativeNameExtension(names),
@@ -125,13 +129,21 @@ export async function issueServingCert(ca: CA, opts: ServingCertOptions): Promis
 
 /** Issue a TLS client certificate (e.g. CN `kubernetes-admin`, O `system:masters`). */
 export async function issueClientCert(ca: CA, opts: ClientCertOptions): Promise<KeyPairPem> {
+  const extensions: Extension[] = [
+    new KeyUsagesExtension(KeyUsageFlags.digitalSignature, true),
+    new ExtendedKeyUsageExtension([ExtendedKeyUsage.clientAuth]),
+  ];
+  if (opts.uris?.length) {
+    extensions.push(
+      new SubjectAlternativeNameExtension(
+        opts.uris.map((value): JsonGeneralName => ({ type: "url", value })),
+      ),
+    );
+  }
   return await issue(
     ca,
     subjectName(opts.commonName, opts.organizations ?? []),
-    opts.validDays ?? 365,
-    [
-      new KeyUsagesExtension(KeyUsageFlags.digitalSignature, true),
-      new ExtendedKeyUsageExtension([ExtendedKeyUsage.clientAuth]),
-    ],
+    opts.validMs ?? (opts.validDays ?? 365) * DAY_MS,
+    extensions,
   );
 }

@@ -19,6 +19,14 @@ export {
   issueServingCert,
   type ServingCertOptions,
 } from "./issue.ts";
-export { type ClientCertVerdict, verifyClientCert } from "./verify.ts";
+export { type ClientCertVerdict, type VerifiedClient, verifyClientCert } from "./verify.ts";
+export {
+  type Binding,
+  type BindingRole,
+  bindingUri,
+  credentialEpoch,
+  type EpochInput,
+  findBinding,
+} from "./binding.ts";
 export { decodePem, encodePem, firstPemBlock, type PemBlock, sha256Fingerprint } from "./pem.ts";
 export { type ImportedKey, importPrivateKeyPem, type KeyAlgorithmName } from "./keys.ts";

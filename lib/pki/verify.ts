@@ -11,15 +11,24 @@ import {
   BasicConstraintsExtension,
   ExtendedKeyUsage,
   ExtendedKeyUsageExtension,
+  SubjectAlternativeNameExtension,
   X509Certificate,
 } from "@peculiar/x509";
 import type { CA } from "./ca.ts";
 import { firstPemBlock } from "./pem.ts";
 
+/** A client certificate that passed {@link verifyClientCert}. */
+export interface VerifiedClient {
+  ok: true;
+  commonName: string;
+  organizations: string[];
+  /** URI subject alternative names (where a cluster binding lives). */
+  uris: string[];
+  notAfter: Date;
+}
+
 /** Result of {@link verifyClientCert}. */
-export type ClientCertVerdict =
-  | { ok: true; commonName: string; organizations: string[] }
-  | { ok: false; reason: string };
+export type ClientCertVerdict = VerifiedClient | { ok: false; reason: string };
 
 function parsePeer(cert: Uint8Array | string): X509Certificate {
   if (typeof cert === "string") {
@@ -78,5 +87,13 @@ export async function verifyClientCert(
     return { ok: false, reason: `certificate ${subject}: extended key usage lacks clientAuth` };
   }
   const name = peer.subjectName;
-  return { ok: true, commonName: name.getField("CN")[0] ?? "", organizations: name.getField("O") };
+  const san = peer.getExtension(SubjectAlternativeNameExtension);
+  const uris = san ? san.names.items.filter((n) => n.type === "url").map((n) => n.value) : [];
+  return {
+    ok: true,
+    commonName: name.getField("CN")[0] ?? "",
+    organizations: name.getField("O"),
+    uris,
+    notAfter: peer.notAfter,
+  };
 }

@@ -32,6 +32,8 @@ export interface ProxyAppOptions {
   kubesphereMaxRequestBody?: number;
   /** Endpoint clients must send a complete request head within this long. */
   httpIdleMs?: number;
+  /** Validity of the admin kubeconfigs' client certificates. */
+  clientCertValidityMs?: number;
   keepaliveMs?: number;
   handshakeTimeoutMs?: number;
   maxPendingHandshakes?: number;
@@ -131,6 +133,7 @@ export class ProxyApp {
         bindHost: this.#opts.endpointsHost,
         kubesphereMaxRequestBody: this.#opts.kubesphereMaxRequestBody,
         httpIdleMs: this.#opts.httpIdleMs,
+        clientCertValidityMs: this.#opts.clientCertValidityMs,
       });
     }
     this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel);

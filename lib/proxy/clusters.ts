@@ -21,7 +21,16 @@ export interface ClusterRecord {
   endpointHosts: string[];
   /** `https://host:port` written into kubeconfigs. */
   kubernetesEndpoint?: string;
+  /**
+   * The cluster's credential generation (annotation {@link CREDENTIAL_GENERATION_ANNOTATION}):
+   * changing it revokes every client certificate issued for the cluster and re-issues its
+   * kubeconfig, without touching the agents' token.
+   */
+  credentialGeneration?: string;
 }
+
+/** The annotation an operator changes (to any new value) to revoke a cluster's certificates. */
+export const CREDENTIAL_GENERATION_ANNOTATION = "tower.kubesphere.io/credential-generation";
 
 /** A change to the set of clusters: the new record, or `undefined` when gone. */
 export type ClusterChange = (name: string, record: ClusterRecord | undefined) => void;

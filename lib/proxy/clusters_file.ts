@@ -11,7 +11,12 @@ import { dirname, join } from "node:path";
 import { logger } from "../log.ts";
 import { allocatePorts } from "../controller/ports.ts";
 import type { AgentConfig } from "../tunnel/handshake.ts";
-import type { ClusterChange, ClusterRecord, ClusterSource } from "./clusters.ts";
+import {
+  type ClusterChange,
+  type ClusterRecord,
+  type ClusterSource,
+  CREDENTIAL_GENERATION_ANNOTATION,
+} from "./clusters.ts";
 
 const log = logger("proxy/clusters-file");
 
@@ -33,6 +38,8 @@ interface Entry {
   enabled: boolean;
   kubernetesPort?: number;
   kubespherePort?: number;
+  /** The credential generation annotation, when set. */
+  credentialGeneration?: string;
 }
 
 /**
@@ -58,7 +65,7 @@ export function parseClustersFile(text: string, source = "clusters file"): Entry
     const where = `${source}: entry ${i + 1}`;
     if (typeof obj !== "object" || obj === null) throw new Error(`${where}: not an object`);
     const o = obj as {
-      metadata?: { name?: unknown };
+      metadata?: { name?: unknown; annotations?: Record<string, unknown> };
       spec?: {
         joinFederation?: unknown;
         connection?: {
@@ -86,9 +93,11 @@ export function parseClustersFile(text: string, source = "clusters file"): Entry
       }
       return v;
     };
+    const generation = o.metadata?.annotations?.[CREDENTIAL_GENERATION_ANNOTATION];
     return {
       name,
       token: conn.token,
+      credentialGeneration: typeof generation === "string" && generation ? generation : undefined,
       enabled: o.spec?.joinFederation !== false && (conn.type ?? "proxy") === "proxy",
       kubernetesPort: port(conn.kubernetesAPIServerPort, "kubernetesAPIServerPort"),
       kubespherePort: port(conn.kubesphereAPIServerPort, "kubesphereAPIServerPort"),
@@ -138,6 +147,7 @@ export function recordsFromEntries(
       kubespherePort: s,
       endpointHosts: [publishAddress],
       kubernetesEndpoint: k ? `https://${hostForUrl(publishAddress)}:${k}` : undefined,
+      credentialGeneration: e.credentialGeneration,
     });
   }
   return out;

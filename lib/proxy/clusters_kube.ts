@@ -25,7 +25,12 @@ import {
   TOWER_NAMESPACE,
 } from "../controller/types.ts";
 import type { AgentConfig } from "../tunnel/handshake.ts";
-import type { ClusterChange, ClusterRecord, ClusterSource } from "./clusters.ts";
+import {
+  type ClusterChange,
+  type ClusterRecord,
+  type ClusterSource,
+  CREDENTIAL_GENERATION_ANNOTATION,
+} from "./clusters.ts";
 
 const log = logger("proxy/clusters-kube");
 
@@ -96,6 +101,8 @@ export function recordFromCluster(c: ClusterObject, namespace = TOWER_NAMESPACE)
   if (k) rec.kubernetesPort = k;
   if (s) rec.kubespherePort = s;
   if (conn.kubernetesAPIEndpoint) rec.kubernetesEndpoint = conn.kubernetesAPIEndpoint;
+  const generation = c.metadata.annotations?.[CREDENTIAL_GENERATION_ANNOTATION];
+  if (generation) rec.credentialGeneration = generation;
   return rec;
 }
 

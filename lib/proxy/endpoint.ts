@@ -1,26 +1,26 @@
 /**
- * The two listeners of a connected member cluster (SPEC §4): `kubernetes`
- * (TLS with the issued serving certificate; every request needs a client
- * certificate signed by Tower's CA, else 401) and `kubesphere` (plain HTTP),
- * each an {@link HttpProxy} over the tunnel dialer of that API server.
- * Certificates and upstream credentials can be replaced while running; a
- * port that cannot be bound is reported as a {@link ListenError}.
+ * The two listeners of a connected member cluster: `kubernetes` (TLS with the
+ * issued serving certificate; every request needs a client certificate signed
+ * by Tower's CA and bound to this cluster, else 401 — see `client_access.ts`)
+ * and `kubesphere` (plain HTTP; no authentication of its own, so it never
+ * attaches agent credentials: the caller's `Authorization` passes), each an
+ * {@link HttpProxy} over the tunnel dialer of that API server. The serving
+ * certificate can be replaced while running, and client connections whose
+ * access was revoked closed; a port that cannot be bound is reported as a
+ * {@link ListenError}.
  * @module
  */
 
 import * as net from "node:net";
 import * as tls from "node:tls";
 import { logger } from "../log.ts";
-import {
-  type ClientVerdict,
-  HttpProxy,
-  type HttpProxyOptions,
-  type RequestRecord,
-} from "./http/forward.ts";
+import type { ClientCertVerdict } from "../pki/mod.ts";
+import type { ClientAccess } from "./client_access.ts";
+import { HttpProxy, type HttpProxyOptions, type RequestRecord } from "./http/forward.ts";
 import type { PoolOptions } from "./http/pool.ts";
-import type { UpstreamAuth, UpstreamDialer } from "./http/upstream.ts";
+import type { UpstreamDialer } from "./http/upstream.ts";
 
-export type { ClientVerdict, RequestRecord } from "./http/forward.ts";
+export type { RequestRecord } from "./http/forward.ts";
 export {
   type DialedStream,
   NoAgentError,
@@ -38,12 +38,6 @@ export interface ServingCert {
   keyPem: string;
 }
 
-/** Where one endpoint's requests go and with which credentials. */
-export interface UpstreamTarget {
-  dialer: UpstreamDialer;
-  auth: UpstreamAuth;
-}
-
 /** Options of {@link startClusterEndpoints}. */
 export interface ClusterEndpointsOptions {
   cluster: string;
@@ -54,17 +48,23 @@ export interface ClusterEndpointsOptions {
   /** Port of the kubesphere endpoint (0: ephemeral). */
   kubespherePort: number;
   servingCert: ServingCert;
-  /** Verify a client certificate (DER), e.g. `(der) => verifyClientCert(ca, der)`. */
-  verifyClient: (der: Uint8Array) => Promise<ClientVerdict>;
-  kubernetes: UpstreamTarget;
-  kubesphere: UpstreamTarget;
+  /**
+   * Verify a client certificate (DER), e.g. `(der) => verifyClientCert(ca, der)`; once per
+   * connection.
+   */
+  verifyClient: (der: Uint8Array) => Promise<ClientCertVerdict>;
+  /**
+   * What a verified certificate may do on this cluster's endpoint now (asked before every
+   * request, and by {@link ClusterEndpoints.revalidate}), e.g. `clientAccess` of
+   * `client_access.ts`.
+   */
+  access: (verdict: ClientCertVerdict) => ClientAccess;
+  /** Dials the member kube-apiserver; each stream comes with its session's credentials. */
+  kubernetes: UpstreamDialer;
+  /** Dials the member ks-apiserver. */
+  kubesphere: UpstreamDialer;
   /** Called once per finished request (no headers, queries or credentials in it). */
   onRequest?: (rec: RequestRecord) => void;
-  /**
-   * Forward clients' `Impersonate-*` / `X-Remote-*` headers even when the upstream identity is the
-   * agent's (default false: dropped then).
-   */
-  forwardIdentityHeaders?: boolean;
   /** Idle upstream connection pool limits (per endpoint). */
   pool?: Partial<PoolOptions>;
   /** Close client connections idle this long between requests (default 120 s). */
@@ -82,8 +82,8 @@ export interface ClusterEndpoints {
   readonly kubespherePort: number;
   /** Serve a new certificate to new TLS connections. */
   updateServingCert(cert: ServingCert): void;
-  /** Use new upstream credentials for new upstream connections (idle ones are closed). */
-  updateAuth(auth: { kubernetes?: UpstreamAuth; kubesphere?: UpstreamAuth }): void;
+  /** Close client connections whose certificate no longer gives access (after a revocation). */
+  revalidate(): Promise<void>;
   /** Close idle upstream connections riding on session `key` (call when a session ends). */
   dropSession(key: string): void;
   /**
@@ -150,8 +150,8 @@ function tuneClientSocket(sock: net.Socket): void {
 
 async function identify(
   sock: tls.TLSSocket,
-  verify: (der: Uint8Array) => Promise<ClientVerdict>,
-): Promise<ClientVerdict> {
+  verify: (der: Uint8Array) => Promise<ClientCertVerdict>,
+): Promise<ClientCertVerdict> {
   const peer = sock.getPeerCertificate(true);
   if (!peer || !peer.raw || peer.raw.length === 0) {
     return { ok: false, reason: "no client certificate" };
@@ -168,29 +168,23 @@ export async function startClusterEndpoints(
   opts: ClusterEndpointsOptions,
 ): Promise<ClusterEndpoints> {
   const host = opts.host ?? "0.0.0.0";
-  const common: Omit<
-    HttpProxyOptions,
-    "kind" | "dialer" | "auth" | "proto" | "stripAuthorization"
-  > = {
+  const common: Omit<HttpProxyOptions, "kind" | "dialer" | "proto" | "stripAuthorization"> = {
     cluster: opts.cluster,
     onRequest: opts.onRequest,
-    forwardIdentityHeaders: opts.forwardIdentityHeaders,
     pool: opts.pool,
     clientIdleMs: opts.clientIdleMs,
   };
   const kube = new HttpProxy({
     ...common,
     kind: "kubernetes",
-    dialer: opts.kubernetes.dialer,
-    auth: opts.kubernetes.auth,
+    dialer: opts.kubernetes,
     proto: "https",
     stripAuthorization: true,
   });
   const ks = new HttpProxy({
     ...common,
     kind: "kubesphere",
-    dialer: opts.kubesphere.dialer,
-    auth: opts.kubesphere.auth,
+    dialer: opts.kubesphere,
     proto: "http",
     stripAuthorization: false,
     maxRequestBody: opts.kubesphereMaxRequestBody,
@@ -205,8 +199,11 @@ export async function startClusterEndpoints(
   });
   tlsServer.on("secureConnection", (sock: tls.TLSSocket) => {
     tuneClientSocket(sock);
-    const identity = identify(sock, opts.verifyClient);
-    void kube.serve(sock, { remoteAddress: sock.remoteAddress ?? "", identity });
+    const verdict = identify(sock, opts.verifyClient);
+    void kube.serve(sock, {
+      remoteAddress: sock.remoteAddress ?? "",
+      access: async () => opts.access(await verdict),
+    });
   });
   tlsServer.on("tlsClientError", (err: Error) => {
     log.v(2, "TLS handshake failed", { cluster: opts.cluster, error: err.message });
@@ -260,10 +257,7 @@ export async function startClusterEndpoints(
         ALPNProtocols: ["http/1.1"],
       } as tls.SecureContextOptions);
     },
-    updateAuth(auth: { kubernetes?: UpstreamAuth; kubesphere?: UpstreamAuth }): void {
-      if (auth.kubernetes) kube.setAuth(auth.kubernetes);
-      if (auth.kubesphere) ks.setAuth(auth.kubesphere);
-    },
+    revalidate: () => kube.revalidate(),
     dropSession(key: string): void {
       kube.dropSession(key);
       ks.dropSession(key);

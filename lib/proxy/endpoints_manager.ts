@@ -1,8 +1,13 @@
 /**
- * Runs each connected cluster's two API endpoints (SPEC §4): started when the
- * cluster's first agent connects, kept while the cluster is served, stopped
- * when it goes away or stops being served, restarted when its ports change.
- * Issues the serving certificate and the cluster's kubeconfig from Tower's CA.
+ * Runs each connected cluster's two API endpoints: started when the cluster's
+ * first agent connects, kept while the cluster is served, stopped when it goes
+ * away or stops being served, restarted when its ports change. Issues the
+ * serving certificate and the cluster's admin kubeconfig from Tower's CA, its
+ * client certificate bound to the cluster and the current generation of its
+ * credentials (`lib/pki/binding.ts`), valid for a bounded time and re-issued
+ * once a third of that is left; when the credentials change, certificates of
+ * the old generation are refused and their open connections closed. Each
+ * stream carries the upstream credentials of the agent session it rides on.
  * @module
  */
 
@@ -10,18 +15,27 @@ import type { Duplex } from "node:stream";
 import { Buffer } from "node:buffer";
 import { logger } from "../log.ts";
 import { bytesCounter, requestDuration, requestsCounter } from "../metrics.ts";
-import { type CA, issueClientCert, issueServingCert, verifyClientCert } from "../pki/mod.ts";
+import {
+  bindingUri,
+  type CA,
+  credentialEpoch,
+  issueClientCert,
+  issueServingCert,
+  verifyClientCert,
+} from "../pki/mod.ts";
 import type { AgentConfig } from "../tunnel/handshake.ts";
+import { clientAccess } from "./client_access.ts";
 import type { ClusterRecord, ClusterSource } from "./clusters.ts";
 import { type ClusterEndpoints, startClusterEndpoints } from "./endpoint.ts";
 import {
+  type DialedStream,
   NoAgentError,
   StreamLimitError,
   type UpstreamAuth,
   type UpstreamDialer,
 } from "./http/upstream.ts";
-import { kubeconfigStillValid, renderKubeconfig } from "./kubeconfig.ts";
-import type { SessionRegistry } from "./registry.ts";
+import { ADMIN_USER, kubeconfigStillValid, renderKubeconfig } from "./kubeconfig.ts";
+import type { AgentSession, SessionRegistry } from "./registry.ts";
 import { Slots } from "../slots.ts";
 
 /** Clusters whose endpoints are set up at the same time (see `#syncSlots`). */
@@ -67,7 +81,10 @@ function openWithin(
   });
 }
 
-/** Hosts every serving certificate also names (SPEC §3 step 2). */
+/** Default validity of the admin kubeconfig's client certificate. */
+export const DEFAULT_CLIENT_CERT_VALIDITY_MS = 30 * 24 * 3600 * 1000;
+
+/** Hosts every serving certificate also names (as a kube-apiserver's does). */
 const IN_CLUSTER_NAMES = ["kubernetes", "kubernetes.default", "kubernetes.default.svc"];
 
 /** Options for {@link EndpointsManager}. */
@@ -81,6 +98,11 @@ export interface EndpointsManagerOptions {
   kubesphereMaxRequestBody?: number;
   /** A client must send a complete request head within this long (idle keep-alive included). */
   httpIdleMs?: number;
+  /**
+   * Validity of the admin kubeconfigs' client certificates (default 30 days); each is re-issued
+   * once less than a third of it is left.
+   */
+  clientCertValidityMs?: number;
 }
 
 interface Running {
@@ -88,8 +110,8 @@ interface Running {
   kubernetesPort: number;
   kubespherePort: number;
   hosts: string;
-  /** The endpoint written into the published kubeconfig. */
-  published?: string;
+  /** The credential epoch its connections were last checked against. */
+  epoch?: string;
 }
 
 /** The SAN lists of a serving certificate for `rec`. */
@@ -102,26 +124,27 @@ export function servingNames(rec: ClusterRecord): { dnsNames: string[]; ipAddres
   };
 }
 
-/** Upstream credentials from an agent's config (SPEC §4). */
-export function upstreamAuth(
-  cfg: AgentConfig,
-): { kubernetes: UpstreamAuth; kubesphere: UpstreamAuth } {
+/**
+ * The kube-apiserver credentials an agent sent in its `config`: TLS verified with its CA,
+ * presenting its client certificate, else its bearer token. (Its ks-apiserver gets none: the
+ * kubesphere endpoint has no authentication of its own, so the caller's `Authorization` passes.)
+ */
+export function kubernetesAuth(cfg: AgentConfig): UpstreamAuth {
   const text = (b?: Uint8Array) => (b && b.length ? Buffer.from(b).toString("utf8") : undefined);
-  const bearer = text(cfg.BearerToken);
   const host = cfg.KubernetesSvcHost.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
   return {
-    kubernetes: {
-      tls: {
-        caPem: text(cfg.CAData),
-        certPem: text(cfg.CertData),
-        keyPem: text(cfg.KeyData),
-        serverName: host,
-      },
-      bearerToken: cfg.CertData?.length ? undefined : bearer,
+    tls: {
+      caPem: text(cfg.CAData),
+      certPem: text(cfg.CertData),
+      keyPem: text(cfg.KeyData),
+      serverName: host,
     },
-    kubesphere: { bearerToken: bearer },
+    bearerToken: cfg.CertData?.length ? undefined : text(cfg.BearerToken),
   };
 }
+
+/** No credentials (the kubesphere endpoint's streams). */
+const NO_AUTH: UpstreamAuth = Object.freeze({});
 
 /** Keeps the endpoints of every connected cluster running. */
 export class EndpointsManager {
@@ -138,9 +161,21 @@ export class EndpointsManager {
   readonly #syncSlots = new Slots(SYNC_CONCURRENCY);
   #closed = false;
   #unsubscribe: (() => void)[] = [];
+  /** Each session's kube-apiserver credentials, made once; gone with the session. */
+  readonly #sessionAuth = new WeakMap<AgentSession, UpstreamAuth>();
+  /** Each cluster's credential epoch and what it was computed from. */
+  readonly #epochs = new Map<string, { token: string; generation: string; epoch: string }>();
+  readonly #validityMs: number;
+  /** Queues every running cluster now and then, so certificates are renewed in time. */
+  readonly #renewTimer: ReturnType<typeof setInterval>;
 
   constructor(opts: EndpointsManagerOptions) {
     this.#opts = opts;
+    this.#validityMs = opts.clientCertValidityMs ?? DEFAULT_CLIENT_CERT_VALIDITY_MS;
+    // A tenth of the validity (at most an hour) between checks: well inside the last third.
+    this.#renewTimer = setInterval(() => {
+      for (const cluster of this.#running.keys()) this.#queue(cluster);
+    }, Math.min(this.#validityMs / 10, 3600_000));
     this.#unsubscribe.push(opts.registry.listen({
       clusterUp: (cluster) => this.#queue(cluster),
       removed: (session) => this.#running.get(session.cluster)?.endpoints.dropSession(session.id),
@@ -148,6 +183,21 @@ export class EndpointsManager {
     this.#unsubscribe.push(opts.clusters.subscribe((name) => {
       if (this.#running.has(name) || opts.registry.sessions(name).length > 0) this.#queue(name);
     }));
+  }
+
+  /**
+   * The current credential epoch of `cluster` (undefined without a token: nothing is accepted).
+   * Certificates bound to any other epoch are refused.
+   */
+  epoch(cluster: string): string | undefined {
+    const rec = this.#opts.clusters.lookup(cluster);
+    if (!rec?.token) return undefined;
+    const generation = rec.credentialGeneration ?? "";
+    const known = this.#epochs.get(cluster);
+    if (known && known.token === rec.token && known.generation === generation) return known.epoch;
+    const epoch = credentialEpoch(this.#opts.ca, { cluster, token: rec.token, generation });
+    this.#epochs.set(cluster, { token: rec.token, generation, epoch });
+    return epoch;
   }
 
   /** Ports of a running cluster (tests, logs). */
@@ -181,6 +231,7 @@ export class EndpointsManager {
     const running = this.#running.get(cluster);
     if (!rec || !rec.enabled || !rec.kubernetesPort || !rec.kubespherePort) {
       if (running) await this.#stop(cluster, rec ? "cluster no longer served" : "cluster removed");
+      if (!rec) this.#epochs.delete(cluster);
       return;
     }
     const hosts = JSON.stringify(servingNames(rec));
@@ -192,18 +243,17 @@ export class EndpointsManager {
         running.endpoints.updateServingCert(await this.#servingCert(rec));
         running.hosts = hosts;
       }
-      const session = this.#opts.registry.pick(cluster);
-      if (session) this.#applyAuth(running.endpoints, session.config);
-      if (rec.kubernetesEndpoint && rec.kubernetesEndpoint !== running.published) {
-        await this.#publish(rec);
-        running.published = rec.kubernetesEndpoint;
+      const epoch = this.epoch(cluster);
+      if (running.epoch !== epoch) {
+        running.epoch = epoch;
+        await running.endpoints.revalidate();
+        log.info("Cluster credentials changed: earlier certificates refused", { cluster });
       }
+      if (rec.kubernetesEndpoint) await this.#publish(rec);
       return;
     }
     if (running) await this.#stop(cluster, "ports changed");
-    const session = this.#opts.registry.pick(cluster);
-    if (!session) return; // starts when an agent connects
-    const auth = upstreamAuth(session.config);
+    if (!this.#opts.registry.pick(cluster)) return; // starts when an agent connects
     const endpoints = await startClusterEndpoints({
       cluster,
       host: this.#opts.bindHost ?? "0.0.0.0",
@@ -211,10 +261,11 @@ export class EndpointsManager {
       kubespherePort: rec.kubespherePort,
       servingCert: await this.#servingCert(rec),
       verifyClient: (der) => verifyClientCert(this.#opts.ca, der),
+      access: (verdict) => clientAccess(verdict, cluster, this.epoch(cluster)),
       kubesphereMaxRequestBody: this.#opts.kubesphereMaxRequestBody,
       clientIdleMs: this.#opts.httpIdleMs,
-      kubernetes: { dialer: this.#dialer(cluster, "kubernetes"), auth: auth.kubernetes },
-      kubesphere: { dialer: this.#dialer(cluster, "kubesphere"), auth: auth.kubesphere },
+      kubernetes: this.#dialer(cluster, "kubernetes"),
+      kubesphere: this.#dialer(cluster, "kubesphere"),
       onRequest: (r) => {
         const endpoint = r.endpoint;
         requestsCounter.inc({ cluster, endpoint, code: String(r.status) });
@@ -228,6 +279,7 @@ export class EndpointsManager {
       kubernetesPort: rec.kubernetesPort,
       kubespherePort: rec.kubespherePort,
       hosts,
+      epoch: this.epoch(cluster),
     });
     this.#opts.clusters.endpointsStatus?.(cluster, undefined);
     log.info("Serving cluster endpoints", {
@@ -235,21 +287,33 @@ export class EndpointsManager {
       kubernetes: endpoints.kubernetesPort,
       kubesphere: endpoints.kubespherePort,
     });
-    if (rec.kubernetesEndpoint) {
-      await this.#publish(rec);
-      this.#running.get(cluster)!.published = rec.kubernetesEndpoint;
-    }
+    if (rec.kubernetesEndpoint) await this.#publish(rec);
   }
 
-  /** Publish a kubeconfig for `rec`'s endpoint, unless a still-valid one is already there. */
+  /**
+   * Publish an admin kubeconfig for `rec`'s endpoint, unless the one there is for this endpoint,
+   * bound to the cluster's current credentials, and valid for more than a third of the validity.
+   */
   async #publish(rec: ClusterRecord): Promise<void> {
+    const epoch = this.epoch(rec.name);
+    if (epoch === undefined) return;
+    const binding = bindingUri({ cluster: rec.name, epoch, role: "admin" });
     const current = await this.#opts.clusters.currentKubeconfig?.(rec.name);
-    if (current && await kubeconfigStillValid(current, rec.kubernetesEndpoint!, this.#opts.ca)) {
+    if (
+      current && await kubeconfigStillValid(current, {
+        server: rec.kubernetesEndpoint!,
+        ca: this.#opts.ca,
+        binding,
+        minValidMs: this.#validityMs / 3,
+      })
+    ) {
       return;
     }
     const client = await issueClientCert(this.#opts.ca, {
-      commonName: "kubernetes-admin",
+      commonName: ADMIN_USER,
       organizations: ["system:masters"],
+      uris: [binding],
+      validMs: this.#validityMs,
     });
     await this.#opts.clusters.publishKubeconfig(
       rec.name,
@@ -270,16 +334,21 @@ export class EndpointsManager {
     });
   }
 
-  #applyAuth(endpoints: ClusterEndpoints, cfg: AgentConfig): void {
-    const auth = upstreamAuth(cfg);
-    endpoints.updateAuth({ kubernetes: auth.kubernetes, kubesphere: auth.kubesphere });
+  /** The kube-apiserver credentials of `session` (its own `config`, nobody else's). */
+  #authOf(session: AgentSession): UpstreamAuth {
+    let auth = this.#sessionAuth.get(session);
+    if (!auth) {
+      auth = kubernetesAuth(session.config);
+      this.#sessionAuth.set(session, auth);
+    }
+    return auth;
   }
 
   #dialer(cluster: string, kind: "kubernetes" | "kubesphere"): UpstreamDialer {
     const registry = this.#opts.registry;
     return {
       isLive: (key) => registry.sessions(cluster).some((s) => s.id === key && s.alive),
-      dial: async (signal?: AbortSignal): Promise<{ stream: Duplex; key: string }> => {
+      dial: async (signal?: AbortSignal): Promise<DialedStream> => {
         // Try each live session once: a session that dies between pick and open, or is at its
         // stream limit, must not fail the request when another agent can take it.
         const tried = new Set<string>();
@@ -304,6 +373,7 @@ export class EndpointsManager {
                 signal,
               ),
               key: session.id,
+              auth: kind === "kubernetes" ? this.#authOf(session) : NO_AUTH,
             };
           } catch (err) {
             lastErr = err as Error;
@@ -330,6 +400,7 @@ export class EndpointsManager {
   /** Stop every endpoint, letting in-flight requests finish for up to `graceMs`. */
   async close(graceMs = 0): Promise<void> {
     this.#closed = true;
+    clearInterval(this.#renewTimer);
     for (const u of this.#unsubscribe) u();
     await Promise.allSettled([...this.#pending.values()]);
     await Promise.all(

@@ -111,9 +111,11 @@ Deno.test("a session at its stream limit leaves new streams to another agent of 
     await b.waitFor(/Connected\./, 30_000);
     assertEquals(await watch(), "open");
     assertEquals(await watch(), "open");
-    // Both full: the answer says so.
+    // Both full: the answer says what failed, the log says why.
     const full = await watch();
-    assert(full.startsWith("502: ") && full.includes("channel limit 2 reached"), full);
+    assert(full.startsWith("502: ") && full.includes("API server unreachable"), full);
+    assert(!full.includes("channel limit") && !full.includes("alpha#"), full);
+    await stack.proxy.waitFor(/upstream unreachable.*channel limit 2 reached/);
   } finally {
     for (const w of watches) await w.cancel().catch(() => {});
     await stack.close();

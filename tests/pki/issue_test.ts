@@ -11,8 +11,11 @@ import { X509Certificate as NodeX509 } from "node:crypto";
 import tls from "node:tls";
 import { Buffer } from "node:buffer";
 import {
+  bindingUri,
   type CA,
+  credentialEpoch,
   decodePem,
+  findBinding,
   generateCA,
   issueClientCert,
   issueServingCert,
@@ -120,11 +123,13 @@ Deno.test("issueClientCert: CN/O, clientAuth, verified by openssl and verifyClie
     });
     const der = decodePem(kp.certPem)[0].der;
     for (const input of [der, kp.certPem]) {
-      nodeAssert.deepEqual(await verifyClientCert(ca, input), {
-        ok: true,
-        commonName: "kubernetes-admin",
-        organizations: ["system:masters", "b"],
-      });
+      const v = await verifyClientCert(ca, input);
+      nodeAssert.ok(v.ok);
+      nodeAssert.deepEqual(
+        { commonName: v.commonName, organizations: v.organizations, uris: v.uris },
+        { commonName: "kubernetes-admin", organizations: ["system:masters", "b"], uris: [] },
+      );
+      nodeAssert.equal(v.notAfter.getTime(), new Date(n.validTo).getTime());
     }
     nodeAssert.equal((await verifyClientCert(ca.cert, der)).ok, true);
   }
@@ -197,11 +202,9 @@ Deno.test("issued certs survive a CA reload and work in a node:tls mutual-TLS ha
     nodeAssert.equal(res.data, "hello");
     const der = await peer.promise;
     nodeAssert.equal(sha256Fingerprint(der), sha256Fingerprint(decodePem(client.certPem)[0].der));
-    nodeAssert.deepEqual(await verifyClientCert(ca, der), {
-      ok: true,
-      commonName: "alice",
-      organizations: ["devs"],
-    });
+    const v = await verifyClientCert(ca, der);
+    nodeAssert.ok(v.ok);
+    nodeAssert.deepEqual([v.commonName, v.organizations], ["alice", ["devs"]]);
     sock.destroy();
   } finally {
     const closed = Promise.withResolvers<void>();
@@ -237,4 +240,32 @@ Deno.test("issued certificates name their CA's key: authority key id = the CA's 
     }
   }
   nodeAssert.notEqual(keyIdOf(a), keyIdOf(b));
+});
+
+Deno.test("issueClientCert: URI SANs (cluster bindings) and a validity in milliseconds", async () => {
+  const ca = await cas[0];
+  const uri = bindingUri({
+    cluster: "alpha",
+    epoch: credentialEpoch(ca, { cluster: "alpha", token: "t", generation: "" }),
+    role: "user",
+  });
+  const before = Date.now();
+  const kp = await issueClientCert(ca, { commonName: "alice", uris: [uri], validMs: 90_000 });
+  const after = Date.now();
+  await withDir(async (dir) => {
+    await Deno.writeTextFile(`${dir}/c.crt`, kp.certPem);
+    const text = await openssl(dir, ["x509", "-in", "c.crt", "-noout", "-text"]);
+    nodeAssert.match(text, new RegExp(`URI:${uri}`));
+  });
+  const v = await verifyClientCert(ca, kp.certPem);
+  nodeAssert.ok(v.ok);
+  nodeAssert.deepEqual(v.uris, [uri]);
+  nodeAssert.deepEqual(findBinding(v.uris), {
+    cluster: "alpha",
+    epoch: uri.split(":")[4],
+    role: "user",
+  });
+  // 90 s from issuance (certificates carry whole seconds).
+  const t = v.notAfter.getTime();
+  nodeAssert.ok(t >= before + 89_000 && t <= after + 90_000, `${t - before} ms`);
 });

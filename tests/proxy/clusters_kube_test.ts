@@ -7,6 +7,7 @@ import {
 } from "../../lib/proxy/clusters_kube.ts";
 import type { ClusterObject } from "../../lib/controller/types.ts";
 import type { ClusterRecord } from "../../lib/proxy/clusters.ts";
+import { parseClustersFile } from "../../lib/proxy/clusters_file.ts";
 import { clusterManifest, cond, type Env, startEnv } from "../controller/helpers.ts";
 
 const initialized = (c: ClusterObject | undefined) => cond(c, "Initialized")?.status === "True";
@@ -173,4 +174,13 @@ Deno.test("the API server restarting (state lost or kept) is survived", async ()
     await src.close();
     await env.close();
   }
+});
+
+Deno.test("recordFromCluster and the clusters file: the credential generation annotation", () => {
+  const c = clusterManifest("alpha", { connection: { type: "proxy", token: "tok" } });
+  assertEquals(recordFromCluster(c).credentialGeneration, undefined);
+  c.metadata.annotations = { "tower.kubesphere.io/credential-generation": "2026-12-07" };
+  assertEquals(recordFromCluster(c).credentialGeneration, "2026-12-07");
+  const [entry] = parseClustersFile(JSON.stringify([c]));
+  assertEquals(entry.credentialGeneration, "2026-12-07");
 });

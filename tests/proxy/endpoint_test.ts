@@ -12,13 +12,16 @@ import * as net from "node:net";
 import * as tls from "node:tls";
 import { stringify as toYaml } from "yaml";
 import {
+  bindingUri,
   type CA,
+  credentialEpoch,
   generateCA,
   issueClientCert,
   issueServingCert,
   type KeyPairPem,
   verifyClientCert,
 } from "../../lib/pki/mod.ts";
+import { clientAccess } from "../../lib/proxy/client_access.ts";
 import {
   type ClusterEndpoints,
   ListenError,
@@ -41,6 +44,9 @@ import { type Echo, startHttpOrigin } from "./http/origin.ts";
 
 interface Fixture {
   tower: CA;
+  /** The cluster's credential epoch the endpoint accepts (change it to revoke). */
+  state: { epoch: string | undefined };
+  /** An admin certificate bound to alpha's current credentials. */
   user: KeyPairPem;
   api: TestApiServer;
   kdial: TestDialer;
@@ -70,13 +76,19 @@ async function fixture(): Promise<Fixture> {
     dnsNames: ["localhost"],
     ipAddresses: ["127.0.0.1"],
   });
+  const state = {
+    epoch: credentialEpoch(tower, { cluster: "alpha", token: "alpha-token", generation: "" }) as
+      | string
+      | undefined,
+  };
   const user = await issueClientCert(tower, {
     commonName: "kubesphere",
     organizations: ["system:masters"],
+    uris: [bindingUri({ cluster: "alpha", epoch: state.epoch!, role: "admin" })],
   });
   const api = await startTestApiServer();
   const ks = await startHttpOrigin();
-  const kdial = new TestDialer(api.port, { wrap: true });
+  const kdial = new TestDialer(api.port, { wrap: true, auth: upstreamTls(api) });
   const ksdial = new TestDialer(ks.port);
   const records: RequestRecord[] = [];
   const ep = await startClusterEndpoints({
@@ -86,8 +98,9 @@ async function fixture(): Promise<Fixture> {
     kubespherePort: 0,
     servingCert: serving,
     verifyClient: (der) => verifyClientCert(tower, der),
-    kubernetes: { dialer: kdial, auth: upstreamTls(api) },
-    kubesphere: { dialer: ksdial, auth: { bearerToken: "ks-token" } },
+    access: (v) => clientAccess(v, "alpha", state.epoch),
+    kubernetes: kdial,
+    kubesphere: ksdial,
     onRequest: (r) => records.push(r),
   });
   const dir = await Deno.makeTempDir({ prefix: "tower-endpoint-" });
@@ -118,6 +131,7 @@ async function fixture(): Promise<Fixture> {
   );
   return {
     tower,
+    state,
     user,
     api,
     kdial,
@@ -373,17 +387,21 @@ Deno.test("kubernetes endpoint: requests with a Tower client certificate reach t
   }
 });
 
-Deno.test("kubesphere endpoint: plain HTTP with the agent's bearer token", async () => {
+Deno.test("kubesphere endpoint: plain HTTP; the caller's Authorization passes untouched", async () => {
   const f = await fixture();
   const c = Deno.createHttpClient({});
   try {
+    const anonymous = await fetch(`http://127.0.0.1:${f.ep.kubespherePort}/echo`, { client: c });
+    assertEquals((await anonymous.json() as Echo).headers["authorization"], undefined);
     const res = await fetch(`http://127.0.0.1:${f.ep.kubespherePort}/echo`, {
       client: c,
-      headers: { Authorization: "Bearer user-token" },
+      headers: { Authorization: "Bearer user-token", "Impersonate-User": "bob" },
     });
     const echo = await res.json() as Echo;
-    assertEquals(echo.headers["authorization"], "Bearer ks-token");
+    assertEquals(echo.headers["authorization"], "Bearer user-token");
+    assertEquals(echo.headers["impersonate-user"], "bob");
     assertEquals(echo.headers["x-forwarded-proto"], "http");
+    assertEquals(echo.headers["x-forwarded-for"], "127.0.0.1");
     assertEquals(f.ksdial.dials, 1);
     assertEquals(f.kdial.dials, 0);
   } finally {
@@ -400,36 +418,39 @@ Deno.test("upstream: bearer token instead of a client certificate; CA mismatch i
   try {
     const url = `https://127.0.0.1:${f.ep.kubernetesPort}/api/v1/namespaces`;
     f.kdial.port = api2.port;
-    f.ep.updateAuth({
-      kubernetes: { tls: { caPem: api2.caPem, serverName: "127.0.0.1" }, bearerToken: token },
-    });
+    // Each case is an agent session of its own, with the credentials its config carried.
+    let n = 1;
+    const session = (auth: UpstreamAuth) => {
+      f.ep.dropSession(f.kdial.key);
+      f.kdial.key = `session-${++n}`;
+      f.kdial.auth = auth;
+    };
+    session({ tls: { caPem: api2.caPem, serverName: "127.0.0.1" }, bearerToken: token });
     const ok = await fetch(url, { client: c });
     assertEquals(ok.status, 200);
     await ok.body?.cancel();
     // Without the token the member API server refuses: the proxy added it.
-    f.ep.updateAuth({ kubernetes: { tls: { caPem: api2.caPem, serverName: "127.0.0.1" } } });
+    session({ tls: { caPem: api2.caPem, serverName: "127.0.0.1" } });
     const anon = await fetch(url, { client: c });
     assertEquals(anon.status, 401);
     await anon.body?.cancel();
-    // A member CA that did not sign the server's certificate: refused with the cause.
-    f.ep.updateAuth({ kubernetes: { tls: { caPem: f.tower.certPem, serverName: "127.0.0.1" } } });
+    // A member CA that did not sign the server's certificate: 502, the cause only in the log.
+    session({ tls: { caPem: f.tower.certPem, serverName: "127.0.0.1" } });
     const bad = await fetch(url, { client: c });
     assertEquals(bad.status, 502);
     const s = await bad.json();
     assertEquals(s.kind, "Status");
-    assertMatch(s.message, /cluster alpha: kubernetes API server unreachable: TLS handshake/);
+    assertEquals(s.message, "cluster alpha: kubernetes API server unreachable");
     // ... unless the agent's kubeconfig said insecure-skip-tls-verify.
-    f.ep.updateAuth({
-      kubernetes: {
-        tls: { caPem: f.tower.certPem, serverName: "127.0.0.1", insecureSkipVerify: true },
-        bearerToken: token,
-      },
+    session({
+      tls: { caPem: f.tower.certPem, serverName: "127.0.0.1", insecureSkipVerify: true },
+      bearerToken: token,
     });
     const insecure = await fetch(url, { client: c });
     assertEquals(insecure.status, 200);
     await insecure.body?.cancel();
     // A server name the certificate does not carry.
-    f.ep.updateAuth({ kubernetes: { tls: { caPem: api2.caPem, serverName: "other.example" } } });
+    session({ tls: { caPem: api2.caPem, serverName: "other.example" } });
     const wrong = await fetch(url, { client: c });
     assertEquals(wrong.status, 502);
     await wrong.body?.cancel();
@@ -479,8 +500,9 @@ Deno.test("serving certificate rotation, busy port, close() ends in-flight strea
           kubespherePort: busy.port,
           servingCert: next,
           verifyClient: (der) => verifyClientCert(f.tower, der),
-          kubernetes: { dialer: f.kdial, auth: {} },
-          kubesphere: { dialer: f.ksdial, auth: {} },
+          access: (v) => clientAccess(v, "beta", f.state.epoch),
+          kubernetes: f.kdial,
+          kubesphere: f.ksdial,
         })
       );
       assert(err instanceof ListenError);

@@ -1,8 +1,9 @@
 /**
  * Upstream connections: a raw stream from the {@link UpstreamDialer}, wrapped
  * in TLS (verified against the agent's CA, presenting its client
- * certificate) when the endpoint's {@link UpstreamAuth} says so, and read
- * through a {@link Wire}.
+ * certificate) when the {@link UpstreamAuth} of the session that carries it
+ * says so, and read through a {@link Wire}. A connection keeps its session's
+ * credentials for its whole life: requests on it use no one else's.
  * @module
  */
 
@@ -16,6 +17,8 @@ import { Wire } from "./wire.ts";
 export class UpstreamConn {
   /** The session the raw stream rides on. */
   readonly key: string;
+  /** That session's upstream credentials. */
+  readonly auth: UpstreamAuth;
   /** The stream from the dialer. */
   readonly raw: Duplex;
   /** What HTTP is spoken on: `raw`, or TLS over it. */
@@ -24,8 +27,9 @@ export class UpstreamConn {
   /** Requests sent on this connection so far. */
   uses = 0;
 
-  constructor(key: string, raw: Duplex, stream: Duplex) {
+  constructor(key: string, auth: UpstreamAuth, raw: Duplex, stream: Duplex) {
     this.key = key;
+    this.auth = auth;
     this.raw = raw;
     this.stream = stream;
     this.wire = new Wire(stream);
@@ -56,24 +60,23 @@ export class UpstreamConnectError extends Error {
 const noop = () => {};
 
 /**
- * Dial a raw stream and, when `auth.tls` is set, complete a TLS handshake over it within
- * `handshakeMs`. Rejects with whatever the dialer rejects with (e.g. `NoAgentError`), or
- * {@link UpstreamConnectError} for a failed handshake or an abort.
+ * Dial a raw stream and, when the dialed session's `auth.tls` is set, complete a TLS handshake
+ * over it within `handshakeMs`. Rejects with whatever the dialer rejects with (e.g.
+ * `NoAgentError`), or {@link UpstreamConnectError} for a failed handshake or an abort.
  */
 export async function openUpstream(
   dialer: UpstreamDialer,
-  auth: UpstreamAuth,
   signal: AbortSignal,
   handshakeMs: number,
 ): Promise<UpstreamConn> {
-  const { stream: raw, key } = await dialer.dial(signal);
+  const { stream: raw, key, auth } = await dialer.dial(signal);
   raw.on("error", noop); // failures surface as 'close' on the wire
   if (signal.aborted) {
     raw.destroy();
     throw new UpstreamConnectError("request cancelled while dialling");
   }
   const setup = auth.tls;
-  if (!setup) return new UpstreamConn(key, raw, raw);
+  if (!setup) return new UpstreamConn(key, auth, raw, raw);
   const name = setup.serverName;
   const sock = tls.connect({
     socket: raw,
@@ -122,5 +125,5 @@ export async function openUpstream(
       cause: err,
     });
   }
-  return new UpstreamConn(key, raw, sock);
+  return new UpstreamConn(key, auth, raw, sock);
 }

@@ -15,13 +15,16 @@
  * chunk by chunk without copies, pausing the source while the destination
  * is full.
  *
- * Per request: strict head parsing; 401 when the client's identity is refused
- * (kubernetes endpoint); hop-by-hop headers dropped, `X-Forwarded-*` set and
- * the caller's credentials replaced by the agent's (`rewrite.ts`); 503
- * `Status` when no agent is connected and 502 when the member API server
- * cannot be reached; a reused connection that turns out dead before any
- * answer byte is retried once on a fresh one for idempotent requests without
- * a body; an audit record when the exchange ends.
+ * Per request: strict head parsing; 401 when the client's access is refused
+ * (kubernetes endpoint, `client_access.ts`), 403 when a per-user certificate
+ * tries to impersonate; hop-by-hop headers dropped, `X-Forwarded-*` set and,
+ * on the kubernetes endpoint, the caller's credentials replaced by those of
+ * the agent session that carries the request (`rewrite.ts`); 503 `Status`
+ * when no agent is connected and 502 when the member API server cannot be
+ * reached (the bodies say what failed; addresses, sessions and causes go to
+ * the log); a reused connection that turns out dead before any answer byte is
+ * retried once on a fresh one for idempotent requests without a body; an audit
+ * record when the exchange ends.
  * @module
  */
 
@@ -47,9 +50,15 @@ import {
   type ResponseHead,
 } from "./head.ts";
 import { type PoolOptions, UpstreamPool } from "./pool.ts";
-import { type ClientBodyMode, clientResponseHead, upstreamRequestHead } from "./rewrite.ts";
+import {
+  type ClientBodyMode,
+  clientResponseHead,
+  isImpersonationHeader,
+  upstreamRequestHead,
+} from "./rewrite.ts";
 import { statusResponse } from "./status.ts";
-import { NoAgentError, type UpstreamAuth, type UpstreamDialer } from "./upstream.ts";
+import { NoAgentError, type UpstreamDialer } from "./upstream.ts";
+import type { ClientAccess } from "../client_access.ts";
 import {
   BodyTooLargeError,
   pumpBody,
@@ -69,7 +78,7 @@ export type EndpointKind = "kubernetes" | "kubesphere";
 export interface RequestRecord {
   cluster: string;
   endpoint: EndpointKind;
-  /** Client certificate CN on the kubernetes endpoint; "" otherwise. */
+  /** The user the request runs for (client certificate CN) on the kubernetes endpoint; "" otherwise. */
   commonName: string;
   method: string;
   /** Request path without the query string. */
@@ -85,17 +94,15 @@ export interface RequestRecord {
   upgrade: boolean;
 }
 
-/** Who the client is, as its certificate says. */
-export type ClientVerdict =
-  | { ok: true; commonName: string; organizations: string[] }
-  | { ok: false; reason: string };
-
 /** What the proxy knows about a client connection. */
 export interface ClientInfo {
   /** Peer IP for `X-Forwarded-For`. */
   remoteAddress: string;
-  /** When set, every request needs `{ ok: true }` (else 401). */
-  identity?: Promise<ClientVerdict>;
+  /**
+   * When set, asked before every request (credentials may be revoked while a connection is
+   * open): a refusal is answered 401 and closes the connection.
+   */
+  access?: () => Promise<ClientAccess>;
 }
 
 /** Options of {@link HttpProxy}. */
@@ -103,16 +110,10 @@ export interface HttpProxyOptions {
   cluster: string;
   kind: EndpointKind;
   dialer: UpstreamDialer;
-  auth: UpstreamAuth;
   /** Scheme clients use (`X-Forwarded-Proto`). */
   proto: "http" | "https";
   /** Drop the client's `Authorization` (kubernetes endpoint: the upstream identity is the agent's). */
   stripAuthorization: boolean;
-  /**
-   * Forward clients' `Impersonate-*` / `X-Remote-*` headers even when the upstream identity is the
-   * agent's (default false: dropped then; see `rewrite.ts`).
-   */
-  forwardIdentityHeaders?: boolean;
   onRequest?: (rec: RequestRecord) => void;
   pool?: Partial<PoolOptions>;
   /** Close a client connection idle this long between requests (default 120 s). */
@@ -149,15 +150,6 @@ export function isLongRunning(target: string): boolean {
   return LONG_RUNNING.test(target);
 }
 
-function sameAuth(a: UpstreamAuth, b: UpstreamAuth): boolean {
-  const x = a.tls;
-  const y = b.tls;
-  const tlsSame = x === y || (x !== undefined && y !== undefined &&
-    x.caPem === y.caPem && x.certPem === y.certPem && x.keyPem === y.keyPem &&
-    x.serverName === y.serverName && x.insecureSkipVerify === y.insecureSkipVerify);
-  return tlsSame && a.bearerToken === b.bearerToken;
-}
-
 function pathOf(target: string): string {
   const q = target.indexOf("?");
   return q < 0 ? target : target.slice(0, q);
@@ -168,7 +160,9 @@ interface Exchange {
   req: RequestHead;
   framing: Framing;
   upgrade: string | null;
-  head: Buffer;
+  client: ClientInfo;
+  /** Who the request runs as (kubernetes endpoint with client certificates). */
+  access: ClientAccess | undefined;
   clientKeep: boolean;
   rec: RequestRecord;
   reqCount: PumpCounter;
@@ -186,9 +180,9 @@ type Outcome = { retry: true } | { retry: false; keep: boolean };
 /** The reverse proxy of one endpoint (see the module doc). */
 export class HttpProxy {
   readonly #o: HttpProxyOptions;
-  #auth: UpstreamAuth;
   readonly #pool: UpstreamPool;
-  readonly #clients = new Set<Duplex>();
+  /** Open client connections and what is known about each. */
+  readonly #clients = new Map<Duplex, ClientInfo>();
   readonly #upstreams = new Set<UpstreamConn>();
   readonly #limits: HeadLimits;
   /** Client connections waiting for their next request (no exchange in flight). */
@@ -201,7 +195,6 @@ export class HttpProxy {
 
   constructor(opts: HttpProxyOptions) {
     this.#o = opts;
-    this.#auth = opts.auth;
     this.#pool = new UpstreamPool(opts.pool);
     this.#limits = { ...DEFAULT_HEAD_LIMITS, ...opts.head };
   }
@@ -212,13 +205,13 @@ export class HttpProxy {
   }
 
   /**
-   * Use new upstream credentials from now on; idle connections made with the old ones close.
-   * Setting the same credentials again changes nothing (pooled connections stay).
+   * Ask every client connection's access again (after credentials were revoked) and close
+   * those now refused, in-flight requests and watches included.
    */
-  setAuth(auth: UpstreamAuth): void {
-    if (sameAuth(this.#auth, auth)) return;
-    this.#auth = auth;
-    this.#pool.clear();
+  async revalidate(): Promise<void> {
+    await Promise.all([...this.#clients].map(async ([sock, client]) => {
+      if (client.access && !(await client.access()).ok) sock.destroy();
+    }));
   }
 
   /** Close idle upstream connections of session `key` (e.g. when the session goes away). */
@@ -251,7 +244,7 @@ export class HttpProxy {
     this.#closed = true;
     this.#deadlines.close();
     this.#pool.clear();
-    for (const c of this.#clients) c.destroy();
+    for (const c of this.#clients.keys()) c.destroy();
     for (const u of this.#upstreams) u.destroy();
   }
 
@@ -261,7 +254,7 @@ export class HttpProxy {
       sock.destroy();
       return;
     }
-    this.#clients.add(sock);
+    this.#clients.set(sock, client);
     sock.once("close", () => {
       this.#clients.delete(sock);
       this.#idle.delete(sock);
@@ -278,7 +271,6 @@ export class HttpProxy {
 
   async #serveLoop(wire: Wire, client: ClientInfo): Promise<void> {
     const sock = wire.stream;
-    let commonName = "";
     while (!sock.destroyed) {
       if (this.#draining) {
         closeAfterWrite(sock);
@@ -311,17 +303,17 @@ export class HttpProxy {
         closeAfterWrite(sock, statusResponse(e.status ?? 400, e.message, { close: true }));
         return;
       }
-      if (client.identity) {
-        const v = await client.identity;
-        if (!v.ok) {
-          log.v(2, "client refused", { cluster: this.#o.cluster, reason: v.reason });
+      let access: ClientAccess | undefined;
+      if (client.access) {
+        access = await client.access();
+        if (!access.ok) {
+          log.v(2, "client refused", { cluster: this.#o.cluster, reason: access.reason });
           this.#audit(this.#record(req, ""), 401, performance.now());
           closeAfterWrite(sock, statusResponse(401, "Unauthorized", { close: true }));
           return;
         }
-        commonName = v.commonName;
       }
-      if (!await this.#exchange(wire, req, client, commonName)) return;
+      if (!await this.#exchange(wire, req, client, access)) return;
     }
   }
 
@@ -369,11 +361,11 @@ export class HttpProxy {
     wire: Wire,
     req: RequestHead,
     client: ClientInfo,
-    commonName: string,
+    access: ClientAccess | undefined,
   ): Promise<boolean> {
     const sock = wire.stream;
     const start = performance.now();
-    const rec = this.#record(req, commonName);
+    const rec = this.#record(req, access?.ok ? access.user : "");
     const reply = (code: number, msg: string, keep: boolean): boolean => {
       const res = statusResponse(code, msg, { close: !keep, head: req.method === "HEAD" });
       rec.status = code;
@@ -405,24 +397,21 @@ export class HttpProxy {
       this.#audit(rec, 0, start);
       return false;
     }
+    if (
+      access?.ok && access.role === "user" &&
+      req.headers.some((h) => isImpersonationHeader(h.lower))
+    ) {
+      reply(403, "impersonation is not allowed with a per-user certificate", false);
+      this.#audit(rec, 0, start);
+      return false;
+    }
     const upgrade = upgradeOf(req);
-    const auth = this.#auth;
     const x: Exchange = {
       req,
       framing,
       upgrade,
-      head: encodeHead(
-        upstreamRequestHead(req, {
-          framing,
-          upgrade,
-          stripAuthorization: this.#o.stripAuthorization,
-          forwardIdentityHeaders: this.#o.forwardIdentityHeaders ?? false,
-          bearerToken: auth.bearerToken,
-          clientAddress: client.remoteAddress,
-          proto: this.#o.proto,
-          defaultHost: auth.tls?.serverName ?? "localhost",
-        }),
-      ),
+      client,
+      access,
       clientKeep: req.minor >= 1 && !headerTokens(req.headers, "connection").has("close"),
       rec,
       reqCount: { bytes: 0 },
@@ -456,7 +445,6 @@ export class HttpProxy {
           try {
             conn = await openUpstream(
               this.#o.dialer,
-              auth,
               x.abort.signal,
               this.#o.handshakeMs ?? 30_000,
             );
@@ -466,17 +454,18 @@ export class HttpProxy {
             if (err instanceof NoAgentError) {
               return reply(503, `cluster ${this.#o.cluster}: no agent connected`, keep);
             }
+            // The body says what failed; where and why (addresses, sessions) only go to the log.
             const cause = err instanceof UpstreamConnectError
               ? err.message
               : `dial: ${(err as Error).message}`;
-            log.v(2, "upstream unreachable", {
+            log.warn("upstream unreachable", {
               cluster: this.#o.cluster,
               endpoint: this.#o.kind,
               error: cause,
             });
             return reply(
               502,
-              `cluster ${this.#o.cluster}: ${this.#o.kind} API server unreachable: ${cause}`,
+              `cluster ${this.#o.cluster}: ${this.#o.kind} API server unreachable`,
               keep,
             );
           }
@@ -507,6 +496,23 @@ export class HttpProxy {
     if (this.#closed) conn.destroy();
   }
 
+  /** The request head for `conn`, with the credentials of the session `conn` rides on. */
+  #upstreamHead(x: Exchange, conn: UpstreamConn): Buffer {
+    const auth = conn.auth;
+    const access = x.access?.ok ? x.access : undefined;
+    return encodeHead(upstreamRequestHead(x.req, {
+      framing: x.framing,
+      upgrade: x.upgrade,
+      stripAuthorization: this.#o.stripAuthorization,
+      passImpersonation: access?.role === "admin",
+      impersonate: access?.role === "user" ? access : undefined,
+      bearerToken: auth.bearerToken,
+      clientAddress: x.client.remoteAddress,
+      proto: this.#o.proto,
+      defaultHost: auth.tls?.serverName ?? "localhost",
+    }));
+  }
+
   /** Send the request on `conn` and relay the answer. */
   async #roundTrip(
     wire: Wire,
@@ -518,7 +524,7 @@ export class HttpProxy {
     const us = conn.stream;
     const uw = conn.wire;
     const { req, rec } = x;
-    us.write(x.head);
+    us.write(this.#upstreamHead(x, conn));
     let reqPump: Promise<void> | null = null;
     let reqError: Error | null = null;
     const cancelReq = new AbortController();
@@ -554,9 +560,10 @@ export class HttpProxy {
         closeAfterWrite(sock, statusResponse(400, reqError.message, { close: true }));
         return { retry: false, keep: false };
       }
-      const msg = `cluster ${this.#o.cluster}: ${this.#o.kind} API server: ${err.message}`;
-      log.v(2, "upstream failed before answering", {
+      const msg = `cluster ${this.#o.cluster}: ${this.#o.kind} API server did not answer`;
+      log.warn("upstream failed before answering", {
         cluster: this.#o.cluster,
+        endpoint: this.#o.kind,
         error: err.message,
       });
       rec.status = 502;

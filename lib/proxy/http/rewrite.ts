@@ -2,14 +2,17 @@
  * Header rewriting as a reverse proxy must do it (RFC 9110 §7.6): drop
  * hop-by-hop fields (Connection and the fields it names, Keep-Alive,
  * Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade) and set the framing of
- * the next hop ourselves; keep Upgrade/Connection only on upgrades; add
- * `X-Forwarded-For/-Proto/-Host`; and replace the caller's credentials with
- * the agent's. Whenever the upstream identity is the agent's (the client's
- * `Authorization` is stripped or replaced by the agent's token), the client's
- * `Impersonate-*` and `X-Remote-*` headers are dropped too: they would
- * otherwise be evaluated with the agent's rights. When the client's own
- * `Authorization` goes through, so do they (the member checks them against
- * the client itself).
+ * the next hop ourselves; keep Upgrade/Connection only on upgrades; append the
+ * client's address to `X-Forwarded-For` and set `X-Forwarded-Proto/-Host`.
+ *
+ * Identity: when the client's `Authorization` passes through (kubesphere
+ * endpoint), so do its identity headers — the member checks them against the
+ * client itself. When the upstream identity is the agent's (the client's
+ * `Authorization` stripped or replaced), `X-Remote-*` headers are always
+ * dropped, and the client's `Impersonate-*` headers pass only when the caller
+ * says so (Tower's admin certificate: `kubectl --as` then behaves as straight
+ * to the member); `impersonate` adds Tower's own impersonation of a per-user
+ * certificate's user and groups.
  * @module
  */
 
@@ -28,9 +31,14 @@ const HOP_BY_HOP = new Set([
   "content-length", // re-emitted from the framing
 ]);
 
+/** Whether `lower` names an impersonation header (`Impersonate-User`, `-Group`, `-Uid`, `-Extra-*`). */
+export function isImpersonationHeader(lower: string): boolean {
+  return lower.startsWith("impersonate-");
+}
+
 /** Whether `lower` is an identity header a client could use to act as someone else upstream. */
 export function isIdentityHeader(lower: string): boolean {
-  return lower.startsWith("impersonate-") || lower.startsWith("x-remote-");
+  return isImpersonationHeader(lower) || lower.startsWith("x-remote-");
 }
 
 /** Field names listed in the Connection headers (lowercase). */
@@ -66,12 +74,14 @@ export interface RequestRewrite {
   /** Drop the client's `Authorization`. */
   stripAuthorization: boolean;
   /**
-   * Forward `Impersonate-*` and `X-Remote-*` from the client even when the upstream identity is
-   * the agent's (otherwise they are dropped in that case).
+   * Forward the client's `Impersonate-*` headers even when the upstream identity is the agent's
+   * (otherwise they are dropped in that case; `X-Remote-*` always are).
    */
-  forwardIdentityHeaders: boolean;
+  passImpersonation: boolean;
   /** Set `Authorization: Bearer <token>` (replacing the client's). */
   bearerToken?: string;
+  /** Impersonate this user and these groups (the client's own impersonation headers are dropped). */
+  impersonate?: { user: string; groups: readonly string[] };
   /** Client IP appended to `X-Forwarded-For`. */
   clientAddress: string;
   /** `X-Forwarded-Proto`. */
@@ -84,7 +94,7 @@ export interface RequestRewrite {
 export function upstreamRequestHead(req: RequestHead, o: RequestRewrite): string {
   const conn = connectionTokens(req.headers);
   const agentIdentity = o.stripAuthorization || o.bearerToken !== undefined;
-  const dropIdentity = agentIdentity && !o.forwardIdentityHeaders;
+  const passImpersonation = !agentIdentity || (o.passImpersonation && !o.impersonate);
   let out = `${req.method} ${req.target} HTTP/1.1\r\n`;
   let host: string | undefined;
   let xff = "";
@@ -104,7 +114,9 @@ export function upstreamRequestHead(req: RequestHead, o: RequestRewrite): string
       continue;
     } else if (l === "authorization") {
       if (agentIdentity) continue;
-    } else if (dropIdentity && isIdentityHeader(l)) {
+    } else if (isImpersonationHeader(l)) {
+      if (!passImpersonation) continue;
+    } else if (agentIdentity && l.startsWith("x-remote-")) {
       continue;
     }
     out += `${h.name}: ${h.value}\r\n`;
@@ -114,6 +126,10 @@ export function upstreamRequestHead(req: RequestHead, o: RequestRewrite): string
     out += `Host: ${host}\r\n`;
   }
   if (o.bearerToken !== undefined) out += `Authorization: Bearer ${o.bearerToken}\r\n`;
+  if (o.impersonate) {
+    out += `Impersonate-User: ${o.impersonate.user}\r\n`;
+    for (const g of o.impersonate.groups) out += `Impersonate-Group: ${g}\r\n`;
+  }
   if (o.framing.kind === "length") out += `Content-Length: ${o.framing.length}\r\n`;
   else if (o.framing.kind === "chunked") {
     out += `Transfer-Encoding: ${transferEncoding(req.headers)}\r\n`;

@@ -22,6 +22,7 @@ export interface KubeStatus {
 const REASONS: Record<number, [string, string]> = {
   400: ["BadRequest", "Bad Request"],
   401: ["Unauthorized", "Unauthorized"],
+  403: ["Forbidden", "Forbidden"],
   405: ["MethodNotAllowed", "Method Not Allowed"],
   413: ["RequestEntityTooLarge", "Request Entity Too Large"],
   431: ["RequestHeaderFieldsTooLarge", "Request Header Fields Too Large"],

@@ -1,8 +1,8 @@
 /**
  * The contract between the per-cluster HTTP endpoints and the tunnel: a dialer
  * that opens raw byte streams to a member's API server (an SSH `kubesphere`
- * channel in production, plain TCP in tests) and the credentials to present
- * on them.
+ * channel in production, plain TCP in tests), each with the credentials of the
+ * agent session that carries it.
  * @module
  */
 
@@ -13,6 +13,11 @@ export interface DialedStream {
   stream: Duplex;
   /** Identifies the session (agent link) carrying the stream; pooled streams are keyed by it. */
   key: string;
+  /**
+   * The credentials of that session (what its agent sent in `config`) to present on the
+   * stream; `{}` for none (plain HTTP, the caller's own `Authorization` passes).
+   */
+  auth: UpstreamAuth;
 }
 
 /** Opens a raw byte stream to the member's API server (through an SSH `kubesphere` channel, in production). */
@@ -68,7 +73,7 @@ export interface UpstreamTls {
   insecureSkipVerify?: boolean;
 }
 
-/** Credentials to present upstream (from the agent's config, SPEC §4). */
+/** Credentials to present upstream (from one agent session's `config`). */
 export interface UpstreamAuth {
   /** Speak TLS to the upstream (over the raw stream) with these settings; absent: plain HTTP. */
   tls?: UpstreamTls;

@@ -14,6 +14,7 @@ import { HttpProxy, type HttpProxyOptions } from "../../../lib/proxy/http/forwar
 import {
   type DialedStream,
   NoAgentError,
+  type UpstreamAuth,
   type UpstreamDialer,
 } from "../../../lib/proxy/http/upstream.ts";
 
@@ -59,14 +60,17 @@ export class TestDialer implements UpstreamDialer {
   /** "noagent": reject with NoAgentError; "fail": reject with a dial error. */
   mode: "ok" | "noagent" | "fail" = "ok";
   key = "session-1";
+  /** Credentials of the "session" streams are dialled on (change with `key` for another one). */
+  auth: UpstreamAuth;
   wrap: boolean;
   /** Set to make the pool check sessions. */
   isLive?: (key: string) => boolean;
   #waiters: (() => void)[] = [];
   #socks = new Set<net.Socket>();
 
-  constructor(public port: number, opts: { wrap?: boolean } = {}) {
+  constructor(public port: number, opts: { wrap?: boolean; auth?: UpstreamAuth } = {}) {
     this.wrap = opts.wrap ?? false;
+    this.auth = opts.auth ?? {};
   }
 
   async dial(signal?: AbortSignal): Promise<DialedStream> {
@@ -91,7 +95,7 @@ export class TestDialer implements UpstreamDialer {
       this.open--;
       for (const w of this.#waiters.splice(0)) w();
     });
-    return { stream: this.wrap ? new WrappedStream(sock) : sock, key: this.key };
+    return { stream: this.wrap ? new WrappedStream(sock) : sock, key: this.key, auth: this.auth };
   }
 
   /** Destroy every open stream (as losing the agent's session does). */
@@ -152,7 +156,6 @@ export async function startPlainProxy(
     cluster: "alpha",
     kind: "kubesphere",
     dialer,
-    auth: {},
     proto: "http",
     stripAuthorization: false,
     ...opts,

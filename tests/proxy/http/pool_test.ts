@@ -8,7 +8,7 @@ import { countTimers } from "../../helpers/timers.ts";
 /** A connection over a PassThrough: what is written to it comes back as "received" bytes. */
 function conn(key = "s1"): UpstreamConn {
   const s = new PassThrough();
-  return new UpstreamConn(key, s, s);
+  return new UpstreamConn(key, {}, s, s);
 }
 
 Deno.test("pool: most recently idled first; bounded; dead ones skipped", async () => {

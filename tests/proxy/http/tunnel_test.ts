@@ -13,8 +13,10 @@ import { type ClusterEndpoints, startClusterEndpoints } from "../../../lib/proxy
 import {
   type DialedStream,
   NoAgentError,
+  type UpstreamAuth,
   type UpstreamDialer,
 } from "../../../lib/proxy/http/upstream.ts";
+import { anyVerifiedAsAdmin } from "../../helpers/access.ts";
 import type { ProxyApp } from "../../../lib/proxy/app.ts";
 import type { AgentSession } from "../../../lib/proxy/registry.ts";
 import {
@@ -61,6 +63,7 @@ function sessionDialer(
   cluster: string,
   which: "k8s" | "ks",
   count: ChannelCount,
+  auth: UpstreamAuth = {},
 ): UpstreamDialer {
   return {
     async dial(): Promise<DialedStream> {
@@ -69,7 +72,7 @@ function sessionDialer(
       const target = which === "k8s" ? s.config.KubernetesSvcHost : s.config.KubeSphereSvcHost;
       const stream = await s.openStream(target);
       count.add(stream);
-      return { stream, key: s.id };
+      return { stream, key: s.id, auth };
     },
     isLive: (key) => app.registry.sessions(cluster).some((s) => s.id === key && s.alive),
   };
@@ -101,14 +104,12 @@ Deno.test("HTTP engine over SSH kubesphere channels to a real agent", async (t) 
       kubespherePort: 0,
       servingCert: serving,
       verifyClient: (der) => verifyClientCert(tower, der),
-      kubernetes: {
-        dialer: sessionDialer(proxy.app, "alpha", "k8s", count),
-        auth: {
-          tls: { caPem: api.caPem, serverName: "127.0.0.1" },
-          bearerToken: "member-bearer-token",
-        },
-      },
-      kubesphere: { dialer: sessionDialer(proxy.app, "alpha", "ks", count), auth: {} },
+      access: anyVerifiedAsAdmin,
+      kubernetes: sessionDialer(proxy.app, "alpha", "k8s", count, {
+        tls: { caPem: api.caPem, serverName: "127.0.0.1" },
+        bearerToken: "member-bearer-token",
+      }),
+      kubesphere: sessionDialer(proxy.app, "alpha", "ks", count),
     });
     const endpoints = ep;
     const ksUrl = `http://127.0.0.1:${endpoints.kubespherePort}`;
