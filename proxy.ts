@@ -35,6 +35,11 @@ export const PROXY_FLAGS: FlagSpecs = {
   },
   "ca-key": { kind: "string", default: "", help: "private key of --ca-cert" },
   host: { kind: "string", default: "0.0.0.0", help: "address to listen on for agents" },
+  "endpoints-host": {
+    kind: "string",
+    default: "",
+    help: "address the per-cluster endpoints listen on (default: --host)",
+  },
   port: {
     kind: "port",
     default: 8080,
@@ -76,7 +81,7 @@ export const PROXY_FLAGS: FlagSpecs = {
   "handshake-timeout": {
     kind: "duration",
     default: 10_000,
-    help: "deadline from connect to accepted config",
+    help: "deadline from connect to accepted config; and for endpoint clients' TLS handshakes",
   },
   "max-pending-handshakes": {
     kind: "int",
@@ -101,6 +106,19 @@ export const PROXY_FLAGS: FlagSpecs = {
     kind: "duration",
     default: 120_000,
     help: "endpoint clients must send a complete request head within this long (slowloris guard)",
+  },
+  "max-endpoint-connections": {
+    kind: "int",
+    default: 1024,
+    min: 1,
+    help: "client connections each per-cluster endpoint keeps at once (more are closed)",
+  },
+  "max-request-head": {
+    kind: "int",
+    default: 64 * 1024,
+    min: 4096,
+    max: 1 << 20,
+    help: "largest request head on the per-cluster endpoints, bytes (431 beyond)",
   },
   "kubesphere-max-body": {
     kind: "int",
@@ -305,6 +323,9 @@ async function main(args: string[]): Promise<number> {
     app = new ProxyApp({
       host: v.host as string,
       port: v.port as number,
+      endpointsHost: (v["endpoints-host"] as string) || (v.host as string),
+      maxEndpointConnections: v["max-endpoint-connections"] as number,
+      maxRequestHead: v["max-request-head"] as number,
       hostKey: setup.hostKey,
       clusters: setup.clusters,
       ca: setup.ca,

@@ -34,6 +34,10 @@ export interface ProxyAppOptions {
   httpIdleMs?: number;
   /** Validity of the admin kubeconfigs' client certificates. */
   clientCertValidityMs?: number;
+  /** Client connections each per-cluster endpoint keeps at once. */
+  maxEndpointConnections?: number;
+  /** Largest request head on the per-cluster endpoints. */
+  maxRequestHead?: number;
   keepaliveMs?: number;
   handshakeTimeoutMs?: number;
   maxPendingHandshakes?: number;
@@ -134,6 +138,9 @@ export class ProxyApp {
         kubesphereMaxRequestBody: this.#opts.kubesphereMaxRequestBody,
         httpIdleMs: this.#opts.httpIdleMs,
         clientCertValidityMs: this.#opts.clientCertValidityMs,
+        tlsHandshakeMs: this.#opts.handshakeTimeoutMs,
+        maxConnections: this.#opts.maxEndpointConnections,
+        maxRequestHead: this.#opts.maxRequestHead,
       });
     }
     this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel);

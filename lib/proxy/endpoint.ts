@@ -69,6 +69,12 @@ export interface ClusterEndpointsOptions {
   pool?: Partial<PoolOptions>;
   /** Close client connections idle this long between requests (default 120 s). */
   clientIdleMs?: number;
+  /** A client must complete its TLS handshake within this long (default 10 s). */
+  tlsHandshakeMs?: number;
+  /** Client connections each listener keeps at once (default 1024); more are closed at once. */
+  maxConnections?: number;
+  /** Largest request head (default 64 KiB; 431 beyond). */
+  maxRequestHead?: number;
   /** Largest request body on the kubesphere endpoint (413 beyond it); undefined: no limit. */
   kubesphereMaxRequestBody?: number;
 }
@@ -173,6 +179,7 @@ export async function startClusterEndpoints(
     onRequest: opts.onRequest,
     pool: opts.pool,
     clientIdleMs: opts.clientIdleMs,
+    maxRequestHead: opts.maxRequestHead,
   };
   const kube = new HttpProxy({
     ...common,
@@ -196,6 +203,7 @@ export async function startClusterEndpoints(
     requestCert: true,
     rejectUnauthorized: false, // verified per connection by verifyClient (401 with a Status)
     ALPNProtocols: ["http/1.1"],
+    handshakeTimeout: opts.tlsHandshakeMs ?? 10_000,
   });
   tlsServer.on("secureConnection", (sock: tls.TLSSocket) => {
     tuneClientSocket(sock);
@@ -205,13 +213,16 @@ export async function startClusterEndpoints(
       access: async () => opts.access(await verdict),
     });
   });
-  tlsServer.on("tlsClientError", (err: Error) => {
+  tlsServer.on("tlsClientError", (err: Error, sock?: tls.TLSSocket) => {
     log.v(2, "TLS handshake failed", { cluster: opts.cluster, error: err.message });
+    sock?.destroy(); // Deno's node:tls leaves it open (a timed-out handshake included)
   });
   const plainServer = net.createServer((sock: net.Socket) => {
     tuneClientSocket(sock);
     void ks.serve(sock, { remoteAddress: sock.remoteAddress ?? "" });
   });
+  // Beyond the cap a connection is closed before a byte of it is read (TLS included).
+  tlsServer.maxConnections = plainServer.maxConnections = opts.maxConnections ?? 1024;
 
   let kubernetesPort: number;
   let kubespherePort: number;

@@ -98,6 +98,12 @@ export interface EndpointsManagerOptions {
   kubesphereMaxRequestBody?: number;
   /** A client must send a complete request head within this long (idle keep-alive included). */
   httpIdleMs?: number;
+  /** A client must complete its TLS handshake within this long. */
+  tlsHandshakeMs?: number;
+  /** Client connections each endpoint keeps at once. */
+  maxConnections?: number;
+  /** Largest request head on the endpoints. */
+  maxRequestHead?: number;
   /**
    * Validity of the admin kubeconfigs' client certificates (default 30 days); each is re-issued
    * once less than a third of it is left.
@@ -264,6 +270,9 @@ export class EndpointsManager {
       access: (verdict) => clientAccess(verdict, cluster, this.epoch(cluster)),
       kubesphereMaxRequestBody: this.#opts.kubesphereMaxRequestBody,
       clientIdleMs: this.#opts.httpIdleMs,
+      tlsHandshakeMs: this.#opts.tlsHandshakeMs,
+      maxConnections: this.#opts.maxConnections,
+      maxRequestHead: this.#opts.maxRequestHead,
       kubernetes: this.#dialer(cluster, "kubernetes"),
       kubesphere: this.#dialer(cluster, "kubesphere"),
       onRequest: (r) => {

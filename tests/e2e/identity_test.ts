@@ -172,6 +172,8 @@ Deno.test("kubesphere endpoint: no member credential for anyone; the caller's ow
       `127.0.0.1:${ks.port}`,
     ]);
     await agent.waitFor(/Connected\./, 30_000);
+    // The endpoints listen where the agent port does (--host), not on every address.
+    await tower.proxy.waitFor(/cluster endpoints listening.*kubernetes="127\.0\.0\.1:/);
     const base = `http://127.0.0.1:${tower.ports.get("alpha")!.kubesphere}/echo`;
     const anonymous = await (await fetch(base)).json() as Echo;
     assertEquals(anonymous.headers["authorization"], undefined);

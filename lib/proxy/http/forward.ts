@@ -122,8 +122,20 @@ export interface HttpProxyOptions {
   maxRequestBody?: number;
   /** Upstream TLS handshake limit (default 30 s). */
   handshakeMs?: number;
+  /**
+   * Largest request head from a client (default {@link DEFAULT_REQUEST_HEAD_BYTES}; 431 beyond).
+   * Every open client connection may hold about this much before its head is complete.
+   */
+  maxRequestHead?: number;
+  /** Field-count and size limits of heads (response heads use its `maxBytes`). */
   head?: Partial<HeadLimits>;
 }
+
+/** Largest request head read from a client whose certificate was refused (it gets a 401). */
+const REFUSED_HEAD_BYTES = 4096;
+
+/** Default largest request head (64 KiB: kubectl's are under 2 KiB). */
+export const DEFAULT_REQUEST_HEAD_BYTES = 64 * 1024;
 
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 const NONE: Framing = { kind: "none" };
@@ -185,6 +197,7 @@ export class HttpProxy {
   readonly #clients = new Map<Duplex, ClientInfo>();
   readonly #upstreams = new Set<UpstreamConn>();
   readonly #limits: HeadLimits;
+  readonly #requestHeadBytes: number;
   /** Client connections waiting for their next request (no exchange in flight). */
   readonly #idle = new Set<Duplex>();
   /** The client connections' idle timeouts, on one timer. */
@@ -197,6 +210,7 @@ export class HttpProxy {
     this.#o = opts;
     this.#pool = new UpstreamPool(opts.pool);
     this.#limits = { ...DEFAULT_HEAD_LIMITS, ...opts.head };
+    this.#requestHeadBytes = opts.maxRequestHead ?? DEFAULT_REQUEST_HEAD_BYTES;
   }
 
   /** Counts for tests and metrics. */
@@ -271,22 +285,30 @@ export class HttpProxy {
 
   async #serveLoop(wire: Wire, client: ClientInfo): Promise<void> {
     const sock = wire.stream;
+    const unauthorized = statusResponse(401, "Unauthorized", { close: true });
     while (!sock.destroyed) {
       if (this.#draining) {
         closeAfterWrite(sock);
         return;
       }
+      // Who the client is, before its bytes are buffered: a refused caller's head may be only
+      // small (it is read at all so that the 401 reaches the client rather than a reset).
+      const access = client.access ? await client.access() : undefined;
+      const refused = access !== undefined && !access.ok;
       let got;
       this.#idle.add(sock);
       try {
         got = await readHead(wire, {
-          maxBytes: this.#limits.maxBytes,
+          maxBytes: refused ? REFUSED_HEAD_BYTES : this.#requestHeadBytes,
           idle: { ms: this.#o.clientIdleMs ?? 120_000, deadlines: this.#deadlines },
         });
       } catch (err) {
         this.#idle.delete(sock);
         if (err instanceof HttpParseError) {
-          closeAfterWrite(sock, statusResponse(err.status, err.message, { close: true }));
+          const res = refused ? unauthorized : statusResponse(err.status, err.message, {
+            close: true,
+          });
+          closeAfterWrite(sock, res);
         } else sock.destroy();
         return;
       }
@@ -300,18 +322,17 @@ export class HttpProxy {
         req = parseRequestHead(got.buf, got.end, this.#limits);
       } catch (err) {
         const e = err as HttpParseError;
-        closeAfterWrite(sock, statusResponse(e.status ?? 400, e.message, { close: true }));
+        const res = refused ? unauthorized : statusResponse(e.status ?? 400, e.message, {
+          close: true,
+        });
+        closeAfterWrite(sock, res);
         return;
       }
-      let access: ClientAccess | undefined;
-      if (client.access) {
-        access = await client.access();
-        if (!access.ok) {
-          log.v(2, "client refused", { cluster: this.#o.cluster, reason: access.reason });
-          this.#audit(this.#record(req, ""), 401, performance.now());
-          closeAfterWrite(sock, statusResponse(401, "Unauthorized", { close: true }));
-          return;
-        }
+      if (access !== undefined && !access.ok) {
+        log.v(2, "client refused", { cluster: this.#o.cluster, reason: access.reason });
+        this.#audit(this.#record(req, ""), 401, performance.now());
+        closeAfterWrite(sock, unauthorized);
+        return;
       }
       if (!await this.#exchange(wire, req, client, access)) return;
     }

@@ -212,7 +212,10 @@ export function readHead(
           }
         }
         if (acc === null || acc.length < len + chunk.length) {
-          const grown = Buffer.allocUnsafe(Math.max(1024, (len + chunk.length) * 2));
+          // Doubling, but never much past the limit: a client sending a huge head holds at most
+          // `maxBytes` and one chunk before it is refused.
+          const want = Math.max(1024, Math.min((len + chunk.length) * 2, maxBytes + 1024));
+          const grown = Buffer.allocUnsafe(Math.max(want, len + chunk.length));
           if (acc !== null) acc.copy(grown, 0, 0, len);
           acc = grown;
         }
