@@ -5,6 +5,7 @@
  */
 
 import { Agent, logStartup } from "./lib/agent/agent.ts";
+import { FINGERPRINT_RE } from "./lib/agent/known_proxies.ts";
 import {
   connectionFromMember,
   DEFAULT_KNOWN_PROXY_SECRET,
@@ -29,8 +30,7 @@ export const AGENT_FLAGS: FlagSpecs = {
   "proxy-fingerprint": {
     kind: "string",
     help: "pin the proxy host key (SHA256:… as the proxy logs it); refuse any other",
-    validate: (v) =>
-      /^SHA256:[A-Za-z0-9+/]{43}$/.test(String(v)) ? undefined : "want SHA256:<43 base64 chars>",
+    validate: (v) => FINGERPRINT_RE.test(String(v)) ? undefined : "want SHA256:<43 base64 chars>",
   },
   "proxy-fingerprint-file": {
     kind: "string",

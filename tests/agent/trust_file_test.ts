@@ -17,7 +17,15 @@ const TOKEN = "c7".repeat(32);
 
 /** A `proxy.ts` process on a clusters file in `dir`, host key file `hostKey`. */
 async function startProxy(dir: string, port: number, label: string, hostKey: string) {
-  await Deno.writeTextFile(`${dir}/clusters.json`, clustersYaml([{ name: "alpha", token: TOKEN }]));
+  await Deno.writeTextFile(
+    `${dir}/clusters.json`,
+    clustersYaml([{
+      name: "alpha",
+      token: TOKEN,
+      kubernetesPort: freePort(),
+      kubespherePort: freePort(),
+    }]),
+  );
   const proc = denoRun(label, "proxy.ts", [
     "--clusters-file",
     `${dir}/clusters.json`,

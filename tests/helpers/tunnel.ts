@@ -17,6 +17,9 @@ export interface TestCluster {
   name: string;
   token: string;
   joinFederation?: boolean;
+  /** Endpoint ports (default: the proxy allocates them, from 6001/16001). */
+  kubernetesPort?: number;
+  kubespherePort?: number;
 }
 
 /** Clusters file text for `clusters`. */
@@ -30,7 +33,12 @@ export function clustersYaml(clusters: TestCluster[]): string {
       metadata: { name: c.name },
       spec: {
         joinFederation: c.joinFederation ?? true,
-        connection: { type: "proxy", token: c.token },
+        connection: {
+          type: "proxy",
+          token: c.token,
+          ...(c.kubernetesPort ? { kubernetesAPIServerPort: c.kubernetesPort } : {}),
+          ...(c.kubespherePort ? { kubesphereAPIServerPort: c.kubespherePort } : {}),
+        },
       },
     })),
   });
