@@ -59,7 +59,7 @@ export class SecretKnownProxies implements KnownProxyStore {
 
   async remember(key: string, fingerprint: string): Promise<void> {
     await this.#with(async (client) => {
-      for (let attempt = 0; attempt < 5; attempt++) {
+      for (let attempt = 0; attempt < 10; attempt++) {
         const { secret, entries } = await this.#read(client);
         const seen = entries.get(key);
         if (seen !== undefined) {
@@ -86,9 +86,10 @@ export class SecretKnownProxies implements KnownProxyStore {
           }
           return;
         } catch (err) {
-          // Someone else wrote first: read again and look at what they recorded.
-          if (err instanceof KubeApiError && (err.isConflict || err.isAlreadyExists)) continue;
-          throw err;
+          // Someone else wrote first: read again (after a moment, so racing writers spread out)
+          // and look at what they recorded.
+          if (!(err instanceof KubeApiError && (err.isConflict || err.isAlreadyExists))) throw err;
+          await new Promise((r) => setTimeout(r, 10 + Math.random() * 50));
         }
       }
       throw new Error(`the entry for ${key} kept being overwritten by another writer`);
@@ -104,7 +105,7 @@ export class SecretKnownProxies implements KnownProxyStore {
     const b64 = secret?.data?.[KNOWN_PROXIES_KEY];
     if (b64 === undefined) return { secret, entries: new Map() };
     const text = new TextDecoder("utf-8", { fatal: true }).decode(Buffer.from(b64, "base64"));
-    return { secret, entries: parseKnownProxies(text, `${this.where} data.${KNOWN_PROXIES_KEY}`) };
+    return { secret, entries: parseKnownProxies(text, `data.${KNOWN_PROXIES_KEY}`) };
   }
 
   async #with<T>(fn: (client: KubeClient) => Promise<T>, what = "cannot read"): Promise<T> {
