@@ -129,29 +129,22 @@ async function main(args: string[]): Promise<number> {
     kubesphereService: v["kubesphere-service"] as string,
     serviceAccountDir: v["service-account-dir"] as string,
   };
-  let trust;
-  try {
-    trust = await proxyTrustFromFlags({
-      proxyFingerprint: v["proxy-fingerprint"] as string | undefined,
-      proxyFingerprintFile: v["proxy-fingerprint-file"] as string | undefined,
-      insecureAcceptAny: v["insecure-accept-any-proxy-key"] === true,
-      knownProxyFile: v["known-proxy-file"] as string | undefined,
-      knownProxySecret: v["known-proxy-secret"] as string,
-      kubeconfig: v.kubeconfig as string,
-      serviceAccountDir: v["service-account-dir"] as string,
-      connect: async () => connectionFromMember(await buildAgentConfig(configInput)),
-    });
-  } catch (err) {
-    console.error(`agent: ${(err as Error).message}`);
-    return 2;
-  }
   let agent: Agent;
   try {
     const first = await buildAgentConfig(configInput);
     logStartup(first, v["proxy-server"] as string);
     agent = new Agent({
       proxyServer: v["proxy-server"] as string,
-      trust,
+      trust: await proxyTrustFromFlags({
+        proxyFingerprint: v["proxy-fingerprint"] as string | undefined,
+        proxyFingerprintFile: v["proxy-fingerprint-file"] as string | undefined,
+        insecureAcceptAny: v["insecure-accept-any-proxy-key"] === true,
+        knownProxyFile: v["known-proxy-file"] as string | undefined,
+        knownProxySecret: v["known-proxy-secret"] as string,
+        kubeconfig: v.kubeconfig as string,
+        serviceAccountDir: v["service-account-dir"] as string,
+        connect: async () => connectionFromMember(await buildAgentConfig(configInput)),
+      }),
       proxyCaCerts: v["proxy-ca"] ? [await Deno.readTextFile(v["proxy-ca"] as string)] : undefined,
       keepaliveMs: v.keepalive as number,
       maxRetry: v["max-retry"] as number,
@@ -159,6 +152,10 @@ async function main(args: string[]): Promise<number> {
       config: () => buildAgentConfig(configInput),
     });
   } catch (err) {
+    if (err instanceof FlagError) {
+      console.error(`agent: ${err.message}`);
+      return 2;
+    }
     log.error("Cannot start", { err: (err as Error).message });
     return 1;
   }

@@ -9,7 +9,7 @@
 
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
 import { denoRun, freePort, type Proc, run, tempDir } from "../helpers/proc.ts";
-import { clustersYaml, startAgent } from "../helpers/tunnel.ts";
+import { clustersYaml, memberKubeconfig, startAgent } from "../helpers/tunnel.ts";
 import { parseKnownProxies } from "../../lib/agent/known_proxies.ts";
 import { startImpostor } from "./impostor.ts";
 
@@ -163,6 +163,7 @@ Deno.test("a pinned fingerprint (flag or file) that does not match: the impostor
 Deno.test("--proxy-fingerprint-file: the placeholder, a bad value or both pins stop the agent at start", async () => {
   await using dir = await tempDir();
   const fpFile = `${dir.path}/fp`;
+  await Deno.writeTextFile(`${dir.path}/kubeconfig`, memberKubeconfig(1));
   const agent = (args: string[]) =>
     run(Deno.execPath(), [
       "run",
@@ -173,6 +174,8 @@ Deno.test("--proxy-fingerprint-file: the placeholder, a bad value or both pins s
       "a",
       "--token",
       "t",
+      "--kubeconfig",
+      `${dir.path}/kubeconfig`,
       ...args,
     ]);
   await Deno.writeTextFile(fpFile, "REPLACE-WITH-THE-PROXY-FINGERPRINT\n");
