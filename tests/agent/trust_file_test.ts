@@ -8,39 +8,16 @@
  */
 
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
-import { denoRun, freePort, type Proc, run, tempDir } from "../helpers/proc.ts";
-import { clustersYaml, memberKubeconfig, startAgent } from "../helpers/tunnel.ts";
+import { freePort, type Proc, run, tempDir } from "../helpers/proc.ts";
+import { memberKubeconfig, startAgent, startProxyProc } from "../helpers/tunnel.ts";
 import { parseKnownProxies } from "../../lib/agent/known_proxies.ts";
 import { startImpostor } from "./impostor.ts";
 
 const TOKEN = "c7".repeat(32);
 
 /** A `proxy.ts` process on a clusters file in `dir`, host key file `hostKey`. */
-async function startProxy(dir: string, port: number, label: string, hostKey: string) {
-  await Deno.writeTextFile(
-    `${dir}/clusters.json`,
-    clustersYaml([{
-      name: "alpha",
-      token: TOKEN,
-      kubernetesPort: freePort(),
-      kubespherePort: freePort(),
-    }]),
-  );
-  const proc = denoRun(label, "proxy.ts", [
-    "--clusters-file",
-    `${dir}/clusters.json`,
-    "--host-key",
-    hostKey,
-    "--host",
-    "127.0.0.1",
-    "--port",
-    String(port),
-    "--metrics-address",
-    "",
-  ]);
-  const line = await proc.waitFor(/SSH host key/);
-  await proc.waitFor(/Listening on/);
-  return { proc, fingerprint: line.match(/SHA256:[A-Za-z0-9+/]{43}/)![0] };
+function startProxy(dir: string, port: number, label: string, hostKey: string) {
+  return startProxyProc({ dir, port, label, hostKey, name: "alpha", token: TOKEN });
 }
 
 function agentIn(dir: string, proxyUrl: string, label: string, extra: string[] = []) {

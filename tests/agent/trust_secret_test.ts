@@ -13,7 +13,7 @@ import { startTestApiServer, type TestApiServer } from "../apiserver/server.ts";
 import { kubectl } from "../apiserver/testing.ts";
 import { assert, assertEquals, assertStringIncludes } from "../helpers/assert.ts";
 import { denoRun, freePort, type Proc, tempDir } from "../helpers/proc.ts";
-import { clustersYaml } from "../helpers/tunnel.ts";
+import { startProxyProc } from "../helpers/tunnel.ts";
 import { parseKnownProxies } from "../../lib/agent/known_proxies.ts";
 import { startImpostor } from "./impostor.ts";
 
@@ -57,28 +57,13 @@ Deno.test("in a pod: the first key is recorded in the agent's Secret under deplo
   const key = `ws://127.0.0.1:${port}/`;
   const procs: Proc[] = [];
   try {
-    await Deno.writeTextFile(
-      `${dir.path}/clusters.json`,
-      clustersYaml([{
-        name: "alpha",
-        token: TOKEN,
-        kubernetesPort: freePort(),
-        kubespherePort: freePort(),
-      }]),
-    );
-    const proxy = denoRun("proxy", "proxy.ts", [
-      "--clusters-file",
-      `${dir.path}/clusters.json`,
-      "--host",
-      "127.0.0.1",
-      "--port",
-      String(port),
-      "--metrics-address",
-      "",
-    ]);
+    const { proc: proxy, fingerprint: fp } = await startProxyProc({
+      dir: dir.path,
+      port,
+      name: "alpha",
+      token: TOKEN,
+    });
     procs.push(proxy);
-    const fp = (await proxy.waitFor(/SSH host key/)).match(/SHA256:[A-Za-z0-9+/]{43}/)![0];
-    await proxy.waitFor(/Listening on/);
     const agent = denoRun("agent", "agent.ts", [
       "--name",
       "alpha",

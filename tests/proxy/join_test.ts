@@ -12,8 +12,8 @@ import { Buffer } from "node:buffer";
 import { startTestApiServer, type TestApiServer } from "../apiserver/server.ts";
 import { kubectl } from "../apiserver/testing.ts";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
-import { denoRun, freePort, Proc, run, tempDir } from "../helpers/proc.ts";
-import { clustersYaml, memberKubeconfig } from "../helpers/tunnel.ts";
+import { freePort, Proc, run, tempDir } from "../helpers/proc.ts";
+import { memberKubeconfig, startProxyProc } from "../helpers/tunnel.ts";
 import { joinCommand, joinManifest, joinObjects } from "../../lib/proxy/join.ts";
 import { generateHostKeyPem, parseHostKey } from "../../lib/tunnel/hostkey.ts";
 
@@ -90,7 +90,7 @@ async function putHostKey(s: TestApiServer, pem: string) {
   assertEquals(r.status, 201, r.text);
 }
 
-function join(kubeconfig: string, extra: string[] = []) {
+function join(kubeconfig: string, extra: string[] = [], proxyServer = "http://127.0.0.1:8080") {
   return run(Deno.execPath(), [
     "run",
     "-A",
@@ -99,7 +99,7 @@ function join(kubeconfig: string, extra: string[] = []) {
     "join",
     "alpha",
     "--proxy-server",
-    "http://127.0.0.1:8080",
+    proxyServer,
     "--kubeconfig",
     kubeconfig,
     ...extra,
@@ -177,20 +177,7 @@ Deno.test("proxy join --print command: run in an interactive bash, the agent con
   try {
     await putHostKey(s, pem);
     const port = freePort();
-    const j = await run(Deno.execPath(), [
-      "run",
-      "-A",
-      "--quiet",
-      "proxy.ts",
-      "join",
-      "alpha",
-      "--proxy-server",
-      `http://127.0.0.1:${port}`,
-      "--kubeconfig",
-      s.kubeconfigPath,
-      "--print",
-      "command",
-    ]);
+    const j = await join(s.kubeconfigPath, ["--print", "command"], `http://127.0.0.1:${port}`);
     assertEquals(j.code, 0, j.stderr);
     assert(!j.stdout.includes(TOKEN), "the command itself holds no token");
     assertStringIncludes(j.stderr, `cluster token for alpha (paste it at the command's prompt`);
@@ -198,29 +185,15 @@ Deno.test("proxy join --print command: run in an interactive bash, the agent con
 
     // The proxy, with the host key join pinned.
     await Deno.writeTextFile(`${dir.path}/host_key`, pem, { mode: 0o600 });
-    await Deno.writeTextFile(
-      `${dir.path}/clusters.json`,
-      clustersYaml([{
-        name: "alpha",
-        token: TOKEN,
-        kubernetesPort: freePort(),
-        kubespherePort: freePort(),
-      }]),
-    );
-    const proxy = denoRun("proxy", "proxy.ts", [
-      "--clusters-file",
-      `${dir.path}/clusters.json`,
-      "--host-key",
-      `${dir.path}/host_key`,
-      "--host",
-      "127.0.0.1",
-      "--port",
-      String(port),
-      "--metrics-address",
-      "",
-    ]);
-    procs.push(proxy);
-    await proxy.waitFor(/Listening on/);
+    const proxy = await startProxyProc({
+      dir: dir.path,
+      port,
+      name: "alpha",
+      token: TOKEN,
+      hostKey: `${dir.path}/host_key`,
+    });
+    procs.push(proxy.proc);
+    assertEquals(proxy.fingerprint, parseHostKey(pem).fingerprint);
 
     // The agent's machine: a home with a kubeconfig, `agent` on PATH (this checkout).
     const home = `${dir.path}/home`;
