@@ -74,15 +74,7 @@ export class SecretKnownProxies implements KnownProxyStore {
         try {
           if (secret) await client.update(SECRETS, { ...secret, data });
           else {
-            await client.create(SECRETS, {
-              metadata: {
-                name: this.#opts.name,
-                namespace: this.#opts.namespace,
-                labels: { "app.kubernetes.io/part-of": "tower" },
-              },
-              type: "Opaque",
-              data,
-            } as SecretObject);
+            await this.#create(client, data);
           }
           return;
         } catch (err) {
@@ -94,6 +86,27 @@ export class SecretKnownProxies implements KnownProxyStore {
       }
       throw new Error(`the entry for ${key} kept being overwritten by another writer`);
     }, "cannot record the proxy host key");
+  }
+
+  /** Create the Secret (deploy/agent ships it; an agent without the right to create says so). */
+  async #create(client: KubeClient, data: Record<string, string>): Promise<void> {
+    try {
+      await client.create(SECRETS, {
+        metadata: {
+          name: this.#opts.name,
+          namespace: this.#opts.namespace,
+          labels: { "app.kubernetes.io/part-of": "tower" },
+        },
+        type: "Opaque",
+        data,
+      } as SecretObject);
+    } catch (err) {
+      if (!(err instanceof KubeApiError && err.status === 403)) throw err;
+      throw new Error(
+        `it does not exist and this ServiceAccount may not create Secrets: apply deploy/agent ` +
+          `(or the output of proxy join) again, which ships it empty: ${err.message}`,
+      );
+    }
   }
 
   async #read(

@@ -216,6 +216,25 @@ Deno.test("a record the agent cannot trust (others may write it, garbage) is ref
   }
 });
 
+Deno.test("a first key that cannot be recorded is not trusted: the impostor gets no authentication", async () => {
+  await using dir = await tempDir();
+  const impostor = startImpostor();
+  // Readable as "nothing recorded", but no one may create anything there.
+  const record = "/proc/tower-no-such-dir/known_proxies";
+  const agent = await agentIn(dir.path, impostor.url, "agent", ["--known-proxy-file", record]);
+  try {
+    const line = await agent.waitFor(/Cannot record the proxy host key/);
+    assertStringIncludes(line, `${impostor.fingerprint} for ws://127.0.0.1:${impostor.port}/`);
+    assertStringIncludes(line, `file ${record}: cannot write`);
+    await agent.waitFor(/Retrying/);
+    assert(impostor.connections >= 1);
+    assertEquals([impostor.auths, impostor.requests], [[], []]);
+  } finally {
+    await agent.stop();
+    await impostor.close();
+  }
+});
+
 Deno.test("--insecure-accept-any-proxy-key (a Go proxy's new key at every start): connects, warns at every connect, records nothing", async () => {
   await using dir = await tempDir();
   const port = freePort();

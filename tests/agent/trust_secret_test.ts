@@ -123,7 +123,8 @@ Deno.test("in a pod: the first key is recorded in the agent's Secret under deplo
       await noDial(/403|forbidden.*needs get and update on this Secret/i);
       assertEquals([impostor.auths, impostor.requests], [[], []]);
 
-      // The operator accepts the new key the way the error says.
+      // The Role back; the Secret gone (and the agent may not create it): seen first, the
+      // impostor's key cannot be recorded, so it is not used either.
       const { metadata: { resourceVersion: _rv, ...meta }, ...rest } = binding;
       assertEquals(
         (await s.request("POST", ROLEBINDING.replace(/\/tower-agent$/, ""), {
@@ -132,6 +133,28 @@ Deno.test("in a pod: the first key is recorded in the agent's Secret under deplo
         })).status,
         201,
       );
+      assertEquals((await s.request("DELETE", SECRET)).status, 200);
+      const unrecorded = await agent.waitFor(
+        /Cannot record the proxy host key/,
+        30_000,
+        agent.lines.length,
+      );
+      assertStringIncludes(unrecorded, `${impostor.fingerprint} for ${key}, so it is not trusted`);
+      assertStringIncludes(unrecorded, "may not create Secrets: apply deploy/agent");
+      assertEquals([impostor.auths, impostor.requests], [[], []]);
+
+      // Applied again with the old record, then the operator accepts the new key as the error says.
+      const { metadata: { resourceVersion: _v, uid: _u, ...secretMeta }, ...secretRest } = shipped;
+      const known = { known_proxies: Buffer.from(`${key} ${fp}\n`).toString("base64") };
+      assertEquals(
+        (await s.request("POST", SECRET.replace(/\/tower-agent-known-proxy$/, ""), {
+          ...secretRest,
+          metadata: secretMeta,
+          data: known,
+        })).status,
+        201,
+      );
+      await agent.waitFor(/Proxy host key changed/, 30_000, agent.lines.length);
       const patched = await kubectl(s, [
         "-n",
         NS,
