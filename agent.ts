@@ -5,7 +5,13 @@
  */
 
 import { Agent, logStartup } from "./lib/agent/agent.ts";
-import { buildAgentConfig } from "./lib/agent/member_config.ts";
+import { FINGERPRINT_RE } from "./lib/agent/known_proxies.ts";
+import {
+  connectionFromMember,
+  DEFAULT_KNOWN_PROXY_SECRET,
+} from "./lib/agent/known_proxies_secret.ts";
+import { buildAgentConfig, SERVICE_ACCOUNT_DIR } from "./lib/agent/member_config.ts";
+import { proxyTrustFromFlags } from "./lib/agent/trust_setup.ts";
 import { FlagError, type FlagSpecs, parseCommandLine } from "./lib/cli.ts";
 import { logger, setupLogging } from "./lib/log.ts";
 import { startHealthServer } from "./lib/health_server.ts";
@@ -24,8 +30,27 @@ export const AGENT_FLAGS: FlagSpecs = {
   "proxy-fingerprint": {
     kind: "string",
     help: "pin the proxy host key (SHA256:… as the proxy logs it); refuse any other",
-    validate: (v) =>
-      /^SHA256:[A-Za-z0-9+/]{43}$/.test(String(v)) ? undefined : "want SHA256:<43 base64 chars>",
+    validate: (v) => FINGERPRINT_RE.test(String(v)) ? undefined : "want SHA256:<43 base64 chars>",
+  },
+  "proxy-fingerprint-file": {
+    kind: "string",
+    help: "read the pinned fingerprint from this file (e.g. a mounted Secret key)",
+  },
+  "known-proxy-file": {
+    kind: "string",
+    help: "record the proxy host key seen first here and refuse any other later (default: " +
+      "$XDG_STATE_HOME/tower/known_proxies, else ~/.local/state/tower/known_proxies; " +
+      "in a pod: the Secret --known-proxy-secret)",
+  },
+  "known-proxy-secret": {
+    kind: "string",
+    default: DEFAULT_KNOWN_PROXY_SECRET,
+    help:
+      "in a pod (no --kubeconfig): Secret of the agent's namespace recording the proxy host key",
+  },
+  "insecure-accept-any-proxy-key": {
+    kind: "bool",
+    help: "do not check the proxy host key at all (Go proxies make a new one at every start)",
   },
   "proxy-ca": {
     kind: "string",
@@ -36,6 +61,11 @@ export const AGENT_FLAGS: FlagSpecs = {
     kind: "string",
     default: "",
     help: "kubeconfig of this cluster (empty: in-cluster)",
+  },
+  "service-account-dir": {
+    kind: "string",
+    default: SERVICE_ACCOUNT_DIR,
+    help: "the pod's service-account token, ca.crt and namespace (without --kubeconfig)",
   },
   "kubernetes-service": {
     kind: "string",
@@ -97,6 +127,7 @@ async function main(args: string[]): Promise<number> {
     kubeconfig: v.kubeconfig as string,
     kubernetesService: v["kubernetes-service"] as string,
     kubesphereService: v["kubesphere-service"] as string,
+    serviceAccountDir: v["service-account-dir"] as string,
   };
   let agent: Agent;
   try {
@@ -104,7 +135,16 @@ async function main(args: string[]): Promise<number> {
     logStartup(first, v["proxy-server"] as string);
     agent = new Agent({
       proxyServer: v["proxy-server"] as string,
-      proxyFingerprint: v["proxy-fingerprint"] as string | undefined,
+      trust: await proxyTrustFromFlags({
+        proxyFingerprint: v["proxy-fingerprint"] as string | undefined,
+        proxyFingerprintFile: v["proxy-fingerprint-file"] as string | undefined,
+        insecureAcceptAny: v["insecure-accept-any-proxy-key"] === true,
+        knownProxyFile: v["known-proxy-file"] as string | undefined,
+        knownProxySecret: v["known-proxy-secret"] as string,
+        kubeconfig: v.kubeconfig as string,
+        serviceAccountDir: v["service-account-dir"] as string,
+        connect: async () => connectionFromMember(await buildAgentConfig(configInput)),
+      }),
       proxyCaCerts: v["proxy-ca"] ? [await Deno.readTextFile(v["proxy-ca"] as string)] : undefined,
       keepaliveMs: v.keepalive as number,
       maxRetry: v["max-retry"] as number,
@@ -112,6 +152,10 @@ async function main(args: string[]): Promise<number> {
       config: () => buildAgentConfig(configInput),
     });
   } catch (err) {
+    if (err instanceof FlagError) {
+      console.error(`agent: ${err.message}`);
+      return 2;
+    }
     log.error("Cannot start", { err: (err as Error).message });
     return 1;
   }

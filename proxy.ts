@@ -15,7 +15,12 @@ import {
 } from "./lib/proxy/setup.ts";
 import { startHealthServer } from "./lib/health_server.ts";
 import { VERSION } from "./lib/version.ts";
-import { joinCommand, joinInputFromCluster, joinManifest } from "./lib/proxy/join.ts";
+import {
+  joinCommand,
+  joinCommandTokenNote,
+  joinInputFromCluster,
+  joinManifest,
+} from "./lib/proxy/join.ts";
 import { KubeClient, loadKubeConnection } from "./lib/kube/mod.ts";
 import {
   clusterFactsFromApi,
@@ -25,6 +30,7 @@ import {
 } from "./lib/proxy/user_kubeconfig.ts";
 import { loadCAFiles } from "./lib/proxy/ca_store.ts";
 import { dirname } from "node:path";
+import { FINGERPRINT_RE } from "./lib/agent/known_proxies.ts";
 
 /** The proxy's flags (SPEC §2 plus this project's). */
 export const PROXY_FLAGS: FlagSpecs = {
@@ -167,6 +173,12 @@ export const JOIN_FLAGS: FlagSpecs = {
     validate: (v) => v === "manifest" || v === "command" ? undefined : "want manifest or command",
   },
   image: { kind: "string", default: "kubesphere/tower:v0.1.0", help: "agent image" },
+  "proxy-fingerprint": {
+    kind: "string",
+    help: "the proxy's host key fingerprint (SHA256:… as it logs it), instead of reading the " +
+      "Secret tower-host-key",
+    validate: (v) => FINGERPRINT_RE.test(String(v)) ? undefined : "want SHA256:<43 base64 chars>",
+  },
 };
 
 /** `proxy join CLUSTER`: print what the member cluster needs, token filled in. */
@@ -190,9 +202,14 @@ async function joinMain(args: string[]): Promise<number> {
       client,
       flags.positionals[0],
       v["proxy-server"] as string,
+      { fingerprint: v["proxy-fingerprint"] as string | undefined },
     );
     input.image = v.image as string;
-    console.log(v.print === "command" ? joinCommand(input) : joinManifest(input));
+    if (v.print === "command") {
+      // The command holds no token; the token goes to stderr, to paste at its prompt.
+      console.log(joinCommand(input));
+      console.error(joinCommandTokenNote(input));
+    } else console.log(joinManifest(input));
     return 0;
   } catch (err) {
     console.error(`proxy join: ${(err as Error).message}`);

@@ -29,9 +29,17 @@ export const TARGETS = [
   {
     name: "agent",
     entry: "agent.ts",
-    // read: kubeconfig or service-account files; sys: os info used by the Kubernetes client;
-    // run: kubeconfig `exec` credential plugins.
-    perms: ["--allow-net", "--allow-env", "--allow-read", "--allow-sys", "--allow-run"],
+    // read: kubeconfig or service-account files; write: the proxy host key recorded on first
+    // use (--known-proxy-file); sys: os info used by the Kubernetes client, the uid owning that
+    // record; run: kubeconfig `exec` credential plugins.
+    perms: [
+      "--allow-net",
+      "--allow-env",
+      "--allow-read",
+      "--allow-write",
+      "--allow-sys",
+      "--allow-run",
+    ],
   },
 ];
 

@@ -65,13 +65,50 @@ Deno.test("deploy/proxy renders: hardened Deployment, probes, PDB, least-privile
   }
 });
 
-Deno.test("deploy/agent renders: token from a Secret, not on the command line", async () => {
+Deno.test("deploy/agent renders: token and pinned fingerprint from a Secret, a narrow Role for the known-proxy Secret", async () => {
   const objs = await render("deploy/agent");
   const dep = objs.find((o) => o.kind === "Deployment")!;
   const args: string[] = dep.spec.template.spec.containers[0].args;
   assert(args.includes("--token-file=/etc/tower/token"));
   assert(!args.some((a) => a.startsWith("--token=")));
-  assert(objs.some((o) => o.kind === "Secret" && o.metadata.name === "tower-agent"));
+  // The agent pins the proxy's host key: the fingerprint sits beside the token.
+  assert(args.includes("--proxy-fingerprint-file=/etc/tower/proxy-fingerprint"));
+  assert(!args.includes("--insecure-accept-any-proxy-key"));
+  const mount = dep.spec.template.spec.containers[0].volumeMounts[0];
+  const volume = dep.spec.template.spec.volumes.find((v: { name: string }) =>
+    v.name === mount.name
+  );
+  assertEquals(mount.mountPath, "/etc/tower");
+  assertEquals(volume.secret.secretName, "tower-agent");
+  assertEquals(volume.secret.items, [
+    { key: "token", path: "token" },
+    { key: "proxy-fingerprint", path: "proxy-fingerprint" },
+  ]);
+  const secret = objs.find((o) => o.kind === "Secret" && o.metadata.name === "tower-agent") as
+    & Obj
+    & { stringData: Record<string, string> };
+  assertEquals(secret.stringData, {
+    "proxy-fingerprint": "REPLACE-WITH-THE-PROXY-FINGERPRINT",
+    token: "REPLACE-WITH-THE-CLUSTER-TOKEN",
+  });
+  // Where an unpinned agent records the key on first use: shipped empty, so no right to create.
+  const known = objs.find((o) => o.metadata.name === "tower-agent-known-proxy") as
+    & Obj
+    & { data?: unknown; stringData?: unknown };
+  assertEquals([known.kind, known.data, known.stringData], ["Secret", undefined, undefined]);
+  const role = objs.find((o) => o.kind === "Role")!;
+  assertEquals(role.rules, [{
+    apiGroups: [""],
+    resources: ["secrets"],
+    resourceNames: ["tower-agent-known-proxy"],
+    verbs: ["get", "update"],
+  }]);
+  const binding = objs.find((o) => o.kind === "RoleBinding")!;
+  assertEquals(binding.metadata.namespace, "kubesphere-system");
+  assertEquals(
+    (binding as unknown as { roleRef: { kind: string; name: string } }).roleRef.name,
+    role.metadata.name,
+  );
 });
 
 /** Install the CRD, then `kubectl apply -k` both overlays as the admin. */
@@ -93,8 +130,11 @@ async function applyAll(s: TestApiServer): Promise<void> {
     ],
     "deploy/agent": [
       "serviceaccount/tower-agent created",
+      "role.rbac.authorization.k8s.io/tower-agent created",
+      "rolebinding.rbac.authorization.k8s.io/tower-agent created",
       "clusterrolebinding.rbac.authorization.k8s.io/tower-agent created",
       "secret/tower-agent created",
+      "secret/tower-agent-known-proxy created",
       "deployment.apps/tower-agent created",
     ],
   };
@@ -123,6 +163,14 @@ Deno.test("kubectl apply -k deploy/proxy and deploy/agent apply cleanly and agai
       "/api/v1/namespaces/kubesphere-system/services/tower",
       "/api/v1/namespaces/kubesphere-system/secrets/tower-agent",
     ];
+    // What an agent records on first use (a PUT of the shipped Secret) survives re-applying.
+    const known = "/api/v1/namespaces/kubesphere-system/secrets/tower-agent-known-proxy";
+    const recorded = {
+      known_proxies: btoa("ws://tower.example.com:8080/ SHA256:" + "a".repeat(43) + "\n"),
+    };
+    const shipped = (await s.request("GET", known)).body;
+    assertEquals((await s.request("PUT", known, { ...shipped, data: recorded })).status, 200);
+    paths.push(known);
     for (const p of paths) rv.set(p, (await s.request("GET", p)).body.metadata.resourceVersion!);
     // Applying again changes nothing (kubectl may still say "configured" where its patch
     // re-sends a replace-strategy field or stringData, as against a real server).
@@ -134,6 +182,7 @@ Deno.test("kubectl apply -k deploy/proxy and deploy/agent apply cleanly and agai
     for (const p of paths) {
       assertEquals((await s.request("GET", p)).body.metadata.resourceVersion, rv.get(p), p);
     }
+    assertEquals((await s.request("GET", known)).body.data, recorded);
     // A spec change bumps the Deployment's generation; observedGeneration is the controller's.
     const scaled = await kubectl(s, [
       "-n",

@@ -20,6 +20,8 @@ import { GlobalRequester } from "../tunnel/ssh_requests.ts";
 import { VERSION } from "../version.ts";
 import { Backoff } from "./backoff.ts";
 import { dialTarget, pipeChannel } from "./forward.ts";
+import { MemoryKnownProxies } from "./known_proxies.ts";
+import { HostKeyRefused, ProxyTrust } from "./proxy_trust.ts";
 import { dialProxy, tunnelUrl } from "./transport.ts";
 
 const log = logger("agent");
@@ -28,6 +30,9 @@ const log = logger("agent");
 const OPEN_ADMINISTRATIVELY_PROHIBITED = 1;
 const OPEN_CONNECT_FAILED = 2;
 const OPEN_RESOURCE_SHORTAGE = 4;
+
+/** SSH user authentication methods tried, in order (the Go proxy takes "none"). */
+const AUTH_METHODS = ["none", "password"] as const;
 
 /** Agent settings (from flags). */
 export interface AgentOptions {
@@ -43,8 +48,13 @@ export interface AgentOptions {
   maxRetryIntervalMs?: number;
   /** First retry delay (default 1 s). */
   minRetryIntervalMs?: number;
-  /** `--proxy-fingerprint`: `SHA256:…` the proxy host key must have. */
+  /** `--proxy-fingerprint`: `SHA256:…` the proxy host key must have (when `trust` is not given). */
   proxyFingerprint?: string;
+  /**
+   * Which proxy host keys to accept. Default: the pinned `proxyFingerprint`, else the first key
+   * seen, remembered for the life of this process only.
+   */
+  trust?: ProxyTrust;
   /** `--proxy-ca`: extra trusted roots (PEM) for a `wss://` proxy. */
   proxyCaCerts?: string[];
   /** Deadline for connect + SSH + config (default 30 s). */
@@ -66,6 +76,7 @@ export class RefusedError extends Error {
 /** A running agent. */
 export class Agent {
   #opts: AgentOptions;
+  #trust: ProxyTrust;
   #wakeUp: (() => void) | undefined;
   #client: ssh2.Client | undefined;
   #streams = 0;
@@ -73,6 +84,11 @@ export class Agent {
   constructor(opts: AgentOptions) {
     this.#opts = opts;
     tunnelUrl(opts.proxyServer); // validate early
+    this.#trust = opts.trust ?? new ProxyTrust(
+      opts.proxyFingerprint
+        ? { kind: "pin", fingerprint: opts.proxyFingerprint }
+        : { kind: "tofu", store: new MemoryKnownProxies() },
+    );
   }
 
   /** Open tunnelled streams right now. */
@@ -120,6 +136,7 @@ export class Agent {
           if (signal.aborted) break;
           const msg = (err as Error).message;
           if (err instanceof RefusedError) log.error("Proxy refused the agent", { reason: msg });
+          else if (err instanceof HostKeyRefused) log.error(msg);
           else log.error("Connection to proxy failed", { err: msg });
         }
         if (signal.aborted) break;
@@ -161,6 +178,15 @@ export class Agent {
   async #connectOnce(signal: AbortSignal): Promise<boolean> {
     const cfg = await this.#opts.config();
     const url = tunnelUrl(this.#opts.proxyServer);
+    let check;
+    try {
+      check = await this.#trust.begin(url);
+    } catch (err) {
+      throw new HostKeyRefused(
+        `Cannot read the proxy host keys recorded on first use, so no key could be checked: ` +
+          `${(err as Error).message}. Fix that, or run the agent with --proxy-fingerprint`,
+      );
+    }
     log.v(1, "Dialing proxy", { url: url.toString() });
     const handshakeMs = this.#opts.handshakeTimeoutMs ?? 30_000;
     const stream = await dialProxy(url, {
@@ -173,8 +199,9 @@ export class Agent {
     this.#client = client;
     const allowed = new Set([cfg.KubernetesSvcHost, cfg.KubeSphereSvcHost].filter(Boolean));
     let connected = false;
-    let hostKeyRefused = false;
+    let hostKeyRefused: HostKeyRefused | undefined;
     let requester: GlobalRequester | undefined;
+    let authMethod = 0;
 
     return await new Promise<boolean>((resolve, reject) => {
       let pingTimer: ReturnType<typeof setInterval> | undefined;
@@ -197,7 +224,7 @@ export class Agent {
         } else reject(err ?? new Error("connection closed during handshake"));
       };
       client.on("error", (err: Error & { level?: string }) => {
-        if (hostKeyRefused) return finish(new Error("proxy host key fingerprint mismatch"));
+        if (hostKeyRefused) return finish(hostKeyRefused);
         if (err.level === "client-authentication") {
           return finish(new RefusedError("Unauthorized agent: check --name and --token"));
         }
@@ -237,19 +264,20 @@ export class Agent {
         ident: `Tower_${VERSION}`,
         algorithms: SSH_ALGORITHMS,
         readyTimeout: handshakeMs,
+        // Runs in key exchange, before user authentication (the token) and `config`.
         hostVerifier: (key: Buffer) => {
           const fp = fingerprintOf(new Uint8Array(key));
           log.info("Proxy host key", { fingerprint: fp });
-          const pinned = this.#opts.proxyFingerprint;
-          if (pinned && pinned !== fp) {
-            hostKeyRefused = true;
-            log.error("Proxy host key does not match --proxy-fingerprint; not sending config", {
-              want: pinned,
-              got: fp,
-            });
-            return false;
-          }
-          return true;
+          hostKeyRefused = check.verify(fp);
+          return hostKeyRefused === undefined;
+        },
+        // ssh2's own order ("none", then the password); before the first message, record a
+        // first-seen host key (its signature is checked by now), or stop if that fails.
+        authHandler: (_left: unknown, _partial: unknown, next: (m: string | false) => void) => {
+          if (authMethod >= AUTH_METHODS.length) return false;
+          const method = AUTH_METHODS[authMethod++];
+          if (authMethod > 1) return method;
+          check.commit().then(() => settled || next(method), (err: Error) => finish(err));
         },
       } as ssh2.ConnectConfig);
       requester = new GlobalRequester(client);

@@ -27,7 +27,8 @@ export interface MemberConfigInput {
   env?: (name: string) => string | undefined;
 }
 
-const SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
+/** Where a pod's service-account credentials are mounted. */
+export const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
 const enc = new TextEncoder();
 
 /**
@@ -107,7 +108,7 @@ async function fromKubeconfig(path: string): Promise<Member> {
 
 async function fromServiceAccount(input: MemberConfigInput): Promise<Member> {
   const env = input.env ?? ((n: string) => Deno.env.get(n));
-  const dir = input.serviceAccountDir ?? SA_DIR;
+  const dir = input.serviceAccountDir ?? SERVICE_ACCOUNT_DIR;
   const host = env("KUBERNETES_SERVICE_HOST");
   const port = env("KUBERNETES_SERVICE_PORT");
   const svc = host

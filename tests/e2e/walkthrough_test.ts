@@ -306,20 +306,24 @@ Deno.test("walkthrough: CRD, proxy, Cluster, token, agent, kubeconfig, kubectl t
         assertStringIncludes(applied.stdout, "deployment.apps/tower-agent created");
         // No kubelet here: run the container the way the Deployment describes it.
         const docs = join.stdout.split(/^---$/m).map((d) => parse(d));
-        const secret = docs.find((d) => d.kind === "Secret");
+        const secret = docs.find((d) => d.kind === "Secret" && d.metadata.name === "tower-agent");
         const container = docs.find((d) =>
           d.kind === "Deployment"
         ).spec.template.spec.containers[0];
         assertEquals(secret.stringData.token, token);
         const tokenFile = `${dir.path}/token`;
         await Deno.writeTextFile(tokenFile, secret.stringData.token);
+        const fpFile = `${dir.path}/proxy-fingerprint`;
+        assertMatch(secret.stringData["proxy-fingerprint"], /^SHA256:/, "join pins the host key");
+        await Deno.writeTextFile(fpFile, secret.stringData["proxy-fingerprint"]);
         const args = (container.args as string[]).map((a) =>
-          a === "--token-file=/etc/tower/token" ? `--token-file=${tokenFile}` : a
+          a === "--token-file=/etc/tower/token"
+            ? `--token-file=${tokenFile}`
+            : a === "--proxy-fingerprint-file=/etc/tower/proxy-fingerprint"
+            ? `--proxy-fingerprint-file=${fpFile}`
+            : a
         ).filter((a) => !a.startsWith("--metrics-address"));
-        assert(
-          args.some((a) => a.startsWith("--proxy-fingerprint=SHA256:")),
-          "join pins the host key",
-        );
+        assert(args.includes(`--proxy-fingerprint-file=${fpFile}`), args.join(" "));
         const joined = denoRun("joined-agent", "agent.ts", [
           ...args,
           "--kubeconfig",

@@ -16,10 +16,15 @@ export class Proc {
   #exited = false;
 
   constructor(readonly name: string, cmd: string, args: string[], env?: Record<string, string>) {
+    // A state directory of its own: an agent records the proxy host keys it trusts there
+    // (`$XDG_STATE_HOME/tower/known_proxies`), and two tests' proxies may get the same port.
+    const state = env?.XDG_STATE_HOME === undefined
+      ? Deno.makeTempDirSync({ prefix: "tower-state-" })
+      : undefined;
     this.child = new Deno.Command(cmd, {
       args,
       cwd: ROOT,
-      env: { NO_COLOR: "1", ...env },
+      env: { NO_COLOR: "1", ...(state ? { XDG_STATE_HOME: state } : {}), ...env },
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
@@ -37,8 +42,9 @@ export class Proc {
       if (buf) this.#line(buf);
     };
     const pumps = Promise.all([pump(this.child.stdout), pump(this.child.stderr)]);
-    this.#done = pumps.then(() => this.child.status).then((s) => {
+    this.#done = pumps.then(() => this.child.status).then(async (s) => {
       this.#exited = true;
+      if (state) await Deno.remove(state, { recursive: true }).catch(() => {});
       return s;
     });
   }

@@ -1,5 +1,5 @@
 /**
- * Fixtures for tunnel tests: an in-process proxy on a clusters file, TCP
+ * Fixtures for tunnel tests: a proxy on a clusters file (in-process or not), TCP
  * upstream servers, agent kubeconfigs, and stream helpers.
  * @module
  */
@@ -10,13 +10,16 @@ import { createHash } from "node:crypto";
 import { ProxyApp } from "../../lib/proxy/app.ts";
 import { FileClusterSource } from "../../lib/proxy/clusters_file.ts";
 import { generateHostKeyPem, parseHostKey } from "../../lib/tunnel/hostkey.ts";
-import { denoRun, type Proc } from "./proc.ts";
+import { denoRun, freePort, type Proc } from "./proc.ts";
 
 /** A cluster entry for a clusters file. */
 export interface TestCluster {
   name: string;
   token: string;
   joinFederation?: boolean;
+  /** Endpoint ports (default: the proxy allocates them, from 6001/16001). */
+  kubernetesPort?: number;
+  kubespherePort?: number;
 }
 
 /** Clusters file text for `clusters`. */
@@ -30,7 +33,12 @@ export function clustersYaml(clusters: TestCluster[]): string {
       metadata: { name: c.name },
       spec: {
         joinFederation: c.joinFederation ?? true,
-        connection: { type: "proxy", token: c.token },
+        connection: {
+          type: "proxy",
+          token: c.token,
+          ...(c.kubernetesPort ? { kubernetesAPIServerPort: c.kubernetesPort } : {}),
+          ...(c.kubespherePort ? { kubesphereAPIServerPort: c.kubespherePort } : {}),
+        },
       },
     })),
   });
@@ -90,6 +98,45 @@ export function memberKubeconfig(port: number): string {
     contexts: [{ name: "c", context: { cluster: "m", user: "u" } }],
     "current-context": "c",
   });
+}
+
+/**
+ * Start `proxy.ts` as a subprocess on a clusters file in `dir` holding cluster `name`/`token`
+ * (endpoint ports from `freePort()`), listening for agents on 127.0.0.1:`port`; resolves once
+ * it listens, with its host key fingerprint.
+ */
+export async function startProxyProc(opts: {
+  dir: string;
+  port: number;
+  name: string;
+  token: string;
+  label?: string;
+  /** Host key file (default: beside the clusters file). */
+  hostKey?: string;
+}): Promise<{ proc: Proc; fingerprint: string }> {
+  await Deno.writeTextFile(
+    `${opts.dir}/clusters.json`,
+    clustersYaml([{
+      name: opts.name,
+      token: opts.token,
+      kubernetesPort: freePort(),
+      kubespherePort: freePort(),
+    }]),
+  );
+  const proc = denoRun(opts.label ?? "proxy", "proxy.ts", [
+    "--clusters-file",
+    `${opts.dir}/clusters.json`,
+    ...(opts.hostKey ? ["--host-key", opts.hostKey] : []),
+    "--host",
+    "127.0.0.1",
+    "--port",
+    String(opts.port),
+    "--metrics-address",
+    "",
+  ]);
+  const line = await proc.waitFor(/SSH host key/);
+  await proc.waitFor(/Listening on/);
+  return { proc, fingerprint: line.match(/SHA256:[A-Za-z0-9+/]{43}/)![0] };
 }
 
 /** Start `agent.ts` as a subprocess against `proxyUrl`, targets on local ports. */
