@@ -123,6 +123,7 @@ export function decodeAgentConfig(payload: Uint8Array, limits: ConfigLimits = {}
     }
     cfg[f] = new Uint8Array(Buffer.from(v, "base64"));
   }
+  if (cfg.BearerToken) cfg.BearerToken = headerSafeToken(cfg.BearerToken);
   if (!cfg.Name) throw new ConfigError("config field Name: empty");
   if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(cfg.Name!) || cfg.Name!.length > 253) {
     throw new ConfigError("config field Name: not a valid cluster name");
@@ -137,6 +138,25 @@ export function decodeAgentConfig(payload: Uint8Array, limits: ConfigLimits = {}
     cfg[f] = hostPort;
   }
   return cfg as AgentConfig;
+}
+
+/**
+ * The bearer token goes into an `Authorization` header. The Go agent sends its token file as it
+ * is, so a file ending in a newline is common: surrounding whitespace is dropped. Anything else
+ * outside printable ASCII would break the header (a CR or LF would end it and let the agent
+ * write headers of its own) and is refused.
+ */
+function headerSafeToken(raw: Uint8Array): Uint8Array | undefined {
+  const ws = (b: number) => b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d;
+  let start = 0;
+  let end = raw.length;
+  while (start < end && ws(raw[start])) start++;
+  while (end > start && ws(raw[end - 1])) end--;
+  const token = raw.subarray(start, end);
+  if (token.some((b) => b < 0x21 || b > 0x7e)) {
+    throw new ConfigError("config field BearerToken: not printable ASCII");
+  }
+  return token.length ? token : undefined;
 }
 
 const HOST = "(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)";

@@ -97,6 +97,20 @@ Deno.test("a bare host from the Go agent's defaults decodes with the port its UR
   assertEquals(withDefaultPort("h:", 80), undefined);
 });
 
+Deno.test("a bearer token loses the token file's newline and cannot carry header breaks", () => {
+  const withToken = (t: string) =>
+    enc.encode(JSON.stringify({ Name: "alpha", BearerToken: btoa(t) }));
+  assertEquals(dec.decode(decodeAgentConfig(withToken("sa-token\n")).BearerToken), "sa-token");
+  assertEquals(
+    dec.decode(decodeAgentConfig(withToken(" eyJh.b-c_d~\r\n")).BearerToken),
+    "eyJh.b-c_d~",
+  );
+  assertEquals(decodeAgentConfig(withToken("\n")).BearerToken, undefined);
+  for (const bad of ["a\r\nX-Injected: 1", "a\nb", "a b", "t\u0000", "\u00e9t\u00e9"]) {
+    assertThrows(() => decodeAgentConfig(withToken(bad)), ConfigError, "BearerToken");
+  }
+});
+
 Deno.test("host:port validation and service address normalisation", () => {
   assertEquals(isHostPort("10.96.0.1:443"), true);
   assertEquals(isHostPort("[fd00::1]:443"), true);
