@@ -19,10 +19,10 @@ import { decodeAgentConfig, encodeAgentConfig } from "../../lib/tunnel/handshake
 import { generateCA, issueServingCert } from "../../lib/pki/mod.ts";
 import {
   buildGoTower,
-  freeAgentPort,
   goMissing,
   goTower,
   INSTALL_HINT,
+  startGoProxy,
   within,
 } from "./go_build.ts";
 
@@ -337,31 +337,6 @@ Deno.test({
     }
   },
 });
-
-/** The original proxy (rendition) for `alpha`, with a CA of its own. */
-async function startGoProxy(bin: string, dir: string, name: string, token: string) {
-  const ca = await generateCA({ commonName: "go-tower-ca" });
-  await Deno.writeTextFile(`${dir}/${name}-ca.crt`, ca.certPem);
-  await Deno.writeTextFile(`${dir}/${name}-ca.key`, ca.keyPem);
-  const port = freeAgentPort();
-  const kubernetesPort = freePort();
-  const kubespherePort = freePort();
-  const proc = goTower(bin, name, [
-    "proxy",
-    "--ca-cert",
-    `${dir}/${name}-ca.crt`,
-    "--ca-key",
-    `${dir}/${name}-ca.key`,
-    "--host",
-    "127.0.0.1",
-    "--port",
-    String(port),
-    "--cluster",
-    `alpha=${token},${kubernetesPort},${kubespherePort}`,
-  ]);
-  await proc.waitFor(/^LISTEN /, 20_000);
-  return { proc, port, kubernetesPort, kubespherePort, caPem: ca.certPem };
-}
 
 /** The response head to a WebSocket upgrade offering `protocol` (the connection then closed). */
 async function upgradeHead(port: number, protocol: string): Promise<string> {

@@ -1,13 +1,14 @@
 /**
  * Builds tests/interop/go_tower (the rendition of the original Go tower) once per test process,
- * and says why it cannot be built here. Needs Go, x/crypto/ssh and gorilla/websocket; on Debian,
+ * says why it cannot be built here, and starts its processes. Needs Go, x/crypto/ssh and gorilla/websocket; on Debian,
  * offline from the distribution's packages (what `.ci/run` installs):
  *   apt-get install -y golang-go golang-golang-x-crypto-dev golang-github-gorilla-websocket-dev
  * Built in GOPATH mode (GO111MODULE=off, GOPATH=/usr/share/gocode or GO_TOWER_GOPATH).
  * @module
  */
 
-import { Proc } from "../helpers/proc.ts";
+import { freePort, Proc } from "../helpers/proc.ts";
+import { generateCA } from "../../lib/pki/mod.ts";
 
 const GO_SRC = new URL("./go_tower/", import.meta.url).pathname;
 const GOPATH = Deno.env.get("GO_TOWER_GOPATH") ?? "/usr/share/gocode";
@@ -107,4 +108,29 @@ export function freeAgentPort(): number {
     }
   }
   throw new Error("no free port in 20000–39999 after 200 tries");
+}
+
+/** The original proxy (rendition) for `alpha`, with a CA of its own. */
+export async function startGoProxy(bin: string, dir: string, name: string, token: string) {
+  const ca = await generateCA({ commonName: "go-tower-ca" });
+  await Deno.writeTextFile(`${dir}/${name}-ca.crt`, ca.certPem);
+  await Deno.writeTextFile(`${dir}/${name}-ca.key`, ca.keyPem);
+  const port = freeAgentPort();
+  const kubernetesPort = freePort();
+  const kubespherePort = freePort();
+  const proc = goTower(bin, name, [
+    "proxy",
+    "--ca-cert",
+    `${dir}/${name}-ca.crt`,
+    "--ca-key",
+    `${dir}/${name}-ca.key`,
+    "--host",
+    "127.0.0.1",
+    "--port",
+    String(port),
+    "--cluster",
+    `alpha=${token},${kubernetesPort},${kubespherePort}`,
+  ]);
+  await proc.waitFor(/^LISTEN /, 20_000);
+  return { proc, port, kubernetesPort, kubespherePort, ca, caPem: ca.certPem };
 }
