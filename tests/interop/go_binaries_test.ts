@@ -469,6 +469,38 @@ Deno.test({
       assertEquals(again.status, 200);
       await again.body?.cancel();
       assertEquals(origin.seen.length, 3);
+
+      // Our agent with a port-less --kubesphere-service sends it completed (:80); the Go proxy
+      // names that string as it is, and our agent takes it as its own target (it dials, rather
+      // than refusing a target it did not announce).
+      await agent.stop();
+      await go.proc.waitFor(/^STOPPED alpha$/, 20_000);
+      const mark = go.proc.lines.length;
+      const portless = await startAgent({
+        name: "alpha",
+        token: TOKEN,
+        proxyUrl: `http://127.0.0.1:${go.port}`,
+        dir: dir.path,
+        kubernetesPort,
+        kubespherePort: origin.port,
+        label: "agent-portless",
+        extra: ["--kubesphere-service", "localhost", "--v", "4"],
+      });
+      procs.push(portless);
+      await portless.waitFor(/Connected\./, 30_000);
+      const config = await go.proc.waitFor(/^CONFIG /, 20_000, mark);
+      assertEquals(JSON.parse(config.slice(7)).KubeSphereSvcHost, "localhost:80");
+      await go.proc.waitFor(/^SERVING alpha /, 20_000, mark);
+      const abort = new AbortController();
+      const pending = fetch(`${base}/kapis/portless`, { signal: abort.signal })
+        .then((r) => r.body?.cancel(), () => {});
+      const seen = await portless.waitFor(
+        /Cannot dial target.*localhost:80|Stream opened.*localhost:80|Refusing to dial/,
+        20_000,
+      );
+      assert(!seen.includes("Refusing"), seen);
+      abort.abort();
+      await pending;
     } finally {
       for (const p of procs.reverse()) await p.stop();
       await origin.close();
