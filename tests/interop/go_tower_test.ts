@@ -2,7 +2,7 @@
  * Our SSH hooks (lib/tunnel/ssh_compat.ts: idents, raw channel extra data, global requests,
  * open failures) against golang.org/x/crypto/ssh with the original tower's SSH settings, over
  * 127.0.0.1 TCP: the ssh-probe-* modes of tests/interop/go_tower (probe.go). The original's
- * own agent and proxy are exercised in go_binaries_test.ts.
+ * own agent and proxy are exercised in go_agent_test.ts and go_proxy_test.ts.
  *
  * Skipped, with a message, only when Go or its packages are missing (see go_build.ts).
  */
