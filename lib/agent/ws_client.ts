@@ -171,8 +171,13 @@ export async function connectWebSocket(
     if (header(reply.head, "sec-websocket-accept") !== acceptFor(key)) {
       throw new Error(`websocket ${target.host}: bad Sec-WebSocket-Accept`);
     }
-    if (header(reply.head, "sec-websocket-protocol") !== protocol) {
-      throw new Error(`websocket ${target.host}: server did not accept subprotocol ${protocol}`);
+    // RFC 6455 §4.1: a server that names no subprotocol selected none, and the client may go
+    // on (the original Go proxy answers so); only one we did not offer is a failure.
+    const selected = header(reply.head, "sec-websocket-protocol");
+    if (selected && selected !== protocol) {
+      throw new Error(
+        `websocket ${target.host}: server selected subprotocol ${selected}, not ${protocol}`,
+      );
     }
     return websocketClientStream(conn, reply.rest);
   } catch (err) {

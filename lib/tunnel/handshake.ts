@@ -15,9 +15,12 @@ export interface AgentConfig {
   Version: string;
   Name: string;
   Token: string;
-  /** `host:port` of the member kube-apiserver, as the agent dials it. */
+  /**
+   * `host:port` of the member kube-apiserver, as the agent dials it (a Go agent may send a bare
+   * host: decoding adds 443).
+   */
   KubernetesSvcHost: string;
-  /** `host:port` of the member ks-apiserver. */
+  /** `host:port` of the member ks-apiserver (decoding adds 80 to a bare host). */
   KubeSphereSvcHost: string;
   /** PEM client certificate for the kube-apiserver. */
   CertData?: Uint8Array;
@@ -120,21 +123,55 @@ export function decodeAgentConfig(payload: Uint8Array, limits: ConfigLimits = {}
     }
     cfg[f] = new Uint8Array(Buffer.from(v, "base64"));
   }
+  if (cfg.BearerToken) cfg.BearerToken = headerSafeToken(cfg.BearerToken);
   if (!cfg.Name) throw new ConfigError("config field Name: empty");
   if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(cfg.Name!) || cfg.Name!.length > 253) {
     throw new ConfigError("config field Name: not a valid cluster name");
   }
-  for (const f of ["KubernetesSvcHost", "KubeSphereSvcHost"] as const) {
-    if (cfg[f] && !isHostPort(cfg[f]!)) {
-      throw new ConfigError(`config field ${f}: expected host:port`);
-    }
+  // The Go agent sends its flags as given, `--kubesphere-service` by default without a port; the
+  // Go proxy puts them in an http:// and an https:// URL, so the ports those imply apply. Every
+  // later use (channel targets, TLS server name) sees the completed host:port.
+  for (const [f, port] of [["KubernetesSvcHost", 443], ["KubeSphereSvcHost", 80]] as const) {
+    if (!cfg[f]) continue;
+    const hostPort = withDefaultPort(cfg[f]!, port);
+    if (!hostPort) throw new ConfigError(`config field ${f}: expected host or host:port`);
+    cfg[f] = hostPort;
   }
   return cfg as AgentConfig;
 }
 
+/**
+ * The bearer token goes into an `Authorization` header. The Go agent sends its token file as it
+ * is, so a file ending in a newline is common: surrounding whitespace is dropped. Anything else
+ * outside printable ASCII would break the header (a CR or LF would end it and let the agent
+ * write headers of its own) and is refused.
+ */
+function headerSafeToken(raw: Uint8Array): Uint8Array | undefined {
+  const ws = (b: number) => b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d;
+  let start = 0;
+  let end = raw.length;
+  while (start < end && ws(raw[start])) start++;
+  while (end > start && ws(raw[end - 1])) end--;
+  const token = raw.subarray(start, end);
+  if (token.some((b) => b < 0x21 || b > 0x7e)) {
+    throw new ConfigError("config field BearerToken: not printable ASCII");
+  }
+  return token.length ? token : undefined;
+}
+
+const HOST = "(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)";
+const HOST_ONLY = new RegExp(`^${HOST}$`);
+const HOST_PORT = new RegExp(`^${HOST}:(\\d{1,5})$`);
+
+/** `s` as host:port, with `port` added to a bare host; undefined when `s` is neither. */
+export function withDefaultPort(s: string, port: number): string | undefined {
+  if (isHostPort(s)) return s;
+  return HOST_ONLY.test(s) ? `${s}:${port}` : undefined;
+}
+
 /** Whether `s` is a plain `host:port` (DNS name, IPv4 or `[IPv6]`, port 1–65535). */
 export function isHostPort(s: string): boolean {
-  const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):(\d{1,5})$/.exec(s);
+  const m = HOST_PORT.exec(s);
   if (!m) return false;
   const port = Number(m[3]);
   return port >= 1 && port <= 65535;

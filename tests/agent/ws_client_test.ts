@@ -3,10 +3,10 @@
  * NO_PROXY bypasses it. Uses a real CONNECT proxy and a real proxy process.
  */
 
-import { assertEquals } from "../helpers/assert.ts";
+import { assertEquals, assertRejects } from "../helpers/assert.ts";
 import { generateCA, issueServingCert } from "../../lib/pki/mod.ts";
 import { startAgent, startTcpServer, startTestProxy, writeAll } from "../helpers/tunnel.ts";
-import { acceptFor, proxyFor } from "../../lib/agent/ws_client.ts";
+import { acceptFor, connectWebSocket, proxyFor } from "../../lib/agent/ws_client.ts";
 
 const TOKEN = "a7".repeat(32);
 
@@ -68,6 +68,56 @@ Deno.test("proxyFor follows HTTP(S)_PROXY and NO_PROXY", () => {
 
 Deno.test("Sec-WebSocket-Accept matches the RFC 6455 example", () => {
   assertEquals(acceptFor("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+});
+
+/**
+ * A WebSocket server that answers every upgrade with 101 and `protocolLine` (a whole
+ * `Sec-WebSocket-Protocol` header line, or "" for none), then holds the connection.
+ */
+function upgradeServer(protocolLine: string) {
+  return startTcpServer(async (conn) => {
+    const buf = new Uint8Array(4096);
+    let head = "";
+    while (!head.includes("\r\n\r\n")) {
+      const n = await conn.read(buf);
+      if (n === null) return;
+      head += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    const key = /^Sec-WebSocket-Key:\s*(\S+)/im.exec(head)?.[1] ?? "";
+    await writeAll(
+      conn,
+      new TextEncoder().encode(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+          `Sec-WebSocket-Accept: ${acceptFor(key)}\r\n${protocolLine}\r\n`,
+      ),
+    );
+    while (await conn.read(buf) !== null) {
+      // hold until the client goes
+    }
+  });
+}
+
+Deno.test("subprotocol: a 101 naming none or ours is accepted, one we did not offer is refused", async () => {
+  // The original Go proxy's upgrader selects no subprotocol: its 101 has no header at all.
+  for (const line of ["", "Sec-WebSocket-Protocol: kubesphere-v1\r\n"]) {
+    const server = upgradeServer(line);
+    try {
+      const ws = await connectWebSocket(new URL(`ws://127.0.0.1:${server.port}/`), "kubesphere-v1");
+      ws.destroy();
+    } finally {
+      await server.close();
+    }
+  }
+  const other = upgradeServer("Sec-WebSocket-Protocol: kubesphere-v2\r\n");
+  try {
+    await assertRejects(
+      () => connectWebSocket(new URL(`ws://127.0.0.1:${other.port}/`), "kubesphere-v1"),
+      Error,
+      "server selected subprotocol kubesphere-v2, not kubesphere-v1",
+    );
+  } finally {
+    await other.close();
+  }
 });
 
 Deno.test("agent reaches the proxy through HTTP CONNECT; NO_PROXY goes direct", async () => {

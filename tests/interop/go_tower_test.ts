@@ -1,12 +1,10 @@
 /**
- * Interop with the original Go tower's SSH dialect, using a small Go program built on
- * golang.org/x/crypto/ssh (tests/interop/go_tower/main.go) that emulates its proxy and agent.
- * Our side is ssh2 with the hooks of lib/tunnel/ssh_compat.ts over 127.0.0.1 TCP.
+ * Our SSH hooks (lib/tunnel/ssh_compat.ts: idents, raw channel extra data, global requests,
+ * open failures) against golang.org/x/crypto/ssh with the original tower's SSH settings, over
+ * 127.0.0.1 TCP: the ssh-probe-* modes of tests/interop/go_tower (probe.go). The original's
+ * own agent and proxy are exercised in go_agent_test.ts and go_proxy_test.ts.
  *
- * Needs Go and x/crypto/ssh; on Debian, offline from the distribution's packages:
- *   apt-get install -y golang-go golang-golang-x-crypto-dev
- * Built in GOPATH mode (GO111MODULE=off GOPATH=/usr/share/gocode). Skipped, with a message,
- * only when `go` is not installed.
+ * Skipped, with a message, only when Go or its packages are missing (see go_build.ts).
  */
 
 import { Buffer } from "node:buffer";
@@ -27,64 +25,16 @@ import {
 } from "../../lib/tunnel/ssh_compat.ts";
 import { GlobalRequester, serveGlobalRequests } from "../../lib/tunnel/ssh_requests.ts";
 import { generateKeyPairSync } from "node:crypto";
+import { buildGoTower, goMissing, INSTALL_HINT, within } from "./go_build.ts";
 
 const { Client, Server } = ssh2;
 type Server = InstanceType<typeof Server>;
 
-const GO_SRC = new URL("./go_tower/", import.meta.url).pathname;
-const INSTALL_HINT = "apt-get install -y golang-go golang-golang-x-crypto-dev";
 const ALLOWED = "10.96.0.1:443";
 const FORBIDDEN = "169.254.169.254:80";
 
-async function haveGo(): Promise<boolean> {
-  try {
-    const out = await new Deno.Command("go", { args: ["version"], stdout: "null", stderr: "null" })
-      .output();
-    return out.success;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
-  }
-}
-
-const GO = await haveGo();
-if (!GO) {
-  console.warn(`SKIP go interop tests: \`go\` is not installed (install: ${INSTALL_HINT})`);
-}
-
-let built: Promise<string> | undefined;
-let buildDir: string | undefined;
-globalThis.addEventListener("unload", () => {
-  if (buildDir) Deno.removeSync(buildDir, { recursive: true });
-});
-/** Build go_tower once per test run into a temp dir; returns the binary path. */
-function buildGoTower(): Promise<string> {
-  built ??= (async () => {
-    const dir = buildDir = await Deno.makeTempDir({ prefix: "go_tower_" });
-    const bin = `${dir}/go_tower`;
-    const out = await new Deno.Command("go", {
-      args: ["build", "-o", bin, "."],
-      cwd: GO_SRC,
-      env: {
-        GO111MODULE: "off",
-        GOPATH: Deno.env.get("GO_TOWER_GOPATH") ?? "/usr/share/gocode",
-        GOCACHE: `${dir}/cache`,
-        GOFLAGS: "",
-      },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    if (!out.success) {
-      throw new Error(
-        `go build go_tower failed (need: ${INSTALL_HINT}):\n${
-          new TextDecoder().decode(out.stderr)
-        }`,
-      );
-    }
-    return bin;
-  })();
-  return built;
-}
+const MISSING = await goMissing();
+if (MISSING) console.warn(`SKIP go interop tests: ${MISSING} (install: ${INSTALL_HINT})`);
 
 /** A running go_tower; `line(prefix)` waits for the first stdout line starting with it. */
 class GoProcess {
@@ -143,18 +93,6 @@ function once<T = unknown>(
   return new Promise((resolve) => em.once(ev, (...args: unknown[]) => resolve(args[0] as T)));
 }
 
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timeout: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 function readAll(ch: Duplex): Promise<Buffer> {
   const parts: Buffer[] = [];
   ch.on("data", (d: Buffer) => parts.push(d));
@@ -174,11 +112,11 @@ function pattern(n: number): Buffer {
 const sha = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
 
 Deno.test({
-  name: "go interop: our agent (ssh2 client) against the Go tower proxy",
-  ignore: !GO,
+  name: "go interop: our ssh2 client against x/crypto/ssh with the Go proxy's SSH settings",
+  ignore: MISSING !== undefined,
   fn: async () => {
     const bin = await within(buildGoTower(), 120_000, "go build");
-    const go = new GoProcess(bin, ["proxy"]);
+    const go = new GoProcess(bin, ["ssh-probe-server"]);
     try {
       const port = Number((await within(go.line("LISTEN "), 10_000, "listen")).split(" ")[1]);
       const sock = net.connect(port, "127.0.0.1");
@@ -234,8 +172,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "go interop: the Go tower agent against our proxy (ssh2 server)",
-  ignore: !GO,
+  name: "go interop: x/crypto/ssh with the Go agent's SSH settings against our ssh2 server",
+  ignore: MISSING !== undefined,
   fn: async () => {
     const bin = await within(buildGoTower(), 120_000, "go build");
     const hostKey = generateKeyPairSync("ec", { namedCurve: "prime256v1" }).privateKey.export({
@@ -265,7 +203,7 @@ Deno.test({
     });
     await new Promise<void>((resolve) => tcp.listen(0, "127.0.0.1", resolve));
     const port = (tcp.address() as net.AddressInfo).port;
-    const go = new GoProcess(bin, ["agent", String(port)]);
+    const go = new GoProcess(bin, ["ssh-probe-client", String(port)]);
     try {
       const conn = await within(configured.promise, 10_000, "config request");
       assert.match(configs[0], /"Name":"alpha"/);

@@ -97,6 +97,30 @@ Deno.test("Go-style agent: SSH-kubesphere-v1-client ident, empty credentials, co
   }
 });
 
+Deno.test("Go agent defaults: port-less service hosts are accepted and completed as the Go proxy's URLs imply", async () => {
+  const proxy = await startTestProxy([{ name: "alpha", token: TOKEN }]);
+  const agent = await connectRawAgent(proxy.url, { ident: "SSH-kubesphere-v1-client" });
+  try {
+    // What the Go agent sends with `--kubesphere-service` left at its default.
+    const payload = enc.encode(JSON.stringify({
+      Version: "0.0.0-rc",
+      Name: "alpha",
+      Token: TOKEN,
+      KubernetesSvcHost: "kubernetes.default.svc",
+      KubeSphereSvcHost: "ks-apiserver.kubesphere-system.svc",
+    }));
+    const reply = await agent.request("config", payload);
+    assertEquals([reply.ok, dec.decode(reply.payload)], [true, ""]);
+    const [session] = proxy.app.registry.sessions("alpha");
+    assertEquals(session.config.KubernetesSvcHost, "kubernetes.default.svc:443");
+    assertEquals(session.config.KubeSphereSvcHost, "ks-apiserver.kubesphere-system.svc:80");
+  } finally {
+    agent.close();
+    await agent.closed;
+    await proxy.close();
+  }
+});
+
 Deno.test("bad config payloads are refused with a reason and the session closed", async () => {
   const proxy = await startTestProxy([{ name: "alpha", token: TOKEN }], { maxConfigBytes: 16384 });
   try {

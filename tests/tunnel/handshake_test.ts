@@ -6,6 +6,7 @@ import {
   encodeAgentConfig,
   isHostPort,
   serviceHostPort,
+  withDefaultPort,
 } from "../../lib/tunnel/handshake.ts";
 
 const enc = new TextEncoder();
@@ -55,7 +56,10 @@ Deno.test("bad config payloads are refused with the field named", () => {
     ['{"Name":"alpha","CAData":{"a":1}}', "CAData"],
     ['{"Name":"Alpha Cluster"}', "Name"],
     ['{"Name":""}', "Name"],
-    ['{"Name":"alpha","KubernetesSvcHost":"no-port"}', "KubernetesSvcHost"],
+    ['{"Name":"alpha","KubernetesSvcHost":"no-port:"}', "KubernetesSvcHost"],
+    ['{"Name":"alpha","KubernetesSvcHost":"https://10.0.0.1:6443"}', "KubernetesSvcHost"],
+    ['{"Name":"alpha","KubeSphereSvcHost":"a b"}', "KubeSphereSvcHost"],
+    ['{"Name":"alpha","KubeSphereSvcHost":"fd00::1"}', "KubeSphereSvcHost"],
     ['{"Name":"alpha","KubernetesSvcHost":"h:99999"}', "KubernetesSvcHost"],
     [`{"Name":"alpha","Token":"${"x".repeat(5000)}"}`, "Token"],
     [new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]), "UTF-8"],
@@ -64,6 +68,46 @@ Deno.test("bad config payloads are refused with the field named", () => {
   for (const [input, field] of cases) {
     const bytes = typeof input === "string" ? enc.encode(input) : input;
     assertThrows(() => decodeAgentConfig(bytes), ConfigError, field);
+  }
+});
+
+Deno.test("a bare host from the Go agent's defaults decodes with the port its URL implies", () => {
+  // The Go agent's --kubesphere-service default, and a port-less kubernetes service.
+  const goDefaults = '{"Version":"0.0.0-rc","Name":"alpha","Token":"t",' +
+    '"KubernetesSvcHost":"kubernetes.default.svc","KubeSphereSvcHost":"ks-apiserver.kubesphere-system.svc"}';
+  const cfg = decodeAgentConfig(enc.encode(goDefaults));
+  assertEquals(cfg.KubernetesSvcHost, "kubernetes.default.svc:443");
+  assertEquals(cfg.KubeSphereSvcHost, "ks-apiserver.kubesphere-system.svc:80");
+  const v6 = decodeAgentConfig(
+    enc.encode('{"Name":"alpha","KubernetesSvcHost":"[fd00::1]","KubeSphereSvcHost":"10.0.0.2"}'),
+  );
+  assertEquals(v6.KubernetesSvcHost, "[fd00::1]:443");
+  assertEquals(v6.KubeSphereSvcHost, "10.0.0.2:80");
+  // A given port is kept, an absent field stays empty.
+  assertEquals(
+    decodeAgentConfig(enc.encode('{"Name":"alpha","KubeSphereSvcHost":"ks:8080"}')),
+    {
+      Version: "",
+      Name: "alpha",
+      Token: "",
+      KubernetesSvcHost: "",
+      KubeSphereSvcHost: "ks:8080",
+    },
+  );
+  assertEquals(withDefaultPort("h:", 80), undefined);
+});
+
+Deno.test("a bearer token loses the token file's newline and cannot carry header breaks", () => {
+  const withToken = (t: string) =>
+    enc.encode(JSON.stringify({ Name: "alpha", BearerToken: btoa(t) }));
+  assertEquals(dec.decode(decodeAgentConfig(withToken("sa-token\n")).BearerToken), "sa-token");
+  assertEquals(
+    dec.decode(decodeAgentConfig(withToken(" eyJh.b-c_d~\r\n")).BearerToken),
+    "eyJh.b-c_d~",
+  );
+  assertEquals(decodeAgentConfig(withToken("\n")).BearerToken, undefined);
+  for (const bad of ["a\r\nX-Injected: 1", "a\nb", "a b", "t\u0000", "\u00e9t\u00e9"]) {
+    assertThrows(() => decodeAgentConfig(withToken(bad)), ConfigError, "BearerToken");
   }
 });
 
