@@ -29,6 +29,8 @@ import {
 } from "./go_build.ts";
 
 const TOKEN = "5e".repeat(32);
+/** Every member enforces RBAC, so that impersonation (`--as`) changes answers. */
+const MEMBER = { rbac: true };
 const MISSING = await goMissing();
 if (MISSING) console.warn(`SKIP kubectl via Go tower: ${MISSING} (install: ${INSTALL_HINT})`);
 
@@ -53,13 +55,39 @@ const cm = (name: string, labels: Record<string, string>, data: Record<string, s
   });
 
 /**
- * Typed `kubectl create <kind>` commands send protobuf bodies (kubectl 1.32), which the test API
- * server does not decode yet (another branch adds it). Each joins the script with one line here,
- * e.g. `{ name: "create namespace", args: ["create", "namespace", "typed"] }`, and likewise
- * `create configmap typed --from-literal=k=v`, `create secret generic typed --from-literal=k=v`,
- * `create service clusterip typed --tcp=80:8080`, `create service loadbalancer lb --tcp=80:8080`.
+ * Typed `kubectl create <kind>` commands: kubectl 1.32 sends their bodies in protobuf (and asks
+ * for protobuf answers), as it does against a real kube-apiserver; the tunnel must carry them
+ * byte for byte. A second create of the same name is the AlreadyExists error path.
  */
-const TYPED_CREATES: Step[] = [];
+const TYPED_CREATES: Step[] = [
+  { name: "create namespace", args: ["create", "namespace", "typed"] },
+  { name: "create namespace again", args: ["create", "namespace", "typed"], status: true },
+  { name: "create configmap", args: ["create", "configmap", "typed", "--from-literal=k=v"] },
+  {
+    name: "create secret",
+    args: ["create", "secret", "generic", "typed", "--from-literal=k=v"],
+  },
+  {
+    name: "create service clusterip",
+    args: ["create", "service", "clusterip", "typed", "--tcp=80:8080"],
+  },
+  {
+    name: "create service loadbalancer",
+    args: ["create", "service", "loadbalancer", "lb", "--tcp=80:8080"],
+  },
+  { name: "create serviceaccount", args: ["create", "serviceaccount", "typed"] },
+  { name: "can-i as admin", args: ["auth", "can-i", "create", "pods"] },
+  {
+    name: "can-i as anonymous",
+    args: ["auth", "can-i", "create", "pods", "--as=system:anonymous"],
+  },
+  {
+    name: "get as a user without rights",
+    args: ["get", "configmaps", "--as=alice", "--as-group=dev"],
+    status: true,
+  },
+  { name: "typed objects", args: ["get", "configmap,secret,service,serviceaccount", "-o", "json"] },
+];
 
 /** The script: reads, writes, selectors, patches, conflicts, errors, discovery documents. */
 const STEPS: Step[] = [
@@ -282,7 +310,7 @@ let baseline: Promise<Outcome[]> | undefined;
 /** The script straight to a fresh member, once per test process. */
 function direct(): Promise<Outcome[]> {
   baseline ??= (async () => {
-    const member = await startTestApiServer();
+    const member = await startTestApiServer(MEMBER);
     try {
       return await runScript(member, member.kubeconfigPath);
     } finally {
@@ -303,7 +331,7 @@ async function assertSameAsDirect(through: Outcome[]): Promise<void> {
 
 Deno.test("kubectl through the tunnel (our proxy, our agent) prints what it prints straight to the member", async () => {
   await using dir = await tempDir();
-  const stack = await startStandaloneStack({ dir: dir.path, token: TOKEN });
+  const stack = await startStandaloneStack({ dir: dir.path, token: TOKEN, member: MEMBER });
   try {
     await stack.proxy.waitFor(/Listening on/, 30_000);
     await stack.startAgent("agent").waitFor(/Connected\./, 30_000);
@@ -321,7 +349,7 @@ Deno.test({
   fn: async () => {
     const bin = await within(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
-    const stack = await startStandaloneStack({ dir: dir.path, token: TOKEN });
+    const stack = await startStandaloneStack({ dir: dir.path, token: TOKEN, member: MEMBER });
     let go: Proc | undefined;
     try {
       await stack.proxy.waitFor(/Listening on/, 30_000);
@@ -359,7 +387,7 @@ Deno.test({
   fn: async () => {
     const bin = await within(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
-    const member = await startTestApiServer();
+    const member = await startTestApiServer(MEMBER);
     const procs: Proc[] = [];
     try {
       const go = await startGoProxy(bin, dir.path, "go-proxy", TOKEN);
