@@ -1,15 +1,15 @@
 /**
  * HTTP/1.1 strictness at the proxy, over real sockets: what a client gets
  * for the requests request smuggling is made of (Content-Length with
- * Transfer-Encoding, a second Host, Transfer-Encoding in HTTP/1.0), what
- * reaches the member, and what the proxy does with a member's answer framed
- * both ways.
+ * Transfer-Encoding, a second Host, Transfer-Encoding in HTTP/1.0, a bare LF
+ * in chunked framing), what reaches the member, and what the proxy does with
+ * a member's answer framed both ways.
  * @module
  */
 
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
-import { assertEquals } from "../../helpers/assert.ts";
+import { assert, assertEquals } from "../../helpers/assert.ts";
 import { RawClient, startPlainProxy, TestDialer } from "./helpers.ts";
 import { type Echo, startHttpOrigin, startRawOrigin } from "./origin.ts";
 
@@ -79,6 +79,21 @@ Deno.test("a second Host, or Transfer-Encoding in HTTP/1.0, is refused before th
       }
     }
     assertEquals(t.dialer.dials, 0);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a bare LF in a chunked request body is refused by the proxy (400), not the member", async () => {
+  const t = await setup();
+  try {
+    t.client.write(
+      "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+    );
+    const res = await t.client.readResponse();
+    assertEquals(res.status, 400);
+    const status = JSON.parse(res.body.toString()) as { message: string };
+    assert(status.message.includes("chunked body"), status.message);
   } finally {
     await t.close();
   }
