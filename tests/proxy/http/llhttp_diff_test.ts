@@ -237,15 +237,15 @@ function compare(input: Buffer, tally: Tally): void {
 
 Deno.test("differential: generated request streams read as llhttp reads them, or are refused", () => {
   const tally = newTally();
-  fc.assert(fc.property(STREAM, (input) => compare(input, tally)), {
-    numRuns: Number(Deno.env.get("TOWER_DIFF_RUNS") ?? 4000),
-  });
-  // The property must have compared real readings, not only refusals.
-  assert(tally.accepted > 800, JSON.stringify(tally));
-  assert(tally.chunked > 100, JSON.stringify(tally));
-  assert(tally.second > 100, JSON.stringify(tally));
-  assert(tally.refusedByUs > 400, JSON.stringify(tally));
-  assert(tally.lengthAndChunked > 20, JSON.stringify(tally));
+  const runs = Number(Deno.env.get("TOWER_DIFF_RUNS") ?? 10_000);
+  fc.assert(fc.property(STREAM, (input) => compare(input, tally)), { numRuns: runs });
+  // The property must have compared real readings, not only refusals (about half are read).
+  const t = JSON.stringify(tally);
+  assert(tally.accepted > runs / 5, t);
+  assert(tally.chunked > runs / 40, t);
+  assert(tally.second > runs / 40, t);
+  assert(tally.refusedByUs > runs / 10, t);
+  assert(tally.lengthAndChunked > runs / 200, t);
 });
 
 const H = "POST / HTTP/1.1\r\nHost: a\r\n";

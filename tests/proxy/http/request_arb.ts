@@ -140,18 +140,23 @@ function request(bad: boolean): fc.Arbitrary<string> {
     ext: knob(bad, EXT, BAD_EXT, 6),
     sizeForm: knob<SizeForm>(bad, SIZE_FORM, BAD_SIZE_FORM, 10),
     trailers: knob(bad, TRAILERS, BAD_TRAILERS, 6),
-    chunkEol: knob(bad, CRLF, BAD_EOL, 8),
+    // Line ends after chunk sizes, after chunk data, and of the last two lines.
+    chunkEols: fc.tuple(
+      knob(bad, CRLF, BAD_EOL, 12),
+      knob(bad, CRLF, BAD_EOL, 12),
+      knob(bad, CRLF, BAD_EOL, 12),
+    ),
   }).map((r) => {
     let body = "";
     // HTTP/1.0 with Transfer-Encoding is one of the adversarial cases.
     const chunked = (r.framing === "chunked" || r.framing === "both") &&
       (bad || r.version !== "HTTP/1.0");
     if (chunked) {
-      const e = r.chunkEol;
+      const [size, data, last] = r.chunkEols;
       for (const d of r.data) {
-        if (d.length > 0) body += `${chunkSize(d.length, r.sizeForm)}${r.ext}${e}${d}${e}`;
+        if (d.length > 0) body += `${chunkSize(d.length, r.sizeForm)}${r.ext}${size}${d}${data}`;
       }
-      body += `0${r.ext}${e}${r.trailers}${e}`;
+      body += `0${r.ext}${last}${r.trailers}${last}`;
     } else if (r.framing === "length") body = r.data.join("");
     const fill = (v: string) => v === "EMPTY" ? "" : v.replaceAll("LEN", String(body.length));
     const lines: string[] = [];
