@@ -87,34 +87,41 @@ export class ChunkedScanner {
     let i = start;
     const n = buf.length;
     while (i < n) {
-      const state = this.#state;
-      if (state === State.Data) {
-        const take = Math.min(this.#size, n - i);
-        if (onData) onData(buf, i, i + take);
-        i += take;
-        this.#size -= take;
-        if (this.#size === 0) this.#state = State.DataCr;
-        continue;
+      switch (this.#state) {
+        case State.Data: {
+          const take = Math.min(this.#size, n - i);
+          if (onData) onData(buf, i, i + take);
+          i += take;
+          this.#size -= take;
+          if (this.#size === 0) this.#state = State.DataCr;
+          break;
+        }
+        case State.Size:
+          this.#sizeByte(buf[i++]);
+          break;
+        case State.SizeLf:
+          if (buf[i++] !== LF) throw new ChunkedError("expected LF after chunk size");
+          this.#state = this.#size === 0 ? State.TrailerStart : State.Data;
+          break;
+        case State.DataCr:
+          if (buf[i++] !== CR) throw new ChunkedError("expected CRLF after chunk data");
+          this.#state = State.DataLf;
+          break;
+        case State.DataLf:
+          if (buf[i++] !== LF) throw new ChunkedError("expected LF after chunk data");
+          this.#state = State.Size;
+          this.#digits = 0;
+          break;
+        case State.FinalLf:
+          if (buf[i++] !== LF) throw new ChunkedError("expected LF after trailer section");
+          this.#state = State.Done;
+          return i;
+        case State.Done:
+          return i;
+        default:
+          if (this.#state <= State.ExtQuotedEnd) this.#extByte(buf[i++]);
+          else this.#trailerByte(buf[i++]);
       }
-      if (state === State.Done) return i;
-      const c = buf[i++];
-      if (state === State.Size) this.#sizeByte(c);
-      else if (state <= State.ExtQuotedEnd) this.#extByte(c);
-      else if (state === State.SizeLf) {
-        if (c !== LF) throw new ChunkedError("expected LF after chunk size");
-        this.#state = this.#size === 0 ? State.TrailerStart : State.Data;
-      } else if (state === State.DataCr) {
-        if (c !== CR) throw new ChunkedError("expected CRLF after chunk data");
-        this.#state = State.DataLf;
-      } else if (state === State.DataLf) {
-        if (c !== LF) throw new ChunkedError("expected LF after chunk data");
-        this.#state = State.Size;
-        this.#digits = 0;
-      } else if (state === State.FinalLf) {
-        if (c !== LF) throw new ChunkedError("expected LF after trailer section");
-        this.#state = State.Done;
-        return i;
-      } else this.#trailerByte(c);
     }
     return i;
   }
