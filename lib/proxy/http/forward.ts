@@ -46,6 +46,8 @@ import {
   parseResponseHead,
   requestFraming,
   type RequestHead,
+  requestHost,
+  requestKeepAlive,
   responseFraming,
   type ResponseHead,
 } from "./head.ts";
@@ -397,6 +399,7 @@ export class HttpProxy {
     let framing: Framing;
     try {
       framing = requestFraming(req);
+      requestHost(req);
     } catch (err) {
       const e = err as HttpParseError;
       reply(e.status, e.message, false);
@@ -413,8 +416,8 @@ export class HttpProxy {
       this.#audit(rec, 413, start);
       return false;
     }
-    if (req.method === "CONNECT" || (req.minor === 1 && !headerValue(req.headers, "host"))) {
-      reply(req.method === "CONNECT" ? 405 : 400, "bad request", false);
+    if (req.method === "CONNECT") {
+      reply(405, "bad request", false);
       this.#audit(rec, 0, start);
       return false;
     }
@@ -433,7 +436,7 @@ export class HttpProxy {
       upgrade,
       client,
       access,
-      clientKeep: req.minor >= 1 && !headerTokens(req.headers, "connection").has("close"),
+      clientKeep: requestKeepAlive(req, framing),
       rec,
       reqCount: { bytes: 0 },
       resCount: { bytes: 0 },
@@ -661,8 +664,8 @@ export class HttpProxy {
         }
         break;
     }
-    const upstreamKeep = rf.kind !== "close" && res.minor >= 1 &&
-      !headerTokens(res.headers, "connection").has("close");
+    const upstreamKeep = rf.kind !== "close" && !(rf.kind === "chunked" && rf.close) &&
+      res.minor >= 1 && !headerTokens(res.headers, "connection").has("close");
     rec.status = res.status;
     sock.cork();
     sock.write(encodeHead(clientResponseHead(res, mode, rf, close)));

@@ -3,6 +3,10 @@
  * parsing request and response heads strictly (no obsolete line folding, no
  * whitespace before the colon, no control characters in values: the things
  * request smuggling is made of), header lookups, and body framing rules.
+ * Requests are held to the strictest reading where parsers are known to
+ * differ (CRLF line ends only, one Host, one Content-Length, `chunked` as the
+ * only transfer coding): what we accept, `node:http`'s parser (llhttp) reads
+ * the same way, as a differential test checks (`docs/http.md`).
  *
  * Heads are small and parsed once per message, so they are decoded as latin1
  * strings (one character per byte) and encoded back the same way
@@ -75,12 +79,27 @@ export function findHeadEnd(buf: Uint8Array, len: number, from = 0): number {
   return -1;
 }
 
+// The same set of characters twice: as a regular expression (strings) and a table (bytes).
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-// Control characters other than HTAB (CR and LF cannot occur: lines are split on LF).
+const TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/** 1 for each byte that may appear in a token (RFC 9110 §5.6.2: field names, methods). */
+export const TCHAR: Uint8Array = (() => {
+  const t = new Uint8Array(256);
+  for (let i = 0; i < TOKEN_CHARS.length; i++) t[TOKEN_CHARS.charCodeAt(i)] = 1;
+  return t;
+})();
+
+// Control characters but HTAB; CR and LF among them (a stray one inside a line is refused).
 // deno-lint-ignore no-control-regex
 const BAD_VALUE = /[\x00-\x08\x0a-\x1f\x7f]/;
-const TARGET = /^[\x21-\x7e\x80-\xff]+$/;
+// origin-form, absolute-form (a letters-only scheme, "://", an authority of URI characters,
+// then anything printable) or asterisk-form (RFC 9112 §3.2); printable ASCII only: bytes beyond
+// ASCII are no part of a URI (RFC 3986) and llhttp refuses them.
+const TARGET =
+  /^(?:\/[\x21-\x7e]*|[A-Za-z]+:\/\/[\w\-.~!$&'()*+,;=:@[\]%]+(?:[/?#][\x21-\x7e]*)?|\*)$/;
 
+/** Lines of a response head: CRLF or a bare LF ends a line (RFC 9112 §2.2 lets a recipient). */
 function splitLines(head: string): string[] {
   const lines = head.split("\n");
   for (let i = 0; i < lines.length; i++) {
@@ -92,12 +111,13 @@ function splitLines(head: string): string[] {
   return lines;
 }
 
-function parseFields(lines: string[], limits: HeadLimits): HeaderField[] {
-  if (lines.length - 1 > limits.maxFields) {
+/** The header fields in `lines[from, lines.length)`. */
+function parseFields(lines: string[], from: number, limits: HeadLimits): HeaderField[] {
+  if (lines.length - from > limits.maxFields) {
     throw new HttpParseError(431, `more than ${limits.maxFields} header fields`);
   }
-  const fields: HeaderField[] = new Array(lines.length - 1);
-  for (let i = 1; i < lines.length; i++) {
+  const fields: HeaderField[] = new Array(lines.length - from);
+  for (let i = from; i < lines.length; i++) {
     const line = lines[i];
     const c0 = line.charCodeAt(0);
     if (c0 === 0x20 || c0 === 0x09) throw new HttpParseError(400, "obsolete line folding");
@@ -105,12 +125,20 @@ function parseFields(lines: string[], limits: HeadLimits): HeaderField[] {
     if (colon <= 0) throw new HttpParseError(400, "malformed header line");
     const name = line.slice(0, colon);
     if (!TOKEN.test(name)) throw new HttpParseError(400, "invalid header name");
-    const value = trimOws(line.slice(colon + 1));
+    const raw = line.slice(colon + 1);
+    const value = trimOws(raw);
     if (BAD_VALUE.test(value)) throw new HttpParseError(400, `invalid value of header ${name}`);
-    fields[i - 1] = { name, lower: name.toLowerCase(), value };
+    const lower = name.toLowerCase();
+    if ((lower === "content-length" || lower === "transfer-encoding") && TAB_AFTER.test(raw)) {
+      // llhttp refuses these two with a tab after the value (and reads the message otherwise).
+      throw new HttpParseError(400, `invalid value of header ${name}`);
+    }
+    fields[i - from] = { name, lower, value };
   }
   return fields;
 }
+
+const TAB_AFTER = /\t[ \t]*$/;
 
 function trimOws(s: string): string {
   let a = 0;
@@ -127,22 +155,35 @@ function parseVersion(v: string): number {
   throw new HttpParseError(400, "malformed HTTP version");
 }
 
-/** Parse a request head (`buf[0, end)` including the blank line). */
+/**
+ * Parse a request head (`buf[0, end)` including the blank line). Every line must end in CRLF:
+ * a bare LF is refused, as llhttp does, so that no parser in front of us can see line breaks
+ * where we see none (RFC 9112 §2.2 only allows, never requires, reading LF as a line end).
+ */
 export function parseRequestHead(
   buf: Buffer,
   end: number,
   limits: HeadLimits = DEFAULT_HEAD_LIMITS,
 ): RequestHead {
-  const lines = splitLines(buf.toString("latin1", 0, end));
+  const text = buf.toString("latin1", 0, end);
+  if (!text.endsWith("\r\n\r\n")) {
+    throw new HttpParseError(400, "request head lines must end in CRLF");
+  }
+  // A CR or LF left inside a line fails its checks below: method, field name (tokens), target
+  // (printable), version (exact), field value (BAD_VALUE).
+  const lines = text.split("\r\n");
+  lines.length -= 2; // the blank line, and the empty string after its CRLF
   // Tolerate empty lines before the request line (RFC 9112 §2.2).
-  while (lines.length > 0 && lines[0] === "") lines.shift();
-  if (lines.length === 0) throw new HttpParseError(400, "empty request");
-  const parts = lines[0].split(" ");
+  let first = 0;
+  while (first < lines.length && lines[first] === "") first++;
+  if (first === lines.length) throw new HttpParseError(400, "empty request");
+  const parts = lines[first].split(" ");
   if (parts.length !== 3) throw new HttpParseError(400, "malformed request line");
   const [method, target, version] = parts;
   if (!TOKEN.test(method)) throw new HttpParseError(400, "invalid method");
   if (!TARGET.test(target)) throw new HttpParseError(400, "invalid request target");
-  return { method, target, minor: parseVersion(version), headers: parseFields(lines, limits) };
+  const minor = parseVersion(version);
+  return { method, target, minor, headers: parseFields(lines, first + 1, limits) };
 }
 
 /** Parse a response head (`buf[0, end)` including the blank line). */
@@ -162,7 +203,7 @@ export function parseResponseHead(
     throw new HttpParseError(400, "malformed status code");
   }
   const reason = line.length > sp1 + 5 ? line.slice(sp1 + 5) : "";
-  return { minor, status: Number(code), reason, headers: parseFields(lines, limits) };
+  return { minor, status: Number(code), reason, headers: parseFields(lines, 1, limits) };
 }
 
 /** First value of header `lower` (lowercase name), or undefined. */
@@ -188,8 +229,17 @@ export function headerTokens(headers: HeaderField[], lower: string): Set<string>
 export type Framing =
   | { kind: "none" }
   | { kind: "length"; length: number }
-  | { kind: "chunked" }
+  /**
+   * `close`: the message also carried Content-Length (RFC 9112 §6.3: Transfer-Encoding wins,
+   * the message is suspect, and the connection it came on closes after the exchange).
+   */
+  | { kind: "chunked"; close?: boolean }
   | { kind: "close" };
+
+const NO_BODY: Framing = { kind: "none" };
+const CHUNKED: Framing = { kind: "chunked" };
+const CHUNKED_CLOSE: Framing = { kind: "chunked", close: true };
+const UNTIL_CLOSE: Framing = { kind: "close" };
 
 /** Whether the final transfer coding listed is `chunked`; undefined without Transfer-Encoding. */
 function chunkedLast(headers: HeaderField[]): boolean | undefined {
@@ -206,14 +256,19 @@ function chunkedLast(headers: HeaderField[]): boolean | undefined {
   return seen ? last === "chunked" : undefined;
 }
 
-/** The single Content-Length (equal repeated values collapse), or undefined; throws when invalid. */
+const LENGTH = /^\d{1,15}$/;
+
+/**
+ * A response's Content-Length (equal repeated values collapse, RFC 9112 §6.3), or undefined;
+ * throws when invalid. Responses only: we send the client a Content-Length of our own.
+ */
 function contentLength(headers: HeaderField[]): number | undefined {
   let len: number | undefined;
   for (const h of headers) {
     if (h.lower !== "content-length") continue;
     for (const part of h.value.split(",")) {
       const v = part.trim();
-      if (!/^\d{1,15}$/.test(v)) throw new HttpParseError(400, "invalid Content-Length");
+      if (!LENGTH.test(v)) throw new HttpParseError(400, "invalid Content-Length");
       const n = Number(v);
       if (len !== undefined && len !== n) {
         throw new HttpParseError(400, "conflicting Content-Length");
@@ -225,31 +280,79 @@ function contentLength(headers: HeaderField[]): number | undefined {
 }
 
 /**
- * Body framing of a request (RFC 9112 §6): chunked when Transfer-Encoding ends in chunked
- * (Content-Length then ignored), else Content-Length, else no body. Any other
- * Transfer-Encoding is refused (501), as is an invalid Content-Length (400).
+ * Body framing of a request (RFC 9112 §6), read as strictly as any parser in front of us or
+ * behind us could: Transfer-Encoding must be one field saying exactly `chunked` (Go's net/http
+ * accepts nothing else either; anything else is 501) and is refused in HTTP/1.0 (§6.1: framing
+ * then faulty); Content-Length must be one field of digits (a repeated or listed one, which
+ * llhttp refuses, is 400). Both present: chunked, and the connection closes after the exchange
+ * (§6.3). Otherwise Content-Length, else no body.
  */
 export function requestFraming(head: RequestHead): Framing {
-  const chunked = chunkedLast(head.headers);
-  if (chunked === true) return { kind: "chunked" };
-  if (chunked === false) throw new HttpParseError(501, "unsupported Transfer-Encoding");
-  const len = contentLength(head.headers);
-  return len ? { kind: "length", length: len } : { kind: "none" };
+  let te: string | undefined;
+  let teFields = 0;
+  let cl: string | undefined;
+  let clFields = 0;
+  for (const h of head.headers) {
+    if (h.lower === "transfer-encoding") {
+      te = h.value;
+      teFields++;
+    } else if (h.lower === "content-length") {
+      cl = h.value;
+      clFields++;
+    }
+  }
+  let length: number | undefined;
+  if (cl !== undefined) {
+    if (clFields > 1) throw new HttpParseError(400, "more than one Content-Length");
+    if (!LENGTH.test(cl)) throw new HttpParseError(400, "invalid Content-Length");
+    length = Number(cl);
+  }
+  if (te === undefined) return length ? { kind: "length", length } : NO_BODY;
+  if (head.minor === 0) throw new HttpParseError(400, "Transfer-Encoding in an HTTP/1.0 request");
+  if (teFields > 1 || te.length !== 7 || te.toLowerCase() !== "chunked") {
+    throw new HttpParseError(501, "unsupported Transfer-Encoding (only chunked is)");
+  }
+  return length === undefined ? CHUNKED : CHUNKED_CLOSE;
+}
+
+/** Whether a client connection stays open after the exchange of `head` (framed `framing`). */
+export function requestKeepAlive(head: RequestHead, framing: Framing): boolean {
+  if (head.minor < 1 || (framing.kind === "chunked" && framing.close)) return false;
+  return !headerTokens(head.headers, "connection").has("close");
+}
+
+/**
+ * The request's Host (RFC 9112 §3.2): required in HTTP/1.1 and never repeated (400 otherwise,
+ * as Go's net/http answers; proxies and servers could each pick a different one).
+ */
+export function requestHost(head: RequestHead): string | undefined {
+  let host: string | undefined;
+  for (const h of head.headers) {
+    if (h.lower !== "host") continue;
+    if (host !== undefined) throw new HttpParseError(400, "more than one Host");
+    host = h.value;
+  }
+  if (head.minor >= 1 && !host) throw new HttpParseError(400, "missing Host");
+  return host;
 }
 
 /**
  * Body framing of a response to `method` (RFC 9112 §6.3): none for HEAD, 1xx, 204 and 304;
- * chunked; Content-Length; otherwise until the connection closes.
+ * chunked (with `close` when Content-Length came too: that connection is not reused); until
+ * the connection closes for any other Transfer-Encoding, and for any in HTTP/1.0 (§6.1);
+ * Content-Length; otherwise until the connection closes.
  */
 export function responseFraming(method: string, head: ResponseHead): Framing {
   const s = head.status;
-  if (method === "HEAD" || s < 200 || s === 204 || s === 304) return { kind: "none" };
+  if (method === "HEAD" || s < 200 || s === 204 || s === 304) return NO_BODY;
   const chunked = chunkedLast(head.headers);
-  if (chunked === true) return { kind: "chunked" };
-  if (chunked === false) return { kind: "close" };
+  if (chunked !== undefined) {
+    if (!chunked || head.minor === 0) return UNTIL_CLOSE;
+    return headerValue(head.headers, "content-length") === undefined ? CHUNKED : CHUNKED_CLOSE;
+  }
   const len = contentLength(head.headers);
-  if (len === undefined) return { kind: "close" };
-  return len === 0 ? { kind: "none" } : { kind: "length", length: len };
+  if (len === undefined) return UNTIL_CLOSE;
+  return len === 0 ? NO_BODY : { kind: "length", length: len };
 }
 
 const NON_ASCII = /[\u0080-\uffff]/;

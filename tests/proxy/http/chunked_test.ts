@@ -54,11 +54,76 @@ Deno.test("chunked scanner: any split of any body finds the exact end and the da
   );
 });
 
-Deno.test("chunked scanner: bare LF line endings and upper-case hex are accepted", () => {
+Deno.test("chunked scanner: upper-case hex and leading zeros are read", () => {
   const s = new ChunkedScanner();
-  const wire = Buffer.from("A\nabcdefghij\n0\n\nrest");
+  const wire = Buffer.from("A\r\nabcdefghij\r\n00\r\n\r\nrest");
   assertEquals(s.scan(wire), wire.length - 4);
   assert(s.done);
+});
+
+/** Whether `text`, scanned whole, is refused. */
+function refused(text: string): boolean {
+  try {
+    new ChunkedScanner().scan(Buffer.from(text, "latin1"));
+    return false;
+  } catch (err) {
+    assert(err instanceof ChunkedError);
+    return true;
+  }
+}
+
+Deno.test("chunked scanner: a bare LF anywhere in the framing is refused (as Go and llhttp do)", () => {
+  for (
+    const bad of [
+      "3\nabc\r\n0\r\n\r\n", // after the size
+      "3;a=b\nabc\r\n0\r\n\r\n", // after an extension
+      "3\r\nabc\n0\r\n\r\n", // after the data
+      "3\r\nabc\r\n0\n\r\n", // after the last chunk
+      "3\r\nabc\r\n0\r\n\n", // the final line
+      "3\r\nabc\r\n0\r\nX: y\n\r\n", // after a trailer
+      "3\r\nabc\r\n0\r\n\r\r\n", // a CR too many
+    ]
+  ) assert(refused(bad), JSON.stringify(bad));
+  assert(!refused("3\r\nabc\r\n0\r\nX: y\r\n\r\n"));
+});
+
+Deno.test("chunked scanner: chunk extensions must follow the grammar", () => {
+  for (const ok of [";a", ";a=b", ';a="b c"', ';a="\\"\xe9"', ";a=b;c", ';a="";b=c']) {
+    assert(!refused(`1${ok}\r\nx\r\n0${ok}\r\n\r\n`), JSON.stringify(ok));
+  }
+  for (
+    const bad of [
+      " ",
+      "\t",
+      " ;a",
+      "; a",
+      ";a =b",
+      ";a= b",
+      ";",
+      ";;a",
+      ";a=",
+      ';a="x"y',
+      ";a=\x01",
+    ]
+  ) assert(refused(`1${bad}\r\nx\r\n0\r\n\r\n`), JSON.stringify(bad));
+  assert(refused('1;a="x\ry"\r\nx\r\n0\r\n\r\n'));
+});
+
+Deno.test("chunked scanner: trailer lines must be header fields", () => {
+  for (const ok of ["X: y\r\n", "X:\r\n", "X: a\tb \xe9\r\n", "A: 1\r\nB: 2\r\n"]) {
+    assert(!refused(`0\r\n${ok}\r\n`), JSON.stringify(ok));
+  }
+  for (
+    const bad of [
+      "X : y\r\n",
+      "X: y\r\n z\r\n",
+      " X: y\r\n",
+      "Xy\r\n",
+      ":x\r\n",
+      "X: \0\r\n",
+      "X: a\rb\r\n",
+    ]
+  ) assert(refused(`0\r\n${bad}\r\n`), JSON.stringify(bad));
 });
 
 Deno.test("chunked scanner: malformed framing is refused", () => {

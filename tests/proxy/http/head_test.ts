@@ -6,13 +6,28 @@ import {
   parseRequestHead,
   parseResponseHead,
   requestFraming,
+  requestHost,
+  requestKeepAlive,
   responseFraming,
 } from "../../../lib/proxy/http/head.ts";
-import { assertEquals, assertThrows } from "../../helpers/assert.ts";
+import { assert, assertEquals, assertThrows } from "../../helpers/assert.ts";
 
 function req(text: string) {
   const b = Buffer.from(text, "latin1");
   return parseRequestHead(b, findHeadEnd(b, b.length));
+}
+
+/** The status a request head is refused with (by parsing, framing or Host), or 0. */
+function refusal(text: string): number {
+  try {
+    const h = req(text);
+    requestFraming(h);
+    requestHost(h);
+    return 0;
+  } catch (err) {
+    assert(err instanceof HttpParseError, String(err));
+    return err.status;
+  }
 }
 
 function res(text: string) {
@@ -61,36 +76,96 @@ Deno.test("parseRequestHead: refuses what smuggling is made of", () => {
   assertEquals((assertThrows(() => req(many), HttpParseError) as HttpParseError).status, 431);
 });
 
-Deno.test("request framing: chunked wins over Content-Length; bad lengths refused", () => {
+Deno.test("parseRequestHead: a bare LF or stray CR ends no line in a request head", () => {
+  for (
+    const bad of [
+      "GET / HTTP/1.1\nHost: a\n\n",
+      "GET / HTTP/1.1\r\nHost: a\n\r\n",
+      "GET / HTTP/1.1\r\nHost: a\r\n\n",
+      "GET / HTTP/1.1\nHost: a\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost: a\r\nX: b\nTransfer-Encoding: chunked\r\n\r\n",
+      "GET / HTTP/1.1\r\r\nHost: a\r\n\r\n",
+      "\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    ]
+  ) {
+    const b = Buffer.from(bad, "latin1");
+    const end = findHeadEnd(b, b.length);
+    assert(end > 0, JSON.stringify(bad));
+    const err = assertThrows(() => parseRequestHead(b, end), HttpParseError) as HttpParseError;
+    assertEquals(err.status, 400, JSON.stringify(bad));
+  }
+  // Responses (from the member, re-sent by us with CRLF) may end lines in a bare LF.
+  assertEquals(res("HTTP/1.1 200 OK\nContent-Length: 1\n\n").headers[0].value, "1");
+});
+
+Deno.test("parseRequestHead: request targets are origin-, absolute- or asterisk-form ASCII", () => {
+  for (
+    const ok of ["/", "/a?b=c#d", "//x", "http://a/b", "HTTPS://[::1]:6443/x?y", "http://a", "*"]
+  ) {
+    assertEquals(req(`GET ${ok} HTTP/1.1\r\nHost: a\r\n\r\n`).target, ok);
+  }
+  for (const bad of ["a", "/caf\xe9", "*x", "http://", "x-y://a/", 'http://a"/', "a:443"]) {
+    assertEquals(refusal(`GET ${bad} HTTP/1.1\r\nHost: a\r\n\r\n`), 400, JSON.stringify(bad));
+  }
+});
+
+Deno.test("request framing: one Content-Length, digits only; lone Transfer-Encoding chunked", () => {
+  const P = "POST / HTTP/1.1\r\nHost: a\r\n";
   assertEquals(requestFraming(req("GET / HTTP/1.1\r\n\r\n")), { kind: "none" });
-  assertEquals(requestFraming(req("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")), {
-    kind: "none",
-  });
-  assertEquals(requestFraming(req("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n")), {
+  assertEquals(requestFraming(req(P + "Content-Length: 0\r\n\r\n")), { kind: "none" });
+  assertEquals(requestFraming(req(P + "Content-Length:\t012 \r\n\r\n")), {
     kind: "length",
     length: 12,
   });
-  assertEquals(
-    requestFraming(req("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n")),
-    { kind: "length", length: 5 },
-  );
-  assertEquals(
-    requestFraming(
-      req("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\nContent-Length: 3\r\n\r\n"),
-    ),
-    { kind: "chunked" },
-  );
+  assertEquals(requestFraming(req(P + "Transfer-Encoding: Chunked\r\n\r\n")), { kind: "chunked" });
   for (
     const [text, status] of [
-      ["POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400],
-      ["POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400],
-      ["POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n", 400],
-      ["POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 501],
+      [P + "Content-Length: -1\r\n\r\n", 400],
+      [P + "Content-Length: 1\r\nContent-Length: 2\r\n\r\n", 400],
+      [P + "Content-Length: 5\r\nContent-Length: 5\r\n\r\n", 400],
+      [P + "Content-Length: 5, 5\r\n\r\n", 400],
+      [P + "Content-Length: 0x10\r\n\r\n", 400],
+      [P + "Content-Length: 5\t\r\n\r\n", 400],
+      [P + "Content-Length: \r\n\r\n", 400],
+      [P + "Transfer-Encoding: chunked\t\r\n\r\n", 400],
+      [P + "Transfer-Encoding: chunked, gzip\r\n\r\n", 501],
+      [P + "Transfer-Encoding: gzip, chunked\r\n\r\n", 501],
+      [P + "Transfer-Encoding: chunked, chunked\r\n\r\n", 501],
+      [P + "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", 501],
+      [P + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 501],
+      [P + "Transfer-Encoding: \r\n\r\n", 501],
+      ["POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400],
     ] as const
-  ) {
-    const err = assertThrows(() => requestFraming(req(text)), HttpParseError) as HttpParseError;
-    assertEquals(err.status, status);
-  }
+  ) assertEquals(refusal(text), status, JSON.stringify(text));
+});
+
+Deno.test("request framing: Content-Length with Transfer-Encoding is chunked, then the connection closes", () => {
+  const h = req(
+    "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+  );
+  const f = requestFraming(h);
+  assertEquals(f, { kind: "chunked", close: true });
+  assertEquals(requestKeepAlive(h, f), false);
+  const plain = req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+  assertEquals(requestKeepAlive(plain, requestFraming(plain)), true);
+  const closing = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: x, Close\r\n\r\n");
+  assertEquals(requestKeepAlive(closing, requestFraming(closing)), false);
+  const old = req("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+  assertEquals(requestKeepAlive(old, requestFraming(old)), false);
+});
+
+Deno.test("requestHost: exactly one in HTTP/1.1, at most one in HTTP/1.0", () => {
+  assertEquals(requestHost(req("GET / HTTP/1.1\r\nhost: a:1\r\n\r\n")), "a:1");
+  assertEquals(requestHost(req("GET / HTTP/1.0\r\n\r\n")), undefined);
+  for (
+    const text of [
+      "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost: a\r\nHOST: a\r\n\r\n",
+      "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+      "GET / HTTP/1.1\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost:\r\n\r\n",
+    ]
+  ) assertEquals(refusal(text), 400, JSON.stringify(text));
 });
 
 Deno.test("response heads and framing (HEAD, 1xx, 204, 304, chunked, length, close)", () => {
@@ -111,6 +186,22 @@ Deno.test("response heads and framing (HEAD, 1xx, 204, 304, chunked, length, clo
   assertEquals(responseFraming("GET", res("HTTP/1.0 200 OK\r\n\r\n")), { kind: "close" });
   assertEquals(
     responseFraming("GET", res("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n")),
+    { kind: "close" },
+  );
+  // Chunked with a length: chunked, and that upstream connection is not reused.
+  assertEquals(
+    responseFraming(
+      "GET",
+      res("HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    ),
+    { kind: "chunked", close: true },
+  );
+  // Transfer-Encoding in HTTP/1.0: the framing is faulty, read until the connection closes.
+  assertEquals(
+    responseFraming(
+      "GET",
+      res("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n"),
+    ),
     { kind: "close" },
   );
   for (const bad of ["HTTP/1.1 20 OK\r\n\r\n", "HTTP/1.1 200OK\r\n\r\n", "ICY 200 OK\r\n\r\n"]) {
