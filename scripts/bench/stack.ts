@@ -348,6 +348,9 @@ export async function startProxyProc(
       // The bulk PUT (256 MiB with --full) is over the endpoint's default 100 MiB body limit.
       "--kubesphere-max-body",
       "0",
+      // No metrics port: the default :9090 would collide with any other proxy on the machine.
+      "--metrics-address",
+      "",
     ],
     undefined,
     envFlags("BENCH_PROXY_FLAGS"),
