@@ -17,6 +17,7 @@ import { startHealthServer } from "./lib/health_server.ts";
 import { VERSION } from "./lib/version.ts";
 import { joinCommand, joinInputFromCluster, joinManifest } from "./lib/proxy/join.ts";
 import { KubeClient, loadKubeConnection } from "./lib/kube/mod.ts";
+import { REKEY_FLAGS, rekeyLimitsFromFlags } from "./lib/tunnel/rekey.ts";
 
 /** The proxy's flags (SPEC §2 plus this project's). */
 export const PROXY_FLAGS: FlagSpecs = {
@@ -100,6 +101,7 @@ export const PROXY_FLAGS: FlagSpecs = {
     min: 0,
     help: "largest request body on the kubesphere endpoints, bytes (0: no limit)",
   },
+  ...REKEY_FLAGS,
   "shutdown-grace": {
     kind: "duration",
     default: 20_000,
@@ -221,6 +223,7 @@ async function main(args: string[]): Promise<number> {
       maxChannelsPerSession: v["max-channels-per-session"] as number,
       kubesphereMaxRequestBody: (v["kubesphere-max-body"] as number) || undefined,
       httpIdleMs: v["http-idle-timeout"] as number,
+      rekey: rekeyLimitsFromFlags(v),
     });
     await app.start();
   } catch (err) {

@@ -15,6 +15,7 @@ import { type AgentConfig, encodeAgentConfig } from "../tunnel/handshake.ts";
 import { fingerprintOf } from "../tunnel/hostkey.ts";
 import { SSH_ALGORITHMS } from "../tunnel/protocol.ts";
 import { installFastChaChaPoly } from "../tunnel/ssh_cipher.ts";
+import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
 import { acceptAnyIdent, onKubesphereChannel } from "../tunnel/ssh_compat.ts";
 import { GlobalRequester } from "../tunnel/ssh_requests.ts";
 import { VERSION } from "../version.ts";
@@ -51,6 +52,8 @@ export interface AgentOptions {
   handshakeTimeoutMs?: number;
   /** Most tunnelled streams at once (default 1024). */
   maxStreams?: number;
+  /** When the session exchanges SSH keys again (lib/tunnel/rekey.ts defaults). */
+  rekey?: RekeyLimits;
   /** Observer: session state changes (tests and metrics). */
   onState?: (state: "connected" | "disconnected", detail?: string) => void;
 }
@@ -214,6 +217,7 @@ export class Agent {
         }
         clearTimeout(handshakeTimer);
         connected = true;
+        keepRekeying(client, this.#opts.rekey);
         log.info("Connected.");
         this.#opts.onState?.("connected");
         const keepalive = this.#opts.keepaliveMs ?? 30_000;
