@@ -15,6 +15,7 @@ import { createHash } from "node:crypto";
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { denoRun, freePort, Proc, tempDir } from "../helpers/proc.ts";
 import { startAgent } from "../helpers/tunnel.ts";
+import { requireTools } from "../helpers/tools.ts";
 
 const GO_SRC = new URL("./go_tower/", import.meta.url).pathname;
 const GOPATH = Deno.env.get("GO_TOWER_GOPATH") ?? "/usr/share/gocode";
@@ -44,10 +45,8 @@ async function missing(): Promise<string | undefined> {
   return undefined;
 }
 
-const MISSING = await missing();
-if (MISSING) {
-  console.warn(`SKIP go binary interop tests: ${MISSING} (install: ${INSTALL_HINT})`);
-}
+/** Skipped with a message where Go is missing; under TOWER_CI=1 failed instead. */
+const GO = await requireTools("go binary interop", missing, INSTALL_HINT);
 
 let built: Promise<string> | undefined;
 let buildDir: string | undefined;
@@ -130,8 +129,9 @@ function goTower(bin: string, name: string, args: string[]): Proc {
 
 Deno.test({
   name: "go binaries: the original Go agent (ws-agent) against our proxy.ts",
-  ignore: MISSING !== undefined,
+  ignore: GO.ignore,
   fn: async () => {
+    GO.check();
     const bin = await within(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
     const agentPort = freePort();
@@ -230,8 +230,9 @@ Deno.test({
 
 Deno.test({
   name: "go binaries: our agent.ts against the original Go proxy (ws-proxy)",
-  ignore: MISSING !== undefined,
+  ignore: GO.ignore,
   fn: async () => {
+    GO.check();
     const bin = await within(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
     const origin = startOrigin();

@@ -6,7 +6,8 @@
  * Needs Go and x/crypto/ssh; on Debian, offline from the distribution's packages:
  *   apt-get install -y golang-go golang-golang-x-crypto-dev
  * Built in GOPATH mode (GO111MODULE=off GOPATH=/usr/share/gocode). Skipped, with a message,
- * only when `go` is not installed.
+ * only when `go` is not installed, and never in CI (tests/helpers/tools.ts). Both directions
+ * also rekey (lib/tunnel/rekey.ts) every 256 KiB while the data flows: x/crypto/ssh answers.
  */
 
 import { Buffer } from "node:buffer";
@@ -26,6 +27,8 @@ import {
   sendCustomIdent,
 } from "../../lib/tunnel/ssh_compat.ts";
 import { GlobalRequester, serveGlobalRequests } from "../../lib/tunnel/ssh_requests.ts";
+import { keepRekeying, type Rekeyer } from "../../lib/tunnel/rekey.ts";
+import { commandWorks, requireTools } from "../helpers/tools.ts";
 import { generateKeyPairSync } from "node:crypto";
 
 const { Client, Server } = ssh2;
@@ -36,21 +39,8 @@ const INSTALL_HINT = "apt-get install -y golang-go golang-golang-x-crypto-dev";
 const ALLOWED = "10.96.0.1:443";
 const FORBIDDEN = "169.254.169.254:80";
 
-async function haveGo(): Promise<boolean> {
-  try {
-    const out = await new Deno.Command("go", { args: ["version"], stdout: "null", stderr: "null" })
-      .output();
-    return out.success;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
-  }
-}
-
-const GO = await haveGo();
-if (!GO) {
-  console.warn(`SKIP go interop tests: \`go\` is not installed (install: ${INSTALL_HINT})`);
-}
+/** Skipped with a message where Go is missing; under TOWER_CI=1 failed instead. */
+const GO = await requireTools("go interop", commandWorks("go", ["version"]), INSTALL_HINT);
 
 let built: Promise<string> | undefined;
 let buildDir: string | undefined;
@@ -175,8 +165,9 @@ const sha = (b: Uint8Array): string => createHash("sha256").update(b).digest("he
 
 Deno.test({
   name: "go interop: our agent (ssh2 client) against the Go tower proxy",
-  ignore: !GO,
+  ignore: GO.ignore,
   fn: async () => {
+    GO.check();
     const bin = await within(buildGoTower(), 120_000, "go build");
     const go = new GoProcess(bin, ["proxy"]);
     try {
@@ -206,6 +197,7 @@ Deno.test({
       client.connect({ sock, username: "", password: "" });
       const requester = new GlobalRequester(client);
       await within(once(client, "ready"), 10_000, "ssh ready");
+      const rekeyer = keepRekeying(client, { bytes: 256 * 1024 });
       const reply = await within(
         requester.request("config", new TextEncoder().encode('{"Name":"alpha"}')),
         5_000,
@@ -218,6 +210,9 @@ Deno.test({
       const expected = Buffer.concat([Buffer.from("echo:"), payload]);
       assert.equal(got, `GOT ${expected.length} ${sha(expected)}`);
       await within(Promise.all(echoed), 5_000, "echo done");
+      // 3 MiB each way, new keys after 256 KiB: the Go proxy took part in every exchange (it
+      // may send up to a window, 2 MiB, before it sees our KEXINIT: at least one each way).
+      assert.ok(rekeyer.exchanges >= 2, `${rekeyer.exchanges} key exchanges`);
       assert.deepEqual(targets, [FORBIDDEN, ALLOWED]);
       assert.equal(await go.line("CLIENT-VERSION "), "CLIENT-VERSION SSH-kubesphere-v1-client");
       assert.equal(await go.line("CONFIG "), 'CONFIG {"Name":"alpha"}');
@@ -235,8 +230,9 @@ Deno.test({
 
 Deno.test({
   name: "go interop: the Go tower agent against our proxy (ssh2 server)",
-  ignore: !GO,
+  ignore: GO.ignore,
   fn: async () => {
+    GO.check();
     const bin = await within(buildGoTower(), 120_000, "go build");
     const hostKey = generateKeyPairSync("ec", { namedCurve: "prime256v1" }).privateKey.export({
       type: "sec1",
@@ -245,10 +241,12 @@ Deno.test({
     const server: Server = new Server({ hostKeys: [hostKey] });
     const configs: string[] = [];
     const configured = Promise.withResolvers<Connection>();
+    let rekeyer: Rekeyer | undefined;
     server.on("connection", (conn: Connection) => {
       conn.on("error", () => {});
       conn.on("authentication", (ctx) => ctx.accept());
       conn.on("ready", () => {
+        rekeyer = keepRekeying(conn, { bytes: 256 * 1024 });
         serveGlobalRequests(conn, (name, payload) => {
           if (name === "config") {
             configs.push(new TextDecoder().decode(payload));
@@ -285,6 +283,9 @@ Deno.test({
       assert.equal(got.length, payload.length + 5);
       assert.equal(got.subarray(0, 5).toString(), "echo:");
       assert.equal(sha(got.subarray(5)), sha(payload));
+      // 3 MiB each way, new keys after 256 KiB: the Go agent took part in every exchange (it
+      // may send up to a window, 2 MiB, before it sees our KEXINIT: at least one each way).
+      assert.ok(rekeyer!.exchanges >= 2, `${rekeyer!.exchanges} key exchanges`);
       assert.equal(await go.line("GOT "), `GOT ${payload.length} ${sha(payload)}`);
       assert.equal(await go.line("TARGET "), `TARGET ${FORBIDDEN}`);
       assert.equal(await go.line("CONFIG "), 'CONFIG true ""');
