@@ -241,9 +241,11 @@ export class Agent {
         ident: `Tower_${VERSION}`,
         algorithms: SSH_ALGORITHMS,
         readyTimeout: handshakeMs,
+        // Called at every key exchange, rekeys included: the pin is checked each time.
         hostVerifier: (key: Buffer) => {
           const fp = fingerprintOf(new Uint8Array(key));
-          log.info("Proxy host key", { fingerprint: fp });
+          if (connected) log.v(2, "Proxy host key (key exchange)", { fingerprint: fp });
+          else log.info("Proxy host key", { fingerprint: fp });
           const pinned = this.#opts.proxyFingerprint;
           if (pinned && pinned !== fp) {
             hostKeyRefused = true;
