@@ -14,9 +14,11 @@
  *
  * Bytes are counted where the transport is written and read (SSH packets as they go over the
  * wire); packets from ssh2's sequence numbers. The exchange is started outside whatever call
- * noticed the limit, never from inside ssh2's packet code. During an exchange ssh2 queues
- * outgoing packets and sends them, in order, under the new keys; ./ssh_cipher.ts keeps its
- * keys per cipher object, which ssh2 replaces at each exchange.
+ * noticed the limit, never from inside ssh2's packet code (mid-encrypt, before the sequence
+ * number advances): before the next channel write (./channel_flow.ts), or in a microtask.
+ * During an exchange ssh2 queues outgoing packets and sends them, in order, under the new keys,
+ * and channel writes wait (./channel_flow.ts); ./ssh_cipher.ts keeps its keys per cipher
+ * object, which ssh2 replaces at each exchange.
  * @module
  */
 
