@@ -16,6 +16,7 @@ import { FlagError, type FlagSpecs, parseCommandLine } from "./lib/cli.ts";
 import { logger, setupLogging } from "./lib/log.ts";
 import { startHealthServer } from "./lib/health_server.ts";
 import { VERSION } from "./lib/version.ts";
+import { REKEY_FLAGS, rekeyLimitsFromFlags } from "./lib/tunnel/rekey.ts";
 
 /** The agent's flags (SPEC §2). */
 export const AGENT_FLAGS: FlagSpecs = {
@@ -89,6 +90,7 @@ export const AGENT_FLAGS: FlagSpecs = {
     default: 120_000,
     help: "longest wait between attempts",
   },
+  ...REKEY_FLAGS,
   "metrics-address": {
     kind: "string",
     default: "",
@@ -149,6 +151,7 @@ async function main(args: string[]): Promise<number> {
       keepaliveMs: v.keepalive as number,
       maxRetry: v["max-retry"] as number,
       maxRetryIntervalMs: v["max-retry-interval"] as number,
+      rekey: rekeyLimitsFromFlags(v),
       config: () => buildAgentConfig(configInput),
     });
   } catch (err) {

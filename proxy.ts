@@ -31,6 +31,7 @@ import {
 import { loadCAFiles } from "./lib/proxy/ca_store.ts";
 import { dirname } from "node:path";
 import { FINGERPRINT_RE } from "./lib/agent/known_proxies.ts";
+import { REKEY_FLAGS, rekeyLimitsFromFlags } from "./lib/tunnel/rekey.ts";
 
 /** The proxy's flags (SPEC §2 plus this project's). */
 export const PROXY_FLAGS: FlagSpecs = {
@@ -138,6 +139,7 @@ export const PROXY_FLAGS: FlagSpecs = {
     help: "validity of the admin kubeconfigs' client certificates; re-issued when a third is left",
     validate: (v) => (v as number) >= 5_000 ? undefined : "want at least 5s",
   },
+  ...REKEY_FLAGS,
   "shutdown-grace": {
     kind: "duration",
     default: 20_000,
@@ -354,6 +356,7 @@ async function main(args: string[]): Promise<number> {
       kubesphereMaxRequestBody: (v["kubesphere-max-body"] as number) || undefined,
       httpIdleMs: v["http-idle-timeout"] as number,
       clientCertValidityMs: v["client-cert-validity"] as number,
+      rekey: rekeyLimitsFromFlags(v),
     });
     await app.start();
   } catch (err) {

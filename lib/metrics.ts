@@ -50,6 +50,14 @@ export const channelsGauge: client.Gauge = new client.Gauge({
   registers: [registry],
 });
 
+/** SSH key exchanges after the first, by who started them and why (lib/tunnel/rekey.ts). */
+export const rekeysCounter: client.Counter<"reason"> = new client.Counter({
+  name: "tower_ssh_rekeys_total",
+  help: "SSH key exchanges after the first; reason is the limit that started it, or peer.",
+  labelNames: ["reason"],
+  registers: [registry],
+});
+
 /** Bytes carried by proxied requests, by cluster and direction. */
 export const bytesCounter: client.Counter<"cluster" | "direction"> = new client.Counter({
   name: "tower_proxied_bytes_total",

@@ -15,6 +15,7 @@ import { type AgentConfig, encodeAgentConfig } from "../tunnel/handshake.ts";
 import { fingerprintOf } from "../tunnel/hostkey.ts";
 import { SSH_ALGORITHMS } from "../tunnel/protocol.ts";
 import { installFastChaChaPoly } from "../tunnel/ssh_cipher.ts";
+import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
 import { acceptAnyIdent, onKubesphereChannel } from "../tunnel/ssh_compat.ts";
 import { GlobalRequester } from "../tunnel/ssh_requests.ts";
 import { VERSION } from "../version.ts";
@@ -61,6 +62,8 @@ export interface AgentOptions {
   handshakeTimeoutMs?: number;
   /** Most tunnelled streams at once (default 1024). */
   maxStreams?: number;
+  /** When the session exchanges SSH keys again (lib/tunnel/rekey.ts defaults). */
+  rekey?: RekeyLimits;
   /** Observer: session state changes (tests and metrics). */
   onState?: (state: "connected" | "disconnected", detail?: string) => void;
 }
@@ -241,6 +244,7 @@ export class Agent {
         }
         clearTimeout(handshakeTimer);
         connected = true;
+        keepRekeying(client, this.#opts.rekey);
         log.info("Connected.");
         this.#opts.onState?.("connected");
         const keepalive = this.#opts.keepaliveMs ?? 30_000;
@@ -264,10 +268,12 @@ export class Agent {
         ident: `Tower_${VERSION}`,
         algorithms: SSH_ALGORITHMS,
         readyTimeout: handshakeMs,
-        // Runs in key exchange, before user authentication (the token) and `config`.
+        // Runs in every key exchange (rekeys included), before user authentication (the token)
+        // and `config` on the first.
         hostVerifier: (key: Buffer) => {
           const fp = fingerprintOf(new Uint8Array(key));
-          log.info("Proxy host key", { fingerprint: fp });
+          if (connected) log.v(2, "Proxy host key (key exchange)", { fingerprint: fp });
+          else log.info("Proxy host key", { fingerprint: fp });
           hostKeyRefused = check.verify(fp);
           return hostKeyRefused === undefined;
         },

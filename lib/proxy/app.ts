@@ -43,6 +43,8 @@ export interface ProxyAppOptions {
   maxPendingHandshakes?: number;
   maxConfigBytes?: number;
   maxChannelsPerSession?: number;
+  /** When agent sessions exchange SSH keys again (default: 1 GiB, 2^31 packets, 1 h). */
+  rekey?: TunnelServerOptions["rekey"];
   onHandshakeFailure?: TunnelServerOptions["onHandshakeFailure"];
 }
 
@@ -68,6 +70,7 @@ export class ProxyApp {
       maxPendingHandshakes: opts.maxPendingHandshakes,
       maxConfigBytes: opts.maxConfigBytes,
       session: { maxChannels: opts.maxChannelsPerSession },
+      rekey: opts.rekey,
       onHandshakeFailure: (reason) => {
         handshakeFailures.inc({ reason });
         opts.onHandshakeFailure?.(reason);

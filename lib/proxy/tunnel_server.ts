@@ -17,6 +17,7 @@ import { logger, redact } from "../log.ts";
 import { secretsEqual } from "../secret.ts";
 import { ConfigError, decodeAgentConfig } from "../tunnel/handshake.ts";
 import type { HostKey } from "../tunnel/hostkey.ts";
+import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
 import { serveGlobalRequests } from "../tunnel/ssh_requests.ts";
 import { acceptAnyIdent } from "../tunnel/ssh_compat.ts";
 import { websocketStream } from "../tunnel/ws_stream.ts";
@@ -54,6 +55,8 @@ export interface TunnelServerOptions {
    */
   maxConfigBytes?: number;
   session?: SessionLimits;
+  /** When sessions exchange SSH keys again (lib/tunnel/rekey.ts defaults). */
+  rekey?: RekeyLimits;
   /** Observer hooks (metrics). */
   onHandshakeFailure?: (reason: HandshakeFailure) => void;
 }
@@ -255,6 +258,7 @@ export class TunnelServer {
             return { ok: false, payload: enc.encode("Unauthorized agent") };
           }
           session = new ProxySession(conn, cfg, remote, this.#opts.session);
+          keepRekeying(conn, this.#opts.rekey, { cluster: cfg.Name, session: session.id });
           if (transport) this.#handshakes.get(transport)?.();
           log.info("Agent connected", {
             cluster: cfg.Name,

@@ -1,13 +1,17 @@
 /**
  * Poly1305 for the tunnel's ChaCha20-Poly1305: our SIMD WebAssembly build (./poly1305.wat, ~1.8x
- * ssh2's scalar Emscripten build on large packets), or ssh2's where WebAssembly SIMD is missing.
- * Both are wrapped as one function over a reused region of the module's memory.
+ * ssh2's scalar Emscripten build on large packets), or ssh2's scalar build where WebAssembly
+ * SIMD is missing (a warning says why). Both are wrapped as one function over a reused region
+ * of the module's memory.
  * @module
  */
 
 import { Buffer } from "node:buffer";
 import createSsh2Poly1305 from "ssh2/lib/protocol/crypto/poly1305.js";
+import { logger } from "../log.ts";
 import { POLY1305_WASM_BASE64 } from "./poly1305_wasm.ts";
+
+const log = logger("poly1305");
 
 /**
  * Write Poly1305 of `lenField[0..4] ‖ body` under `key[0..32]` to `out[outOff..+16]`.
@@ -21,8 +25,8 @@ export type Poly1305 = (
   outOff: number,
 ) => void;
 
-/** Which implementation {@link loadPoly1305} chose. */
-export type Poly1305Kind = "simd" | "ssh2";
+/** Which implementation {@link loadPoly1305} chose: ours (SIMD) or ssh2's scalar build. */
+export type Poly1305Kind = "simd" | "scalar";
 
 interface Ssh2Poly1305 {
   HEAPU8: Uint8Array;
@@ -46,14 +50,23 @@ async function loadSimd(maxBody: number): Promise<Poly1305 | undefined> {
   let instance: WebAssembly.Instance;
   try {
     ({ instance } = await WebAssembly.instantiate(Buffer.from(POLY1305_WASM_BASE64, "base64")));
-  } catch {
-    return undefined; // no WebAssembly SIMD here
+  } catch (err) {
+    log.warn("WebAssembly SIMD Poly1305 unavailable; using ssh2's scalar build (slower)", {
+      error: String(err),
+    });
+    return undefined;
   }
   const { memory, mac } = instance.exports as {
     memory: WebAssembly.Memory;
     mac: (msg: number, len: number, key: number, out: number) => void;
   };
-  if (MSG + 4 + maxBody > memory.buffer.byteLength) return undefined;
+  if (MSG + 4 + maxBody > memory.buffer.byteLength) {
+    log.warn("SIMD Poly1305 memory too small for the packet size; using ssh2's scalar build", {
+      maxBody,
+      memory: memory.buffer.byteLength,
+    });
+    return undefined;
+  }
   const heap = new Uint8Array(memory.buffer); // the memory never grows
   return (lenField, body, key, out, outOff) => {
     heap.set(key.subarray(0, 32), KEY);
@@ -81,15 +94,15 @@ async function loadSsh2(maxBody: number): Promise<Poly1305> {
 
 /**
  * The fastest Poly1305 available for bodies up to `maxBody` bytes: ours with SIMD, else
- * ssh2's (`prefer: "ssh2"` forces that one, for tests).
+ * ssh2's scalar build (`prefer: "scalar"` forces that one).
  */
 export async function loadPoly1305(
   maxBody: number,
   prefer?: Poly1305Kind,
 ): Promise<{ poly1305: Poly1305; kind: Poly1305Kind }> {
-  if (prefer !== "ssh2") {
+  if (prefer !== "scalar") {
     const simd = await loadSimd(maxBody);
     if (simd) return { poly1305: simd, kind: "simd" };
   }
-  return { poly1305: await loadSsh2(maxBody), kind: "ssh2" };
+  return { poly1305: await loadSsh2(maxBody), kind: "scalar" };
 }

@@ -79,6 +79,26 @@
     (global.set $h0 (i64.and (global.get $h0) (i64.const 0x3ffffff)))
     (global.set $h1 (i64.add (global.get $h1) (local.get $c))))
 
+  ;; One carry pass over h: h0 → h1 → h2 → h3 → h4, and h4's carry back into h0 times 5
+  ;; (2^130 = 5 mod p). The value mod p is unchanged; h1…h4 end below 2^26.
+  (func $carry
+    (local $c i64)
+    (local.set $c (i64.shr_u (global.get $h0) (i64.const 26)))
+    (global.set $h0 (i64.and (global.get $h0) (i64.const 0x3ffffff)))
+    (global.set $h1 (i64.add (global.get $h1) (local.get $c)))
+    (local.set $c (i64.shr_u (global.get $h1) (i64.const 26)))
+    (global.set $h1 (i64.and (global.get $h1) (i64.const 0x3ffffff)))
+    (global.set $h2 (i64.add (global.get $h2) (local.get $c)))
+    (local.set $c (i64.shr_u (global.get $h2) (i64.const 26)))
+    (global.set $h2 (i64.and (global.get $h2) (i64.const 0x3ffffff)))
+    (global.set $h3 (i64.add (global.get $h3) (local.get $c)))
+    (local.set $c (i64.shr_u (global.get $h3) (i64.const 26)))
+    (global.set $h3 (i64.and (global.get $h3) (i64.const 0x3ffffff)))
+    (global.set $h4 (i64.add (global.get $h4) (local.get $c)))
+    (local.set $c (i64.shr_u (global.get $h4) (i64.const 26)))
+    (global.set $h4 (i64.and (global.get $h4) (i64.const 0x3ffffff)))
+    (global.set $h0 (i64.add (global.get $h0) (i64.mul (local.get $c) (i64.const 5)))))
+
   ;; h += the 16-byte block at $p (with 2^128 set when $hibit is 1<<24)
   (func $addblock (param $p i32) (param $hibit i64)
     (global.set $h0 (i64.add (global.get $h0)
@@ -269,22 +289,12 @@
         (i32.store8 offset=48 (local.get $rem) (i32.const 1))
         (call $addblock (i32.const 48) (i64.const 0))
         (call $mulr)))
-    ;; full carry
-    (local.set $f (i64.shr_u (global.get $h1) (i64.const 26)))
-    (global.set $h1 (i64.and (global.get $h1) (i64.const 0x3ffffff)))
-    (global.set $h2 (i64.add (global.get $h2) (local.get $f)))
-    (local.set $f (i64.shr_u (global.get $h2) (i64.const 26)))
-    (global.set $h2 (i64.and (global.get $h2) (i64.const 0x3ffffff)))
-    (global.set $h3 (i64.add (global.get $h3) (local.get $f)))
-    (local.set $f (i64.shr_u (global.get $h3) (i64.const 26)))
-    (global.set $h3 (i64.and (global.get $h3) (i64.const 0x3ffffff)))
-    (global.set $h4 (i64.add (global.get $h4) (local.get $f)))
-    (local.set $f (i64.shr_u (global.get $h4) (i64.const 26)))
-    (global.set $h4 (i64.and (global.get $h4) (i64.const 0x3ffffff)))
-    (global.set $h0 (i64.add (global.get $h0) (i64.mul (local.get $f) (i64.const 5))))
-    (local.set $f (i64.shr_u (global.get $h0) (i64.const 26)))
-    (global.set $h0 (i64.and (global.get $h0) (i64.const 0x3ffffff)))
-    (global.set $h1 (i64.add (global.get $h1) (local.get $f)))
+    ;; Full carry, twice, starting at h0: here each limb may exceed 26 bits (the two lanes'
+    ;; products were added without a carry when the length is a multiple of 32 bytes). After
+    ;; the first pass h < 2^130 + 5·2^4 with only h0 possibly over 26 bits; after the second
+    ;; every limb is below 2^26.
+    (call $carry)
+    (call $carry)
     ;; g = h + 5 - 2^130
     (local.set $g0 (i64.add (global.get $h0) (i64.const 5)))
     (local.set $f (i64.shr_u (local.get $g0) (i64.const 26)))

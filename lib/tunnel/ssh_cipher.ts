@@ -11,7 +11,8 @@
  * requests), longer bodies from one `node:crypto` cipher; Poly1305 runs on our SIMD
  * WebAssembly build ({@link ./poly1305.ts}; ssh2's scalar one where SIMD is missing), called
  * on one reused region of its memory. Little-endian platforms only (x86-64, arm64); elsewhere
- * ssh2's own methods stay.
+ * ssh2's own methods stay. `TOWER_SSH_CRYPTO` ({@link LINK_CRYPTO_ENV}) picks the scalar
+ * Poly1305 or ssh2's own code instead, and a log line at start says which is in use.
  *
  * It works by replacing `allocPacket`/`encrypt` and `decrypt` on the prototypes of ssh2's
  * `ChaChaPolyCipherNative`/`ChaChaPolyDecipherNative` ({@link installFastChaChaPoly}); the
@@ -27,6 +28,9 @@ import cryptoModule from "ssh2/lib/protocol/crypto.js";
 import { keyWords, LITTLE_ENDIAN, seqnoBlock, xorKeystream } from "./chacha20.ts";
 import { loadPoly1305, type Poly1305 } from "./poly1305.ts";
 import { takeBuffer } from "../buffer_pool.ts";
+import { logger } from "../log.ts";
+
+const log = logger("ssh-cipher");
 
 /** The name of the cipher on the wire. */
 export const CHACHA_POLY = "chacha20-poly1305@openssh.com";
@@ -319,23 +323,67 @@ export function acceptsLargePackets(decipher: unknown): boolean {
   return (decipher as { decrypt?: unknown }).decrypt === decrypt;
 }
 
-let installed: Promise<void> | undefined;
+/**
+ * Which code seals and opens `chacha20-poly1305@openssh.com` packets: this module with our SIMD
+ * Poly1305, this module with ssh2's scalar Poly1305, or ssh2's own packet methods.
+ */
+export type LinkCrypto = "simd" | "scalar" | "ssh2";
 
 /**
- * Replace ssh2's ChaCha20-Poly1305 packet methods with the ones above, once per process.
- * Sessions whose keys are already in use keep working (the fields are shared); call before
- * any session is set up. Resolves when the Poly1305 module is ready.
+ * Environment variable that picks the {@link LinkCrypto}: `auto` (default: `simd` where
+ * WebAssembly SIMD works, else `scalar`), `scalar`, or `ssh2` (leave ssh2's methods alone).
  */
-export function installFastChaChaPoly(): Promise<void> {
-  installed ??= (async () => {
-    // The keystream blocks are read in memory order; elsewhere ssh2's own methods stay.
-    if (!LITTLE_ENDIAN) return;
-    await ssh2Crypto.init;
-    const { cipherProto, decipherProto } = checkChaChaPoly();
-    ({ poly1305 } = await loadPoly1305(MAX_PACKET_SIZE));
-    cipherProto.allocPacket = allocPacket;
-    cipherProto.encrypt = encrypt;
-    decipherProto.decrypt = decrypt;
+export const LINK_CRYPTO_ENV = "TOWER_SSH_CRYPTO";
+
+/** The choice in {@link LINK_CRYPTO_ENV}, checked. */
+export function linkCryptoFromEnv(
+  env: (name: string) => string | undefined = (n) => Deno.env.get(n),
+): "auto" | LinkCrypto {
+  const v = (env(LINK_CRYPTO_ENV) ?? "").trim().toLowerCase() || "auto";
+  if (v === "auto" || v === "simd" || v === "scalar" || v === "ssh2") return v;
+  throw new Error(`${LINK_CRYPTO_ENV}=${v}: want auto, simd, scalar or ssh2`);
+}
+
+let installed: Promise<LinkCrypto> | undefined;
+
+/**
+ * Replace ssh2's ChaCha20-Poly1305 packet methods with the ones above, once per process, unless
+ * `choice` (default: {@link LINK_CRYPTO_ENV}) is `ssh2`; logs which code is in use. Sessions
+ * whose keys are already in use keep working (the fields are shared); call before any session
+ * is set up. Resolves when the Poly1305 module is ready, with what is in use; the first call's
+ * choice holds for the process.
+ */
+export function installFastChaChaPoly(choice?: "auto" | LinkCrypto): Promise<LinkCrypto> {
+  installed ??= (async (): Promise<LinkCrypto> => {
+    const want = choice ?? linkCryptoFromEnv();
+    const use = await install(want);
+    log.info("SSH link crypto", {
+      chacha20poly1305: use === "ssh2" ? "ssh2's own" : "Tower's",
+      poly1305: use === "simd" ? "WebAssembly SIMD" : use === "scalar" ? "scalar" : "ssh2's",
+      impl: use,
+      requested: want,
+    });
+    return use;
   })();
   return installed;
+}
+
+async function install(want: "auto" | LinkCrypto): Promise<LinkCrypto> {
+  if (want === "ssh2") return "ssh2";
+  // The keystream blocks are read in memory order; elsewhere ssh2's own methods stay.
+  if (!LITTLE_ENDIAN) {
+    log.warn("Big-endian platform: ssh2's own ChaCha20-Poly1305 code stays in use (slower)");
+    return "ssh2";
+  }
+  await ssh2Crypto.init;
+  const { cipherProto, decipherProto } = checkChaChaPoly();
+  const loaded = await loadPoly1305(MAX_PACKET_SIZE, want === "scalar" ? "scalar" : undefined);
+  if (want === "simd" && loaded.kind !== "simd") {
+    throw new Error(`${LINK_CRYPTO_ENV}=simd: WebAssembly SIMD Poly1305 cannot load here`);
+  }
+  poly1305 = loaded.poly1305;
+  cipherProto.allocPacket = allocPacket;
+  cipherProto.encrypt = encrypt;
+  decipherProto.decrypt = decrypt;
+  return loaded.kind;
 }

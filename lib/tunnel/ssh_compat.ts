@@ -44,7 +44,10 @@ import type { Client, ClientChannel, Connection, Server, ServerChannel } from "s
 import channelLib from "ssh2/lib/Channel.js";
 import protoUtils from "ssh2/lib/protocol/utils.js";
 import { logger } from "../log.ts";
+import { followTransport } from "./channel_flow.ts";
 import { acceptsLargePackets, LARGE_PACKET_SIZE } from "./ssh_cipher.ts";
+
+export { CHANNEL_WRITE_BUFFER } from "./channel_flow.ts";
 
 const log = logger("ssh-compat");
 
@@ -72,6 +75,7 @@ export const SSH2_INTERNALS = {
     "_handlers", // per-connection message handlers; CHANNEL_OPEN is replaced
     "_packetRW", // .read is the (de)compressing packet reader, .write the packet builder
     "_decipher", // inbound decipher: whether it is ours decides the packet size we announce
+    "_kexinit", // set during a key exchange: channel writes wait (channel_flow.ts)
   ],
   "ChannelManager": ["add", "update", "remove", "get"],
   "Channel": [
@@ -536,7 +540,7 @@ function dispatchKubesphereOpen(
     };
     const stream = new chanLib.Channel(client, chanInfo);
     enableHalfClose(stream);
-    followTransport(stream, internals(client)._sock);
+    followTransport(stream, client);
     mgr.update(localChan, stream);
     proto.channelOpenConfirm(info.sender, localChan, DEFAULT_WINDOW, packetSize);
     return stream;
@@ -638,7 +642,7 @@ export function openChannelWithExtraData(
       c.incoming.packetSize = packetSize;
       try {
         enableHalfClose(ch);
-        followTransport(ch, internals(conn)._sock);
+        followTransport(ch, conn);
       } catch (e) {
         ch.close();
         reject(e);
@@ -657,101 +661,6 @@ export function openChannelWithExtraData(
 }
 
 type ChannelInternals = Duplex & { server: boolean; eof(): void; close(): void };
-
-type WriteFn = (chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null) => void) => void;
-
-/** Bytes a channel's writable side buffers before `write()` returns false. */
-export const CHANNEL_WRITE_BUFFER = 256 * 1024;
-
-/** Channel writes waiting for a congested transport, in arrival order, per transport. */
-const transportWaiters = new WeakMap<Duplex, (() => void)[]>();
-
-/**
- * Run `fn` (a channel write) now if `sock` is not congested and nobody is queued before it,
- * else once it is its turn: on `drain` the queued writes run in arrival order until the
- * transport is congested again, and the rest wait for the next `drain`. So with a thousand
- * channels the transport holds its high-water mark plus one write, not one write per channel,
- * and every channel gets its turn. On `close` everything queued runs (and fails).
- */
-function whenTransportReady(sock: Duplex, fn: () => void): void {
-  const queued = transportWaiters.get(sock);
-  if (queued) return void queued.push(fn);
-  if (!sock.writableNeedDrain || sock.destroyed) return fn();
-  const list: (() => void)[] = [fn];
-  transportWaiters.set(sock, list);
-  const done = () => {
-    transportWaiters.delete(sock);
-    sock.off("drain", onDrain);
-    sock.off("close", onClose);
-  };
-  const run = (w: () => void) => {
-    try {
-      w();
-    } catch (err) {
-      // One channel's failure must not strand the channels queued behind it.
-      log.v(2, "channel write failed", { error: String(err) });
-    }
-  };
-  const onDrain = () => {
-    while (list.length > 0 && !sock.writableNeedDrain) run(list.shift()!);
-    if (list.length === 0) done();
-  };
-  const onClose = () => {
-    done();
-    for (const w of list.splice(0)) run(w);
-  };
-  sock.on("drain", onDrain);
-  sock.on("close", onClose);
-}
-
-/**
- * ssh2's `Channel.destroy()` only sends EOF and CLOSE: the stream is not destroyed (`destroyed`
- * stays false), and `close` is emitted once the peer's CLOSE has arrived *and* the readable side
- * has ended, which needs someone to read what is still buffered. A user that destroys a channel
- * has stopped reading it (a client went away in the middle of a response), so `close` never
- * came: the proxy session's channel count leaked one channel per abandoned response until
- * "channel limit reached". Here `destroy()` sends EOF and CLOSE as before and then really
- * destroys the stream (buffers dropped, `destroyed` true), so ssh2 emits `close` as soon as the
- * peer's CLOSE arrives.
- */
-function realDestroy(stream: ClientChannel | ServerChannel): void {
-  const ch = stream as unknown as Duplex;
-  const sshDestroy = ch.destroy;
-  ch.destroy = function (this: Duplex, err?: Error): Duplex {
-    if (this.destroyed) return this;
-    sshDestroy.call(this);
-    // ssh2 never turned destroy(err) into an error event; callers do not expect one now.
-    void err;
-    return Duplex.prototype.destroy.call(this);
-  } as Duplex["destroy"];
-}
-
-/**
- * Make a channel's write backpressure include the SSH transport's. ssh2 writes every packet to
- * the transport and ignores its `write()` result, so a fast writer on one channel (or many
- * channels with open windows) would queue without bound in the transport's buffer: hundreds of
- * MiB with a thousand streams, and the garbage collector's work grows with it. Here a channel
- * write reaches ssh2 only when the transport is not congested, in turn with the other channels
- * ({@link whenTransportReady}), so `channel.write()` returns false and `drain` follows the
- * slower of the two, and nothing in the callers has to change.
- */
-function followTransport(stream: ClientChannel | ServerChannel, sock: Duplex | undefined): void {
-  // ssh2 sets the channel's writable high-water mark to its 2 MiB window: with a thousand
-  // streams waiting on a congested transport that is 2 GiB queued. A channel's write buffer
-  // only has to keep ssh2 fed; the window is what is in flight.
-  const state = (stream as unknown as { _writableState?: { highWaterMark: number } })
-    ._writableState;
-  if (state && state.highWaterMark > CHANNEL_WRITE_BUFFER) {
-    state.highWaterMark = CHANNEL_WRITE_BUFFER;
-  }
-  realDestroy(stream);
-  if (!sock) return;
-  const ch = stream as unknown as { _write: WriteFn };
-  const write = ch._write;
-  ch._write = function (this: unknown, chunk, encoding, cb) {
-    whenTransportReady(sock, () => write.call(this, chunk, encoding, cb));
-  };
-}
 
 /**
  * Give a channel TCP-like half-close: `end()` sends EOF only, the peer's EOF ends the readable

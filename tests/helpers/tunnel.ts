@@ -10,6 +10,7 @@ import { createHash } from "node:crypto";
 import { ProxyApp } from "../../lib/proxy/app.ts";
 import { FileClusterSource } from "../../lib/proxy/clusters_file.ts";
 import { generateHostKeyPem, parseHostKey } from "../../lib/tunnel/hostkey.ts";
+import type { RekeyLimits } from "../../lib/tunnel/rekey.ts";
 import { denoRun, freePort, type Proc } from "./proc.ts";
 
 /** A cluster entry for a clusters file. */
@@ -62,6 +63,7 @@ export async function startTestProxy(
     maxPendingHandshakes?: number;
     maxConfigBytes?: number;
     maxChannelsPerSession?: number;
+    rekey?: RekeyLimits;
   } = {},
 ): Promise<TestProxy> {
   const dir = await Deno.makeTempDir({ prefix: "tower-proxy-" });

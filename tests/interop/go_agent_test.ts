@@ -8,6 +8,7 @@
  * @module
  */
 
+import { requireTools } from "../helpers/tools.ts";
 import { Buffer } from "node:buffer";
 import { parse } from "yaml";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
@@ -18,8 +19,8 @@ import { EMPTY, sha, startOrigin, startTlsOrigin } from "./origins.ts";
 
 const TOKEN = "c3".repeat(32);
 const BAD_TOKEN = "d4".repeat(32);
-const MISSING = await goMissing();
-if (MISSING) console.warn(`SKIP Go agent interop tests: ${MISSING} (install: ${INSTALL_HINT})`);
+/** Skipped with a message where Go is missing; under TOWER_CI=1 failed instead. */
+const GO = await requireTools("Go agent interop", goMissing, INSTALL_HINT);
 
 /** Our proxy on a clusters file with `alpha` on explicit ports. */
 async function startOurProxy(dir: string, extra: string[] = []) {
@@ -80,8 +81,9 @@ function sentConfig(line: string): string {
 
 Deno.test({
   name: "go agent: the original Go agent (in-cluster credentials) against our proxy.ts",
-  ignore: MISSING !== undefined,
+  ignore: GO.ignore,
   fn: async () => {
+    GO.check();
     const bin = await within(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
     const member = await startTlsOrigin();
@@ -220,8 +222,9 @@ Deno.test({
 Deno.test({
   name: "go agent: with its default --kubesphere-service it joins our proxy, " +
     "which names host:80",
-  ignore: MISSING !== undefined,
+  ignore: GO.ignore,
   fn: async () => {
+    GO.check();
     const bin = await within(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
     await Deno.mkdir(`${dir.path}/sa`);

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { requireTools } from "../helpers/tools.ts";
 import { Buffer } from "node:buffer";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { freePort, Proc, tempDir } from "../helpers/proc.ts";
@@ -17,8 +18,8 @@ import { EMPTY, startOrigin } from "./origins.ts";
 
 const TOKEN = "c3".repeat(32);
 const BAD_TOKEN = "d4".repeat(32);
-const MISSING = await goMissing();
-if (MISSING) console.warn(`SKIP Go proxy interop tests: ${MISSING} (install: ${INSTALL_HINT})`);
+/** Skipped with a message where Go is missing; under TOWER_CI=1 failed instead. */
+const GO = await requireTools("Go proxy interop", goMissing, INSTALL_HINT);
 
 /** The response head to a WebSocket upgrade offering `protocol` (the connection then closed). */
 async function upgradeHead(port: number, protocol: string): Promise<string> {
@@ -44,8 +45,9 @@ async function upgradeHead(port: number, protocol: string): Promise<string> {
 
 Deno.test({
   name: "go proxy: our agent.ts against the original Go proxy (its 101 names no subprotocol)",
-  ignore: MISSING !== undefined,
+  ignore: GO.ignore,
   fn: async () => {
+    GO.check();
     const bin = await within(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
     const origin = startOrigin();

@@ -4,7 +4,9 @@
  * 127.0.0.1 TCP: the ssh-probe-* modes of tests/interop/go_tower (probe.go). The original's
  * own agent and proxy are exercised in go_agent_test.ts and go_proxy_test.ts.
  *
- * Skipped, with a message, only when Go or its packages are missing (see go_build.ts).
+ * Skipped, with a message, only when Go or its packages are missing (see go_build.ts), and
+ * never in CI (tests/helpers/tools.ts). Both directions also rekey (lib/tunnel/rekey.ts) every
+ * 256 KiB while the data flows: x/crypto/ssh answers.
  */
 
 import { Buffer } from "node:buffer";
@@ -24,6 +26,8 @@ import {
   sendCustomIdent,
 } from "../../lib/tunnel/ssh_compat.ts";
 import { GlobalRequester, serveGlobalRequests } from "../../lib/tunnel/ssh_requests.ts";
+import { keepRekeying, type Rekeyer } from "../../lib/tunnel/rekey.ts";
+import { requireTools } from "../helpers/tools.ts";
 import { generateKeyPairSync } from "node:crypto";
 import { buildGoTower, goMissing, INSTALL_HINT, within } from "./go_build.ts";
 
@@ -33,8 +37,8 @@ type Server = InstanceType<typeof Server>;
 const ALLOWED = "10.96.0.1:443";
 const FORBIDDEN = "169.254.169.254:80";
 
-const MISSING = await goMissing();
-if (MISSING) console.warn(`SKIP go interop tests: ${MISSING} (install: ${INSTALL_HINT})`);
+/** Skipped with a message where Go is missing; under TOWER_CI=1 failed instead. */
+const GO = await requireTools("go interop", goMissing, INSTALL_HINT);
 
 /** A running go_tower; `line(prefix)` waits for the first stdout line starting with it. */
 class GoProcess {
@@ -113,8 +117,9 @@ const sha = (b: Uint8Array): string => createHash("sha256").update(b).digest("he
 
 Deno.test({
   name: "go interop: our ssh2 client against x/crypto/ssh with the Go proxy's SSH settings",
-  ignore: MISSING !== undefined,
+  ignore: GO.ignore,
   fn: async () => {
+    GO.check();
     const bin = await within(buildGoTower(), 120_000, "go build");
     const go = new GoProcess(bin, ["ssh-probe-server"]);
     try {
@@ -144,6 +149,7 @@ Deno.test({
       client.connect({ sock, username: "", password: "" });
       const requester = new GlobalRequester(client);
       await within(once(client, "ready"), 10_000, "ssh ready");
+      const rekeyer = keepRekeying(client, { bytes: 256 * 1024 });
       const reply = await within(
         requester.request("config", new TextEncoder().encode('{"Name":"alpha"}')),
         5_000,
@@ -156,6 +162,9 @@ Deno.test({
       const expected = Buffer.concat([Buffer.from("echo:"), payload]);
       assert.equal(got, `GOT ${expected.length} ${sha(expected)}`);
       await within(Promise.all(echoed), 5_000, "echo done");
+      // 3 MiB each way, new keys after 256 KiB: the Go proxy took part in every exchange (it
+      // may send up to a window, 2 MiB, before it sees our KEXINIT: at least one each way).
+      assert.ok(rekeyer.exchanges >= 2, `${rekeyer.exchanges} key exchanges`);
       assert.deepEqual(targets, [FORBIDDEN, ALLOWED]);
       assert.equal(await go.line("CLIENT-VERSION "), "CLIENT-VERSION SSH-kubesphere-v1-client");
       assert.equal(await go.line("CONFIG "), 'CONFIG {"Name":"alpha"}');
@@ -173,8 +182,9 @@ Deno.test({
 
 Deno.test({
   name: "go interop: x/crypto/ssh with the Go agent's SSH settings against our ssh2 server",
-  ignore: MISSING !== undefined,
+  ignore: GO.ignore,
   fn: async () => {
+    GO.check();
     const bin = await within(buildGoTower(), 120_000, "go build");
     const hostKey = generateKeyPairSync("ec", { namedCurve: "prime256v1" }).privateKey.export({
       type: "sec1",
@@ -183,10 +193,12 @@ Deno.test({
     const server: Server = new Server({ hostKeys: [hostKey] });
     const configs: string[] = [];
     const configured = Promise.withResolvers<Connection>();
+    let rekeyer: Rekeyer | undefined;
     server.on("connection", (conn: Connection) => {
       conn.on("error", () => {});
       conn.on("authentication", (ctx) => ctx.accept());
       conn.on("ready", () => {
+        rekeyer = keepRekeying(conn, { bytes: 256 * 1024 });
         serveGlobalRequests(conn, (name, payload) => {
           if (name === "config") {
             configs.push(new TextDecoder().decode(payload));
@@ -223,6 +235,9 @@ Deno.test({
       assert.equal(got.length, payload.length + 5);
       assert.equal(got.subarray(0, 5).toString(), "echo:");
       assert.equal(sha(got.subarray(5)), sha(payload));
+      // 3 MiB each way, new keys after 256 KiB: the Go agent took part in every exchange (it
+      // may send up to a window, 2 MiB, before it sees our KEXINIT: at least one each way).
+      assert.ok(rekeyer!.exchanges >= 2, `${rekeyer!.exchanges} key exchanges`);
       assert.equal(await go.line("GOT "), `GOT ${payload.length} ${sha(payload)}`);
       assert.equal(await go.line("TARGET "), `TARGET ${FORBIDDEN}`);
       assert.equal(await go.line("CONFIG "), 'CONFIG true ""');

@@ -12,6 +12,7 @@
  */
 
 import { parse } from "yaml";
+import { requireTools } from "../helpers/tools.ts";
 import { assertEquals } from "../helpers/assert.ts";
 import { denoRun, Proc, tempDir } from "../helpers/proc.ts";
 import { startStandaloneStack } from "../helpers/stack.ts";
@@ -31,8 +32,8 @@ import {
 const TOKEN = "5e".repeat(32);
 /** Every member enforces RBAC, so that impersonation (`--as`) changes answers. */
 const MEMBER = { rbac: true };
-const MISSING = await goMissing();
-if (MISSING) console.warn(`SKIP kubectl via Go tower: ${MISSING} (install: ${INSTALL_HINT})`);
+/** Skipped with a message where Go is missing; under TOWER_CI=1 failed instead. */
+const GO = await requireTools("kubectl via Go tower", goMissing, INSTALL_HINT);
 
 /** One kubectl invocation of the script. */
 interface Step {
@@ -345,8 +346,9 @@ Deno.test("kubectl through the tunnel (our proxy, our agent) prints what it prin
 Deno.test({
   name: "kubectl through the tunnel (our proxy, the Go agent) prints what it prints straight to " +
     "the member",
-  ignore: MISSING !== undefined,
+  ignore: GO.ignore,
   fn: async () => {
+    GO.check();
     const bin = await within(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
     const stack = await startStandaloneStack({ dir: dir.path, token: TOKEN, member: MEMBER });
@@ -383,8 +385,9 @@ Deno.test({
 Deno.test({
   name: "kubectl through the original Go proxy (rendition) with our agent prints what it prints " +
     "straight to the member",
-  ignore: MISSING !== undefined,
+  ignore: GO.ignore,
   fn: async () => {
+    GO.check();
     const bin = await within(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
     const member = await startTestApiServer(MEMBER);

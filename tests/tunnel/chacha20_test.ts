@@ -1,6 +1,7 @@
 /**
- * The TypeScript ChaCha20 keystream: RFC 8439's block test vector, and the same bytes as
- * `node:crypto`'s ChaCha20 for any key, counter, sequence number, length and offsets.
+ * The TypeScript ChaCha20 keystream: RFC 8439's block test vector (§2.3.2), every Appendix A.1
+ * block and A.2 encryption vector, and the same bytes as `node:crypto`'s ChaCha20 for any key,
+ * counter, sequence number, length and offsets.
  */
 
 import { createCipheriv } from "node:crypto";
@@ -14,8 +15,27 @@ import {
   xorKeystream,
 } from "../../lib/tunnel/chacha20.ts";
 
-function hex(b: Uint8Array): string {
-  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+import { CHACHA20_BLOCKS, CHACHA20_ENCRYPTIONS, hex, unhex } from "./rfc8439_vectors.ts";
+
+/** RFC 8439 keystream (32-bit block counter, 96-bit nonce) from `counter`, `len` bytes. */
+function rfcKeystream(key: string, nonce: string, counter: number, len: number): Uint8Array {
+  const k = keyWords(unhex(key));
+  const n = new DataView(unhex(nonce).buffer);
+  const out = new Uint8Array(Math.ceil(len / 64) * 64);
+  const block = new Uint32Array(16);
+  for (let i = 0; i * 64 < len; i++) {
+    chachaBlock(
+      k,
+      counter + i,
+      n.getUint32(0, true),
+      n.getUint32(4, true),
+      n.getUint32(8, true),
+      block,
+    );
+    const dv = new DataView(out.buffer, i * 64, 64);
+    for (let w = 0; w < 16; w++) dv.setUint32(4 * w, block[w], true);
+  }
+  return out.subarray(0, len);
 }
 
 /** `node:crypto` keystream for SSH packet `seqno` from block `counter` (its IV: LE counter, nonce). */
@@ -39,6 +59,27 @@ Deno.test("chacha20: RFC 8439 §2.3.2 block function test vector", () => {
       "10f1e7e4d13b5915500fdd1fa32071c4c7d1f4c733c068030422aa9ac3d46c4e" +
         "d2826446079faa0914c2d705d98b02a2b5129cd1de164eb9cbd083e8a2503c4e",
     );
+  }
+});
+
+Deno.test("chacha20: RFC 8439 Appendix A.1 block vectors", () => {
+  for (const [i, v] of CHACHA20_BLOCKS.entries()) {
+    assertEquals(hex(rfcKeystream(v.key, v.nonce, v.counter, 64)), v.block, `A.1 #${i + 1}`);
+  }
+});
+
+Deno.test("chacha20: RFC 8439 Appendix A.2 encryption vectors", () => {
+  for (const [i, v] of CHACHA20_ENCRYPTIONS.entries()) {
+    const plain = unhex(v.plain);
+    const ks = rfcKeystream(v.key, v.nonce, v.counter, plain.length);
+    assertEquals(hex(plain.map((b, j) => b ^ ks[j])), v.cipher, `A.2 #${i + 1}`);
+    // Every A.2 nonce is 0…0‖n: the original ChaCha20 with SSH sequence number n, as the
+    // packet code calls it.
+    const n = new DataView(unhex(v.nonce).buffer);
+    assertEquals(n.getUint32(0) + n.getUint32(4), 0);
+    const buf = plain.slice();
+    xorKeystream(keyWords(unhex(v.key)), n.getUint32(8), v.counter, buf, 0, buf.length);
+    assertEquals(hex(buf), v.cipher, `A.2 #${i + 1} through xorKeystream`);
   }
 });
 
