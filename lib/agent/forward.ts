@@ -78,6 +78,9 @@ export const LINGER_MS = 5_000;
  * a failed read) becomes the channel's EOF once every byte read is handed to it. Once the
  * channel can take nothing more, the target's output is read and dropped until it closes (at
  * most {@link LINGER_MS}), so it is not reset while the last bytes are on their way to it.
+ *
+ * (One long function: both directions share the close state and the channel's events; split,
+ * they would hand each other half a dozen closures.)
  */
 export async function pipeChannel(
   channel: Duplex,
