@@ -16,7 +16,7 @@ import { dialTarget, pipeChannel } from "../../lib/agent/forward.ts";
 import { openKubesphereChannel } from "../../lib/tunnel/ssh_compat.ts";
 import { deadline } from "../apiserver/testing.ts";
 import { assertEquals } from "../helpers/assert.ts";
-import { patternBytes, startClosingOrigin } from "../helpers/closing_origin.ts";
+import { patternBytes, startClosingOrigin, writeChunked } from "../helpers/closing_origin.ts";
 import { type SshChannel, sshPair } from "../helpers/ssh_pair.ts";
 
 const SEED = 20261207;
@@ -47,12 +47,8 @@ async function setup() {
 }
 
 /** Write `data` in pieces of `sizes` (cycled); resolves once every byte is sent, as Go's Write. */
-function writeChunked(ch: SshChannel, data: Uint8Array, sizes: number[]): Promise<void> {
-  for (let off = 0, i = 0; off < data.length; i++) {
-    const k = Math.min(data.length - off, sizes[i % sizes.length]);
-    ch.write(data.subarray(off, off + k));
-    off += k;
-  }
+function writeAllChunked(ch: SshChannel, data: Uint8Array, sizes: number[]): Promise<void> {
+  writeChunked(ch, data, sizes);
   return new Promise((resolve) => ch.write(Buffer.alloc(0), () => resolve()));
 }
 
@@ -78,7 +74,7 @@ Deno.test("proxy CLOSE without EOF: every byte reaches the target, which sees EO
             `GET /sink/${p.out}/${p.slow} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n` +
               `Upgrade: SPDY/3.1\r\n\r\n`,
           );
-          await writeChunked(ch, stdin, p.sizes);
+          await writeAllChunked(ch, stdin, p.sizes);
           ch.close(); // Go's Close: CLOSE, no EOF first
           const seen = await deadline(s.origin.next(), 30_000, "the target's record");
           assertEquals(seen.how, "eof", "the target was reset");
@@ -114,7 +110,7 @@ Deno.test("proxy CLOSE without EOF after the answer: the whole answer came first
           ch.write(
             `POST /close/${p.n}/${p.seed} HTTP/1.1\r\nHost: t\r\nContent-Length: ${p.body}\r\n\r\n`,
           );
-          const sent = writeChunked(ch, patternBytes(p.seed + 1, p.body), p.sizes);
+          const sent = writeAllChunked(ch, patternBytes(p.seed + 1, p.body), p.sizes);
           // Go's copy to its client ends at our EOF; it then closes the channel, whatever of the
           // request body is still on its way.
           await deadline(ended, 30_000, "the answer's end");

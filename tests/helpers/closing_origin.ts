@@ -53,6 +53,19 @@ export function patternBytes(seed: number, n: number): Uint8Array {
   return out;
 }
 
+/** Write `data` to `w` in pieces of the sizes in `sizes`, cycled (a client's chunking). */
+export function writeChunked(
+  w: { write(b: Uint8Array): unknown },
+  data: Uint8Array,
+  sizes: number[],
+): void {
+  for (let off = 0, i = 0; off < data.length; i++) {
+    const k = Math.min(data.length - off, sizes[i % sizes.length]);
+    w.write(data.subarray(off, off + k));
+    off += k;
+  }
+}
+
 async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
   for (let off = 0; off < data.length;) off += await conn.write(data.subarray(off));
 }

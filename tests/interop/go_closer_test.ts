@@ -20,7 +20,12 @@ import { parse } from "yaml";
 import { generateCA, issueClientCert, issueServingCert } from "../../lib/pki/mod.ts";
 import { deadline } from "../apiserver/testing.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { type ClosingOrigin, patternBytes, startClosingOrigin } from "../helpers/closing_origin.ts";
+import {
+  type ClosingOrigin,
+  patternBytes,
+  startClosingOrigin,
+  writeChunked,
+} from "../helpers/closing_origin.ts";
 import { Proc, run, tempDir } from "../helpers/proc.ts";
 import { startStandaloneStack } from "../helpers/stack.ts";
 import { startAgent } from "../helpers/tunnel.ts";
@@ -87,15 +92,6 @@ function buildGoCloser(): Promise<string> {
 }
 
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
-
-/** Write `data` in pieces of the sizes in `sizes`, cycled. */
-function writeChunked(c: RawClient, data: Uint8Array, sizes: number[]): void {
-  for (let off = 0, i = 0; off < data.length; i++) {
-    const k = Math.min(data.length - off, sizes[i % sizes.length]);
-    c.write(data.subarray(off, off + k));
-    off += k;
-  }
-}
 
 /** A member's CA and a client identity for the Go agent's `config`, as PEM files in `dir`. */
 async function writePems(dir: string, pems: { ca: string; cert: string; key: string }) {

@@ -25,7 +25,7 @@ import { generateCA, issueServingCert } from "../../../lib/pki/mod.ts";
 import { openKubesphereChannel } from "../../../lib/tunnel/ssh_compat.ts";
 import { deadline } from "../../apiserver/testing.ts";
 import { assert, assertEquals } from "../../helpers/assert.ts";
-import { patternBytes, startClosingOrigin } from "../../helpers/closing_origin.ts";
+import { patternBytes, startClosingOrigin, writeChunked } from "../../helpers/closing_origin.ts";
 import { goPipe, type SshChannel, sshPair } from "../../helpers/ssh_pair.ts";
 import { RawClient } from "./helpers.ts";
 
@@ -34,15 +34,6 @@ const SEED = 20261207;
 const WINDOW = 8 << 20;
 
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
-
-/** Bytes of `data` written in pieces of the sizes in `sizes`, cycled. */
-function writeChunked(c: RawClient, data: Uint8Array, sizes: number[]): void {
-  for (let off = 0, i = 0; off < data.length; i++) {
-    const k = Math.min(data.length - off, sizes[i % sizes.length]);
-    c.write(data.subarray(off, off + k));
-    off += k;
-  }
-}
 
 /**
  * Origins (plain and TLS) behind a Go-style agent on an ssh2 link, and an {@link HttpProxy} for
