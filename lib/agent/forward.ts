@@ -1,7 +1,10 @@
 /**
  * The agent end of a tunnelled stream: dial the target over TCP and pipe
  * bytes both ways between it and the SSH channel, with backpressure on both
- * sides and half-close carried across (channel EOF → TCP FIN and back).
+ * sides and half-close carried across (channel EOF → TCP FIN and back). A
+ * channel closed without EOF (as the original Go proxy does) still gets every
+ * byte received before its CLOSE to the target, and the target is not reset
+ * (see {@link pipeChannel}).
  *
  * Performance notes (this is the agent's whole data path):
  * - TCP → channel reads go into slices of a slab that is replaced only when
@@ -57,28 +60,41 @@ export async function dialTarget(target: string): Promise<Deno.TcpConn> {
   return conn;
 }
 
-/** Resolve once `stream` emits `drain` or `close`. */
-function drainedOrClosed(stream: Duplex): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      stream.off("drain", done);
-      stream.off("close", done);
-      resolve();
-    };
-    stream.on("drain", done);
-    stream.on("close", done);
-  });
-}
+/**
+ * How long the target connection stays open, once the channel is gone, for the target to close
+ * it after our FIN (its output read and dropped meanwhile). Closing it at once, with its output
+ * still unread, would reset it, and a reset drops what it had not read yet: the last bytes the
+ * channel brought, stdin's tail.
+ */
+export const LINGER_MS = 5_000;
 
 /**
  * Pipe `channel` ↔ `conn` until both directions are done, then close both.
  * Resolves when everything is closed; never rejects.
+ *
+ * Each direction ends on its own: the channel's EOF, or its CLOSE without EOF first (the
+ * original Go proxy's way; ssh2 ends the readable side behind every byte received), becomes a
+ * FIN to the target once every byte received from the channel is written; the target's EOF (or
+ * a failed read) becomes the channel's EOF once every byte read is handed to it. Once the
+ * channel can take nothing more, the target's output is read and dropped until it closes (at
+ * most {@link LINGER_MS}), so it is not reset while the last bytes are on their way to it.
+ *
+ * (One long function: both directions share the close state and the channel's events; split,
+ * they would hand each other half a dozen closures.)
  */
-export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<void> {
+export async function pipeChannel(
+  channel: Duplex,
+  conn: Deno.TcpConn,
+  opts: { lingerMs?: number } = {},
+): Promise<void> {
   let closed = false;
+  /** The channel closed: nothing more can be written to it. */
+  let channelGone = false;
+  let linger: ReturnType<typeof setTimeout> | undefined;
   const closeAll = () => {
     if (closed) return;
     closed = true;
+    clearTimeout(linger);
     try {
       conn.close();
     } catch {
@@ -86,15 +102,35 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
     }
     channel.destroy();
   };
+  channel.once("close", () => {
+    channelGone = true;
+    linger = setTimeout(closeAll, opts.lingerMs ?? LINGER_MS);
+  });
+  channel.on("error", () => closeAll());
+  /** Resolve once `channel` emits `event`, or is gone. */
+  const channelEvent = (event: "drain" | "finish") =>
+    new Promise<void>((resolve) => {
+      if (channelGone) return resolve();
+      const done = () => {
+        channel.off(event, done);
+        channel.off("close", done);
+        resolve();
+      };
+      channel.on(event, done);
+      channel.on("close", done);
+    });
 
   // channel → TCP
   const up = new Promise<void>((resolve) => {
     const queue: Buffer[] = [];
     let queued = 0;
     let writing = false;
+    /** The channel's readable side ended (EOF, CLOSE, or gone): FIN once the queue is written. */
     let ended = false;
-    let closing = false;
-    const finishUp = () => {
+    let finSent = false;
+    const finish = () => {
+      if (finSent) return;
+      finSent = true;
       conn.closeWrite().catch(() => {}).finally(resolve);
     };
     const drain = async () => {
@@ -108,14 +144,14 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
           if (queued < UP_HIGH_WATER / 2 && channel.isPaused() && !closed) channel.resume();
         }
       } catch {
+        // The target is gone: nothing more can reach it.
         closeAll();
         resolve();
         return;
       } finally {
         writing = false;
       }
-      if (closing) closeAll();
-      else if (ended && !closed) finishUp();
+      if (ended && !closed) finish();
     };
     channel.on("data", (chunk: Buffer) => {
       queue.push(chunk);
@@ -123,20 +159,15 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
       if (queued > UP_HIGH_WATER) channel.pause();
       if (!writing) drain();
     });
-    channel.once("end", () => {
+    const onEnd = () => {
+      if (ended) return;
       ended = true;
-      if (!writing) finishUp();
-    });
-    // The channel is gone (the proxy closed it, or the session ended): nothing more can go
-    // back, so the target connection is closed too, once what was already received from the
-    // channel has been written to it. Without this a keep-alive target would hold the stream
-    // (and the agent's stream count) open until it times the connection out.
-    channel.once("close", () => {
-      closing = true;
-      if (!writing) closeAll();
-      resolve();
-    });
-    channel.on("error", () => closeAll());
+      if (closed) resolve();
+      else if (!writing) finish();
+    };
+    channel.once("end", onEnd);
+    // Closed without an end (destroyed): what was received is still written, then FIN.
+    channel.once("close", onEnd);
   });
 
   // TCP → channel
@@ -163,7 +194,7 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
     const taken = (limit: number) =>
       new Promise<void>((resolve) => {
         const check = () => {
-          if (unsent >= limit && !closed && !channel.destroyed) return;
+          if (unsent >= limit && !closed && !channelGone) return;
           wake = undefined;
           channel.off("close", check);
           resolve();
@@ -173,28 +204,31 @@ export async function pipeChannel(channel: Duplex, conn: Deno.TcpConn): Promise<
         check();
       });
     try {
-      while (!closed) {
-        const n = await conn.read(slab.room(readLimit(holders + (unsent > 0 ? 0 : 1))));
-        if (n === null) break;
-        const chunk = slab.take(n);
-        if (unsent === 0) holders++;
-        unsent += n;
-        written.push(chunk);
-        const ok = channel.write(chunk, onTaken);
-        const share = readLimit(holders);
-        if (!ok) await drainedOrClosed(channel);
-        else if (unsent >= share) await taken(share);
+      try {
+        while (!closed) {
+          const n = await conn.read(slab.room(readLimit(holders + (unsent > 0 ? 0 : 1))));
+          if (n === null) break;
+          // The channel takes nothing more (the proxy closed it): drop (the room is read into
+          // again), and read on to EOF.
+          if (channelGone || !channel.writable) continue;
+          const chunk = slab.take(n);
+          if (unsent === 0) holders++;
+          unsent += n;
+          written.push(chunk);
+          const ok = channel.write(chunk, onTaken);
+          const share = readLimit(holders);
+          if (!ok) await channelEvent("drain");
+          else if (unsent >= share) await taken(share);
+        }
+      } catch {
+        // The target failed (reset): what was read is still handed on, then the channel's EOF.
       }
-      if (!closed) {
+      if (!closed && !channelGone && channel.writable) {
         // Everything queued on the channel must reach the proxy before close.
-        await new Promise<void>((resolve) => {
-          channel.once("finish", resolve);
-          channel.once("close", resolve);
-          channel.end();
-        });
+        const sent = channelEvent("finish");
+        channel.end();
+        await sent;
       }
-    } catch {
-      closeAll();
     } finally {
       // A closed channel never calls back for what it still held: stop counting it.
       finished = true;

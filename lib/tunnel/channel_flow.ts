@@ -108,17 +108,28 @@ function whenTransportReady(t: Transport, fn: () => void): void {
  * came: the proxy session's channel count leaked one channel per abandoned response until
  * "channel limit reached". Here `destroy()` sends EOF and CLOSE as before and then really
  * destroys the stream (buffers dropped, `destroyed` true), so ssh2 emits `close` as soon as the
- * peer's CLOSE arrives.
+ * peer's CLOSE arrives. When the peer's CLOSE came first (without EOF, the original Go tower's
+ * way) ssh2 is already waiting for an `end` that a destroyed stream never emits: `close` is
+ * emitted here then.
  */
 function realDestroy(stream: ClientChannel | ServerChannel): void {
   const ch = stream as unknown as Duplex;
+  const incoming = (stream as unknown as { incoming: { state: string } }).incoming;
   const sshDestroy = ch.destroy;
+  let closeEmitted = false;
+  ch.once("close", () => closeEmitted = true);
   ch.destroy = function (this: Duplex, err?: Error): Duplex {
     if (this.destroyed) return this;
     sshDestroy.call(this);
     // ssh2 never turned destroy(err) into an error event; callers do not expect one now.
     void err;
-    return Duplex.prototype.destroy.call(this);
+    Duplex.prototype.destroy.call(this);
+    if (incoming.state === "closed" && !closeEmitted) {
+      queueMicrotask(() => {
+        if (!closeEmitted) this.emit("close");
+      });
+    }
+    return this;
   } as Duplex["destroy"];
 }
 

@@ -7,6 +7,7 @@
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { Duplex } from "node:stream";
+import { deadline } from "../apiserver/testing.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import {
   hashAfterEofServer,
@@ -195,6 +196,32 @@ Deno.test("the channel closing closes a keep-alive target connection (the stream
     } finally {
       clearTimeout(timer);
     }
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("a target that ignores our FIN after the channel closed is closed after the linger", async () => {
+  const targetClosed = Promise.withResolvers<void>();
+  const server = startTcpServer(async (conn) => {
+    // Keeps answering and never closes, even after our FIN.
+    const buf = new Uint8Array(1024);
+    const chatter = new TextEncoder().encode("more");
+    try {
+      for (;;) {
+        await conn.write(chatter);
+        await conn.read(buf);
+      }
+    } catch {
+      targetClosed.resolve();
+    }
+  });
+  const ch = new FakeChannel();
+  try {
+    const done = pipeChannel(ch, await dialTarget(target(server.port)), { lingerMs: 50 });
+    ch.push(Buffer.from("request"));
+    ch.destroy(); // the proxy closed the channel
+    await deadline(Promise.all([done, targetClosed.promise]), 10_000, "pipe and target closed");
   } finally {
     await server.close();
   }

@@ -1,108 +1,27 @@
 /**
  * Flow control of `kubesphere` channels over real TCP: channel writes wait for a congested
  * transport (bounded queues with many channels), the write buffer is small, and `destroy()` on
- * a channel with unread data still ends in `close` (the proxy's channel count depends on it).
+ * a channel with unread data still ends in `close` (the proxy's channel count depends on it),
+ * also after the peer's CLOSE without EOF, which ends reading only after every byte and makes a
+ * later write fail without destroying the channel.
  */
 
 import { Buffer } from "node:buffer";
-import { generateKeyPairSync } from "node:crypto";
-import net from "node:net";
 import type { Duplex } from "node:stream";
-// @ts-types="@types/ssh2"
-import ssh2 from "ssh2";
-import type { ClientChannel, Connection } from "ssh2";
+import { deadline } from "../apiserver/testing.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
+import { type SshPair, sshPair } from "../helpers/ssh_pair.ts";
 import {
   CHANNEL_WRITE_BUFFER,
-  onKubesphereChannel,
+  ChannelEndedError,
   openKubesphereChannel,
 } from "../../lib/tunnel/ssh_compat.ts";
-
-const { Client, Server } = ssh2;
-type Client = InstanceType<typeof Client>;
-
-const HOST_KEY = generateKeyPairSync("ec", { namedCurve: "prime256v1" }).privateKey.export({
-  type: "sec1",
-  format: "pem",
-}) as string;
-
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timeout: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-interface Link {
-  conn: Connection;
-  client: Client;
-  /** The agent's TCP socket (the proxy's transport peer). */
-  agentSock: net.Socket;
-  /** Channels the agent accepted, in order. */
-  accepted: ClientChannel[];
-  onAccept: ((ch: ClientChannel) => void) | undefined;
-  close(): Promise<void>;
-}
-
-/** An ssh2 server (proxy role) and client (agent role) over TCP on 127.0.0.1. */
-async function link(): Promise<Link> {
-  const server = new Server({ hostKeys: [HOST_KEY] });
-  const serverSocks: net.Socket[] = [];
-  const tcp = net.createServer((sock) => {
-    serverSocks.push(sock);
-    server.injectSocket(sock);
-  });
-  await new Promise<void>((resolve) => tcp.listen(0, "127.0.0.1", resolve));
-  const connP = new Promise<Connection>((resolve) => {
-    server.on("connection", (conn: Connection) => {
-      conn.on("authentication", (ctx) => ctx.accept());
-      conn.on("error", () => {});
-      conn.once("ready", () => resolve(conn));
-    });
-  });
-  const agentSock = net.connect((tcp.address() as net.AddressInfo).port, "127.0.0.1");
-  await new Promise((r) => agentSock.once("connect", r));
-  const client = new Client();
-  client.on("error", () => {});
-  const l: Link = {
-    conn: undefined as unknown as Connection,
-    client,
-    agentSock,
-    accepted: [],
-    onAccept: undefined,
-    close: async () => {
-      const closed = Promise.all(
-        [agentSock, ...serverSocks].map((s) =>
-          s.destroyed ? Promise.resolve() : new Promise((r) => s.once("close", r))
-        ),
-      );
-      client.end();
-      agentSock.destroy();
-      for (const s of serverSocks) s.destroy();
-      await within(closed, 5_000, "sockets closed");
-      await new Promise((r) => tcp.close(r));
-    },
-  };
-  onKubesphereChannel(client, (_target, accept) => {
-    const ch = accept();
-    l.accepted.push(ch);
-    l.onAccept?.(ch);
-  });
-  client.connect({ sock: agentSock, username: "", password: "" });
-  l.conn = await within(connP, 10_000, "ready");
-  return l;
-}
 
 /**
  * `n` proxy-opened channels on `l` whose agent has stopped reading its socket, so everything the
  * proxy sends backs up; and the proxy's SSH transport.
  */
-async function stalledChannels(l: Link, n: number) {
+async function stalledChannels(l: SshPair, n: number) {
   const channels = await Promise.all(
     Array.from({ length: n }, () => openKubesphereChannel(l.conn, "10.0.0.1:443")),
   );
@@ -112,7 +31,7 @@ async function stalledChannels(l: Link, n: number) {
 }
 
 Deno.test("channel writes wait for a congested transport: 16 channels do not queue 32 MiB", async () => {
-  const l = await link();
+  const l = await sshPair();
   try {
     const { channels, transport } = await stalledChannels(l, 16);
     for (const ch of channels) assertEquals(ch.writableHighWaterMark, CHANNEL_WRITE_BUFFER);
@@ -127,13 +46,13 @@ Deno.test("channel writes wait for a congested transport: 16 channels do not que
       if (!full) allStalled.reject(new Error("a channel took 4 MiB without backpressure"));
       else if (++stalled === channels.length) allStalled.resolve();
     }
-    await within(allStalled.promise, 10_000, "all channels stalled");
+    await deadline(allStalled.promise, 10_000, "all channels stalled");
     const queued = transport.writableLength;
     assert(queued < 8 << 20, `transport queued ${queued} bytes`);
     // Reading again lets everything through.
     l.agentSock.resume();
     const drained = channels.map((ch) => new Promise((r) => ch.once("drain", r)));
-    await within(Promise.all(drained), 10_000, "drain");
+    await deadline(Promise.all(drained), 10_000, "drain");
     for (const ch of channels) ch.destroy();
   } finally {
     await l.close();
@@ -141,7 +60,7 @@ Deno.test("channel writes wait for a congested transport: 16 channels do not que
 });
 
 Deno.test("300 channels waiting on a congested transport add one write to it, not one each", async () => {
-  const l = await link();
+  const l = await sshPair();
   try {
     const { channels, transport } = await stalledChannels(l, 300);
     // Congest the transport, one channel after the other, then give every channel a 256 KiB
@@ -160,7 +79,7 @@ Deno.test("300 channels waiting on a congested transport add one write to it, no
     const drained = channels.map((ch) =>
       ch.writableNeedDrain ? new Promise((r) => ch.once("drain", r)) : Promise.resolve()
     );
-    await within(Promise.all(drained), 20_000, "drain");
+    await deadline(Promise.all(drained), 20_000, "drain");
     for (const ch of channels) ch.destroy();
   } finally {
     await l.close();
@@ -168,7 +87,7 @@ Deno.test("300 channels waiting on a congested transport add one write to it, no
 });
 
 Deno.test("destroy() with unread data still ends in close, and marks the channel destroyed", async () => {
-  const l = await link();
+  const l = await sshPair();
   try {
     // The agent sends a MiB the proxy never reads, then the proxy gives up on the channel.
     l.onAccept = (ch) => {
@@ -177,14 +96,64 @@ Deno.test("destroy() with unread data still ends in close, and marks the channel
     };
     const ch = await openKubesphereChannel(l.conn, "10.0.0.1:443");
     // No consumer: what arrives stays buffered; `readable` says it has.
-    await within(new Promise((r) => ch.once("readable", r)), 10_000, "data on the proxy side");
+    await deadline(new Promise((r) => ch.once("readable", r)), 10_000, "data on the proxy side");
     assert(ch.readableLength > 0);
     const closed = new Promise((r) => ch.once("close", r));
     const agentClosed = new Promise((r) => l.accepted[0].once("close", r));
     ch.destroy();
     assert(ch.destroyed, "destroyed is true after destroy()");
-    await within(closed, 5_000, "close on the proxy side");
-    await within(agentClosed, 5_000, "close on the agent side");
+    await deadline(closed, 5_000, "close on the proxy side");
+    await deadline(agentClosed, 5_000, "close on the agent side");
+  } finally {
+    await l.close();
+  }
+});
+
+/**
+ * The agent sends `size` bytes on a new channel, then CLOSE without EOF (as the original Go
+ * tower does); resolves with the proxy side, unread, once the CLOSE exchange is done.
+ */
+async function closedUnread(l: SshPair, size: number) {
+  l.onAccept = (ch) => {
+    ch.on("data", () => {});
+    ch.write(Buffer.alloc(size, 3), () => (ch as unknown as { close(): void }).close());
+  };
+  const ch = await openKubesphereChannel(l.conn, "10.0.0.1:443");
+  const agentClosed = new Promise((r) => l.accepted[l.accepted.length - 1].once("close", r));
+  await deadline(agentClosed, 10_000, "the CLOSE exchange");
+  return ch;
+}
+
+Deno.test("the peer's CLOSE without EOF: every byte is still read, a late write fails alone", async () => {
+  const l = await sshPair();
+  try {
+    const size = 1 << 20;
+    const ch = await closedUnread(l, size);
+    assert(ch.readableLength > 0, "the tail is still held");
+    const late = Promise.withResolvers<Error | null | undefined>();
+    assertEquals(ch.write(Buffer.from("late"), (err) => late.resolve(err)), false);
+    assert((await late.promise) instanceof ChannelEndedError, "the late write fails");
+    assert(!ch.destroyed, "a late write does not destroy the channel");
+    let got = 0;
+    const ended = new Promise((r) => ch.once("end", r));
+    const closed = new Promise((r) => ch.once("close", r));
+    ch.on("data", (d: Buffer) => got += d.length);
+    await deadline(ended, 5_000, "end");
+    assertEquals(got, size);
+    await deadline(closed, 5_000, "close");
+  } finally {
+    await l.close();
+  }
+});
+
+Deno.test("destroy() after the peer's CLOSE with data unread still ends in close", async () => {
+  const l = await sshPair();
+  try {
+    const ch = await closedUnread(l, 1 << 20);
+    assert(ch.readableLength > 0);
+    const closed = new Promise((r) => ch.once("close", r));
+    ch.destroy(); // the client went away before reading the tail
+    await deadline(closed, 5_000, "close on the proxy side");
   } finally {
     await l.close();
   }

@@ -32,7 +32,12 @@ export class UpstreamConn {
     this.auth = auth;
     this.raw = raw;
     this.stream = stream;
-    this.wire = new Wire(stream);
+    // Under TLS, backpressure pauses the tunnel stream, never the TLS stream: Deno's TLS over a
+    // JS stream keeps reading its input while paused (the member's output would pile up in the
+    // proxy, unbounded), and a TLS stream paused when the peer's close_notify is read never
+    // emits 'end' and drops what it still holds once the tunnel stream closes: the tail of an
+    // exec stream from an agent that sends CLOSE right after its last byte, as the original does.
+    this.wire = new Wire(stream, undefined, raw);
     // The tunnel stream going away (agent lost) must end the TLS stream on it at once.
     if (raw !== stream) raw.once("close", () => stream.destroy());
   }

@@ -703,9 +703,17 @@ export class HttpProxy {
     return { retry: false, keep: !x.clientGone };
   }
 
-  /** After a 101: relay raw bytes both ways until both sides ended or either closed. */
+  /**
+   * After a 101: relay raw bytes both ways until both sides ended or either closed. Each
+   * direction ends on its own: an EOF is passed on as one (a client's half-close too), and a
+   * side that can take nothing more (the agent closed the channel, with or without EOF first)
+   * stops only the direction into it: what the other direction has received still reaches its
+   * end (`pumpBody`).
+   */
   async #relay(wire: Wire, conn: UpstreamConn, x: Exchange): Promise<void> {
     const sock = wire.stream;
+    // Node would end our side at the client's EOF and drop the member's answer still to come.
+    sock.allowHalfOpen = true;
     const cancel = new AbortController();
     const up = pumpBody(wire, { kind: "close" }, conn.stream, x.reqCount, {
       endDest: true,
@@ -718,6 +726,7 @@ export class HttpProxy {
     await new Promise<void>((resolve) => {
       let upDone = false;
       let downDone = false;
+      // A failed side: the client is gone (nothing can reach it), or the member's stream broke.
       const broke = () => resolve();
       up.then(() => {
         upDone = true;

@@ -10,7 +10,7 @@
  */
 
 import { Buffer } from "node:buffer";
-import type { Duplex, Writable } from "node:stream";
+import type { Duplex, Readable, Writable } from "node:stream";
 import { ChunkedScanner } from "./chunked.ts";
 import type { Deadline, Deadlines } from "./deadlines.ts";
 import { DEFAULT_HEAD_LIMITS, findHeadEnd, type Framing, HttpParseError } from "./head.ts";
@@ -51,11 +51,17 @@ export class Wire {
   #endDelivered = false;
   #closeDelivered = false;
   readonly #maxBuffered: number;
+  readonly #flow: Readable;
 
-  /** `maxBuffered`: bytes kept while no sink consumes before the stream is paused. */
-  constructor(stream: Duplex, maxBuffered = 64 * 1024) {
+  /**
+   * `maxBuffered`: bytes kept while no sink consumes before the stream is paused. `flow`: what to
+   * pause for backpressure, when not `stream` itself: the tunnel stream under a TLS stream (see
+   * `conn.ts`).
+   */
+  constructor(stream: Duplex, maxBuffered = 64 * 1024, flow: Readable = stream) {
     this.stream = stream;
     this.#maxBuffered = maxBuffered;
+    this.#flow = flow;
     stream.on("data", this.#onData);
     stream.on("end", this.#onEnd);
     stream.on("error", this.#onError);
@@ -160,10 +166,10 @@ export class Wire {
     const pause = this.#paused || (!this.#sink && this.#pendingBytes >= this.#maxBuffered);
     if (pause && !this.#streamPaused) {
       this.#streamPaused = true;
-      this.stream.pause();
+      this.#flow.pause();
     } else if (!pause && this.#streamPaused) {
       this.#streamPaused = false;
-      this.stream.resume();
+      this.#flow.resume();
     }
   }
 }
@@ -273,12 +279,6 @@ export type PumpMode =
 const CRLF = Buffer.from("\r\n", "latin1");
 const LAST_CHUNK = Buffer.from("0\r\n\r\n", "latin1");
 
-/**
- * Forward one body framed by `framing` from `src` to `dest`, respecting backpressure. Resolves
- * when the body is complete (bytes past it stay held in `src`; `dest` is not ended), rejects when
- * `src` ends early or fails, or the framing is malformed. With `framing.kind === "close"` the
- * body ends at EOF; `endDest` then ends `dest` too (half-close).
- */
 /** A body went past the size limit given to {@link pumpBody}. */
 export class BodyTooLargeError extends Error {
   constructor(readonly limit: number) {
@@ -287,6 +287,17 @@ export class BodyTooLargeError extends Error {
   }
 }
 
+/**
+ * Forward one body framed by `framing` from `src` to `dest`, respecting backpressure. Resolves
+ * when the body is complete (bytes past it stay held in `src`; `dest` is not ended), rejects when
+ * `src` ends early or fails, or the framing is malformed. With `framing.kind === "close"` the
+ * body ends at EOF; `endDest` then ends `dest` too (half-close).
+ *
+ * `dest` going away is not `src`'s failure: once `dest` is no longer writable (its peer closed
+ * it, or it ended), the rest of the body is still read from `src` to its end and dropped, so
+ * that `src` is neither stalled nor torn down, and whatever else reads it or writes to it
+ * carries on (an upgraded stream's other direction).
+ */
 export function pumpBody(
   src: Wire,
   framing: Framing,
@@ -305,6 +316,8 @@ export function pumpBody(
     let settled = false;
     const onDrain = () => {
       waitingDrain = false;
+      dest.off("drain", onDrain);
+      dest.off("close", onDrain);
       if (!settled) src.resume();
     };
     const onAbort = () => settle(new Error("body forwarding cancelled"));
@@ -315,6 +328,7 @@ export function pumpBody(
       src.setSink(null);
       if (waitingDrain) {
         dest.off("drain", onDrain);
+        dest.off("close", onDrain);
         src.resume();
       }
       if (err) reject(err);
@@ -326,6 +340,7 @@ export function pumpBody(
         settle(new BodyTooLargeError(opts.limit));
         return true;
       }
+      if (!dest.writable) return true; // dest gone: read on, drop
       if (mode !== "chunk") return dest.write(part);
       dest.cork();
       dest.write(part.length.toString(16) + "\r\n", "latin1");
@@ -338,6 +353,7 @@ export function pumpBody(
     const dechunkWrite = (buf: Buffer, a: number, b: number) => {
       if (b <= a) return;
       counter.bytes += b - a;
+      if (!dest.writable) return;
       if (!dest.write(a === 0 && b === buf.length ? buf : buf.subarray(a, b))) dechunkOk = false;
     };
     signal?.addEventListener("abort", onAbort);
@@ -371,10 +387,12 @@ export function pumpBody(
         if (mode === "dechunk" && scanner) ok = dechunkOk;
         else if (take > 0) ok = write(take === chunk.length ? chunk : chunk.subarray(0, take));
         if (done) settle(null);
-        else if (!ok && !waitingDrain) {
+        else if (!ok && !waitingDrain && dest.writable) {
+          // (A dest that stopped being writable in that write never drains: read on.)
           waitingDrain = true;
           src.pause();
-          dest.once("drain", onDrain);
+          dest.on("drain", onDrain);
+          dest.on("close", onDrain);
         }
       },
       onEnd() {
@@ -382,8 +400,10 @@ export function pumpBody(
           settle(new WireClosedError("stream ended inside a message body", counter.bytes));
           return;
         }
-        if (mode === "chunk") dest.write(LAST_CHUNK);
-        if (opts.endDest) dest.end();
+        if (dest.writable) {
+          if (mode === "chunk") dest.write(LAST_CHUNK);
+          if (opts.endDest) dest.end();
+        }
         settle(null);
       },
       onClose(err) {

@@ -104,3 +104,30 @@ Deno.test("pumpBody: close-delimited re-chunked; chunked de-chunked; early EOF f
   s3.end("short");
   await assertRejects(p3, WireClosedError);
 });
+
+Deno.test("pumpBody: a destination that ends stops only the writing; the source is read to its end", async () => {
+  // A destination that takes a chunk at a time and then ends (its peer closed it), as an SSH
+  // channel does at the agent's CLOSE; Node would destroy it on a write after that.
+  const parts: Buffer[] = [];
+  const dest = new Writable({
+    highWaterMark: 4,
+    write(chunk: Buffer, _enc, cb) {
+      parts.push(chunk);
+      setTimeout(cb, 1);
+    },
+  });
+  const errors: Error[] = [];
+  dest.on("error", (e) => errors.push(e));
+  const s = new PassThrough();
+  const counter = { bytes: 0 };
+  const p = pumpBody(new Wire(s), { kind: "close" }, dest, counter, { endDest: true });
+  s.write("first");
+  await once(dest, "drain");
+  dest.end();
+  s.write("second"); // into an ended destination: dropped, not a failure
+  s.end("third");
+  await p;
+  assertEquals(Buffer.concat(parts).toString(), "first");
+  assertEquals(errors, [], "no write after end");
+  assertEquals(counter.bytes, "firstsecondthird".length);
+});
