@@ -68,13 +68,19 @@ export const PROXY_FLAGS: FlagSpecs = {
   "handshake-timeout": {
     kind: "duration",
     default: 10_000,
-    help: "deadline from connect to accepted config",
+    help: "deadline from connect to accepted config (the request head included)",
   },
   "max-pending-handshakes": {
     kind: "int",
     default: 256,
     min: 1,
-    help: "unauthenticated connections at once",
+    help: "unauthenticated connections at once, shared fairly between source addresses",
+  },
+  "max-agent-connections": {
+    kind: "int",
+    default: 8192,
+    min: 1,
+    help: "connections open on the agent port at once, established agents included",
   },
   "max-config-bytes": {
     kind: "int",
@@ -217,6 +223,7 @@ async function main(args: string[]): Promise<number> {
       keepaliveMs: v.keepalive as number,
       handshakeTimeoutMs: v["handshake-timeout"] as number,
       maxPendingHandshakes: v["max-pending-handshakes"] as number,
+      maxAgentConnections: v["max-agent-connections"] as number,
       maxConfigBytes: v["max-config-bytes"] as number,
       maxChannelsPerSession: v["max-channels-per-session"] as number,
       kubesphereMaxRequestBody: (v["kubesphere-max-body"] as number) || undefined,

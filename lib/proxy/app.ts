@@ -35,6 +35,8 @@ export interface ProxyAppOptions {
   keepaliveMs?: number;
   handshakeTimeoutMs?: number;
   maxPendingHandshakes?: number;
+  /** Most connections open on the agent port at once, agents' included. */
+  maxAgentConnections?: number;
   maxConfigBytes?: number;
   maxChannelsPerSession?: number;
   onHandshakeFailure?: TunnelServerOptions["onHandshakeFailure"];
@@ -133,7 +135,9 @@ export class ProxyApp {
         httpIdleMs: this.#opts.httpIdleMs,
       });
     }
-    this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel);
+    this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel, {
+      maxConnections: this.#opts.maxAgentConnections,
+    });
     this.#started = true;
   }
 

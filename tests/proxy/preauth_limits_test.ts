@@ -1,0 +1,214 @@
+/**
+ * What an unauthenticated client can hold on the agent port, the attacker's
+ * way round: huge WebSocket messages are refused from their first bytes,
+ * silent clients lose their TCP connection at the handshake deadline, and one
+ * source flooding the handshake slots cannot keep an agent from another
+ * address out. Sources other than 127.0.0.1 are bound with `node:net`
+ * (`localAddress`); the agent reaches the proxy through a relay that dials
+ * from 127.0.0.3.
+ */
+
+import net from "node:net";
+import { Buffer } from "node:buffer";
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { startAgent, startTestProxy, waitForSessions } from "../helpers/tunnel.ts";
+import { WS_PROTOCOL } from "../../lib/tunnel/protocol.ts";
+
+const TOKEN = "a7".repeat(32);
+const UPGRADE = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
+  `Sec-WebSocket-Protocol: ${WS_PROTOCOL}\r\n\r\n`;
+
+/** A client socket and what it has seen: its first bytes, and how it ended. */
+interface Client {
+  socket: net.Socket;
+  /** Everything received (bounded by the test's reads). */
+  received: () => Buffer;
+  /** Resolves once the proxy closed it (EOF or reset), or the 60 s guard did ("guard"). */
+  ended: Promise<"closed" | "guard">;
+}
+
+/** Connect from `localAddress` (default 127.0.0.1), optionally sending `first`. */
+function connect(port: number, first?: string, localAddress = "127.0.0.1"): Promise<Client> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: "127.0.0.1", port, localAddress });
+    const parts: Buffer[] = [];
+    socket.on("data", (b: Buffer) => parts.push(b));
+    socket.on("error", () => {});
+    let guard: ReturnType<typeof setTimeout> | undefined;
+    const ended = new Promise<"closed" | "guard">((done) => {
+      socket.once("close", () => {
+        clearTimeout(guard);
+        done("closed");
+      });
+      guard = setTimeout(() => {
+        done("guard");
+        socket.destroy();
+      }, 60_000);
+    });
+    socket.once("connect", () => {
+      if (first) socket.write(first);
+      resolve({ socket, received: () => Buffer.concat(parts), ended });
+    });
+    socket.once("error", reject);
+  });
+}
+
+/** Wait until `c` has received something matching `re` (or ended). */
+async function sees(c: Client, re: RegExp): Promise<boolean> {
+  for (;;) {
+    if (re.test(c.received().toString("latin1"))) return true;
+    const more = new Promise((r) => c.socket.once("data", r));
+    if (await Promise.race([more.then(() => false), c.ended.then(() => true)])) {
+      return re.test(c.received().toString("latin1"));
+    }
+  }
+}
+
+/** A masked client frame header announcing `len` payload bytes (the mask key is zero). */
+function frameHeader(opcode: number, len: number, fin = true): Buffer {
+  const h = Buffer.alloc(14);
+  h[0] = (fin ? 0x80 : 0) | opcode;
+  h[1] = 0x80 | 127;
+  h.writeBigUInt64BE(BigInt(len), 2);
+  return h; // payload XOR a zero mask is the payload
+}
+
+/** Write `total` zero bytes (in frames of `frame` bytes when given) until done or closed. */
+async function pour(c: Client, total: number, frame?: number): Promise<number> {
+  const chunk = Buffer.alloc(64 * 1024);
+  let sent = 0;
+  let closed = false;
+  c.ended.then(() => closed = true);
+  while (sent < total && !closed) {
+    let piece: Buffer = chunk;
+    if (frame !== undefined) {
+      piece = Buffer.concat([
+        frameHeader(sent === 0 ? 2 : 0, frame, sent + frame >= total),
+        chunk
+          .subarray(0, frame),
+      ]);
+    }
+    sent += frame ?? chunk.length;
+    if (!c.socket.write(piece)) {
+      await Promise.race([new Promise((r) => c.socket.once("drain", r)), c.ended]);
+    }
+  }
+  return sent;
+}
+
+/** The close code of the first close frame (0x88) the server sent, if any. */
+function closeCode(buf: Buffer): number | undefined {
+  const head = buf.indexOf("\r\n\r\n");
+  const at = buf.indexOf(0x88, head + 4);
+  return at >= 0 && head >= 0 ? buf.readUInt16BE(at + 2) : undefined;
+}
+
+Deno.test("before auth, huge WebSocket messages are refused early, in one frame or in 1 KiB fragments", async () => {
+  const proxy = await startTestProxy([{ name: "alpha", token: TOKEN }]);
+  const port = proxy.app.addr.port;
+  try {
+    // Four clients, each announcing one 63 MiB frame, as in the review.
+    const whole = await Promise.all([0, 1, 2, 3].map(() => connect(port, UPGRADE)));
+    for (const c of whole) assert(await sees(c, /^HTTP\/1\.1 101 /), "upgraded");
+    const sentWhole = await Promise.all(whole.map(async (c) => {
+      c.socket.write(frameHeader(2, 63 << 20));
+      return await pour(c, 63 << 20);
+    }));
+    // 64 MiB as 1 KiB continuation frames.
+    const frag = await connect(port, UPGRADE);
+    assert(await sees(frag, /^HTTP\/1\.1 101 /));
+    const sentFrag = await pour(frag, 64 << 20, 1024);
+    for (const [i, c] of [...whole, frag].entries()) {
+      assertEquals(await c.ended, "closed", `client ${i} was left open`);
+      assertEquals(closeCode(c.received()), 1009, `client ${i}: close frame "message too big"`);
+    }
+    // None could send its message: the proxy stopped reading and closed first.
+    for (const sent of [...sentWhole, sentFrag]) assert(sent < 63 << 20, `${sent} bytes taken`);
+    assertEquals(proxy.app.tunnel.pendingHandshakes, 0);
+  } finally {
+    await proxy.close();
+  }
+});
+
+Deno.test("300 silent clients, with and without an upgrade, all closed at the TCP level at the deadline", async () => {
+  const proxy = await startTestProxy([], { handshakeTimeoutMs: 1000, maxPendingHandshakes: 300 });
+  const port = proxy.app.addr.port;
+  try {
+    const clients: Client[] = [];
+    for (let i = 0; i < 300; i++) clients.push(await connect(port, i % 2 ? UPGRADE : undefined));
+    const upgraded = clients.filter((_, i) => i % 2 === 1);
+    for (const c of upgraded) assert(await sees(c, /^HTTP\/1\.1 101 /), "upgraded");
+    const ends = await Promise.all(clients.map((c) => c.ended));
+    const closed = ends.filter((e) => e === "closed").length;
+    assertEquals(closed, 300, `${300 - closed} connections still open after 60 s`);
+    assertEquals(proxy.app.tunnel.pendingHandshakes, 0);
+  } finally {
+    await proxy.close();
+  }
+});
+
+/** A TCP relay on 127.0.0.1 that dials `port` from `localAddress`. */
+function relayFrom(localAddress: string, port: number): Promise<net.Server> {
+  const server = net.createServer((inbound) => {
+    const outbound = net.connect({ host: "127.0.0.1", port, localAddress });
+    inbound.pipe(outbound);
+    outbound.pipe(inbound);
+    const both = () => {
+      inbound.destroy();
+      outbound.destroy();
+    };
+    inbound.on("error", both).on("close", both);
+    outbound.on("error", both).on("close", both);
+  });
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
+}
+
+Deno.test("one source filling the handshake slots cannot keep an agent from another address out", async () => {
+  const proxy = await startTestProxy([{ name: "alpha", token: TOKEN }], {
+    maxPendingHandshakes: 8,
+    handshakeTimeoutMs: 60_000,
+  });
+  const port = proxy.app.addr.port;
+  const relay = await relayFrom("127.0.0.3", port);
+  const flood: Client[] = [];
+  let agent;
+  try {
+    // 127.0.0.2 opens 20 silent tunnels: 8 hold every slot, the rest are refused.
+    for (let i = 0; i < 20; i++) flood.push(await connect(port, UPGRADE, "127.0.0.2"));
+    const answers = await Promise.all(flood.map((c) => sees(c, /^HTTP\/1\.1 (101|503) /)));
+    assert(answers.every(Boolean));
+    const statuses = flood.map((c) => c.received().toString("latin1").slice(9, 12));
+    assertEquals(statuses.filter((s) => s === "101").length, 8);
+    assertEquals(statuses.filter((s) => s === "503").length, 12);
+    assertEquals(proxy.app.tunnel.pendingHandshakes, 8);
+    // A real agent, through the relay, from 127.0.0.3.
+    const dir = await Deno.makeTempDir();
+    agent = await startAgent({
+      name: "alpha",
+      token: TOKEN,
+      proxyUrl: `http://127.0.0.1:${(relay.address() as net.AddressInfo).port}`,
+      dir,
+      kubernetesPort: 1,
+      kubespherePort: 1,
+    });
+    await agent.waitFor(/Connected\./, 30_000);
+    await waitForSessions(proxy.app, "alpha", 1);
+    // It took a slot of 127.0.0.2's: the oldest of its tunnels was closed.
+    assertEquals(await flood[0].ended, "closed");
+    // The agent's slot is free again: 127.0.0.2 may take it, and no more.
+    const more = [
+      await connect(port, UPGRADE, "127.0.0.2"),
+      await connect(port, UPGRADE, "127.0.0.2"),
+    ];
+    flood.push(...more);
+    assert(await sees(more[0], /^HTTP\/1\.1 101 /), "a free slot is anyone's");
+    assert(await sees(more[1], /^HTTP\/1\.1 503 /), "the flooding source got another slot");
+    await Deno.remove(dir, { recursive: true });
+  } finally {
+    await agent?.stop();
+    for (const c of flood) c.socket.destroy();
+    relay.close();
+    await proxy.close();
+  }
+});
