@@ -82,6 +82,12 @@ export const PROXY_FLAGS: FlagSpecs = {
     min: 1,
     help: "connections open on the agent port at once, established agents included",
   },
+  "max-sessions-per-cluster": {
+    kind: "int",
+    default: 16,
+    min: 1,
+    help: "agent sessions per cluster; one more closes the oldest (failing ones first)",
+  },
   "max-config-bytes": {
     kind: "int",
     default: 32768,
@@ -224,6 +230,7 @@ async function main(args: string[]): Promise<number> {
       handshakeTimeoutMs: v["handshake-timeout"] as number,
       maxPendingHandshakes: v["max-pending-handshakes"] as number,
       maxAgentConnections: v["max-agent-connections"] as number,
+      maxSessionsPerCluster: v["max-sessions-per-cluster"] as number,
       maxConfigBytes: v["max-config-bytes"] as number,
       maxChannelsPerSession: v["max-channels-per-session"] as number,
       kubesphereMaxRequestBody: (v["kubesphere-max-body"] as number) || undefined,

@@ -37,6 +37,8 @@ export interface ProxyAppOptions {
   maxPendingHandshakes?: number;
   /** Most connections open on the agent port at once, agents' included. */
   maxAgentConnections?: number;
+  /** Most sessions per cluster; the next one closes the oldest (see {@link SessionRegistry}). */
+  maxSessionsPerCluster?: number;
   maxConfigBytes?: number;
   maxChannelsPerSession?: number;
   onHandshakeFailure?: TunnelServerOptions["onHandshakeFailure"];
@@ -44,7 +46,7 @@ export interface ProxyAppOptions {
 
 /** A running proxy. */
 export class ProxyApp {
-  readonly registry = new SessionRegistry();
+  readonly registry: SessionRegistry;
   readonly tunnel: TunnelServer;
   #opts: ProxyAppOptions;
   #port: AgentPort | undefined;
@@ -55,6 +57,7 @@ export class ProxyApp {
 
   constructor(opts: ProxyAppOptions) {
     this.#opts = opts;
+    this.registry = new SessionRegistry({ maxPerCluster: opts.maxSessionsPerCluster });
     this.tunnel = new TunnelServer({
       hostKey: opts.hostKey,
       clusters: opts.clusters,
