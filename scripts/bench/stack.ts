@@ -29,16 +29,7 @@ export interface BenchPath {
   connect(): Promise<ByteConn>;
 }
 
-/** Resident set size of a process in MiB (Linux `/proc`), NaN when unknown. */
-export function rssMiB(pid: number): number {
-  try {
-    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-    const m = /VmRSS:\s+(\d+) kB/.exec(status);
-    return m ? Number(m[1]) / 1024 : NaN;
-  } catch {
-    return NaN;
-  }
-}
+export { rssMiB } from "./rss.ts";
 
 /** The running origin server process. */
 export interface Origin {
@@ -348,6 +339,9 @@ export async function startProxyProc(
       // The bulk PUT (256 MiB with --full) is over the endpoint's default 100 MiB body limit.
       "--kubesphere-max-body",
       "0",
+      // Several benches (or a test's proxy) on one machine must not fight over :9090.
+      "--metrics-address",
+      "",
     ],
     undefined,
     envFlags("BENCH_PROXY_FLAGS"),

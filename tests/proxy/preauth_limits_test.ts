@@ -8,100 +8,25 @@
  * from 127.0.0.3.
  */
 
-import net from "node:net";
-import { Buffer } from "node:buffer";
+import type net from "node:net";
 import { assert, assertEquals } from "../helpers/assert.ts";
+import {
+  closeCode,
+  type FloodClient,
+  floodClient,
+  frameHeader,
+  pour,
+  relayFrom,
+  sees,
+  UPGRADE,
+} from "../helpers/flood.ts";
 import { startAgent, startTestProxy, waitForSessions } from "../helpers/tunnel.ts";
-import { WS_PROTOCOL } from "../../lib/tunnel/protocol.ts";
 
 const TOKEN = "a7".repeat(32);
-const UPGRADE = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
-  `Sec-WebSocket-Protocol: ${WS_PROTOCOL}\r\n\r\n`;
-
-/** A client socket and what it has seen: its first bytes, and how it ended. */
-interface Client {
-  socket: net.Socket;
-  /** Everything received (bounded by the test's reads). */
-  received: () => Buffer;
-  /** Resolves once the proxy closed it (EOF or reset), or the 60 s guard did ("guard"). */
-  ended: Promise<"closed" | "guard">;
-}
 
 /** Connect from `localAddress` (default 127.0.0.1), optionally sending `first`. */
-function connect(port: number, first?: string, localAddress = "127.0.0.1"): Promise<Client> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: "127.0.0.1", port, localAddress });
-    const parts: Buffer[] = [];
-    socket.on("data", (b: Buffer) => parts.push(b));
-    socket.on("error", () => {});
-    let guard: ReturnType<typeof setTimeout> | undefined;
-    const ended = new Promise<"closed" | "guard">((done) => {
-      socket.once("close", () => {
-        clearTimeout(guard);
-        done("closed");
-      });
-      guard = setTimeout(() => {
-        done("guard");
-        socket.destroy();
-      }, 60_000);
-    });
-    socket.once("connect", () => {
-      if (first) socket.write(first);
-      resolve({ socket, received: () => Buffer.concat(parts), ended });
-    });
-    socket.once("error", reject);
-  });
-}
-
-/** Wait until `c` has received something matching `re` (or ended). */
-async function sees(c: Client, re: RegExp): Promise<boolean> {
-  for (;;) {
-    if (re.test(c.received().toString("latin1"))) return true;
-    const more = new Promise((r) => c.socket.once("data", r));
-    if (await Promise.race([more.then(() => false), c.ended.then(() => true)])) {
-      return re.test(c.received().toString("latin1"));
-    }
-  }
-}
-
-/** A masked client frame header announcing `len` payload bytes (the mask key is zero). */
-function frameHeader(opcode: number, len: number, fin = true): Buffer {
-  const h = Buffer.alloc(14);
-  h[0] = (fin ? 0x80 : 0) | opcode;
-  h[1] = 0x80 | 127;
-  h.writeBigUInt64BE(BigInt(len), 2);
-  return h; // payload XOR a zero mask is the payload
-}
-
-/** Write `total` zero bytes (in frames of `frame` bytes when given) until done or closed. */
-async function pour(c: Client, total: number, frame?: number): Promise<number> {
-  const chunk = Buffer.alloc(64 * 1024);
-  let sent = 0;
-  let closed = false;
-  c.ended.then(() => closed = true);
-  while (sent < total && !closed) {
-    let piece: Buffer = chunk;
-    if (frame !== undefined) {
-      piece = Buffer.concat([
-        frameHeader(sent === 0 ? 2 : 0, frame, sent + frame >= total),
-        chunk
-          .subarray(0, frame),
-      ]);
-    }
-    sent += frame ?? chunk.length;
-    if (!c.socket.write(piece)) {
-      await Promise.race([new Promise((r) => c.socket.once("drain", r)), c.ended]);
-    }
-  }
-  return sent;
-}
-
-/** The close code of the first close frame (0x88) the server sent, if any. */
-function closeCode(buf: Buffer): number | undefined {
-  const head = buf.indexOf("\r\n\r\n");
-  const at = buf.indexOf(0x88, head + 4);
-  return at >= 0 && head >= 0 ? buf.readUInt16BE(at + 2) : undefined;
+function connect(port: number, first?: string, localAddress?: string): Promise<FloodClient> {
+  return floodClient(port, { first, localAddress });
 }
 
 Deno.test("before auth, huge WebSocket messages are refused early, in one frame or in 1 KiB fragments", async () => {
@@ -135,7 +60,7 @@ Deno.test("300 silent clients, with and without an upgrade, all closed at the TC
   const proxy = await startTestProxy([], { handshakeTimeoutMs: 1000, maxPendingHandshakes: 300 });
   const port = proxy.app.addr.port;
   try {
-    const clients: Client[] = [];
+    const clients: FloodClient[] = [];
     for (let i = 0; i < 300; i++) clients.push(await connect(port, i % 2 ? UPGRADE : undefined));
     const upgraded = clients.filter((_, i) => i % 2 === 1);
     for (const c of upgraded) assert(await sees(c, /^HTTP\/1\.1 101 /), "upgraded");
@@ -148,22 +73,6 @@ Deno.test("300 silent clients, with and without an upgrade, all closed at the TC
   }
 });
 
-/** A TCP relay on 127.0.0.1 that dials `port` from `localAddress`. */
-function relayFrom(localAddress: string, port: number): Promise<net.Server> {
-  const server = net.createServer((inbound) => {
-    const outbound = net.connect({ host: "127.0.0.1", port, localAddress });
-    inbound.pipe(outbound);
-    outbound.pipe(inbound);
-    const both = () => {
-      inbound.destroy();
-      outbound.destroy();
-    };
-    inbound.on("error", both).on("close", both);
-    outbound.on("error", both).on("close", both);
-  });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
-}
-
 Deno.test("one source filling the handshake slots cannot keep an agent from another address out", async () => {
   const proxy = await startTestProxy([{ name: "alpha", token: TOKEN }], {
     maxPendingHandshakes: 8,
@@ -171,7 +80,7 @@ Deno.test("one source filling the handshake slots cannot keep an agent from anot
   });
   const port = proxy.app.addr.port;
   const relay = await relayFrom("127.0.0.3", port);
-  const flood: Client[] = [];
+  const flood: FloodClient[] = [];
   let agent;
   try {
     // 127.0.0.2 opens 20 silent tunnels: 8 hold every slot, the rest are refused.
