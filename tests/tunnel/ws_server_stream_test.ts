@@ -12,6 +12,7 @@ import { createHash } from "node:crypto";
 import type { Duplex } from "node:stream";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { patternChunk, writeAll } from "../helpers/tunnel.ts";
+import { freeBufferBytes, takeBuffer } from "../../lib/buffer_pool.ts";
 import {
   websocketClientStream,
   websocketServerStream,
@@ -333,5 +334,31 @@ Deno.test("destroy() closes the connection at once; a peer's close is answered a
     } finally {
       close();
     }
+  }
+});
+
+Deno.test("server side: packet buffers go back to the pool once framed, and serve later packets intact", async () => {
+  const { stream, raw, close } = await serverWithRawClient();
+  try {
+    const fill = (b: Uint8Array, v: number) => b.fill(v);
+    const a = fill(takeBuffer(40_000), 1);
+    const freeBefore = freeBufferBytes();
+    stream.write(a);
+    const first = (await raw.frame())!;
+    assert(first.payload.every((v) => v === 1) && first.payload.length === 40_000);
+    // The packet, and the pooled frame it was copied into once written.
+    assert(freeBufferBytes() >= freeBefore + a.buffer.byteLength, "given back once framed");
+    const next = [takeBuffer(40_000), takeBuffer(40_000)];
+    const reused = next.find((b) => b.buffer === a.buffer)!;
+    assert(reused, "the next packets reuse it");
+    // Two in one tick, the second in the first one's old buffer.
+    stream.write(fill(next.find((b) => b !== reused)!, 2));
+    stream.write(fill(reused, 3));
+    const both = (await raw.frame())!;
+    assertEquals(both.payload.length, 80_000);
+    assert(both.payload.subarray(0, 40_000).every((v) => v === 2), "the second packet");
+    assert(both.payload.subarray(40_000).every((v) => v === 3), "the third, as written");
+  } finally {
+    close();
   }
 });
