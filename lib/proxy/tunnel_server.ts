@@ -28,6 +28,8 @@ import type { SessionRegistry } from "./registry.ts";
 import { ProxySession, type SessionLimits } from "./session.ts";
 
 const log = logger("proxy/tunnel");
+/** Warnings a flood can repeat (refusals, evictions) are logged at most this often. */
+const WARN_EVERY_MS = 5_000;
 const enc = new TextEncoder();
 
 /** Why a handshake failed (metrics label). */
@@ -89,6 +91,8 @@ export class TunnelServer {
   /** Transport given to ssh2 → its pending connection. */
   #handshakes = new WeakMap<object, PendingConnection>();
   #closing = false;
+  /** Rate-limited warnings by kind: when the last was logged, how many left out since. */
+  #warned = new Map<string, { at: number; skipped: number }>();
 
   constructor(opts: TunnelServerOptions) {
     this.#opts = opts;
@@ -139,7 +143,7 @@ export class TunnelServer {
     const timeoutMs = this.#opts.handshakeTimeoutMs ?? 10_000;
     // The callbacks below run later (an eviction, the deadline), once `pending` exists.
     const slot = this.#slots.take(hostname, () => {
-      log.warn("Closing an unauthenticated connection for a less busy source", {
+      this.#warnSome("evicted", "Closing an unauthenticated connection for a less busy source", {
         remote,
         held: this.#slots.held(hostname),
       });
@@ -148,7 +152,7 @@ export class TunnelServer {
       pending.close();
     });
     if (!slot) {
-      log.warn("Refusing agent: too many handshakes in progress", {
+      this.#warnSome("refused", "Refusing agent: too many handshakes in progress", {
         remote,
         max: this.#slots.max,
       });
@@ -183,6 +187,23 @@ export class TunnelServer {
     };
     this.#pendings.add(pending);
     return pending;
+  }
+
+  /**
+   * Log a warning of `kind` at most once per {@link WARN_EVERY_MS}, with how many were left out
+   * since the last: a flood must not turn into a flood of log lines.
+   */
+  #warnSome(kind: string, msg: string, fields: Record<string, unknown>): void {
+    const w = this.#warned.get(kind) ?? { at: -Infinity, skipped: 0 };
+    this.#warned.set(kind, w);
+    const now = performance.now();
+    if (now - w.at < WARN_EVERY_MS) {
+      w.skipped++;
+      return;
+    }
+    log.warn(msg, w.skipped > 0 ? { ...fields, alsoSince: w.skipped } : fields);
+    w.at = now;
+    w.skipped = 0;
   }
 
   /** Whether an agent offering `offered` (a `Sec-WebSocket-Protocol` value) speaks ours. */
