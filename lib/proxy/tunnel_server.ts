@@ -39,8 +39,7 @@ export type HandshakeFailure =
   | "bad_protocol"
   | "ssh_error"
   | "bad_config"
-  | "unauthorized"
-  | "evicted";
+  | "unauthorized";
 
 /**
  * An unauthenticated connection holding an admission slot (see {@link TunnelServer.admit}),
@@ -147,7 +146,7 @@ export class TunnelServer {
         remote,
         held: this.#slots.held(hostname),
       });
-      this.#opts.onHandshakeFailure?.("evicted");
+      this.#opts.onHandshakeFailure?.("too_many_pending"); // the slots are full, as for a 503
       pending.done();
       pending.close();
     });
