@@ -74,6 +74,11 @@ export type TunnelAcceptor = Pick<TunnelServer, "admit" | "accept" | "checkProto
 /** After answering and closing our side, how long and how much the client may still send. */
 const LINGER_MS = 2_000;
 const LINGER_BYTES = 64 * 1024;
+/**
+ * Refused connections (no slot) that may linger at once; more are closed right after the 503,
+ * so that a flood of refused connections cannot fill the connection cap.
+ */
+const MAX_REFUSED_LINGERING = 64;
 
 const PHRASES: Record<number, string> = {
   200: "OK",
@@ -231,6 +236,8 @@ interface PortContext {
   opts: Required<AgentPortOptions>;
   /** Every open connection (those handed to the tunnel until their stream closes). */
   open: Set<Deno.TcpConn>;
+  /** Refused connections lingering now. */
+  refusedLingering: number;
 }
 
 /**
@@ -241,10 +248,17 @@ async function serveConn(conn: Deno.TcpConn, ctx: PortContext): Promise<boolean>
   const { hostname, port } = conn.remoteAddr;
   const admitted = ctx.tunnel.admit(hostname, port, () => closeQuietly(conn));
   if (typeof admitted === "string") {
-    await respondAndClose(
-      conn,
-      textResponse(503, `${admitted}\n`, { headers: { "Retry-After": "5" } }),
-    );
+    const linger = ctx.refusedLingering < MAX_REFUSED_LINGERING;
+    if (linger) ctx.refusedLingering++;
+    try {
+      await respondAndClose(
+        conn,
+        textResponse(503, `${admitted}\n`, { headers: { "Retry-After": "5" } }),
+        linger,
+      );
+    } finally {
+      if (linger) ctx.refusedLingering--;
+    }
     return false;
   }
   const pending = admitted;
@@ -356,6 +370,7 @@ export function startAgentPort(
     tunnel,
     opts: { ...AGENT_PORT_DEFAULTS, ...definedOnly(options) },
     open: new Set(),
+    refusedLingering: 0,
   };
   let closed = false;
   let refusedLogged = 0;
