@@ -49,7 +49,7 @@ function close(conn: Deno.Conn): void {
 const UPGRADE = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
 
 Deno.test("agent port: a silent, partial or trickled head is cut off at the deadline; others are served", async () => {
-  const proxy = await startTestProxy([], { handshakeTimeoutMs: 500 });
+  const proxy = await startTestProxy([], { handshakeTimeoutMs: 1500 });
   const port = proxy.app.addr.port;
   try {
     const silent = await Deno.connect({ hostname: "127.0.0.1", port });
