@@ -11,7 +11,7 @@ import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import type { Duplex } from "node:stream";
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { patternChunk, writeAll } from "../helpers/tunnel.ts";
+import { patternChunk, readBytes, writeAll } from "../helpers/tunnel.ts";
 import { freeBufferBytes, takeBuffer } from "../../lib/buffer_pool.ts";
 import {
   websocketClientStream,
@@ -120,23 +120,6 @@ async function serverWithRawClient(
       }
     },
   };
-}
-
-function readBytes(stream: Duplex, n: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const parts: Buffer[] = [];
-    let got = 0;
-    const onData = (c: Buffer) => {
-      parts.push(c);
-      got += c.length;
-      if (got >= n) {
-        stream.off("data", onData);
-        resolve(Buffer.concat(parts).subarray(0, n));
-      }
-    };
-    stream.on("data", onData);
-    stream.once("close", () => reject(new Error(`closed after ${got} of ${n} bytes`)));
-  });
 }
 
 Deno.test("server stream ↔ client stream over TCP: 16 MiB each way, in order, unmasked down", async () => {

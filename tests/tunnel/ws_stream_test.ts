@@ -9,7 +9,7 @@ import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import type { Duplex } from "node:stream";
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { patternChunk, readAllNode, writeAll } from "../helpers/tunnel.ts";
+import { patternChunk, readAllNode, readBytes, writeAll } from "../helpers/tunnel.ts";
 import { freeBufferBytes, takeBuffer } from "../../lib/buffer_pool.ts";
 import { encodeClientFrame, websocketClientStream } from "../../lib/tunnel/ws_stream.ts";
 import { websocketStream } from "../helpers/ws_object_stream.ts";
@@ -160,25 +160,6 @@ async function rawPair(): Promise<{ client: Duplex; server: RawServer; close(): 
       }
     },
   };
-}
-
-/** Collect exactly `n` bytes from `stream`. */
-function readBytes(stream: Duplex, n: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const parts: Buffer[] = [];
-    let got = 0;
-    const onData = (c: Buffer) => {
-      parts.push(c);
-      got += c.length;
-      if (got >= n) {
-        stream.off("data", onData);
-        resolve(Buffer.concat(parts).subarray(0, n));
-      }
-    };
-    stream.on("data", onData);
-    stream.once("error", reject);
-    stream.once("close", () => reject(new Error(`closed after ${got} of ${n} bytes`)));
-  });
 }
 
 function once(stream: Duplex, event: string): Promise<unknown> {
