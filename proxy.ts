@@ -88,13 +88,26 @@ export const PROXY_FLAGS: FlagSpecs = {
   "handshake-timeout": {
     kind: "duration",
     default: 10_000,
-    help: "deadline from connect to accepted config; and for endpoint clients' TLS handshakes",
+    help:
+      "deadline from connect to accepted config (the request head included); and for endpoint clients' TLS handshakes",
   },
   "max-pending-handshakes": {
     kind: "int",
     default: 256,
     min: 1,
-    help: "unauthenticated connections at once",
+    help: "unauthenticated connections at once, shared fairly between source addresses",
+  },
+  "max-agent-connections": {
+    kind: "int",
+    default: 8192,
+    min: 1,
+    help: "connections open on the agent port at once, established agents included",
+  },
+  "max-sessions-per-cluster": {
+    kind: "int",
+    default: 16,
+    min: 1,
+    help: "agent sessions per cluster; one more closes the oldest (failing ones first)",
   },
   "max-config-bytes": {
     kind: "int",
@@ -351,6 +364,8 @@ async function main(args: string[]): Promise<number> {
       keepaliveMs: v.keepalive as number,
       handshakeTimeoutMs: v["handshake-timeout"] as number,
       maxPendingHandshakes: v["max-pending-handshakes"] as number,
+      maxAgentConnections: v["max-agent-connections"] as number,
+      maxSessionsPerCluster: v["max-sessions-per-cluster"] as number,
       maxConfigBytes: v["max-config-bytes"] as number,
       maxChannelsPerSession: v["max-channels-per-session"] as number,
       kubesphereMaxRequestBody: (v["kubesphere-max-body"] as number) || undefined,

@@ -41,6 +41,10 @@ export interface ProxyAppOptions {
   keepaliveMs?: number;
   handshakeTimeoutMs?: number;
   maxPendingHandshakes?: number;
+  /** Most connections open on the agent port at once, agents' included. */
+  maxAgentConnections?: number;
+  /** Most sessions per cluster; the next one closes the oldest (see {@link SessionRegistry}). */
+  maxSessionsPerCluster?: number;
   maxConfigBytes?: number;
   maxChannelsPerSession?: number;
   /** When agent sessions exchange SSH keys again (default: 1 GiB, 2^31 packets, 1 h). */
@@ -50,7 +54,7 @@ export interface ProxyAppOptions {
 
 /** A running proxy. */
 export class ProxyApp {
-  readonly registry = new SessionRegistry();
+  readonly registry: SessionRegistry;
   readonly tunnel: TunnelServer;
   #opts: ProxyAppOptions;
   #port: AgentPort | undefined;
@@ -61,6 +65,7 @@ export class ProxyApp {
 
   constructor(opts: ProxyAppOptions) {
     this.#opts = opts;
+    this.registry = new SessionRegistry({ maxPerCluster: opts.maxSessionsPerCluster });
     this.tunnel = new TunnelServer({
       hostKey: opts.hostKey,
       clusters: opts.clusters,
@@ -146,7 +151,9 @@ export class ProxyApp {
         maxRequestHead: this.#opts.maxRequestHead,
       });
     }
-    this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel);
+    this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel, {
+      maxConnections: this.#opts.maxAgentConnections,
+    });
     this.#started = true;
   }
 

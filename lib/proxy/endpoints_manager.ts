@@ -358,19 +358,20 @@ export class EndpointsManager {
     return {
       isLive: (key) => registry.sessions(cluster).some((s) => s.id === key && s.alive),
       dial: async (signal?: AbortSignal): Promise<DialedStream> => {
-        // Try each live session once: a session that dies between pick and open, or is at its
-        // stream limit, must not fail the request when another agent can take it.
+        // Try each live session once, those whose opens have been failing last: a session that
+        // dies between pick and open, is at its stream limit, or whose agent refuses the
+        // channel must not fail the request when another agent can take it.
         const tried = new Set<string>();
         let lastErr: Error | undefined;
         for (;;) {
-          const session = registry.pick(cluster);
-          if (!session || tried.has(session.id)) break;
+          const session = registry.pick(cluster, tried);
+          if (!session) break;
           tried.add(session.id);
           const target = kind === "kubernetes"
             ? session.config.KubernetesSvcHost
             : session.config.KubeSphereSvcHost;
           try {
-            return {
+            const opened = {
               stream: await openWithin(
                 session.openStream(target, {
                   // At the limit, an idle pooled stream of this session gives its channel back.
@@ -384,11 +385,15 @@ export class EndpointsManager {
               key: session.id,
               auth: kind === "kubernetes" ? this.#authOf(session) : NO_AUTH,
             };
+            registry.reportOpen(session, true);
+            return opened;
           } catch (err) {
+            if (signal?.aborted) throw err; // the client went away: nothing to try elsewhere
             lastErr = err as Error;
-            // A full session, like a dead one, leaves the stream to the next session.
+            // The agent refused the channel or never answered (its dial failed: → 502 unless
+            // another session takes it); a full or dead session says nothing about its agent.
             if (session.alive && !(err instanceof StreamLimitError)) {
-              throw err; // the agent answered: its dial failed (→ 502)
+              registry.reportOpen(session, false);
             }
           }
         }

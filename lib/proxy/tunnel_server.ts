@@ -3,8 +3,10 @@
  * `kubesphere-v1`, SSH inside (ssh2 server), user auth, the `config`
  * handshake, keepalive, and registration of authenticated sessions.
  *
- * Every unauthenticated connection is bounded: at most `maxPendingHandshakes`
- * at once and `handshakeTimeoutMs` each (SSH and `config` included); whatever
+ * Every unauthenticated connection is bounded: it holds one of
+ * `maxPendingHandshakes` slots, shared fairly between source addresses
+ * (`admission.ts`), from TCP accept until its `config` is accepted, within
+ * `handshakeTimeoutMs` (request head, SSH and `config` included); whatever
  * goes wrong closes that one connection and nothing else.
  * @module
  */
@@ -20,13 +22,15 @@ import type { HostKey } from "../tunnel/hostkey.ts";
 import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
 import { serveGlobalRequests } from "../tunnel/ssh_requests.ts";
 import { acceptAnyIdent } from "../tunnel/ssh_compat.ts";
-import { websocketStream } from "../tunnel/ws_stream.ts";
 import { SSH_ALGORITHMS, WS_PROTOCOL } from "../tunnel/protocol.ts";
+import { AdmissionSlots } from "./admission.ts";
 import type { ClusterSource } from "./clusters.ts";
 import type { SessionRegistry } from "./registry.ts";
 import { ProxySession, type SessionLimits } from "./session.ts";
 
 const log = logger("proxy/tunnel");
+/** Warnings a flood can repeat (refusals, evictions) are logged at most this often. */
+const WARN_EVERY_MS = 5_000;
 const enc = new TextEncoder();
 
 /** Why a handshake failed (metrics label). */
@@ -37,6 +41,23 @@ export type HandshakeFailure =
   | "ssh_error"
   | "bad_config"
   | "unauthorized";
+
+/**
+ * An unauthenticated connection holding an admission slot (see {@link TunnelServer.admit}),
+ * from TCP accept until its agent is accepted or it closes.
+ */
+export interface PendingConnection {
+  /** `host:port` of the peer, for logs. */
+  readonly remote: string;
+  /** Ends the connection (deadline passed, evicted, proxy closing); its owner may replace it. */
+  close: () => void;
+  /** Set by its owner: lift the limits that hold only before authentication. */
+  onAuthenticated?: () => void;
+  /** Whether it has become a tunnel (logs say "handshake timed out" then). */
+  upgraded: boolean;
+  /** The connection ended or its agent was accepted: slot and deadline go (idempotent). */
+  done(): void;
+}
 
 /** Options for {@link TunnelServer}. */
 export interface TunnelServerOptions {
@@ -65,14 +86,19 @@ export interface TunnelServerOptions {
 export class TunnelServer {
   #opts: TunnelServerOptions;
   #ssh: ssh2.Server;
-  #pending = 0;
+  #slots: AdmissionSlots;
+  /** Connections holding a slot. */
+  #pendings = new Set<PendingConnection>();
   #streams = new Set<Duplex>();
-  /** Transport given to ssh2 → "handshake finished" callback. */
-  #handshakes = new WeakMap<object, () => void>();
+  /** Transport given to ssh2 → its pending connection. */
+  #handshakes = new WeakMap<object, PendingConnection>();
   #closing = false;
+  /** Rate-limited warnings by kind: when the last was logged, how many left out since. */
+  #warned = new Map<string, { at: number; skipped: number }>();
 
   constructor(opts: TunnelServerOptions) {
     this.#opts = opts;
+    this.#slots = new AdmissionSlots(opts.maxPendingHandshakes ?? 256);
     const keepalive = opts.keepaliveMs ?? 30_000;
     this.#ssh = new ssh2.Server({
       hostKeys: [{ key: opts.hostKey.sshKey }],
@@ -94,78 +120,125 @@ export class TunnelServer {
 
   /** Number of connections that have not finished their handshake. */
   get pendingHandshakes(): number {
-    return this.#pending;
+    return this.#slots.size;
   }
 
-  /** Whether `req` asks for the agent tunnel (any `kubesphere-*` subprotocol). */
-  static wantsTunnel(req: Request): boolean {
-    return (req.headers.get("upgrade") ?? "").toLowerCase() === "websocket" &&
-      /(^|,)\s*kubesphere-/i.test(req.headers.get("sec-websocket-protocol") ?? "");
+  /**
+   * Whether a request with these `Upgrade` and `Sec-WebSocket-Protocol` values asks for the
+   * agent tunnel (a WebSocket with any `kubesphere-*` subprotocol).
+   */
+  static wantsTunnel(upgrade: string | undefined, protocols: string | undefined): boolean {
+    return /(^|,)\s*websocket\s*(,|$)/i.test(upgrade ?? "") &&
+      /(^|,)\s*kubesphere-/i.test(protocols ?? "");
   }
 
-  /** Handle an upgrade request for the tunnel (see {@link TunnelServer.wantsTunnel}). */
-  handle(req: Request, remote: string): Response {
-    const protocols = (req.headers.get("sec-websocket-protocol") ?? "").split(",").map((s) =>
-      s.trim()
-    );
-    if (!protocols.includes(WS_PROTOCOL)) {
-      log.warn("Refusing agent with an unsupported protocol version", {
-        remote,
-        offered: protocols.join(","),
-        want: WS_PROTOCOL,
-      });
-      this.#opts.onHandshakeFailure?.("bad_protocol");
-      return new Response(`unsupported protocol version, want ${WS_PROTOCOL}\n`, { status: 400 });
-    }
-    if (this.#closing) return new Response("shutting down\n", { status: 503 });
-    const max = this.#opts.maxPendingHandshakes ?? 256;
-    if (this.#pending >= max) {
-      log.warn("Refusing agent: too many handshakes in progress", { remote, max });
-      this.#opts.onHandshakeFailure?.("too_many_pending");
-      return new Response("too many handshakes in progress\n", {
-        status: 503,
-        headers: { "retry-after": "5" },
-      });
-    }
-    let upgraded;
-    try {
-      upgraded = Deno.upgradeWebSocket(req, { protocol: WS_PROTOCOL, idleTimeout: 0 });
-    } catch (err) {
-      return new Response(`bad websocket upgrade: ${(err as Error).message}\n`, { status: 400 });
-    }
-    const stream = websocketStream(upgraded.socket);
-    this.accept(stream, remote);
-    return upgraded.response;
-  }
-
-  /** Run the SSH server side over any byte stream (WebSocket or, in tests, a socket). */
-  accept(stream: Duplex, remote: string): void {
-    this.#pending++;
-    this.#streams.add(stream);
-    let settled = false;
-    const settle = () => {
-      if (!settled) {
-        settled = true;
-        this.#pending--;
-        clearTimeout(timer);
-      }
-    };
+  /**
+   * Take a slot for a new connection from `hostname:port` (see `admission.ts`): from now on it
+   * has `handshakeTimeoutMs` to get its agent accepted, and `close` ends it should the deadline
+   * pass, a newcomer from a less busy source need the slot, or the proxy close. Refused (a
+   * reason to answer with 503) when shutting down or when every slot is taken by sources no
+   * busier than this one.
+   */
+  admit(hostname: string, port: number, close: () => void): PendingConnection | string {
+    const remote = `${hostname}:${port}`;
+    if (this.#closing) return "shutting down";
     const timeoutMs = this.#opts.handshakeTimeoutMs ?? 10_000;
+    // The callbacks below run later (an eviction, the deadline), once `pending` exists.
+    const slot = this.#slots.take(hostname, () => {
+      this.#warnSome("evicted", "Closing an unauthenticated connection for a less busy source", {
+        remote,
+        held: this.#slots.held(hostname),
+      });
+      this.#opts.onHandshakeFailure?.("too_many_pending"); // the slots are full, as for a 503
+      pending.done();
+      pending.close();
+    });
+    if (!slot) {
+      this.#warnSome("refused", "Refusing agent: too many handshakes in progress", {
+        remote,
+        max: this.#slots.max,
+      });
+      this.#opts.onHandshakeFailure?.("too_many_pending");
+      return "too many handshakes in progress";
+    }
     const timer = setTimeout(() => {
-      if (settled) return;
-      log.warn("Agent handshake timed out", { remote, timeout: `${timeoutMs}ms` });
+      if (pending.upgraded) {
+        log.warn("Agent handshake timed out", { remote, timeout: `${timeoutMs}ms` });
+      } else {
+        log.v(2, "Closing a connection that sent no complete request head", {
+          remote,
+          timeout: `${timeoutMs}ms`,
+        });
+      }
       this.#opts.onHandshakeFailure?.("timeout");
-      settle();
-      stream.destroy();
+      pending.done();
+      pending.close();
     }, timeoutMs);
+    let settled = false;
+    const pending: PendingConnection = {
+      remote,
+      close,
+      upgraded: false,
+      done: () => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        slot.release();
+        this.#pendings.delete(pending);
+      },
+    };
+    this.#pendings.add(pending);
+    return pending;
+  }
+
+  /**
+   * Log a warning of `kind` at most once per {@link WARN_EVERY_MS}, with how many were left out
+   * since the last: a flood must not turn into a flood of log lines.
+   */
+  #warnSome(kind: string, msg: string, fields: Record<string, unknown>): void {
+    const w = this.#warned.get(kind) ?? { at: -Infinity, skipped: 0 };
+    this.#warned.set(kind, w);
+    const now = performance.now();
+    if (now - w.at < WARN_EVERY_MS) {
+      w.skipped++;
+      return;
+    }
+    log.warn(msg, w.skipped > 0 ? { ...fields, alsoSince: w.skipped } : fields);
+    w.at = now;
+    w.skipped = 0;
+  }
+
+  /** Whether an agent offering `offered` (a `Sec-WebSocket-Protocol` value) speaks ours. */
+  checkProtocol(offered: string, remote: string): boolean {
+    const protocols = offered.split(",").map((s) => s.trim());
+    if (protocols.includes(WS_PROTOCOL)) return true;
+    log.warn("Refusing agent with an unsupported protocol version", {
+      remote,
+      offered: protocols.join(","),
+      want: WS_PROTOCOL,
+    });
+    this.#opts.onHandshakeFailure?.("bad_protocol");
+    return false;
+  }
+
+  /**
+   * Run the SSH server side over `stream` (the upgraded connection of `pending`). Its slot is
+   * given back once the agent is accepted (`pending.onAuthenticated` runs first) or the stream
+   * closes.
+   */
+  accept(stream: Duplex, pending: PendingConnection): void {
+    const remote = pending.remote;
+    pending.upgraded = true;
+    pending.close = () => stream.destroy();
+    this.#streams.add(stream);
     stream.once("close", () => {
-      settle();
+      pending.done();
       this.#streams.delete(stream);
     });
     stream.on("error", (err: Error) => log.v(2, "agent transport error", { remote, err }));
     const transport = acceptAnyIdent(stream, this.#ssh);
     (transport as Duplex & { remoteAddress?: string }).remoteAddress = remote;
-    this.#handshakes.set(transport, settle);
+    this.#handshakes.set(transport, pending);
     this.#ssh.injectSocket(transport as unknown as Socket);
   }
 
@@ -259,7 +332,9 @@ export class TunnelServer {
           }
           session = new ProxySession(conn, cfg, remote, this.#opts.session);
           keepRekeying(conn, this.#opts.rekey, { cluster: cfg.Name, session: session.id });
-          if (transport) this.#handshakes.get(transport)?.();
+          const pending = transport ? this.#handshakes.get(transport) : undefined;
+          pending?.onAuthenticated?.();
+          pending?.done();
           log.info("Agent connected", {
             cluster: cfg.Name,
             session: session.id,
@@ -286,6 +361,10 @@ export class TunnelServer {
   /** Stop taking agents and close every connection. */
   close(): void {
     this.#closing = true;
+    for (const p of [...this.#pendings]) {
+      p.done();
+      p.close();
+    }
     for (const s of this.#streams) s.destroy();
     this.#streams.clear();
   }

@@ -13,6 +13,8 @@ import { setupLogging } from "../../lib/log.ts";
 import { randomToken } from "../../lib/secret.ts";
 import type { Proc } from "../../tests/helpers/proc.ts";
 import { bulk, concurrency, fairness, settle, small } from "./figures.ts";
+import { preauth } from "./preauth.ts";
+import { peakRss } from "./rss.ts";
 import { scale } from "./scale.ts";
 import { tcpMemPressureMiB } from "./tcp_mem.ts";
 import {
@@ -37,7 +39,7 @@ import {
 } from "./stats.ts";
 
 const BASELINE = new URL("./baseline.json", import.meta.url).pathname;
-const FIGURES = ["bulk", "small", "concurrency", "fairness", "scale", "rss"];
+const FIGURES = ["bulk", "small", "concurrency", "fairness", "scale", "rss", "preauth"];
 
 /** The bench's flags. */
 export const BENCH_FLAGS: FlagSpecs = {
@@ -117,29 +119,6 @@ async function revision(): Promise<string> {
     return new TextDecoder().decode(out.stdout).trim();
   } catch {
     return "unknown";
-  }
-}
-
-/** Peak RSS of some processes while `work` runs, sampled every 100 ms. */
-async function peakRss<T>(
-  pids: Record<string, number>,
-  work: () => Promise<T>,
-): Promise<{ result: T; peaks: Record<string, number> }> {
-  const peaks: Record<string, number> = {};
-  const sample = () => {
-    for (const [k, pid] of Object.entries(pids)) {
-      const r = rssMiB(pid);
-      if (!(peaks[k] >= r)) peaks[k] = r;
-    }
-  };
-  sample();
-  const timer = setInterval(sample, 100);
-  try {
-    const result = await work();
-    sample();
-    return { result, peaks };
-  } finally {
-    clearInterval(timer);
   }
 }
 
@@ -435,6 +414,26 @@ async function main(args: string[]): Promise<number> {
         results.add("scale", "restart_all_back", "tower", r.allBackS, "s", "lower");
         results.add("scale", "restart_all_serving", "tower", r.allServingS, "s", "lower");
         results.add("scale", "proxy_rss_after_restart", "tower", r.proxyRssMiB, "MiB", "lower");
+      }
+    }
+
+    if (want("preauth")) {
+      const at = `${dir}/preauth`;
+      await Deno.mkdir(at);
+      for (let rep = 1; rep <= runs; rep++) {
+        say(`run ${rep}/${runs} preauth floods`);
+        const r = await preauth(at, say);
+        const add = (metric: string, value: number, unit: string) =>
+          results.add("preauth", metric, "tower", value, unit, "lower");
+        add("rss_idle", r.idleMiB, "MiB");
+        add("big_frames", r.bigFramesMiB, "MiB");
+        add("fragments", r.fragmentsMiB, "MiB");
+        add("big_heads", r.bigHeadsMiB, "MiB");
+        add("silent", r.silentMiB, "MiB");
+        add("silent_past_deadline", r.silentPastDeadlineS, "s");
+        add("silent_left_open", r.silentLeftOpen, "");
+        add("slot_flood", r.slotFloodMiB, "MiB");
+        add("agent_in_flood", r.agentInFloodMs, "ms");
       }
     }
 

@@ -29,16 +29,7 @@ export interface BenchPath {
   connect(): Promise<ByteConn>;
 }
 
-/** Resident set size of a process in MiB (Linux `/proc`), NaN when unknown. */
-export function rssMiB(pid: number): number {
-  try {
-    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-    const m = /VmRSS:\s+(\d+) kB/.exec(status);
-    return m ? Number(m[1]) / 1024 : NaN;
-  } catch {
-    return NaN;
-  }
-}
+export { rssMiB } from "./rss.ts";
 
 /** The running origin server process. */
 export interface Origin {

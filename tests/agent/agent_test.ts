@@ -23,7 +23,7 @@ import {
   openKubesphereChannel,
 } from "../../lib/tunnel/ssh_compat.ts";
 import { serveGlobalRequests } from "../../lib/tunnel/ssh_requests.ts";
-import { websocketStream } from "../../lib/tunnel/ws_stream.ts";
+import { websocketStream } from "../helpers/ws_object_stream.ts";
 import { WS_PROTOCOL } from "../../lib/tunnel/protocol.ts";
 
 const TOKEN = "e5".repeat(32);

@@ -12,7 +12,7 @@ import { generateHostKeyPem, parseHostKey } from "../../lib/tunnel/hostkey.ts";
 import { WS_PROTOCOL } from "../../lib/tunnel/protocol.ts";
 import { acceptAnyIdent } from "../../lib/tunnel/ssh_compat.ts";
 import { serveGlobalRequests } from "../../lib/tunnel/ssh_requests.ts";
-import { websocketStream } from "../../lib/tunnel/ws_stream.ts";
+import { websocketStream } from "../helpers/ws_object_stream.ts";
 
 /** What the impostor saw. */
 export interface Impostor {

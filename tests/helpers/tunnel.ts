@@ -301,6 +301,25 @@ export class Sha256Stream {
   }
 }
 
+/** Collect exactly `n` bytes from `stream` (rejects if it errors or closes first). */
+export function readBytes(stream: Duplex, n: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let got = 0;
+    const onData = (c: Buffer) => {
+      parts.push(c);
+      got += c.length;
+      if (got >= n) {
+        stream.off("data", onData);
+        resolve(Buffer.concat(parts).subarray(0, n));
+      }
+    };
+    stream.on("data", onData);
+    stream.once("error", reject);
+    stream.once("close", () => reject(new Error(`closed after ${got} of ${n} bytes`)));
+  });
+}
+
 /** Collect a Node readable stream into one Buffer (bounded by `max`). */
 export function readAllNode(stream: Duplex, max = 256 << 20): Promise<Buffer> {
   return new Promise((resolve, reject) => {
