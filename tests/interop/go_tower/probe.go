@@ -173,7 +173,12 @@ func probeClient(port string) {
 		if err != nil {
 			fail("accept: " + err.Error())
 		}
-		go ssh.DiscardRequests(chReqs)
+		// The requests channel closes when the channel is closed on both sides.
+		closedBoth := make(chan struct{})
+		go func() {
+			ssh.DiscardRequests(chReqs)
+			close(closedBoth)
+		}()
 		got, err := io.ReadAll(stream)
 		if err != nil {
 			fail("read: " + err.Error())
@@ -183,9 +188,12 @@ func probeClient(port string) {
 			fail("write: " + err.Error())
 		}
 		stream.CloseWrite()
-		// Wait for the proxy to close the channel, then leave.
-		io.Copy(io.Discard, stream)
+		// Wait for the proxy's CLOSE, which it sends once it has read our EOF, before closing the
+		// connection: x/crypto/ssh queues what is written during a key exchange, and closing the
+		// connection at our EOF would drop what is still queued (our reads already ended at the
+		// proxy's EOF, so they cannot tell).
 		stream.Close()
+		<-closedBoth
 		break
 	}
 	sshConn.Close()
