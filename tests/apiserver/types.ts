@@ -187,3 +187,21 @@ export function badRequest(message: string): ApiError {
 export function clone<T>(v: T): T {
   return structuredClone(v);
 }
+
+/** The current time as the API server writes timestamps (RFC 3339, whole seconds). */
+export function timestamp(): string {
+  return new Date().toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+/** Deep equality of JSON values, independent of key order (`undefined` members ignored). */
+export function sameJson(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const ao = a as Record<string, unknown>;
+  const bo = b as Record<string, unknown>;
+  const ak = Object.keys(ao).filter((k) => ao[k] !== undefined);
+  const bk = Object.keys(bo).filter((k) => bo[k] !== undefined);
+  if (ak.length !== bk.length) return false;
+  return ak.every((k) => sameJson(ao[k], bo[k]));
+}
