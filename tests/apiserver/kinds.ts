@@ -1,6 +1,7 @@
 /**
  * Per-kind semantics of the test API server before an object is stored:
- * validation (metadata, Events, Service ports, RBAC, CRDs), defaults and the
+ * validation (metadata and owner references, Events, Service ports,
+ * EndpointSlices, RBAC, CRDs), defaults and the
  * work of the controllers it stands in for (a Namespace's finalizer and
  * phase, a Service's ClusterIP and node ports, a Pod scheduled and running at
  * once, the empty status of Deployments and PDBs).
@@ -8,12 +9,19 @@
  */
 
 import { prepareCrd } from "./crds.ts";
+import {
+  ATOMIC_LISTS,
+  defaultEndpointSlice,
+  isEndpointSlice,
+  validateEndpointSlice,
+} from "./endpointslices.ts";
 import { prepareService, type ServiceNetwork } from "./services.ts";
 import type { Store } from "./store.ts";
 import {
   badRequest,
   invalid,
   type KubeObject,
+  newInvalid,
   type ResourceDef,
   storageKeyOf,
   timestamp,
@@ -22,6 +30,7 @@ import {
   prepareSecret,
   validateEvent,
   validateMetadata,
+  validateOwnerReferences,
   validateRbac,
   validateServicePorts,
 } from "./validation.ts";
@@ -32,6 +41,21 @@ type Obj = Record<string, unknown>;
 export interface WriteContext {
   store: Store;
   network: ServiceNetwork;
+  /** Accept loopback addresses in EndpointSlices (the real server refuses them). */
+  allowLoopbackEndpoints: boolean;
+}
+
+/**
+ * Defaults the real server applies while decoding a body (before comparing
+ * it with the stored object), and its decoder's type errors (400).
+ */
+export function applyDefaults(def: ResourceDef, obj: KubeObject): void {
+  if (isEndpointSlice(def)) defaultEndpointSlice(obj);
+}
+
+/** Top-level lists a strategic merge patch replaces whole for this kind. */
+export function atomicLists(def: ResourceDef): string[] {
+  return isEndpointSlice(def) ? ATOMIC_LISTS : [];
 }
 
 /**
@@ -47,6 +71,8 @@ export function prepareWrite(
   const o = obj as Obj;
   const metaCauses = validateMetadata(obj);
   if (metaCauses.length) throw invalid(def, obj.metadata.name ?? "", metaCauses);
+  const refCauses = validateOwnerReferences(obj);
+  if (refCauses.length) throw newInvalid(def, obj.metadata.name ?? "", refCauses);
   if (def.kind === "Event" && !old) {
     const eventCauses = validateEvent(obj, def.group === "events.k8s.io");
     if (eventCauses.length) throw invalid(def, obj.metadata.name ?? "", eventCauses);
@@ -76,6 +102,7 @@ export function prepareWrite(
     prepareService(def, obj, old, others, ctx.network);
   }
   if (def.group === "" && def.kind === "Pod" && !old) startPod(ctx.store, def, obj);
+  if (isEndpointSlice(def)) validateEndpointSlice(def, obj, old, ctx.allowLoopbackEndpoints);
   if (def.kind === "CustomResourceDefinition") prepareCrd(def, obj, old);
   if (!old && def.generation && !def.crd && def.statusSubresource) {
     // Built-ins with a controller (Deployments, PDBs) start with an empty status.

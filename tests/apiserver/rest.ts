@@ -13,7 +13,8 @@ import * as discovery from "./discovery.ts";
 import { fromEventsV1, toEventsV1 } from "./events.ts";
 import { Faults } from "./faults.ts";
 import { fixtures } from "./fixtures.ts";
-import { prepareWrite } from "./kinds.ts";
+import { deletionFinalizers, GarbageCollector, propagationPolicy } from "./gc.ts";
+import { applyDefaults, atomicLists, prepareWrite } from "./kinds.ts";
 import { podLogResponse } from "./logs.ts";
 import { jsonPatch, mergePatch, strategicMergePatch } from "./patch.ts";
 import { defsFromCrd, Registry } from "./registry.ts";
@@ -81,6 +82,12 @@ export interface CoreOptions {
   logLineIntervalMs?: number;
   /** `host:port` advertised in `/api`. */
   serverAddress?: string;
+  /**
+   * Accept loopback addresses (127.0.0.0/8, ::1) in EndpointSlices, which the
+   * real server refuses (422): for tests whose "pods" are processes on
+   * 127.0.0.x. Default false.
+   */
+  allowLoopbackEndpoints?: boolean;
 }
 
 const JSON_HEADERS = { "content-type": "application/json" };
@@ -145,6 +152,8 @@ export class ApiCore {
   #logIdle: (() => void)[] = [];
   /** Watches refused with an ERROR 410 Expired event (from a compacted resourceVersion). */
   expiredWatches = 0;
+  /** The garbage collector (ownerReferences), run before each write request is answered. */
+  readonly gc: GarbageCollector;
 
   constructor(readonly opts: CoreOptions = {}, store?: Store) {
     this.network = opts.network ?? DEFAULT_NETWORK;
@@ -154,6 +163,56 @@ export class ApiCore {
     this.store = store ?? new Store(opts.historyLimit ?? 20000);
     if (!store) this.loadFixtures();
     else this.#reloadCrds();
+    this.gc = new GarbageCollector({
+      registry: this.registry,
+      store: this.store,
+      deleteObject: (def, obj, policy) =>
+        this.#delete(def, obj.metadata.namespace ?? "", obj.metadata.name!, {
+          propagationPolicy: policy,
+          preconditions: { uid: obj.metadata.uid },
+        }, new URLSearchParams()),
+      updateObject: (def, obj) =>
+        this.#update(
+          def,
+          obj.metadata.namespace ?? "",
+          obj.metadata.name!,
+          obj,
+          new URLSearchParams(),
+          false,
+        ),
+      warn: (obj, def, reason, message) => this.#warn(obj, def, reason, message),
+    });
+  }
+
+  /** Record a Warning Event about `obj` as a controller would (best effort). */
+  #warn(obj: KubeObject, def: ResourceDef, reason: string, message: string): void {
+    const events = this.registry.find("", "v1", "events")!;
+    const ns = def.namespaced ? obj.metadata.namespace ?? "" : "default";
+    const ts = timestamp();
+    const stamp = (Date.now() * 1e6 + Math.floor(Math.random() * 1e6)).toString(16);
+    try {
+      this.createObject(events, ns, {
+        metadata: { name: `${obj.metadata.name}.${stamp}`, namespace: ns },
+        involvedObject: {
+          kind: def.kind,
+          apiVersion: apiVersionOf(def),
+          ...(def.namespaced ? { namespace: ns } : {}),
+          name: obj.metadata.name,
+          uid: obj.metadata.uid,
+        },
+        reason,
+        message,
+        type: "Warning",
+        source: { component: "garbage-collector-controller" },
+        reportingComponent: "garbage-collector-controller",
+        reportingInstance: "",
+        firstTimestamp: ts,
+        lastTimestamp: ts,
+        count: 1,
+      });
+    } catch {
+      // e.g. the namespace is going away: the event is lost, as a real recorder's may be
+    }
   }
 
   /** Resolves when no follow-log stream is open. */
@@ -174,6 +233,7 @@ export class ApiCore {
   reset(): void {
     for (const d of this.registry.all()) if (d.crd) this.registry.removeCrd(d.crd);
     this.store.clear();
+    this.gc.reindex();
     this.loadFixtures();
   }
 
@@ -496,6 +556,7 @@ export class ApiCore {
     let body = clone(input);
     if (def.group === "events.k8s.io") body = fromEventsV1(body);
     else this.#checkKind(def, body);
+    applyDefaults(def, body);
     if (!body.metadata || typeof body.metadata !== "object") body.metadata = {};
     const m = body.metadata;
     if (def.namespaced) {
@@ -560,6 +621,7 @@ export class ApiCore {
     let body = clone(input);
     if (def.group === "events.k8s.io") body = fromEventsV1(body);
     else this.#checkKind(def, body);
+    applyDefaults(def, body);
     const old = this.#mustGet(def, namespace, name);
     if (!body.metadata || typeof body.metadata !== "object") body.metadata = {};
     if (body.metadata.name !== undefined && body.metadata.name !== name) {
@@ -684,7 +746,7 @@ export class ApiCore {
               `application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml`,
           );
         }
-        next = strategicMergePatch(current, patch);
+        next = strategicMergePatch(current, patch, "", atomicLists(def));
         break;
       default:
         throw new ApiError(
@@ -714,8 +776,7 @@ export class ApiCore {
   ): KubeObject {
     const old = this.#mustGet(def, namespace, name);
     const pre = (opts.preconditions ?? {}) as Obj;
-    const orphan = (opts.propagationPolicy ?? q.get("propagationPolicy")) === "Orphan" ||
-      opts.orphanDependents === true;
+    const policy = propagationPolicy(opts, q);
     if (pre.resourceVersion && pre.resourceVersion !== old.metadata.resourceVersion) {
       throw new ApiError(
         409,
@@ -737,12 +798,21 @@ export class ApiCore {
     }
     if (q.get("dryRun") === "All") return old;
     const key = storageKeyOf(def);
-    if ((old.metadata.finalizers ?? []).length > 0) {
-      if (old.metadata.deletionTimestamp) return old;
+    const finalizers = old.metadata.finalizers ?? [];
+    // The garbage collector's finalizers (orphan, foregroundDeletion) as the policy asks.
+    const wanted = deletionFinalizers(finalizers, policy);
+    if (finalizers.length > 0 || (def.kind !== "Namespace" && wanted.length > 0)) {
+      if (!wanted.length) return this.#finalizeDelete(def, old);
+      const same = wanted.length === finalizers.length &&
+        wanted.every((f) => finalizers.includes(f));
+      if (old.metadata.deletionTimestamp && same) return old;
       const next = clone(old);
-      next.metadata.deletionTimestamp = timestamp();
+      if (!next.metadata.deletionTimestamp) {
+        next.metadata.deletionTimestamp = timestamp();
+        if (next.metadata.generation) next.metadata.generation++;
+      }
       next.metadata.deletionGracePeriodSeconds = 0;
-      if (next.metadata.generation) next.metadata.generation++;
+      next.metadata.finalizers = same ? finalizers : wanted;
       return this.store.put(key, next);
     }
     if (def.kind === "Namespace") {
@@ -754,11 +824,15 @@ export class ApiCore {
       this.#finalizeDelete(def, stored);
       return stored;
     }
-    return this.#finalizeDelete(def, old, orphan);
+    return this.#finalizeDelete(def, old);
   }
 
-  /** Remove an object for good, with the cascades the real control plane performs. */
-  #finalizeDelete(def: ResourceDef, obj: KubeObject, orphan = false): KubeObject {
+  /**
+   * Remove an object for good, with the cascades the real control plane
+   * performs (a Namespace's objects, a CRD's resources; dependents are the
+   * garbage collector's, which sees the deletion).
+   */
+  #finalizeDelete(def: ResourceDef, obj: KubeObject): KubeObject {
     const name = obj.metadata.name!;
     if (def.kind === "Namespace" && def.group === "") {
       const seen = new Set<string>();
@@ -781,59 +855,25 @@ export class ApiCore {
       }
       this.registry.removeCrd(name);
     }
-    const gone = this.store.remove(storageKeyOf(def), obj.metadata.namespace ?? "", name) ?? obj;
-    if (gone.metadata.uid) this.#collectGarbage(gone.metadata.uid, orphan);
-    return gone;
-  }
-
-  /**
-   * The garbage collector, run synchronously: dependents whose
-   * ownerReferences name the deleted owner are deleted once none of their
-   * owners exists (background propagation), or lose the reference (Orphan).
-   */
-  #collectGarbage(ownerUid: string, orphan: boolean): void {
-    const defs = new Map<string, ResourceDef>();
-    for (const d of this.registry.all()) {
-      if (!defs.has(storageKeyOf(d))) defs.set(storageKeyOf(d), d);
-    }
-    const live = new Set<string>();
-    for (const key of defs.keys()) {
-      for (const o of this.store.list(key)) if (o.metadata.uid) live.add(o.metadata.uid);
-    }
-    for (const [key, d] of defs) {
-      for (const o of this.store.list(key)) {
-        const refs = (o.metadata.ownerReferences ?? []) as { uid?: string }[];
-        if (!refs.some((r) => r.uid === ownerUid)) continue;
-        if (orphan) {
-          const next = clone(o);
-          next.metadata.ownerReferences = refs.filter((r) => r.uid !== ownerUid);
-          if (!(next.metadata.ownerReferences as unknown[]).length) {
-            delete next.metadata.ownerReferences;
-          }
-          this.store.put(key, next);
-        } else if (!refs.some((r) => r.uid && live.has(r.uid))) {
-          if (this.store.get(key, o.metadata.namespace ?? "", o.metadata.name!)) {
-            this.#delete(
-              d,
-              o.metadata.namespace ?? "",
-              o.metadata.name!,
-              {},
-              new URLSearchParams(),
-            );
-          }
-        }
-      }
-    }
+    return this.store.remove(storageKeyOf(def), obj.metadata.namespace ?? "", name) ?? obj;
   }
 
   #deleteCollection(req: ApiRequest, t: Target): ApiResponse {
     const match = this.#matcher(req, t);
+    const opts = req.body.length ? this.#parseBody(req) as Obj : {};
+    propagationPolicy(opts, req.url.searchParams);
     const key = storageKeyOf(t.def);
     const items: KubeObject[] = [];
     for (const o of this.store.list(key, t.def.namespaced ? t.namespace || undefined : undefined)) {
       if (!match(o)) continue;
       items.push(
-        this.#delete(t.def, o.metadata.namespace ?? "", o.metadata.name!, {}, req.url.searchParams),
+        this.#delete(
+          t.def,
+          o.metadata.namespace ?? "",
+          o.metadata.name!,
+          opts,
+          req.url.searchParams,
+        ),
       );
     }
     return jsonResponse(200, {
@@ -847,7 +887,16 @@ export class ApiCore {
   // ---- per-kind semantics -------------------------------------------------
 
   #beforeWrite(def: ResourceDef, obj: KubeObject, old: KubeObject | undefined): void {
-    prepareWrite({ store: this.store, network: this.network }, def, obj, old);
+    prepareWrite(
+      {
+        store: this.store,
+        network: this.network,
+        allowLoopbackEndpoints: !!this.opts.allowLoopbackEndpoints,
+      },
+      def,
+      obj,
+      old,
+    );
   }
 
   #afterWrite(def: ResourceDef, obj: KubeObject): void {

@@ -88,3 +88,43 @@ export function deadline<T>(p: Promise<T>, ms: number, what: string): Promise<T>
   });
   return Promise.race([p, t]).finally(() => clearTimeout(timer));
 }
+
+/** An open watch: its events one at a time, and a way to end it. */
+export interface OpenWatch {
+  /** The next event (rejects after `ms`, naming `what`, or when the stream ends). */
+  next(what: string, ms?: number): Promise<{ type: string; object: Record<string, unknown> }>;
+  /** Stop watching (aborts the request, closes its client). */
+  stop(): Promise<void>;
+}
+
+/**
+ * `GET path` (a `?watch=true` URL) over HTTPS as the admin, or as
+ * `identity`; fails unless the answer is 200.
+ */
+export async function openWatch(
+  server: TestApiServer,
+  path: string,
+  identity: Parameters<typeof httpClient>[1] = "admin",
+): Promise<OpenWatch> {
+  const client = httpClient(server, identity);
+  const ac = new AbortController();
+  const res = await fetch(`${server.url}${path}`, { client, signal: ac.signal });
+  if (res.status !== 200) {
+    const text = await res.text();
+    client.close();
+    throw new Error(`watch ${path}: ${res.status} ${text}`);
+  }
+  const events = watchEvents(res.body!);
+  return {
+    async next(what, ms = 10_000) {
+      const r = await deadline(events.next(), ms, what);
+      if (r.done) throw new Error(`watch ended before ${what}`);
+      return r.value;
+    },
+    async stop() {
+      ac.abort();
+      await events.return(undefined).catch(() => {});
+      client.close();
+    },
+  };
+}

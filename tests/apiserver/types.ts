@@ -205,3 +205,24 @@ export function sameJson(a: unknown, b: unknown): boolean {
   if (ak.length !== bk.length) return false;
   return ak.every((k) => sameJson(ao[k], bo[k]));
 }
+
+/**
+ * 422 Invalid as `errors.NewInvalid` builds it: `<Kind>[.<group>] "<name>" is
+ * invalid: <field>: <error>` (several errors bracketed and comma-separated,
+ * repeated messages once), `details.causes` with each field and error body.
+ */
+export function newInvalid(
+  def: { group: string; kind: string },
+  name: string,
+  causes: StatusCause[],
+): ApiError {
+  const qualified = def.group ? `${def.kind}.${def.group}` : def.kind;
+  const msgs = [...new Set(causes.map((c) => `${c.field ?? ""}: ${c.message ?? ""}`))];
+  const what = msgs.length === 1 ? msgs[0] : `[${msgs.join(", ")}]`;
+  return new ApiError(422, "Invalid", `${qualified} "${name}" is invalid: ${what}`, {
+    name,
+    group: def.group,
+    kind: def.kind,
+    causes: causes.map((c) => ({ reason: c.reason ?? "FieldValueInvalid", ...c })),
+  });
+}
