@@ -693,9 +693,9 @@ export class ApiCore {
     if (q.get("dryRun") === "All") return next;
     const key = storageKeyOf(def);
     if (next.metadata.deletionTimestamp && !(next.metadata.finalizers ?? []).length) {
-      const stored = this.store.put(key, next);
-      this.#finalizeDelete(def, stored);
-      return stored;
+      // The last finalizer gone: the real store deletes instead of writing, so watchers see
+      // DELETED (with the last stored state) and no MODIFIED.
+      return this.#finalizeDelete(def, old);
     }
     const stored = this.store.put(key, next);
     this.#afterWrite(def, stored);

@@ -114,16 +114,36 @@ export async function openWatch(
     client.close();
     throw new Error(`watch ${path}: ${res.status} ${text}`);
   }
-  const events = watchEvents(res.body!);
+  // Our own reader (not an async generator) so that stop() ends a pending read at once.
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  const nextEvent = async () => {
+    for (;;) {
+      const i = buf.indexOf("\n");
+      if (i >= 0) {
+        const line = buf.slice(0, i).trim();
+        buf = buf.slice(i + 1);
+        if (line) return JSON.parse(line);
+        continue;
+      }
+      const { done, value } = await reader.read();
+      if (done) return undefined;
+      buf += value;
+    }
+  };
+  let pending: Promise<{ type: string; object: Record<string, unknown> } | undefined> | undefined;
   return {
     async next(what, ms = 10_000) {
-      const r = await deadline(events.next(), ms, what);
-      if (r.done) throw new Error(`watch ended before ${what}`);
-      return r.value;
+      // A read that timed out is still the one to wait for.
+      pending ??= nextEvent();
+      const ev = await deadline(pending, ms, what);
+      pending = undefined;
+      if (!ev) throw new Error(`watch ended before ${what}`);
+      return ev;
     },
     async stop() {
       ac.abort();
-      await events.return(undefined).catch(() => {});
+      await reader.cancel().catch(() => {});
       client.close();
     },
   };
