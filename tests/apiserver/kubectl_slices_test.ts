@@ -8,7 +8,7 @@
  * @module
  */
 
-import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
 import { startTestApiServer, type TestApiServer } from "./server.ts";
 import { httpClient, kubectl, kubectlProc, type KubectlResult } from "./testing.ts";
 
