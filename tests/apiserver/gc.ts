@@ -42,6 +42,7 @@ import {
   type ResourceDef,
   sameJson,
   storageKeyOf,
+  timestamp,
 } from "./types.ts";
 
 const log = logger("test-apiserver/gc");
@@ -385,4 +386,37 @@ export function deletionFinalizers(current: string[], policy: Propagation | unde
     ...(orphan ? [ORPHAN] : []),
     ...(foreground ? [FOREGROUND] : []),
   ];
+}
+
+/** The core/v1 Event the collector records about `obj` (in `default` for cluster-scoped ones). */
+export function warningEvent(
+  obj: KubeObject,
+  def: ResourceDef,
+  reason: string,
+  message: string,
+): KubeObject {
+  const ns = def.namespaced ? obj.metadata.namespace ?? "" : "default";
+  const ts = timestamp();
+  const stamp = (Date.now() * 1e6 + Math.floor(Math.random() * 1e6)).toString(16);
+  return {
+    apiVersion: "v1",
+    kind: "Event",
+    metadata: { name: `${obj.metadata.name}.${stamp}`, namespace: ns },
+    involvedObject: {
+      kind: def.kind,
+      apiVersion: apiVersionOf(def),
+      ...(def.namespaced ? { namespace: ns } : {}),
+      name: obj.metadata.name,
+      uid: obj.metadata.uid,
+    },
+    reason,
+    message,
+    type: "Warning",
+    source: { component: "garbage-collector-controller" },
+    reportingComponent: "garbage-collector-controller",
+    reportingInstance: "",
+    firstTimestamp: ts,
+    lastTimestamp: ts,
+    count: 1,
+  };
 }

@@ -13,7 +13,7 @@ import * as discovery from "./discovery.ts";
 import { fromEventsV1, toEventsV1 } from "./events.ts";
 import { Faults } from "./faults.ts";
 import { fixtures } from "./fixtures.ts";
-import { deletionFinalizers, GarbageCollector, propagationPolicy } from "./gc.ts";
+import { deletionFinalizers, GarbageCollector, propagationPolicy, warningEvent } from "./gc.ts";
 import { applyDefaults, atomicLists, prepareWrite } from "./kinds.ts";
 import { podLogResponse } from "./logs.ts";
 import { jsonPatch, mergePatch, strategicMergePatch } from "./patch.ts";
@@ -186,30 +186,9 @@ export class ApiCore {
 
   /** Record a Warning Event about `obj` as a controller would (best effort). */
   #warn(obj: KubeObject, def: ResourceDef, reason: string, message: string): void {
-    const events = this.registry.find("", "v1", "events")!;
-    const ns = def.namespaced ? obj.metadata.namespace ?? "" : "default";
-    const ts = timestamp();
-    const stamp = (Date.now() * 1e6 + Math.floor(Math.random() * 1e6)).toString(16);
+    const event = warningEvent(obj, def, reason, message);
     try {
-      this.createObject(events, ns, {
-        metadata: { name: `${obj.metadata.name}.${stamp}`, namespace: ns },
-        involvedObject: {
-          kind: def.kind,
-          apiVersion: apiVersionOf(def),
-          ...(def.namespaced ? { namespace: ns } : {}),
-          name: obj.metadata.name,
-          uid: obj.metadata.uid,
-        },
-        reason,
-        message,
-        type: "Warning",
-        source: { component: "garbage-collector-controller" },
-        reportingComponent: "garbage-collector-controller",
-        reportingInstance: "",
-        firstTimestamp: ts,
-        lastTimestamp: ts,
-        count: 1,
-      });
+      this.createObject(this.registry.find("", "v1", "events")!, event.metadata.namespace!, event);
     } catch {
       // e.g. the namespace is going away: the event is lost, as a real recorder's may be
     }
