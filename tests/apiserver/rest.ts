@@ -426,8 +426,8 @@ export class ApiCore {
     let items = this.store.list(
       storageKeyOf(t.def),
       t.def.namespaced ? t.namespace || undefined : undefined,
-    )
-      .filter(match);
+      match,
+    );
     const meta: JsonObject = { resourceVersion: String(this.store.revision) };
     const cont = q.get("continue");
     if (cont) {

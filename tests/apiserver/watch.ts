@@ -128,7 +128,7 @@ export function watchResponse(
         for (const e of ctx.store.eventsSince(resource, since)) send(toLine(e));
       } else {
         const ns = def.namespaced ? namespace || undefined : undefined;
-        for (const o of ctx.store.list(resource, ns).filter(match)) {
+        for (const o of ctx.store.list(resource, ns, match)) {
           send(line("ADDED", encodeObj(o)));
         }
         if (initialEvents && bookmarks) {
