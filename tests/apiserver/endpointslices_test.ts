@@ -10,7 +10,7 @@
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { decodeObject, encodeObject, protobufWatchEvents } from "./protobuf/codec.ts";
 import { startTestApiServer, type TestApiServer } from "./server.ts";
-import { deadline, httpClient, openWatch } from "./testing.ts";
+import { callJson, deadline, httpClient, openWatch } from "./testing.ts";
 
 type Obj = Record<string, unknown>;
 
@@ -21,26 +21,13 @@ const MANAGED_BY = "endpointslice.kubernetes.io/managed-by";
 const TOWER = "tower.kubesphere.io";
 
 /** A JSON call over HTTPS as the admin. */
-async function api(
+const api = (
   s: TestApiServer,
   method: string,
   path: string,
   body?: unknown,
-  contentType = "application/json",
-): Promise<{ status: number; body: Obj }> {
-  const client = httpClient(s);
-  try {
-    const r = await fetch(`${s.url}${path}`, {
-      method,
-      client,
-      headers: { "content-type": contentType, accept: "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    return { status: r.status, body: await r.json() };
-  } finally {
-    client.close();
-  }
-}
+  contentType?: string,
+) => callJson(s, method, path, body, { contentType });
 
 /** An EndpointSlice of Service `service` for replica `ip` (the shape a replica publishes). */
 function slice(name: string, service: string, ip: string, extra: Obj = {}): Obj {

@@ -12,7 +12,7 @@
 
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { startTestApiServer, type TestApiServer } from "./server.ts";
-import { httpClient, type OpenWatch, openWatch } from "./testing.ts";
+import { callJson, type OpenWatch, openWatch } from "./testing.ts";
 
 type Obj = Record<string, unknown>;
 
@@ -23,25 +23,8 @@ const SLICES = `/apis/discovery.k8s.io/v1/namespaces/${NS}/endpointslices`;
 const meta = (o: Obj) => o.metadata as Obj;
 
 /** A JSON call over HTTPS as the admin (DELETE bodies are DeleteOptions, as kubectl sends). */
-async function api(
-  s: TestApiServer,
-  method: string,
-  path: string,
-  body?: unknown,
-): Promise<{ status: number; body: Obj }> {
-  const client = httpClient(s);
-  try {
-    const r = await fetch(`${s.url}${path}`, {
-      method,
-      client,
-      headers: { "content-type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    return { status: r.status, body: await r.json() };
-  } finally {
-    client.close();
-  }
-}
+const api = (s: TestApiServer, method: string, path: string, body?: unknown) =>
+  callJson(s, method, path, body);
 
 async function createPod(s: TestApiServer, name: string): Promise<Obj> {
   const r = await api(s, "POST", PODS, {

@@ -10,23 +10,17 @@
 
 import { assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
 import { startTestApiServer, type TestApiServer } from "./server.ts";
-import { httpClient, kubectl, kubectlProc, type KubectlResult } from "./testing.ts";
-
-type Obj = Record<string, unknown>;
+import {
+  callJson,
+  kubectl,
+  kubectlFails as fails,
+  kubectlOk as ok,
+  kubectlProc,
+} from "./testing.ts";
 
 const NS = "kubesphere-system";
 const SA_USER = `system:serviceaccount:${NS}:tower`;
 const PB = "application/vnd.kubernetes.protobuf";
-
-function ok(r: KubectlResult, what: string): string {
-  assertEquals(r.code, 0, `${what}: kubectl failed: ${r.stderr}`);
-  return r.stdout;
-}
-
-function fails(r: KubectlResult, what: string): string {
-  assertEquals(r.code, 1, `${what}: expected exit 1, got ${r.code}: ${r.stdout}`);
-  return r.stderr.trim();
-}
 
 const POD = `
 apiVersion: v1
@@ -242,27 +236,14 @@ endpoints: [{ addresses: [] }]
 });
 
 /** A JSON call over HTTPS as `identity`. */
-async function as(
+const as = (
   s: TestApiServer,
   identity: { certPem: string; keyPem: string },
   method: string,
   path: string,
   body?: unknown,
-  contentType = "application/json",
-): Promise<{ status: number; body: Obj }> {
-  const client = httpClient(s, identity);
-  try {
-    const r = await fetch(`${s.url}${path}`, {
-      method,
-      client,
-      headers: { "content-type": contentType },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    return { status: r.status, body: await r.json() };
-  } finally {
-    client.close();
-  }
-}
+  contentType?: string,
+) => callJson(s, method, path, body, { identity, contentType });
 
 Deno.test("RBAC: a replica may create/update/delete EndpointSlices in its namespace, and nothing else", async (t) => {
   const s = await startTestApiServer({ namespaces: [NS], rbac: true });

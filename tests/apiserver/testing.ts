@@ -148,3 +148,50 @@ export async function openWatch(
     },
   };
 }
+
+/** `r`'s stdout; throws unless kubectl exited 0. */
+export function kubectlOk(r: KubectlResult, what: string): string {
+  if (r.code !== 0) throw new Error(`${what}: kubectl failed (exit ${r.code}): ${r.stderr}`);
+  return r.stdout;
+}
+
+/** `r`'s stderr, trimmed; throws unless kubectl exited 1 (an error from the server). */
+export function kubectlFails(r: KubectlResult, what: string): string {
+  if (r.code !== 1) throw new Error(`${what}: expected exit 1, got ${r.code}: ${r.stdout}`);
+  return r.stderr.trim();
+}
+
+/**
+ * A JSON request over HTTPS as the admin (or `opts.identity`): the status and
+ * the parsed body (`{}` when it is not JSON).
+ */
+export async function callJson(
+  server: TestApiServer,
+  method: string,
+  path: string,
+  body?: unknown,
+  opts: { identity?: Parameters<typeof httpClient>[1]; contentType?: string } = {},
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  const client = httpClient(server, opts.identity ?? "admin");
+  try {
+    const r = await fetch(`${server.url}${path}`, {
+      method,
+      client,
+      headers: {
+        "content-type": opts.contentType ?? "application/json",
+        accept: "application/json",
+      },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await r.text();
+    let parsed: Record<string, unknown> = {};
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      // not JSON
+    }
+    return { status: r.status, body: parsed };
+  } finally {
+    client.close();
+  }
+}
