@@ -1,6 +1,7 @@
 /**
  * discovery.k8s.io/v1 EndpointSlices as the real API server stores them:
- * the JSON decoder's type errors (400), the v1 defaults (a port's `name` ""
+ * the JSON decoder's type errors (400) and unknown fields (dropped, or 400
+ * with `fieldValidation=Strict`), the v1 defaults (a port's `name` ""
  * and `protocol` TCP, `conditions` always present, `deprecatedTopology` not
  * writable through v1, empty `endpoints`/`ports` read back as null),
  * validation with the real messages (422: `addressType` required, one of
@@ -109,13 +110,69 @@ function checkTypes(o: Obj): void {
   }
 }
 
+/** The fields of each part of an EndpointSlice (the decoder drops any other). */
+const FIELDS: Record<string, string[]> = {
+  slice: ["apiVersion", "kind", "metadata", "addressType", "endpoints", "ports"],
+  endpoint: [
+    "addresses",
+    "conditions",
+    "hostname",
+    "targetRef",
+    "deprecatedTopology",
+    "nodeName",
+    "zone",
+    "hints",
+  ],
+  conditions: ["ready", "serving", "terminating"],
+  targetRef: ["kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath"],
+  hints: ["forZones"],
+  forZone: ["name"],
+  port: ["name", "protocol", "port", "appProtocol"],
+};
+
+/** Drop the fields `part` does not have from `o`, noting their paths. */
+function prune(o: unknown, part: string, path: string, unknown: string[]): void {
+  if (!isObject(o)) return;
+  for (const k of Object.keys(o as Obj)) {
+    if (FIELDS[part].includes(k)) continue;
+    unknown.push(`${path}${k}`);
+    delete (o as Obj)[k];
+  }
+}
+
+function pruneSlice(o: Obj): string[] {
+  const unknown: string[] = [];
+  prune(o, "slice", "", unknown);
+  ((o.endpoints ?? []) as unknown[]).forEach((e, i) => {
+    const at = `endpoints[${i}].`;
+    prune(e, "endpoint", at, unknown);
+    if (!isObject(e)) return;
+    const ep = e as Obj;
+    prune(ep.conditions, "conditions", `${at}conditions.`, unknown);
+    prune(ep.targetRef, "targetRef", `${at}targetRef.`, unknown);
+    prune(ep.hints, "hints", `${at}hints.`, unknown);
+    const zones = ((ep.hints as Obj | undefined)?.forZones ?? []) as unknown[];
+    zones.forEach((z, j) => prune(z, "forZone", `${at}hints.forZones[${j}].`, unknown));
+  });
+  ((o.ports ?? []) as unknown[]).forEach((p, i) => prune(p, "port", `ports[${i}].`, unknown));
+  return unknown;
+}
+
 /**
  * Decode checks and v1 defaults, in place (before the write is compared with
- * the stored object, as the real server defaults while decoding).
+ * the stored object, as the real server defaults while decoding). Unknown
+ * fields are dropped, or refused (400) with `fieldValidation=Strict`.
  */
-export function defaultEndpointSlice(obj: KubeObject): void {
+export function defaultEndpointSlice(obj: KubeObject, strict: boolean): void {
   const o = obj as Obj;
   checkTypes(o);
+  const unknown = pruneSlice(o);
+  if (strict && unknown.length) {
+    throw badRequest(
+      `EndpointSlice in version "v1" cannot be handled as a EndpointSlice: strict decoding ` +
+        `error: ${unknown.map((f) => `unknown field ${JSON.stringify(f)}`).join(", ")}`,
+    );
+  }
   const endpoints = ((o.endpoints ?? []) as (Obj | null)[]).map((e) => e ?? {});
   for (const e of endpoints) {
     if (e.conditions === undefined || e.conditions === null) e.conditions = {};

@@ -404,6 +404,29 @@ Deno.test("EndpointSlice validation as the real server (422 Invalid, 400 decode 
       );
     });
 
+    await t.step("unknown fields: dropped, or 400 with fieldValidation=Strict", async () => {
+      const typo = {
+        metadata: { name: "typo" },
+        addressType: "IPv4",
+        endpoints: [{ addresses: ["10.1.1.1"], condition: { ready: true } }],
+        port: [{ port: 1 }],
+      };
+      const strict = await api(s, "POST", `${SLICES}?fieldValidation=Strict`, typo);
+      assertEquals([strict.status, strict.body.message], [
+        400,
+        'EndpointSlice in version "v1" cannot be handled as a EndpointSlice: strict decoding ' +
+        'error: unknown field "port", unknown field "endpoints[0].condition"',
+      ]);
+      const lax = await api(s, "POST", SLICES, typo);
+      assertEquals(lax.status, 201);
+      assertEquals([lax.body.endpoints, lax.body.port, lax.body.ports], [
+        [{ addresses: ["10.1.1.1"], conditions: {} }],
+        undefined,
+        null,
+      ]);
+      assertEquals((await api(s, "DELETE", `${SLICES}/typo`)).status, 200);
+    });
+
     await t.step("nothing invalid was stored", async () => {
       assertEquals(names((await api(s, "GET", SLICES)).body), []);
     });

@@ -47,10 +47,11 @@ export interface WriteContext {
 
 /**
  * Defaults the real server applies while decoding a body (before comparing
- * it with the stored object), and its decoder's type errors (400).
+ * it with the stored object), and its decoder's errors (400: wrong types;
+ * unknown fields when `strict`, i.e. `fieldValidation=Strict`).
  */
-export function applyDefaults(def: ResourceDef, obj: KubeObject): void {
-  if (isEndpointSlice(def)) defaultEndpointSlice(obj);
+export function applyDefaults(def: ResourceDef, obj: KubeObject, strict: boolean): void {
+  if (isEndpointSlice(def)) defaultEndpointSlice(obj, strict);
 }
 
 /** Top-level lists a strategic merge patch replaces whole for this kind. */

@@ -198,6 +198,17 @@ endpoints: [{ addresses: [] }]
         err,
         "endpoints[0].addresses: Required value: must contain at least 1 address",
       );
+      // kubectl asks for strict server-side field validation.
+      const typo = fails(
+        await kubectl(s, ["apply", "-f", "-"], {
+          stdin: bad.replace("IPv5", "IPv4").replace(
+            "addresses: []",
+            `addresses: ["10.1.1.1"], ready: true`,
+          ),
+        }),
+        "apply typo",
+      );
+      assertStringIncludes(typo, 'strict decoding error: unknown field "endpoints[0].ready"');
       assertStringIncludes(
         fails(await k(s, "get", "endpointslice", "bad", "-n", NS), "get bad"),
         'endpointslices.discovery.k8s.io "bad" not found',

@@ -535,7 +535,7 @@ export class ApiCore {
     let body = clone(input);
     if (def.group === "events.k8s.io") body = fromEventsV1(body);
     else this.#checkKind(def, body);
-    applyDefaults(def, body);
+    applyDefaults(def, body, q.get("fieldValidation") === "Strict");
     if (!body.metadata || typeof body.metadata !== "object") body.metadata = {};
     const m = body.metadata;
     if (def.namespaced) {
@@ -600,7 +600,7 @@ export class ApiCore {
     let body = clone(input);
     if (def.group === "events.k8s.io") body = fromEventsV1(body);
     else this.#checkKind(def, body);
-    applyDefaults(def, body);
+    applyDefaults(def, body, q.get("fieldValidation") === "Strict");
     const old = this.#mustGet(def, namespace, name);
     if (!body.metadata || typeof body.metadata !== "object") body.metadata = {};
     if (body.metadata.name !== undefined && body.metadata.name !== name) {
