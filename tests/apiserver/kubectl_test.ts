@@ -9,14 +9,9 @@
 
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
 import { startTestApiServer } from "./server.ts";
-import { deadline, kubectl, kubectlProc, type KubectlResult } from "./testing.ts";
+import { deadline, kubectl, kubectlOk as ok, kubectlProc } from "./testing.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
-
-function ok(r: KubectlResult, what: string): string {
-  assertEquals(r.code, 0, `${what}: kubectl failed: ${r.stderr}`);
-  return r.stdout;
-}
 
 async function kustomizeIn(dir: string, target: string): Promise<string> {
   const out = await new Deno.Command("kubectl", {

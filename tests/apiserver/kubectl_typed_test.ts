@@ -11,19 +11,9 @@
 
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
 import { startTestApiServer, type TestApiServer } from "./server.ts";
-import { kubectl, kubectlProc, type KubectlResult } from "./testing.ts";
+import { kubectl, kubectlFails as fails, kubectlOk as ok, kubectlProc } from "./testing.ts";
 
 const NS = "typed";
-
-function ok(r: KubectlResult, what: string): string {
-  assertEquals(r.code, 0, `${what}: kubectl failed: ${r.stderr}`);
-  return r.stdout;
-}
-
-function fails(r: KubectlResult, what: string): string {
-  assertEquals(r.code, 1, `${what}: expected exit 1, got ${r.code}: ${r.stdout}`);
-  return r.stderr.trim();
-}
 
 const k = (s: TestApiServer, ...args: string[]) => kubectl(s, args);
 

@@ -1,5 +1,6 @@
 /**
- * `deno task test-apiserver [--port N] [--dir D] [--token T]… [--namespace NS]… [--rbac]`:
+ * `deno task test-apiserver [--port N] [--dir D] [--token T]… [--namespace NS]… [--rbac]
+ * [--allow-loopback-endpoints]`:
  * run the test API server standalone (debugging, demo, subprocess tests).
  * The first two stdout lines are `kubeconfig=<path>` and `url=<url>`; it runs
  * until SIGINT/SIGTERM.
@@ -19,6 +20,11 @@ const FLAGS: FlagSpecs = {
     kind: "bool",
     default: false,
     help: "enforce RBAC for callers outside system:masters",
+  },
+  "allow-loopback-endpoints": {
+    kind: "bool",
+    default: false,
+    help: "accept 127.0.0.0/8 and ::1 in EndpointSlices (the real server refuses them)",
   },
   v: { kind: "int", default: 0, help: "log verbosity (4: every request)" },
 };
@@ -45,6 +51,7 @@ async function main(): Promise<number> {
     tokens: (flags.values.token as string[] | undefined) ?? [],
     namespaces: (flags.values.namespace as string[] | undefined) ?? [],
     rbac: flags.values.rbac === true,
+    allowLoopbackEndpoints: flags.values["allow-loopback-endpoints"] === true,
   });
   console.log(`kubeconfig=${server.kubeconfigPath}`);
   console.log(`url=${server.url}`);

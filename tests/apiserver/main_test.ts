@@ -1,7 +1,8 @@
 /**
  * `deno task test-apiserver` as a subprocess: the first stdout lines name the
  * kubeconfig and URL, the kubeconfig works with the real kubectl, a
- * configured token authenticates, and SIGTERM stops it.
+ * configured token authenticates, `--allow-loopback-endpoints` lets
+ * EndpointSlices name 127.0.0.x, and SIGTERM stops it.
  * @module
  */
 
@@ -19,6 +20,7 @@ Deno.test("test-apiserver runs as a subprocess", async () => {
     "tok-123",
     "--namespace",
     "kubesphere-system",
+    "--allow-loopback-endpoints",
   ]);
   try {
     const kc = (await p.waitFor(/^kubeconfig=/)).slice("kubeconfig=".length);
@@ -47,6 +49,21 @@ Deno.test("test-apiserver runs as a subprocess", async () => {
       });
       assertEquals(res.status, 200);
       assertStringIncludes(await res.text(), "web-0");
+      const slice = await fetch(
+        `${url}/apis/discovery.k8s.io/v1/namespaces/kubesphere-system/endpointslices`,
+        {
+          method: "POST",
+          client,
+          headers: { authorization: "Bearer tok-123", "content-type": "application/json" },
+          body: JSON.stringify({
+            metadata: { name: "mc-alpha-r0" },
+            addressType: "IPv4",
+            endpoints: [{ addresses: ["127.0.0.2"] }],
+          }),
+        },
+      );
+      assertEquals(slice.status, 201, "--allow-loopback-endpoints: replicas on 127.0.0.x");
+      await slice.body?.cancel();
     } finally {
       client.close();
     }

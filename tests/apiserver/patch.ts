@@ -136,8 +136,16 @@ const MERGE_KEYS: Record<string, string> = {
   ownerReferences: "uid",
 };
 
-/** Strategic merge patch for built-in types (see `MERGE_KEYS`). */
-export function strategicMergePatch(target: unknown, patch: unknown, field = ""): unknown {
+/**
+ * Strategic merge patch for built-in types (see `MERGE_KEYS`); `atomic` names
+ * top-level lists replaced whole (`+listType=atomic` in the Go type).
+ */
+export function strategicMergePatch(
+  target: unknown,
+  patch: unknown,
+  field = "",
+  atomic: string[] = [],
+): unknown {
   if (!isObj(patch)) return clone(patch);
   if (patch.$patch === "replace") {
     const rest = clone(patch);
@@ -160,7 +168,10 @@ export function strategicMergePatch(target: unknown, patch: unknown, field = "")
       delete out[k];
       continue;
     }
-    if (Array.isArray(v) && MERGE_KEYS[k] && Array.isArray(out[k]) && field !== "metadata") {
+    if (
+      Array.isArray(v) && MERGE_KEYS[k] && Array.isArray(out[k]) && field !== "metadata" &&
+      !atomic.includes(k)
+    ) {
       // Container ports merge by containerPort, Service ports by port.
       const key = k === "ports" && v.some((p) => isObj(p) && "containerPort" in p)
         ? "containerPort"

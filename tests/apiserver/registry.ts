@@ -117,8 +117,11 @@ export function builtinResources(): ResourceDef[] {
       ],
     }),
     def("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", true, {
+      generation: true,
       printerColumns: [
         { name: "AddressType", type: "string", jsonPath: ".addressType" },
+        { name: "Ports", type: "string", jsonPath: "#slicePorts" },
+        { name: "Endpoints", type: "string", jsonPath: "#sliceEndpoints" },
         AGE,
       ],
     }),

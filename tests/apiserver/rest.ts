@@ -13,20 +13,15 @@ import * as discovery from "./discovery.ts";
 import { fromEventsV1, toEventsV1 } from "./events.ts";
 import { Faults } from "./faults.ts";
 import { fixtures } from "./fixtures.ts";
+import { deletionFinalizers, GarbageCollector, propagationPolicy, warningEvent } from "./gc.ts";
+import { applyDefaults, atomicLists, prepareWrite } from "./kinds.ts";
+import { podLogResponse } from "./logs.ts";
 import { jsonPatch, mergePatch, strategicMergePatch } from "./patch.ts";
 import { defsFromCrd, Registry } from "./registry.ts";
 import { pruneAndValidate } from "./schema.ts";
 import { parseFieldSelector, parseLabelSelector, selectableFields } from "./selectors.ts";
-import { DEFAULT_NETWORK, prepareService, type ServiceNetwork } from "./services.ts";
-import { Store, type StoreEvent } from "./store.ts";
-import {
-  prepareSecret,
-  validateEvent,
-  validateMetadata,
-  validateName,
-  validateRbac,
-  validateServicePorts,
-} from "./validation.ts";
+import { DEFAULT_NETWORK, type ServiceNetwork } from "./services.ts";
+import { Store } from "./store.ts";
 import { partialMetadata, toTable } from "./tables.ts";
 import {
   alreadyExists,
@@ -40,8 +35,12 @@ import {
   type KubeObject,
   notFound,
   type ResourceDef,
+  sameJson,
   storageKeyOf,
+  timestamp,
 } from "./types.ts";
+import { validateName } from "./validation.ts";
+import { type WatchContext, watchResponse } from "./watch.ts";
 
 type Obj = Record<string, unknown>;
 
@@ -83,6 +82,12 @@ export interface CoreOptions {
   logLineIntervalMs?: number;
   /** `host:port` advertised in `/api`. */
   serverAddress?: string;
+  /**
+   * Accept loopback addresses (127.0.0.0/8, ::1) in EndpointSlices, which the
+   * real server refuses (422): for tests whose "pods" are processes on
+   * 127.0.0.x. Default false.
+   */
+  allowLoopbackEndpoints?: boolean;
 }
 
 const JSON_HEADERS = { "content-type": "application/json" };
@@ -100,25 +105,10 @@ export function errorResponse(err: ApiError): ApiResponse {
   return jsonResponse(err.code, err.toStatus(), headers);
 }
 
-function now(): string {
-  return new Date().toISOString().replace(/\.\d{3}Z$/, "Z");
-}
-
 function randomSuffix(n = 5): string {
   const alphabet = "bcdfghjklmnpqrstvwxz2456789";
   const b = crypto.getRandomValues(new Uint8Array(n));
   return Array.from(b, (x) => alphabet[x % alphabet.length]).join("");
-}
-
-/** Deep equality of JSON values, independent of key order. */
-function sameJson(a: unknown, b: unknown): boolean {
-  if (a === b) return true;
-  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
-  if (Array.isArray(a) !== Array.isArray(b)) return false;
-  const ak = Object.keys(a).filter((k) => (a as Obj)[k] !== undefined);
-  const bk = Object.keys(b).filter((k) => (b as Obj)[k] !== undefined);
-  if (ak.length !== bk.length) return false;
-  return ak.every((k) => sameJson((a as Obj)[k], (b as Obj)[k]));
 }
 
 function withoutKeys(o: KubeObject, keys: string[]): Obj {
@@ -162,6 +152,8 @@ export class ApiCore {
   #logIdle: (() => void)[] = [];
   /** Watches refused with an ERROR 410 Expired event (from a compacted resourceVersion). */
   expiredWatches = 0;
+  /** The garbage collector (ownerReferences), run before each write request is answered. */
+  readonly gc: GarbageCollector;
 
   constructor(readonly opts: CoreOptions = {}, store?: Store) {
     this.network = opts.network ?? DEFAULT_NETWORK;
@@ -171,6 +163,35 @@ export class ApiCore {
     this.store = store ?? new Store(opts.historyLimit ?? 20000);
     if (!store) this.loadFixtures();
     else this.#reloadCrds();
+    this.gc = new GarbageCollector({
+      registry: this.registry,
+      store: this.store,
+      deleteObject: (def, obj, policy) =>
+        this.#delete(def, obj.metadata.namespace ?? "", obj.metadata.name!, {
+          propagationPolicy: policy,
+          preconditions: { uid: obj.metadata.uid },
+        }, new URLSearchParams()),
+      updateObject: (def, obj) =>
+        this.#update(
+          def,
+          obj.metadata.namespace ?? "",
+          obj.metadata.name!,
+          obj,
+          new URLSearchParams(),
+          false,
+        ),
+      warn: (obj, def, reason, message) => this.#warn(obj, def, reason, message),
+    });
+  }
+
+  /** Record a Warning Event about `obj` as a controller would (best effort). */
+  #warn(obj: KubeObject, def: ResourceDef, reason: string, message: string): void {
+    const event = warningEvent(obj, def, reason, message);
+    try {
+      this.createObject(this.registry.find("", "v1", "events")!, event.metadata.namespace!, event);
+    } catch {
+      // e.g. the namespace is going away: the event is lost, as a real recorder's may be
+    }
   }
 
   /** Resolves when no follow-log stream is open. */
@@ -191,6 +212,7 @@ export class ApiCore {
   reset(): void {
     for (const d of this.registry.all()) if (d.crd) this.registry.removeCrd(d.crd);
     this.store.clear();
+    this.gc.reindex();
     this.loadFixtures();
   }
 
@@ -404,8 +426,8 @@ export class ApiCore {
     let items = this.store.list(
       storageKeyOf(t.def),
       t.def.namespaced ? t.namespace || undefined : undefined,
-    )
-      .filter(match);
+      match,
+    );
     const meta: JsonObject = { resourceVersion: String(this.store.revision) };
     const cont = q.get("continue");
     if (cont) {
@@ -457,113 +479,15 @@ export class ApiCore {
   }
 
   #watch(req: ApiRequest, t: Target): ApiResponse {
-    const q = req.url.searchParams;
-    const match = this.#matcher(req, t);
-    const resource = storageKeyOf(t.def);
-    const accept = (req.headers.get("accept") ?? "").split(",")[0];
-    const asTable = /as=Table/.test(accept);
-    const asPartial = /as=PartialObjectMetadata/.test(accept);
-    const includeObject = q.get("includeObject") ?? "Metadata";
-    const bookmarks = q.get("allowWatchBookmarks") === "true";
-    const initialEvents = q.get("sendInitialEvents") === "true";
-    const timeoutSeconds = Number(q.get("timeoutSeconds") ?? 0);
-    const rvParam = q.get("resourceVersion") ?? "";
-    const enc = new TextEncoder();
-    let firstTable = true;
-    const encodeObj = (o: KubeObject): unknown => {
-      const out = this.#read(t.def, o);
-      if (asTable) {
-        const table = toTable(
-          t.def,
-          [out],
-          { resourceVersion: out.metadata.resourceVersion ?? "" },
-          includeObject,
-          !firstTable,
-        );
-        firstTable = false;
-        return table;
-      }
-      return asPartial ? partialMetadata(out) : out;
+    const ctx: WatchContext = {
+      store: this.store,
+      faults: this.faults,
+      bookmarkIntervalMs: this.bookmarkIntervalMs,
+      read: (def, obj) => this.#read(def, obj),
+      expired: (rv) => this.#expired(rv),
+      onExpired: () => this.expiredWatches++,
     };
-    const line = (type: string, object: unknown) =>
-      enc.encode(JSON.stringify({ type, object }) + "\n");
-    const bookmark = (extra: Obj = {}) =>
-      line("BOOKMARK", {
-        kind: t.def.kind,
-        apiVersion: apiVersionOf(t.def),
-        metadata: { resourceVersion: String(this.store.revision), ...extra },
-      });
-    const toLine = (e: StoreEvent): Uint8Array | undefined => {
-      if (e.resource !== resource) return undefined;
-      const now = match(e.object);
-      const before = e.prev ? match(e.prev) : false;
-      if (e.type === "MODIFIED") {
-        if (now && before) return line("MODIFIED", encodeObj(e.object));
-        if (now) return line("ADDED", encodeObj(e.object));
-        if (before) return line("DELETED", encodeObj(e.object));
-        return undefined;
-      }
-      return now ? line(e.type, encodeObj(e.object)) : undefined;
-    };
-    let cleanup = () => {};
-    const body = new ReadableStream<Uint8Array>({
-      start: (ctl) => {
-        let closed = false;
-        const timers: ReturnType<typeof setTimeout>[] = [];
-        const close = () => {
-          if (closed) return;
-          closed = true;
-          cleanup();
-          try {
-            ctl.close();
-          } catch {
-            // already closed or cancelled
-          }
-        };
-        const send = (b: Uint8Array | undefined) => {
-          if (b && !closed) ctl.enqueue(b);
-        };
-        if (rvParam !== "" && rvParam !== "0" && !initialEvents) {
-          const since = Number(rvParam);
-          if (!(since >= this.store.compactedRevision)) {
-            this.expiredWatches++;
-            send(line("ERROR", this.#expired(since).toStatus()));
-            close();
-            return;
-          }
-          for (const e of this.store.eventsSince(resource, since)) send(toLine(e));
-        } else {
-          const ns = t.def.namespaced ? t.namespace || undefined : undefined;
-          for (const o of this.store.list(resource, ns).filter(match)) {
-            send(line("ADDED", encodeObj(o)));
-          }
-          if (initialEvents && bookmarks) {
-            send(bookmark({ annotations: { "k8s.io/initial-events-end": "true" } }));
-          }
-        }
-        const sub = this.store.subscribe((e) => send(toLine(e)));
-        if (bookmarks) {
-          timers.push(setInterval(() => send(bookmark()), this.bookmarkIntervalMs));
-        }
-        if (timeoutSeconds > 0) timers.push(setTimeout(close, timeoutSeconds * 1000));
-        const unregister = this.faults.onDrop(close);
-        const onAbort = () => close();
-        req.signal.addEventListener("abort", onAbort);
-        cleanup = () => {
-          sub.close();
-          for (const id of timers) clearTimeout(id);
-          unregister();
-          req.signal.removeEventListener("abort", onAbort);
-        };
-        if (req.signal.aborted) close();
-      },
-      cancel: () => cleanup(),
-    });
-    return {
-      status: 200,
-      headers: { ...JSON_HEADERS, "transfer-encoding": "chunked", "cache-control": "no-cache" },
-      body,
-    };
+    return watchResponse(ctx, req, t.def, t.namespace, this.#matcher(req, t));
   }
 
   // ---- writes -------------------------------------------------------------
@@ -611,6 +535,7 @@ export class ApiCore {
     let body = clone(input);
     if (def.group === "events.k8s.io") body = fromEventsV1(body);
     else this.#checkKind(def, body);
+    applyDefaults(def, body, q.get("fieldValidation") === "Strict");
     if (!body.metadata || typeof body.metadata !== "object") body.metadata = {};
     const m = body.metadata;
     if (def.namespaced) {
@@ -649,7 +574,7 @@ export class ApiCore {
     delete m.deletionTimestamp;
     delete m.deletionGracePeriodSeconds;
     m.uid = crypto.randomUUID();
-    m.creationTimestamp = now();
+    m.creationTimestamp = timestamp();
     if (tracksGeneration(def)) m.generation = 1;
     else delete m.generation;
     let obj: KubeObject = def.group === "events.k8s.io"
@@ -675,6 +600,7 @@ export class ApiCore {
     let body = clone(input);
     if (def.group === "events.k8s.io") body = fromEventsV1(body);
     else this.#checkKind(def, body);
+    applyDefaults(def, body, q.get("fieldValidation") === "Strict");
     const old = this.#mustGet(def, namespace, name);
     if (!body.metadata || typeof body.metadata !== "object") body.metadata = {};
     if (body.metadata.name !== undefined && body.metadata.name !== name) {
@@ -746,9 +672,9 @@ export class ApiCore {
     if (q.get("dryRun") === "All") return next;
     const key = storageKeyOf(def);
     if (next.metadata.deletionTimestamp && !(next.metadata.finalizers ?? []).length) {
-      const stored = this.store.put(key, next);
-      this.#finalizeDelete(def, stored);
-      return stored;
+      // The last finalizer gone: the real store deletes instead of writing, so watchers see
+      // DELETED (with the last stored state) and no MODIFIED.
+      return this.#finalizeDelete(def, old);
     }
     const stored = this.store.put(key, next);
     this.#afterWrite(def, stored);
@@ -799,7 +725,7 @@ export class ApiCore {
               `application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml`,
           );
         }
-        next = strategicMergePatch(current, patch);
+        next = strategicMergePatch(current, patch, "", atomicLists(def));
         break;
       default:
         throw new ApiError(
@@ -829,8 +755,7 @@ export class ApiCore {
   ): KubeObject {
     const old = this.#mustGet(def, namespace, name);
     const pre = (opts.preconditions ?? {}) as Obj;
-    const orphan = (opts.propagationPolicy ?? q.get("propagationPolicy")) === "Orphan" ||
-      opts.orphanDependents === true;
+    const policy = propagationPolicy(opts, q);
     if (pre.resourceVersion && pre.resourceVersion !== old.metadata.resourceVersion) {
       throw new ApiError(
         409,
@@ -852,28 +777,41 @@ export class ApiCore {
     }
     if (q.get("dryRun") === "All") return old;
     const key = storageKeyOf(def);
-    if ((old.metadata.finalizers ?? []).length > 0) {
-      if (old.metadata.deletionTimestamp) return old;
+    const finalizers = old.metadata.finalizers ?? [];
+    // The garbage collector's finalizers (orphan, foregroundDeletion) as the policy asks.
+    const wanted = deletionFinalizers(finalizers, policy);
+    if (finalizers.length > 0 || (def.kind !== "Namespace" && wanted.length > 0)) {
+      if (!wanted.length) return this.#finalizeDelete(def, old);
+      const same = wanted.length === finalizers.length &&
+        wanted.every((f) => finalizers.includes(f));
+      if (old.metadata.deletionTimestamp && same) return old;
       const next = clone(old);
-      next.metadata.deletionTimestamp = now();
+      if (!next.metadata.deletionTimestamp) {
+        next.metadata.deletionTimestamp = timestamp();
+        if (next.metadata.generation) next.metadata.generation++;
+      }
       next.metadata.deletionGracePeriodSeconds = 0;
-      if (next.metadata.generation) next.metadata.generation++;
+      next.metadata.finalizers = same ? finalizers : wanted;
       return this.store.put(key, next);
     }
     if (def.kind === "Namespace") {
       const terminating = clone(old);
-      terminating.metadata.deletionTimestamp = now();
+      terminating.metadata.deletionTimestamp = timestamp();
       terminating.metadata.deletionGracePeriodSeconds = 0;
       (terminating as Obj).status = { phase: "Terminating" };
       const stored = this.store.put(key, terminating);
       this.#finalizeDelete(def, stored);
       return stored;
     }
-    return this.#finalizeDelete(def, old, orphan);
+    return this.#finalizeDelete(def, old);
   }
 
-  /** Remove an object for good, with the cascades the real control plane performs. */
-  #finalizeDelete(def: ResourceDef, obj: KubeObject, orphan = false): KubeObject {
+  /**
+   * Remove an object for good, with the cascades the real control plane
+   * performs (a Namespace's objects, a CRD's resources; dependents are the
+   * garbage collector's, which sees the deletion).
+   */
+  #finalizeDelete(def: ResourceDef, obj: KubeObject): KubeObject {
     const name = obj.metadata.name!;
     if (def.kind === "Namespace" && def.group === "") {
       const seen = new Set<string>();
@@ -896,59 +834,25 @@ export class ApiCore {
       }
       this.registry.removeCrd(name);
     }
-    const gone = this.store.remove(storageKeyOf(def), obj.metadata.namespace ?? "", name) ?? obj;
-    if (gone.metadata.uid) this.#collectGarbage(gone.metadata.uid, orphan);
-    return gone;
-  }
-
-  /**
-   * The garbage collector, run synchronously: dependents whose
-   * ownerReferences name the deleted owner are deleted once none of their
-   * owners exists (background propagation), or lose the reference (Orphan).
-   */
-  #collectGarbage(ownerUid: string, orphan: boolean): void {
-    const defs = new Map<string, ResourceDef>();
-    for (const d of this.registry.all()) {
-      if (!defs.has(storageKeyOf(d))) defs.set(storageKeyOf(d), d);
-    }
-    const live = new Set<string>();
-    for (const key of defs.keys()) {
-      for (const o of this.store.list(key)) if (o.metadata.uid) live.add(o.metadata.uid);
-    }
-    for (const [key, d] of defs) {
-      for (const o of this.store.list(key)) {
-        const refs = (o.metadata.ownerReferences ?? []) as { uid?: string }[];
-        if (!refs.some((r) => r.uid === ownerUid)) continue;
-        if (orphan) {
-          const next = clone(o);
-          next.metadata.ownerReferences = refs.filter((r) => r.uid !== ownerUid);
-          if (!(next.metadata.ownerReferences as unknown[]).length) {
-            delete next.metadata.ownerReferences;
-          }
-          this.store.put(key, next);
-        } else if (!refs.some((r) => r.uid && live.has(r.uid))) {
-          if (this.store.get(key, o.metadata.namespace ?? "", o.metadata.name!)) {
-            this.#delete(
-              d,
-              o.metadata.namespace ?? "",
-              o.metadata.name!,
-              {},
-              new URLSearchParams(),
-            );
-          }
-        }
-      }
-    }
+    return this.store.remove(storageKeyOf(def), obj.metadata.namespace ?? "", name) ?? obj;
   }
 
   #deleteCollection(req: ApiRequest, t: Target): ApiResponse {
     const match = this.#matcher(req, t);
+    const opts = req.body.length ? this.#parseBody(req) as Obj : {};
+    propagationPolicy(opts, req.url.searchParams);
     const key = storageKeyOf(t.def);
     const items: KubeObject[] = [];
     for (const o of this.store.list(key, t.def.namespaced ? t.namespace || undefined : undefined)) {
       if (!match(o)) continue;
       items.push(
-        this.#delete(t.def, o.metadata.namespace ?? "", o.metadata.name!, {}, req.url.searchParams),
+        this.#delete(
+          t.def,
+          o.metadata.namespace ?? "",
+          o.metadata.name!,
+          opts,
+          req.url.searchParams,
+        ),
       );
     }
     return jsonResponse(200, {
@@ -962,166 +866,16 @@ export class ApiCore {
   // ---- per-kind semantics -------------------------------------------------
 
   #beforeWrite(def: ResourceDef, obj: KubeObject, old: KubeObject | undefined): void {
-    const o = obj as Obj;
-    const metaCauses = validateMetadata(obj);
-    if (metaCauses.length) throw invalid(def, obj.metadata.name ?? "", metaCauses);
-    if (def.kind === "Event" && !old) {
-      const eventCauses = validateEvent(obj, def.group === "events.k8s.io");
-      if (eventCauses.length) throw invalid(def, obj.metadata.name ?? "", eventCauses);
-    }
-    if (def.group === "" && def.kind === "Secret") {
-      const bad = prepareSecret(obj);
-      if (bad) throw badRequest(bad);
-    }
-    if (def.group === "" && def.kind === "Service") {
-      const portCauses = validateServicePorts(obj);
-      if (portCauses.length) throw invalid(def, obj.metadata.name ?? "", portCauses);
-    }
-    if (def.group === "" && def.kind === "Namespace") {
-      obj.metadata.labels = {
-        ...obj.metadata.labels,
-        "kubernetes.io/metadata.name": obj.metadata.name!,
-      };
-      if (!old) {
-        o.spec = { finalizers: ["kubernetes"] };
-        o.status = { phase: "Active" };
-      }
-    }
-    if (def.group === "" && def.kind === "Service") {
-      const others = this.store.list(storageKeyOf(def)).filter((s) =>
-        !(s.metadata.namespace === obj.metadata.namespace && s.metadata.name === obj.metadata.name)
-      );
-      prepareService(def, obj, old, others, this.network);
-    }
-    if (def.group === "" && def.kind === "Pod" && !old) {
-      const spec = (o.spec ?? {}) as Obj;
-      const containers = (spec.containers ?? []) as Obj[];
-      if (!containers.length) {
-        throw invalid(def, obj.metadata.name!, [{
-          reason: "FieldValueRequired",
-          field: "spec.containers",
-          message: "Required value",
-        }]);
-      }
-      const node = this.store.get("/nodes", "", String(spec.nodeName ?? "node-1"));
-      const hostIP =
-        ((node?.status as Obj | undefined)?.addresses as Obj[] | undefined)?.[0]?.address ??
-          "192.168.0.11";
-      spec.nodeName ??= "node-1";
-      const n = 2 + (this.store.revision % 250);
-      o.status = {
-        phase: "Running",
-        hostIP,
-        podIP: `10.244.${String(hostIP).split(".")[3] ?? 0}.${n}`,
-        startTime: now(),
-        conditions: ["Initialized", "Ready", "ContainersReady", "PodScheduled"].map((type) => ({
-          type,
-          status: "True",
-          lastTransitionTime: now(),
-        })),
-        containerStatuses: containers.map((c) => ({
-          name: c.name,
-          image: c.image,
-          imageID: "",
-          ready: true,
-          started: true,
-          restartCount: 0,
-          state: { running: { startedAt: now() } },
-        })),
-      };
-    }
-    if (def.kind === "CustomResourceDefinition") this.#prepareCrd(def, obj, old);
-    if (!old && def.generation && !def.crd && def.statusSubresource) {
-      // Built-ins with a controller (Deployments, PDBs) start with an empty status.
-      o.status = {};
-    }
-    if (def.group === "rbac.authorization.k8s.io") {
-      const rbacCauses = validateRbac(def.kind, obj, old);
-      if (rbacCauses.length) throw invalid(def, obj.metadata.name ?? "", rbacCauses);
-    }
-  }
-
-  #prepareCrd(def: ResourceDef, obj: KubeObject, old: KubeObject | undefined): void {
-    const o = obj as Obj;
-    const spec = (o.spec ?? {}) as Obj;
-    const names = (spec.names ?? {}) as Obj;
-    const name = obj.metadata.name!;
-    const causes = [];
-    if (!spec.group) causes.push({ field: "spec.group", message: "Required value" });
-    if (!names.plural) causes.push({ field: "spec.names.plural", message: "Required value" });
-    if (!names.kind) causes.push({ field: "spec.names.kind", message: "Required value" });
-    if (spec.scope !== "Cluster" && spec.scope !== "Namespaced") {
-      causes.push({
-        field: "spec.scope",
-        message: `Unsupported value: ${
-          JSON.stringify(spec.scope)
-        }: supported values: "Cluster", "Namespaced"`,
-      });
-    }
-    const versions = (spec.versions ?? []) as Obj[];
-    if (!versions.length) {
-      causes.push({
-        field: "spec.versions",
-        message: "Invalid value: must have exactly one version marked as storage version",
-      });
-    }
-    if (versions.filter((v) => v.storage).length !== 1) {
-      causes.push({
-        field: "spec.versions",
-        message: "Invalid value: must have exactly one version marked as storage version",
-      });
-    }
-    for (const [i, v] of versions.entries()) {
-      if (!(v.schema as Obj | undefined)?.openAPIV3Schema) {
-        causes.push({
-          field: `spec.versions[${i}].schema.openAPIV3Schema`,
-          message: "Required value: schemas are required",
-        });
-      }
-    }
-    if (names.plural && spec.group && name !== `${names.plural}.${spec.group}`) {
-      causes.push({
-        field: "metadata.name",
-        message: `Invalid value: ${JSON.stringify(name)}: must be spec.names.plural+"."+spec.group`,
-      });
-    }
-    if (causes.length) throw invalid(def, name, causes);
-    if (old && (old.spec as Obj).group !== spec.group) {
-      throw invalid(def, name, [{
-        field: "spec.group",
-        message: "Invalid value: field is immutable",
-      }]);
-    }
-    names.singular ??= String(names.kind).toLowerCase();
-    names.listKind ??= `${names.kind}List`;
-    spec.conversion ??= { strategy: "None" };
-    const ts = now();
-    const storage = versions.find((v) => v.storage)?.name;
-    const prevStored = ((old?.status as Obj | undefined)?.storedVersions ?? []) as string[];
-    o.status = {
-      conditions: [
-        {
-          type: "NamesAccepted",
-          status: "True",
-          lastTransitionTime: ts,
-          reason: "NoConflicts",
-          message: "no conflicts found",
-        },
-        {
-          type: "Established",
-          status: "True",
-          lastTransitionTime: ts,
-          reason: "InitialNamesAccepted",
-          message: "the initial names have been accepted",
-        },
-      ],
-      acceptedNames: clone(names),
-      storedVersions: [...new Set([...prevStored, String(storage)])],
-    };
-    if (old && sameJson((old.status as Obj | undefined)?.acceptedNames, names)) {
-      o.status = old.status;
-      (o.status as Obj).storedVersions = [...new Set([...prevStored, String(storage)])];
-    }
+    prepareWrite(
+      {
+        store: this.store,
+        network: this.network,
+        allowLoopbackEndpoints: !!this.opts.allowLoopbackEndpoints,
+      },
+      def,
+      obj,
+      old,
+    );
   }
 
   #afterWrite(def: ResourceDef, obj: KubeObject): void {
@@ -1134,58 +888,16 @@ export class ApiCore {
 
   #podLog(req: ApiRequest, t: Target): ApiResponse {
     const pod = this.#mustGet(t.def, t.namespace, t.name!);
-    const q = req.url.searchParams;
-    const containers = (((pod.spec as Obj | undefined)?.containers ?? []) as Obj[]).map((c) =>
-      String(c.name)
-    );
-    const container = q.get("container") ?? containers[0];
-    if (!containers.includes(container)) {
-      throw badRequest(`container ${container} is not valid for pod ${t.name}`);
-    }
-    const prefix = `${t.namespace}/${t.name}/${container}`;
-    const timestamps = q.get("timestamps") === "true";
-    const fmt = (i: number) =>
-      `${timestamps ? new Date().toISOString() + " " : ""}${prefix} line ${i}\n`;
-    let lines = [1, 2, 3].map(fmt);
-    const tail = q.get("tailLines");
-    if (tail !== null) lines = lines.slice(Math.max(0, lines.length - Number(tail)));
-    const headers = { "content-type": "text/plain", "transfer-encoding": "chunked" };
-    if (q.get("follow") !== "true") return { status: 200, headers, body: lines.join("") };
-    const enc = new TextEncoder();
-    let stop = () => {};
-    const body = new ReadableStream<Uint8Array>({
-      start: (ctl) => {
-        this.openLogStreams++;
-        for (const l of lines) ctl.enqueue(enc.encode(l));
-        let i = 3;
-        const timer = setInterval(() => {
-          try {
-            ctl.enqueue(enc.encode(fmt(++i)));
-          } catch {
-            stop();
-          }
-        }, this.logLineIntervalMs);
-        let stopped = false;
-        const onAbort = () => {
-          stop();
-          try {
-            ctl.close();
-          } catch {
-            // already closed
-          }
-        };
-        stop = () => {
-          if (stopped) return;
-          stopped = true;
-          clearInterval(timer);
+    return podLogResponse(
+      {
+        logLineIntervalMs: this.logLineIntervalMs,
+        opened: () => this.openLogStreams++,
+        closed: () => {
           if (--this.openLogStreams === 0) { for (const fn of this.#logIdle.splice(0)) fn(); }
-          req.signal.removeEventListener("abort", onAbort);
-        };
-        req.signal.addEventListener("abort", onAbort);
-        if (req.signal.aborted) onAbort();
+        },
       },
-      cancel: () => stop(),
-    });
-    return { status: 200, headers, body };
+      req,
+      pod,
+    );
   }
 }

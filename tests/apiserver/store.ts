@@ -65,13 +65,21 @@ export class Store {
     return o ? clone(o) : undefined;
   }
 
-  /** Copies of all objects of a resource (optionally one namespace), sorted by namespace/name. */
-  list(resource: string, namespace?: string): KubeObject[] {
+  /**
+   * Copies of all objects of a resource (optionally one namespace) that
+   * `filter` accepts (it sees the stored object: it must not change it),
+   * sorted by namespace/name.
+   */
+  list(
+    resource: string,
+    namespace?: string,
+    filter: (o: KubeObject) => boolean = () => true,
+  ): KubeObject[] {
     const prefix = namespace === undefined
       ? `${resource}\u0000`
       : `${resource}\u0000${namespace}\u0000`;
     const out: KubeObject[] = [];
-    for (const [k, o] of this.#objects) if (k.startsWith(prefix)) out.push(clone(o));
+    for (const [k, o] of this.#objects) if (k.startsWith(prefix) && filter(o)) out.push(clone(o));
     return out.sort((a, b) =>
       `${a.metadata.namespace ?? ""}/${a.metadata.name}`.localeCompare(
         `${b.metadata.namespace ?? ""}/${b.metadata.name}`,

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { endpointsCell, portsCell } from "./endpointslices.ts";
 import {
   apiVersionOf,
   type JsonObject,
@@ -118,6 +119,10 @@ function computed(obj: KubeObject, name: string): unknown {
       return spec.maxUnavailable === undefined ? "N/A" : String(spec.maxUnavailable);
     case "#pdbAllowed":
       return Number(status.disruptionsAllowed ?? 0);
+    case "#slicePorts":
+      return portsCell(obj);
+    case "#sliceEndpoints":
+      return endpointsCell(obj);
     case "#roleRef": {
       const ref = (o.roleRef ?? {}) as Obj;
       return `${ref.kind}/${ref.name}`;

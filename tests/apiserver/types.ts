@@ -187,3 +187,42 @@ export function badRequest(message: string): ApiError {
 export function clone<T>(v: T): T {
   return structuredClone(v);
 }
+
+/** The current time as the API server writes timestamps (RFC 3339, whole seconds). */
+export function timestamp(): string {
+  return new Date().toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+/** Deep equality of JSON values, independent of key order (`undefined` members ignored). */
+export function sameJson(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const ao = a as Record<string, unknown>;
+  const bo = b as Record<string, unknown>;
+  const ak = Object.keys(ao).filter((k) => ao[k] !== undefined);
+  const bk = Object.keys(bo).filter((k) => bo[k] !== undefined);
+  if (ak.length !== bk.length) return false;
+  return ak.every((k) => sameJson(ao[k], bo[k]));
+}
+
+/**
+ * 422 Invalid as `errors.NewInvalid` builds it: `<Kind>[.<group>] "<name>" is
+ * invalid: <field>: <error>` (several errors bracketed and comma-separated,
+ * repeated messages once), `details.causes` with each field and error body.
+ */
+export function newInvalid(
+  def: { group: string; kind: string },
+  name: string,
+  causes: StatusCause[],
+): ApiError {
+  const qualified = def.group ? `${def.kind}.${def.group}` : def.kind;
+  const msgs = [...new Set(causes.map((c) => `${c.field ?? ""}: ${c.message ?? ""}`))];
+  const what = msgs.length === 1 ? msgs[0] : `[${msgs.join(", ")}]`;
+  return new ApiError(422, "Invalid", `${qualified} "${name}" is invalid: ${what}`, {
+    name,
+    group: def.group,
+    kind: def.kind,
+    causes: causes.map((c) => ({ reason: c.reason ?? "FieldValueInvalid", ...c })),
+  });
+}

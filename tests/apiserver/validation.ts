@@ -7,6 +7,7 @@
  */
 
 import { Buffer } from "node:buffer";
+import { invalidValue } from "./fielderrors.ts";
 import { type KubeObject, type ResourceDef, type StatusCause } from "./types.ts";
 
 type Obj = Record<string, unknown>;
@@ -340,6 +341,51 @@ export function validateRbac(
       field: "roleRef",
       message: `Invalid value: ${JSON.stringify(o.roleRef)}: cannot change roleRef`,
     });
+  }
+  return causes;
+}
+
+/**
+ * `metadata.ownerReferences`: apiVersion, kind, name and uid set, no Event
+ * owners, at most one controller reference.
+ */
+export function validateOwnerReferences(obj: KubeObject): StatusCause[] {
+  const refs = obj.metadata.ownerReferences;
+  if (refs === undefined || refs === null) return [];
+  const field = "metadata.ownerReferences";
+  if (!Array.isArray(refs)) return [invalidValue(field, "", "must be a list")];
+  const causes: StatusCause[] = [];
+  let controller = "";
+  for (const r of refs as Obj[]) {
+    const [group, version] = String(r.apiVersion ?? "").includes("/")
+      ? String(r.apiVersion).split("/", 2)
+      : ["", String(r.apiVersion ?? "")];
+    if (!version) {
+      causes.push(
+        invalidValue(`${field}.apiVersion`, r.apiVersion ?? "", "version must not be empty"),
+      );
+    }
+    if (!r.kind) causes.push(invalidValue(`${field}.kind`, r.kind ?? "", "kind must not be empty"));
+    if (!r.name) causes.push(invalidValue(`${field}.name`, r.name ?? "", "name must not be empty"));
+    if (!r.uid) causes.push(invalidValue(`${field}.uid`, r.uid ?? "", "uid must not be empty"));
+    if (group === "" && version === "v1" && r.kind === "Event") {
+      causes.push({
+        field,
+        message: `Invalid value: ${
+          JSON.stringify(r)
+        }: /v1, Kind=Event is disallowed from being an owner`,
+      });
+    }
+    if (r.controller === true) {
+      const name = `${r.kind}/${r.name}`;
+      if (controller) {
+        causes.push({
+          field,
+          message: `Invalid value: []v1.OwnerReference{...}: Only one reference can have ` +
+            `Controller set to true. Found "true" in references for ${controller} and ${name}`,
+        });
+      } else controller = name;
+    }
   }
   return causes;
 }

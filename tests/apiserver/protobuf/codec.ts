@@ -36,6 +36,7 @@ const PROTO_FILES = [
   "core",
   "coordination",
   "events",
+  "discovery",
   "authorization",
 ];
 
@@ -63,6 +64,7 @@ const SERVED: [string, string, string[]][] = [
   ]],
   ["coordination.k8s.io/v1", "k8s.io.api.coordination.v1", ["Lease"]],
   ["events.k8s.io/v1", "k8s.io.api.events.v1", ["Event"]],
+  ["discovery.k8s.io/v1", "k8s.io.api.discovery.v1", ["EndpointSlice"]],
   ["authorization.k8s.io/v1", "k8s.io.api.authorization.v1", [
     "SelfSubjectAccessReview",
     "SubjectAccessReview",
