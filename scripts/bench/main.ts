@@ -429,6 +429,7 @@ async function main(args: string[]): Promise<number> {
         add("big_frames", r.bigFramesMiB, "MiB");
         add("fragments", r.fragmentsMiB, "MiB");
         add("big_heads", r.bigHeadsMiB, "MiB");
+        add("endpoint_heads", r.endpointHeadsMiB, "MiB");
         add("silent", r.silentMiB, "MiB");
         add("silent_past_deadline", r.silentPastDeadlineS, "s");
         add("silent_left_open", r.silentLeftOpen, "");
