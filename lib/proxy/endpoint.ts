@@ -17,6 +17,7 @@ import { logger } from "../log.ts";
 import type { ClientCertVerdict } from "../pki/mod.ts";
 import type { ClientAccess } from "./client_access.ts";
 import { HttpProxy, type HttpProxyOptions, type RequestRecord } from "./http/forward.ts";
+import { gatedTransport } from "./tls_transport.ts";
 import type { PoolOptions } from "./http/pool.ts";
 import type { UpstreamDialer } from "./http/upstream.ts";
 
@@ -202,16 +203,14 @@ export async function startClusterEndpoints(
     maxRequestBody: opts.kubesphereMaxRequestBody,
   });
 
-  // TLS over a plain TCP socket of ours rather than `tls.createServer`: Deno's TLS server
-  // sockets keep reading from TCP while paused (a client pouring bytes the proxy does not take
-  // grew it by 2 MiB per MiB sent, measured), whereas pausing the TCP socket under the TLS
-  // socket stops the reads. The HTTP engine pauses `raw` for backpressure.
+  // TLS over a transport of ours around the TCP socket (see tls_transport.ts): the HTTP engine
+  // closes its gate for backpressure, which Deno's own TLS server sockets would ignore.
   let secureContext = servingContext(opts.servingCert);
   const handshakeMs = opts.tlsHandshakeMs ?? 10_000;
   const tlsServer = net.createServer((raw: net.Socket) => {
     tuneClientSocket(raw);
-    raw.on("error", () => {}); // surfaces as 'close' on the TLS socket
-    const sock = new tls.TLSSocket(raw, {
+    const { transport, gate } = gatedTransport(raw);
+    const sock = new tls.TLSSocket(transport as net.Socket, {
       isServer: true,
       secureContext,
       requestCert: true,
@@ -226,7 +225,10 @@ export async function startClusterEndpoints(
       raw.destroy();
     };
     const timer = setTimeout(() => failed(`no handshake within ${handshakeMs} ms`), handshakeMs);
-    raw.once("close", () => clearTimeout(timer));
+    raw.once("close", () => {
+      clearTimeout(timer);
+      sock.destroy(); // the TLS socket does not always see its transport go
+    });
     sock.on("error", (err: Error) => failed(err.message));
     sock.once("secure", () => {
       secure = true;
@@ -235,7 +237,7 @@ export async function startClusterEndpoints(
       void kube.serve(sock, {
         remoteAddress: raw.remoteAddress ?? "",
         access: async () => opts.access(await verdict),
-        flow: raw,
+        flow: gate,
       });
     });
   });

@@ -29,7 +29,7 @@
  */
 
 import { Buffer } from "node:buffer";
-import type { Duplex, Readable } from "node:stream";
+import type { Duplex } from "node:stream";
 import { logger } from "../../log.ts";
 import { ChunkedError } from "./chunked.ts";
 import { openUpstream, type UpstreamConn, UpstreamConnectError } from "./conn.ts";
@@ -63,6 +63,7 @@ import { NoAgentError, type UpstreamDialer } from "./upstream.ts";
 import type { ClientAccess } from "../client_access.ts";
 import {
   BodyTooLargeError,
+  type FlowControl,
   pumpBody,
   type PumpCounter,
   type PumpMode,
@@ -107,9 +108,9 @@ export interface ClientInfo {
   access?: () => Promise<ClientAccess>;
   /**
    * What to pause when the client sends faster than its bytes are taken (default: the
-   * connection itself): the TCP socket under a TLS socket, whose own pause does not stop reads.
+   * connection itself): the gate under a TLS socket, whose own pause does not stop reads.
    */
-  flow?: Readable;
+  flow?: FlowControl;
 }
 
 /** Options of {@link HttpProxy}. */
@@ -149,20 +150,30 @@ const NONE: Framing = { kind: "none" };
 
 /** How long a closing connection waits for the client to close before it is destroyed. */
 const CLOSE_LINGER_MS = 2_000;
+/** What a closing connection reads and drops at most before it is destroyed. */
+const LINGER_BYTES = 64 * 1024;
 
 /**
- * Close a connection after its last response: our side ends, and nothing more is read — what
- * the client still sends (a huge head after its 431, a body after its 401) stays in the kernel's
- * buffers, not ours (reading and dropping it cost more memory than the bytes: a flood of 1 MiB
- * heads grew the proxy by tens of MiB). The connection is destroyed when it closes, or after
- * {@link CLOSE_LINGER_MS}, long enough for the client to read the answer before any reset.
+ * Close a connection after its last response: our side ends; what the client still sends is
+ * read and dropped, never held, so that its close is seen at once; beyond {@link LINGER_BYTES}
+ * (a huge head after its 431, a body after its 401) or after {@link CLOSE_LINGER_MS} the
+ * connection is destroyed (reading on and dropping would cost memory for every chunk: a flood of
+ * 1 MiB heads grew the proxy by tens of MiB).
  */
 function closeAfterWrite(wire: Wire, last?: Buffer): void {
   const sock = wire.stream;
   if (sock.destroyed) return;
   sock.end(last);
-  wire.setSink(null);
-  wire.pause();
+  let dropped = 0;
+  wire.setSink({
+    onData(chunk) {
+      dropped += chunk.length;
+      if (dropped > LINGER_BYTES) sock.destroy();
+    },
+    onEnd() {},
+    onClose() {},
+  });
+  wire.resume();
   const timer = setTimeout(() => sock.destroy(), CLOSE_LINGER_MS);
   sock.once("close", () => clearTimeout(timer));
 }
