@@ -246,7 +246,7 @@ export async function selectContext(
 
 /**
  * Read the kubeconfig at `path` and select `context` (default: its current context).
- * The YAML parser is loaded only here: an agent in a pod never reads a kubeconfig.
+ * The YAML parser is loaded only for a YAML file: an agent in a pod never reads a kubeconfig.
  * @throws Error starting with `kubeconfig <path>:` and naming the entry at fault.
  */
 export async function readKubeconfig(
@@ -256,17 +256,30 @@ export async function readKubeconfig(
   const file = absolute(Deno.cwd(), path);
   const source = `kubeconfig ${path}`;
   try {
-    const text = await Deno.readTextFile(file);
-    const { parse } = await import("yaml");
-    let doc: unknown;
-    try {
-      doc = parse(text);
-    } catch (err) {
-      throw new Error(`not YAML: ${(err as Error).message.split("\n")[0]}`);
-    }
+    const doc = await parseDocument(await Deno.readTextFile(file));
     return { source, path: file, ...await selectContext(doc, dirOf(file), opts.context) };
   } catch (err) {
     throw new Error(`${source}: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * JSON first (JSON is YAML, and a JSON kubeconfig is read without loading the YAML parser, ~2.3
+ * MiB of an agent's idle RSS), YAML otherwise.
+ */
+async function parseDocument(text: string): Promise<unknown> {
+  if (/^\s*\{/.test(text)) {
+    try {
+      return JSON.parse(text);
+    } catch {
+      // YAML flow mappings start with `{` too.
+    }
+  }
+  const { parse } = await import("yaml");
+  try {
+    return parse(text);
+  } catch (err) {
+    throw new Error(`not YAML: ${(err as Error).message.split("\n")[0]}`);
   }
 }
 
