@@ -93,12 +93,7 @@ async function fromKubeconfig(sel: KubeconfigSelection): Promise<Member> {
   if (cluster.tlsServerName) {
     warnOnce("tls-server-name is not passed to the proxy; it verifies the server's host", fields);
   }
-  let creds;
-  try {
-    creds = await userCredentials(sel);
-  } catch (err) {
-    throw new Error(`${sel.source}: ${(err as Error).message}`);
-  }
+  const creds = await userCredentials(sel);
   if (creds.authorization?.startsWith("Basic ")) {
     warnOnce("Basic authentication cannot be passed to the proxy; none is sent", {
       user: sel.user.name,

@@ -63,11 +63,7 @@ export async function loadKubeConnection(
         : undefined,
     })
     : await readKubeconfig(path, { context: opts.context });
-  try {
-    return await connectionFor(sel, opts);
-  } catch (err) {
-    throw new Error(`${sel.source}: ${(err as Error).message}`);
-  }
+  return await connectionFor(sel, opts);
 }
 
 function headerRecord(c: UserCredentials): Record<string, string> {
@@ -88,7 +84,9 @@ function httpClientFor(sel: KubeconfigSelection, c: UserCredentials): Deno.HttpC
   try {
     return Deno.createHttpClient(clientOpts);
   } catch (err) {
-    throw new Error(`cluster ${sel.cluster.name}: TLS material: ${(err as Error).message}`);
+    throw new Error(
+      `${sel.source}: cluster ${sel.cluster.name}: TLS material: ${(err as Error).message}`,
+    );
   }
 }
 
@@ -98,7 +96,12 @@ async function connectionFor(
   opts: Pick<LoadOptions, "headerTtlMs">,
 ): Promise<KubeConnection> {
   const { cluster } = sel;
-  const url = new URL(cluster.server);
+  let url: URL;
+  try {
+    url = new URL(cluster.server);
+  } catch {
+    throw new Error(`${sel.source}: cluster ${cluster.name}: invalid server ${cluster.server}`);
+  }
   if (cluster.tlsServerName) {
     log.warn("tls-server-name is not supported by Deno fetch; the server URL host is verified", {
       cluster: cluster.name,
@@ -107,11 +110,14 @@ async function connectionFor(
   if (cluster.proxyUrl) log.warn("proxy-url is ignored", { cluster: cluster.name });
   const tls = url.protocol === "https:";
   if (!tls && url.protocol !== "http:") {
-    throw new Error(`cluster ${cluster.name}: unsupported server URL scheme ${url.protocol}`);
+    throw new Error(
+      `${sel.source}: cluster ${cluster.name}: unsupported server URL scheme ${url.protocol}`,
+    );
   }
   if (tls && cluster.insecureSkipTlsVerify) {
     throw new Error(
-      `cluster ${cluster.name}: insecure-skip-tls-verify is not supported; set certificate-authority(-data)`,
+      `${sel.source}: cluster ${cluster.name}: insecure-skip-tls-verify is not supported; ` +
+        "set certificate-authority(-data)",
     );
   }
   let creds = await userCredentials(sel);

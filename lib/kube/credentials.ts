@@ -33,9 +33,18 @@ export interface UserCredentials {
 
 /**
  * The selected user's credentials.
- * @throws Error naming the user and the file or plugin at fault (never a secret).
+ * @throws Error starting with the kubeconfig (`sel.source`), naming the user and the file or
+ * plugin at fault (never a secret).
  */
 export async function userCredentials(sel: KubeconfigSelection): Promise<UserCredentials> {
+  try {
+    return await resolve(sel);
+  } catch (err) {
+    throw new Error(`${sel.source}: ${(err as Error).message}`);
+  }
+}
+
+async function resolve(sel: KubeconfigSelection): Promise<UserCredentials> {
   const u = sel.user;
   const out: UserCredentials = { certPem: u.certPem, keyPem: u.keyPem, impersonate: u.impersonate };
   if (u.exec) {
