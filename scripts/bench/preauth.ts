@@ -38,8 +38,8 @@ import {
 } from "../../tests/helpers/flood.ts";
 import { encodeAgentConfig } from "../../lib/tunnel/handshake.ts";
 import { randomToken } from "../../lib/secret.ts";
-import { peakRss, rssMiB } from "./rss.ts";
-import { startProxyProc } from "./stack.ts";
+import { peakRss } from "./rss.ts";
+import { rssMiB, startProxyProc } from "./stack.ts";
 
 /** The proxy's default handshake deadline, which the bench's proxy runs with. */
 const DEADLINE_MS = 10_000;
@@ -91,7 +91,7 @@ async function onFreshProxy<T>(
     await endpoints?.prepare(port, token);
     const idleMiB = rssMiB(proxy.child.pid);
     const { result, peaks } = await peakRss(
-      { proxy: proxy.child.pid },
+      () => ({ proxy: [proxy.child.pid] }),
       () => flood(port, token),
       50,
     );
