@@ -22,14 +22,10 @@ import { CLUSTERS, SERVICES } from "../kube/types.ts";
 import { logger } from "../log.ts";
 import type { EventRecorder } from "./events.ts";
 import { WorkQueue } from "./queue.ts";
-import {
-  type AgentState,
-  type PortClaim,
-  portClaim,
-  portsUsedByOthers,
-  reconcileCluster,
-  type ReconcilePlan,
-} from "./reconcile.ts";
+import { type PortClaim, portClaim } from "./claims.ts";
+import { PortIndex } from "./port_index.ts";
+import { DEFAULT_PORT_RANGE, type PortRange } from "./ports.ts";
+import { type AgentState, reconcileCluster, type ReconcilePlan } from "./reconcile.ts";
 import {
   type ClusterObject,
   clusterOfService,
@@ -51,6 +47,12 @@ export interface ClusterControllerOptions {
   namespace?: string;
   /** `--publish-service-address`. */
   publishAddress?: string;
+  /** `--port-range`: kubernetes ports new pairs come from (default 6000–15999). */
+  portRange?: PortRange;
+  /** Ports never handed out (the proxy's own listeners: agent port, metrics port). */
+  reservedPorts?: ReadonlySet<number>;
+  /** The `mc-*` Services select the proxy pods (no EndpointSlices published; see reconcile). */
+  selectPods?: boolean;
   /**
    * Until this long after the controller is created, a cluster with no agent
    * on this proxy keeps its `AgentAvailable` as it is (agents of a restarted
@@ -92,6 +94,11 @@ class StaleCache extends Error {
   }
 }
 
+/** Index key of the claim this controller wrote for `name` (NUL: no cluster name has one). */
+function writtenKey(name: string): string {
+  return `${name}\0written`;
+}
+
 /** Reconciles Clusters while {@link run} is active. */
 export class ClusterController {
   readonly #o: ClusterControllerOptions;
@@ -99,8 +106,11 @@ export class ClusterController {
   readonly #queue: WorkQueue;
   readonly #agents = new Map<string, boolean>();
   readonly #endpointErrors = new Map<string, string>();
-  /** Ports written by this controller that the cache may not show yet. */
-  readonly #claimed = new Map<string, PortClaim>();
+  /**
+   * Every cluster's ports, from the informer (key: the name) and as written by this controller
+   * while the cache may not show it yet (key: {@link writtenKey}).
+   */
+  readonly #ports: PortIndex;
   readonly #createdAt = Date.now();
   readonly stats: ControllerStats = {
     reconciles: 0,
@@ -121,19 +131,26 @@ export class ClusterController {
       retryMaxMs: opts.retryMaxMs ?? 60_000,
     });
     this.#queue.shutdown(); // opened by run()
+    this.#ports = new PortIndex(opts.portRange ?? DEFAULT_PORT_RANGE, opts.reservedPorts);
     opts.clusters.addHandlers({
-      onAdd: (c) => this.#queue.add(c.metadata.name),
-      onUpdate: (_old, c) => {
-        const claim = this.#claimed.get(c.metadata.name);
-        const now = portClaim(c);
-        if (
-          claim && claim.kubernetesPort === now.kubernetesPort &&
-          claim.kubespherePort === now.kubespherePort
-        ) this.#claimed.delete(c.metadata.name);
+      onAdd: (c) => {
+        this.#ports.set(c.metadata.name, portClaim(c));
         this.#queue.add(c.metadata.name);
       },
+      onUpdate: (_old, c) => {
+        const name = c.metadata.name;
+        const now = portClaim(c);
+        this.#ports.set(name, now);
+        const written = this.#ports.get(writtenKey(name));
+        if (
+          written && written.kubernetesPort === now.kubernetesPort &&
+          written.kubespherePort === now.kubespherePort
+        ) this.#ports.delete(writtenKey(name));
+        this.#queue.add(name);
+      },
       onDelete: (c) => {
-        this.#claimed.delete(c.metadata.name);
+        this.#ports.delete(c.metadata.name);
+        this.#ports.delete(writtenKey(c.metadata.name));
         this.#queue.add(c.metadata.name);
       },
     });
@@ -299,12 +316,12 @@ export class ClusterController {
     service: ServiceObject | undefined,
   ): ReconcilePlan {
     const self: PortClaim = cluster ? portClaim(cluster) : { name };
-    const claims = [...this.#o.clusters.list().map(portClaim), ...this.#claimed.values()];
     return reconcileCluster({
       name,
       cluster,
       service,
-      portsUsedByOthers: portsUsedByOthers(self, claims),
+      ports: this.#ports.viewFor(self),
+      selectPods: this.#o.selectPods,
       agent: this.#agentState(name),
       endpointError: this.#endpointErrors.get(name),
       now: (this.#o.now ?? (() => new Date()))(),
@@ -365,7 +382,7 @@ export class ClusterController {
     let subject = cluster;
     if (plan.cluster) {
       subject = await this.#writeCluster(plan.cluster, signal);
-      this.#claimed.set(name, portClaim(subject));
+      this.#ports.set(writtenKey(name), portClaim(subject));
       log.info("updated Cluster", {
         cluster: name,
         events: plan.events.map((e) => e.reason).join(","),
