@@ -26,6 +26,7 @@ import { type PortClaim, portClaim } from "./claims.ts";
 import { PortIndex } from "./port_index.ts";
 import { DEFAULT_PORT_RANGE, type PortRange } from "./ports.ts";
 import { type AgentState, reconcileCluster, type ReconcilePlan } from "./reconcile.ts";
+import type { ReplicaView } from "./replicas.ts";
 import {
   type ClusterObject,
   clusterOfService,
@@ -53,6 +54,8 @@ export interface ClusterControllerOptions {
   reservedPorts?: ReadonlySet<number>;
   /** The `mc-*` Services select the proxy pods (no EndpointSlices published; see reconcile). */
   selectPods?: boolean;
+  /** The replicas' EndpointSlices and Leases: a cluster served by any live replica is available. */
+  replicas?: ReplicaView;
   /**
    * Until this long after the controller is created, a cluster with no agent
    * on this proxy keeps its `AgentAvailable` as it is (agents of a restarted
@@ -163,6 +166,7 @@ export class ClusterController {
       onUpdate: (_old, s) => onService(s),
       onDelete: onService,
     });
+    opts.replicas?.listen((name) => this.#queue.add(name));
   }
 
   /** Whether {@link run} is active (this replica reconciles). */
@@ -197,7 +201,13 @@ export class ClusterController {
     return this.#queue.whenIdle();
   }
 
+  /** Whether some live replica (this one included) publishes a ready endpoint for `name`. */
+  servedByReplicas(name: string): boolean {
+    return this.#o.replicas?.served(name) ?? false;
+  }
+
   #agentState(name: string): AgentState {
+    if (this.servedByReplicas(name)) return "connected";
     const known = this.#agents.get(name);
     if (known !== undefined) return known ? "connected" : "disconnected";
     return Date.now() - this.#createdAt >= (this.#o.agentGraceMs ?? 30_000)
@@ -231,8 +241,10 @@ export class ClusterController {
         publishAddress: this.#o.publishAddress ?? "",
       });
       const synced = await this.#o.clusters.waitForSync(signal) &&
-        await this.#o.services.waitForSync(signal);
+        await this.#o.services.waitForSync(signal) &&
+        (await this.#o.replicas?.waitForSync(signal) ?? true);
       if (!synced || signal.aborted) return;
+
       this.#queue.reopen();
       this.#enqueueAll();
       const graceLeft = this.#createdAt + (this.#o.agentGraceMs ?? 30_000) - Date.now();
@@ -323,7 +335,8 @@ export class ClusterController {
       ports: this.#ports.viewFor(self),
       selectPods: this.#o.selectPods,
       agent: this.#agentState(name),
-      endpointError: this.#endpointErrors.get(name),
+      // Served through another replica: this one's trouble with its own endpoints does not count.
+      endpointError: this.servedByReplicas(name) ? undefined : this.#endpointErrors.get(name),
       now: (this.#o.now ?? (() => new Date()))(),
       publishAddress: this.#o.publishAddress,
       namespace: this.#ns,
