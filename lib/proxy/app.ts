@@ -5,8 +5,11 @@
  * rotation, removal).
  *
  * Shutdown order ("its slices go away before its sockets do"): readiness
- * turns false and new agents are refused; this replica's EndpointSlices and
- * Lease are withdrawn; the endpoints keep listening for `shutdownDelayMs` so
+ * turns false and new agents are refused; agents are asked to hand over
+ * (`lib/handover.ts`: they connect to another replica first) and, for up to
+ * `handoverMs`, this replica waits until each cluster it serves is served by
+ * another live replica too; this replica's EndpointSlices and Lease are
+ * withdrawn; the endpoints keep listening for `shutdownDelayMs` so
  * connections routed on a stale view still land; then they stop listening and
  * let in-flight requests finish (`graceMs`); only then are the agent sessions
  * closed (agents reconnect to another replica) and the sockets closed.
@@ -45,6 +48,8 @@ export interface ProxyAppOptions {
   httpIdleMs?: number;
   /** On shutdown, keep the endpoints listening this long after the slices are withdrawn. */
   shutdownDelayMs?: number;
+  /** On shutdown, wait at most this long for agents to hand over to other replicas (default 10 s). */
+  handoverMs?: number;
   /** Validity of the admin kubeconfigs' client certificates. */
   clientCertValidityMs?: number;
   /** Client connections each per-cluster endpoint keeps at once. */
@@ -204,6 +209,28 @@ export class ProxyApp {
     keeper.checkAll();
   }
 
+  /**
+   * Ask the agents to move, then wait (at most `ms`) until every cluster with a session here is
+   * also served by another live replica, so withdrawing this replica's slices leaves no gap.
+   */
+  async #handOver(ms: number): Promise<void> {
+    const { clusters } = this.#opts;
+    const asked = this.tunnel.drain();
+    if (asked === 0 || !clusters.servedElsewhere) return;
+    const t0 = performance.now();
+    const waiting = () => this.registry.clusters().filter((c) => !clusters.servedElsewhere!(c));
+    let left = waiting();
+    while (left.length > 0 && performance.now() - t0 < ms) {
+      await new Promise((r) => setTimeout(r, 50));
+      left = waiting();
+    }
+    log.info(left.length === 0 ? "Agents handed over" : "Handover incomplete", {
+      sessions: asked,
+      waitedMs: Math.round(performance.now() - t0),
+      clustersOnlyHere: left.length,
+    });
+  }
+
   /** Ready: listening for agents, not draining, and the cluster source has loaded. */
   readiness(): { ok: boolean; detail: string[] } {
     const listening = this.#port !== undefined && !this.#draining;
@@ -230,6 +257,7 @@ export class ProxyApp {
     for (const u of this.#unwatch.splice(0)) u();
     this.tunnel.stopAccepting();
     if (this.#opts.clusters.withdraw) {
+      await this.#handOver(Math.min(this.#opts.handoverMs ?? 10_000, Math.max(graceMs, 1_000)));
       await this.#opts.clusters.withdraw(Math.max(graceMs, 5_000));
       const delay = this.#opts.shutdownDelayMs ?? 0;
       if (delay > 0) {

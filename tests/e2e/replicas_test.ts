@@ -3,7 +3,7 @@
  * real `proxy.ts` process with its own loopback address as pod IP (Pods
  * `tower-0..2` exist in the test API server), 20 clusters whose agents (one
  * per cluster, in one swarm process) come through a TCP load balancer in
- * front of the replicas' agent ports, and a kube-proxy-like client that
+ * front of the replicas' agent ports (to ready replicas, by `/readyz`), and a kube-proxy-like client that
  * resolves `mc-<name>` through the EndpointSlices. Every cluster answers
  * through whichever replica holds its agent; a replica killed with SIGKILL
  * loses only its own clusters, until their agents are back elsewhere and its
@@ -12,7 +12,7 @@
  */
 
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { denoRun, freePort, type Proc } from "../helpers/proc.ts";
+import { denoRun, type Proc } from "../helpers/proc.ts";
 import { startTestApiServer, type TestApiServer } from "../apiserver/server.ts";
 import { installCrd } from "../controller/helpers.ts";
 import { type Answer, getThrough, SliceResolver, startLoadBalancer } from "../helpers/replicas.ts";
@@ -23,17 +23,17 @@ const CLUSTERS = Array.from({ length: 20 }, (_, i) => `rc-${i}`);
 const IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
 
 /** A base port whose 40 pairs (kubernetes, +10000) and the agent port are free on every replica address. */
-function freeRange(): { min: number; max: number; agentPort: number } {
+function freeRange(): { min: number; max: number; agentPort: number; metricsPort: number } {
   for (let attempt = 0; attempt < 50; attempt++) {
     const min = 20000 + Math.floor(Math.random() * 4000);
-    const ports = [min - 1];
+    const ports = [min - 2, min - 1];
     for (let p = min; p < min + 40; p++) ports.push(p, p + 10000);
     const held: Deno.Listener[] = [];
     try {
       for (const hostname of IPS) {
         for (const port of ports) held.push(Deno.listen({ hostname, port }));
       }
-      return { min, max: min + 39, agentPort: min - 1 };
+      return { min, max: min + 39, agentPort: min - 1, metricsPort: min - 2 };
     } catch {
       // taken: try another base
     } finally {
@@ -67,7 +67,7 @@ interface Replica {
 function startReplica(
   host: TestApiServer,
   i: number,
-  range: { min: number; max: number; agentPort: number },
+  range: { min: number; max: number; agentPort: number; metricsPort: number },
 ): Replica {
   const proc = denoRun(`tower-${i}`, "proxy.ts", [
     "--kubeconfig",
@@ -84,7 +84,7 @@ function startReplica(
     "--port-range",
     `${range.min}-${range.max}`,
     "--metrics-address",
-    "",
+    `${IPS[i]}:${range.metricsPort}`,
     "--shutdown-grace",
     "5s",
     "--shutdown-delay",
@@ -153,6 +153,7 @@ Deno.test("three replicas: every cluster answers through its replica; SIGKILL lo
     replicas.filter((r) => !r.proc.exited).map((r) => ({
       hostname: IPS[r.index],
       port: range.agentPort,
+      ready: `http://${IPS[r.index]}:${range.metricsPort}/readyz`,
     }))
   );
   try {

@@ -19,9 +19,13 @@ export interface LoadBalancer {
   close(): Promise<void>;
 }
 
-/** Start a load balancer on 127.0.0.1 over `backends()` (read at each connection). */
+/**
+ * Start a load balancer on 127.0.0.1 over `backends()` (read at each connection). A backend with
+ * a `ready` URL takes connections only while that answers 200, as a Service sends only to ready
+ * pods.
+ */
 export function startLoadBalancer(
-  backends: () => { hostname: string; port: number }[],
+  backends: () => { hostname: string; port: number; ready?: string }[],
 ): LoadBalancer {
   let next = 0;
   const pump = async (from: Deno.Conn, to: Deno.Conn) => {
@@ -47,7 +51,14 @@ export function startLoadBalancer(
     let up: Deno.Conn | undefined;
     for (let i = 0; i < list.length && !up; i++) {
       const b = list[(next++) % list.length];
-      up = await Deno.connect(b).catch(() => undefined);
+      if (b.ready) {
+        const ok = await fetch(b.ready).then(async (r) => {
+          await r.body?.cancel();
+          return r.ok;
+        }, () => false);
+        if (!ok) continue;
+      }
+      up = await Deno.connect({ hostname: b.hostname, port: b.port }).catch(() => undefined);
     }
     if (!up) return; // no replica takes agents: the agent retries
     try {
