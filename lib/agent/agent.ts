@@ -3,6 +3,12 @@
  * `config`, keep the session alive with `ping`, serve `kubesphere` channels to
  * the two configured targets only, and reconnect with jittered exponential
  * backoff when anything fails.
+ *
+ * Handover: a Tower proxy replica shutting down sends the global request
+ * `drain@tower.kubesphere.io` (no reply wanted; the original agent ignores
+ * it). The agent then connects a second session at once (through the agent
+ * Service, to another replica) and keeps the first until the proxy closes it,
+ * so the cluster is served without a gap while the old replica drains.
  * @module
  */
 
@@ -17,7 +23,8 @@ import { SSH_ALGORITHMS } from "../tunnel/protocol.ts";
 import { installFastChaChaPoly } from "../tunnel/ssh_cipher.ts";
 import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
 import { acceptAnyIdent, onKubesphereChannel } from "../tunnel/ssh_compat.ts";
-import { GlobalRequester } from "../tunnel/ssh_requests.ts";
+import { GlobalRequester, serveGlobalRequests } from "../tunnel/ssh_requests.ts";
+import { DRAIN_REQUEST } from "../handover.ts";
 import { VERSION } from "../version.ts";
 import { Backoff } from "./backoff.ts";
 import { dialTarget, pipeChannel } from "./forward.ts";
@@ -81,7 +88,9 @@ export class Agent {
   #opts: AgentOptions;
   #trust: ProxyTrust;
   #wakeUp: (() => void) | undefined;
-  #client: ssh2.Client | undefined;
+  readonly #clients = new Set<ssh2.Client>();
+  /** Reconnect loops running: one, or two during a handover. */
+  #lanes = 0;
   #streams = 0;
 
   constructor(opts: AgentOptions) {
@@ -122,44 +131,81 @@ export class Agent {
    */
   async run(signal: AbortSignal): Promise<void> {
     await installFastChaChaPoly();
+    const onAbort = () => {
+      for (const c of this.#clients) c.end();
+    };
+    signal.addEventListener("abort", onAbort);
+    const lanes = new Set<Promise<void>>();
+    const failures: Error[] = [];
+    const { promise: allDone, resolve: finished } = Promise.withResolvers<void>();
+    const start = () => {
+      this.#lanes++;
+      const lane = this.#lane(signal, () => {
+        // The proxy asks to move: a second lane connects now; this one ends with its session.
+        if (this.#lanes < 2 && !signal.aborted) {
+          log.info("Proxy is draining: connecting a second session before this one closes");
+          start();
+          return true;
+        }
+        return false;
+      }).catch((err) => {
+        failures.push(err as Error);
+      }).finally(() => {
+        this.#lanes--;
+        lanes.delete(lane);
+        if (lanes.size === 0) finished();
+      });
+      lanes.add(lane);
+    };
+    try {
+      start();
+      await allDone;
+      if (failures.length > 0 && !signal.aborted) throw failures[0];
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /**
+   * One reconnect loop. `onDrain` is called when the proxy asks this lane's session to move; when
+   * it answers true, the lane ends with that session instead of reconnecting.
+   */
+  async #lane(signal: AbortSignal, onDrain: () => boolean): Promise<void> {
     const backoff = new Backoff({
       minMs: this.#opts.minRetryIntervalMs ?? 1000,
       maxMs: this.#opts.maxRetryIntervalMs ?? 120_000,
     });
     const maxRetry = this.#opts.maxRetry ?? 0;
     let failures = 0;
-    const onAbort = () => this.#client?.end();
-    signal.addEventListener("abort", onAbort);
-    try {
-      while (!signal.aborted) {
-        let connected = false;
-        try {
-          connected = await this.#connectOnce(signal);
-        } catch (err) {
-          if (signal.aborted) break;
-          const msg = (err as Error).message;
-          if (err instanceof RefusedError) log.error("Proxy refused the agent", { reason: msg });
-          else if (err instanceof HostKeyRefused) log.error(msg);
-          else log.error("Connection to proxy failed", { err: msg });
-        }
+    let retiring = false;
+    while (!signal.aborted) {
+      let connected = false;
+      try {
+        connected = await this.#connectOnce(signal, () => {
+          if (!retiring) retiring = onDrain();
+        });
+      } catch (err) {
         if (signal.aborted) break;
-        if (connected) {
-          backoff.reset();
-          failures = 0;
-        } else {
-          failures++;
-          if (maxRetry > 0 && failures >= maxRetry) {
-            throw new Error(
-              `giving up after ${failures} failed attempts (--max-retry ${maxRetry})`,
-            );
-          }
-        }
-        const delay = backoff.next();
-        log.info("Retrying", { in: `${Math.round(delay)}ms`, attempt: failures + 1 });
-        await this.#sleep(delay, signal);
+        const msg = (err as Error).message;
+        if (err instanceof RefusedError) log.error("Proxy refused the agent", { reason: msg });
+        else if (err instanceof HostKeyRefused) log.error(msg);
+        else log.error("Connection to proxy failed", { err: msg });
       }
-    } finally {
-      signal.removeEventListener("abort", onAbort);
+      if (signal.aborted || retiring) break;
+      if (connected) {
+        backoff.reset();
+        failures = 0;
+      } else {
+        failures++;
+        if (maxRetry > 0 && failures >= maxRetry) {
+          throw new Error(
+            `giving up after ${failures} failed attempts (--max-retry ${maxRetry})`,
+          );
+        }
+      }
+      const delay = backoff.next();
+      log.info("Retrying", { in: `${Math.round(delay)}ms`, attempt: failures + 1 });
+      await this.#sleep(delay, signal);
     }
   }
 
@@ -177,8 +223,11 @@ export class Agent {
     });
   }
 
-  /** One connection; resolves true if it got to `Connected.` (then ended), false otherwise. */
-  async #connectOnce(signal: AbortSignal): Promise<boolean> {
+  /**
+   * One connection; resolves true if it got to `Connected.` (then ended), false otherwise.
+   * `onDrain` runs when the proxy asks this session to move elsewhere.
+   */
+  async #connectOnce(signal: AbortSignal, onDrain: () => void): Promise<boolean> {
     const cfg = await this.#opts.config();
     const url = tunnelUrl(this.#opts.proxyServer);
     let check;
@@ -199,7 +248,7 @@ export class Agent {
     });
     log.info("Handshaking...");
     const client = new ssh2.Client();
-    this.#client = client;
+    this.#clients.add(client);
     const allowed = new Set([cfg.KubernetesSvcHost, cfg.KubeSphereSvcHost].filter(Boolean));
     let connected = false;
     let hostKeyRefused: HostKeyRefused | undefined;
@@ -213,6 +262,7 @@ export class Agent {
         finish(new Error(`handshake not finished within ${handshakeMs} ms`));
       }, handshakeMs);
       const finish = (err?: Error) => {
+        this.#clients.delete(client);
         clearTimeout(handshakeTimer);
         clearInterval(pingTimer);
         requester?.abort();
@@ -287,6 +337,12 @@ export class Agent {
         },
       } as ssh2.ConnectConfig);
       requester = new GlobalRequester(client);
+      // The proxy's requests: its keepalives are refused as ssh2 does (proof enough that we are
+      // alive), a drain starts the handover.
+      serveGlobalRequests(client as unknown as ssh2.Connection, (name) => {
+        if (name === DRAIN_REQUEST && connected) onDrain();
+        return { ok: false };
+      });
       onKubesphereChannel(client, (target, accept, rejectOpen) => {
         if (!allowed.has(target)) {
           log.warn("Refusing to dial a target that is not configured", { target });

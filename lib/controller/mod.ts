@@ -23,12 +23,18 @@ export {
 } from "./persist.ts";
 export {
   allocatePorts,
+  DEFAULT_PORT_RANGE,
   KUBERNETES_PORT_MAX,
   KUBERNETES_PORT_MIN,
   KUBESPHERE_PORT_OFFSET,
   pairIsFree,
+  parsePortRange,
   type PortPair,
+  type PortRange,
+  type PortView,
+  portViewFromSet,
 } from "./ports.ts";
+export { PortIndex } from "./port_index.ts";
 export { WorkQueue, type WorkQueueOptions } from "./queue.ts";
 export {
   type AgentState,
