@@ -64,11 +64,18 @@ Deno.test("backoffDelay: grows, capped, jitter bounded", () => {
 });
 
 Deno.test("sleep: resolves early and quietly on abort", async () => {
+  // Which settles first: the sleep, or a timer due at once? A sleep that ignored the abort
+  // would lose the race (and leave its hour-long timer behind for the sanitizer to report).
+  const firstOf = (p: Promise<void>) =>
+    Promise.race([
+      p.then(() => "sleep"),
+      new Promise<string>((resolve) => setTimeout(() => resolve("timer"), 0)),
+    ]);
   const ac = new AbortController();
-  const p = sleep(60_000, ac.signal);
+  const p = sleep(3_600_000, ac.signal);
   ac.abort();
-  await p;
-  await sleep(10, ac.signal); // already aborted: immediate
+  nodeAssert.equal(await firstOf(p), "sleep", "an aborted sleep resolves at once");
+  nodeAssert.equal(await firstOf(sleep(3_600_000, ac.signal)), "sleep", "already aborted");
 });
 
 Deno.test("KubeApiError: Status body, predicates, Retry-After, non-JSON bodies", () => {
