@@ -19,7 +19,7 @@ import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
 import { acceptAnyIdent, onKubesphereChannel } from "../tunnel/ssh_compat.ts";
 import { GlobalRequester } from "../tunnel/ssh_requests.ts";
 import { VERSION } from "../version.ts";
-import { Backoff } from "./backoff.ts";
+import { Backoff } from "../backoff.ts";
 import { dialTarget, pipeChannel } from "./forward.ts";
 import { MemoryKnownProxies } from "./known_proxies.ts";
 import { HostKeyRefused, ProxyTrust } from "./proxy_trust.ts";
@@ -31,6 +31,9 @@ const log = logger("agent");
 const OPEN_ADMINISTRATIVELY_PROHIBITED = 1;
 const OPEN_CONNECT_FAILED = 2;
 const OPEN_RESOURCE_SHORTAGE = 4;
+
+/** Growth of the reconnect delay per failed attempt (the original tower's and chisel's). */
+const RETRY_FACTOR = 1.4;
 
 /** SSH user authentication methods tried, in order (the Go proxy takes "none"). */
 const AUTH_METHODS = ["none", "password"] as const;
@@ -123,8 +126,9 @@ export class Agent {
   async run(signal: AbortSignal): Promise<void> {
     await installFastChaChaPoly();
     const backoff = new Backoff({
-      minMs: this.#opts.minRetryIntervalMs ?? 1000,
+      initialMs: this.#opts.minRetryIntervalMs ?? 1000,
       maxMs: this.#opts.maxRetryIntervalMs ?? 120_000,
+      factor: RETRY_FACTOR,
     });
     const maxRetry = this.#opts.maxRetry ?? 0;
     let failures = 0;

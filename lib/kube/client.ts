@@ -9,7 +9,7 @@
  */
 
 import { logger } from "../log.ts";
-import { backoffDelay, sleep } from "./backoff.ts";
+import { backoffDelay, sleep } from "../backoff.ts";
 import type { KubeConnection } from "./config.ts";
 import { KubeApiError } from "./errors.ts";
 import {
