@@ -14,7 +14,8 @@ import {
   type Lease,
   LEASES,
 } from "../../lib/kube/mod.ts";
-import { startEnv, within } from "./helpers.ts";
+import { startEnv } from "./helpers.ts";
+import { deadline } from "../helpers/deadline.ts";
 
 const LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/default/leases/tower";
 
@@ -106,9 +107,9 @@ Deno.test("LeaderElector: one leader; release hands over at once; crash hands ov
   try {
     await t.step("first candidate acquires; the second observes it and waits", async () => {
       a.elector.start();
-      await within(a.elector.waitForLeadership(), 5000, "a leads");
+      await deadline(a.elector.waitForLeadership(), 5000, "a leads");
       b.elector.start();
-      await within(b.sawLeader("a"), 5000, "b observes a");
+      await deadline(b.sawLeader("a"), 5000, "b observes a");
       nodeAssert.equal(b.elector.isLeader(), false);
       nodeAssert.equal(a.started, 1);
       const lease = await env.client.get<Lease>(LEASES, "tower", { namespace: "default" });
@@ -124,7 +125,7 @@ Deno.test("LeaderElector: one leader; release hands over at once; crash hands ov
         await a.elector.stop();
         nodeAssert.equal(a.stopped, 1);
         nodeAssert.equal(a.lastSignal?.aborted, true);
-        await within(b.elector.waitForLeadership(), 5000, "b leads");
+        await deadline(b.elector.waitForLeadership(), 5000, "b leads");
         nodeAssert.ok(Date.now() - t0 < 1000, `took ${Date.now() - t0} ms`);
         const lease = await env.client.get<Lease>(LEASES, "tower", { namespace: "default" });
         nodeAssert.equal(lease.spec?.holderIdentity, "b");
@@ -138,10 +139,10 @@ Deno.test("LeaderElector: one leader; release hands over at once; crash hands ov
         const c = candidate(await env.newClient(), "c");
         c.elector.start();
         try {
-          await within(c.sawLeader("b"), 5000, "c observes b");
+          await deadline(c.sawLeader("b"), 5000, "c observes b");
           const t0 = Date.now();
           await b.elector.stop({ release: false });
-          await within(c.elector.waitForLeadership(), 5000, "c leads");
+          await deadline(c.elector.waitForLeadership(), 5000, "c leads");
           const took = Date.now() - t0;
           nodeAssert.ok(took >= 700, `took over after ${took} ms, before the lease expired`);
           const lease = await env.client.get<Lease>(LEASES, "tower", { namespace: "default" });
@@ -164,16 +165,16 @@ Deno.test("LeaderElector: renew failures make the leader step down before the le
   const a = candidate(await env.newClient(), "a");
   try {
     a.elector.start();
-    await within(a.elector.waitForLeadership(), 5000, "a leads");
+    await deadline(a.elector.waitForLeadership(), 5000, "a leads");
     const t0 = Date.now();
     env.server.faults.failNext(1_000_000, 500, (m, p) => m === "PUT" && p === LEASE_PATH);
-    await within(a.stoppedLeading, 5000, "a steps down");
+    await deadline(a.stoppedLeading, 5000, "a steps down");
     const took = Date.now() - t0;
     nodeAssert.ok(took < 1000, `stepped down after ${took} ms, not before the lease expired`);
     nodeAssert.equal(a.elector.isLeader(), false);
     nodeAssert.equal(a.lastSignal?.aborted, true);
     env.server.faults.reset();
-    await within(a.elector.waitForLeadership(), 5000, "a leads again once the server recovers");
+    await deadline(a.elector.waitForLeadership(), 5000, "a leads again once the server recovers");
     nodeAssert.equal(a.started, 2);
   } finally {
     await a.elector.stop();
@@ -194,7 +195,7 @@ Deno.test("LeaderElector: never two leaders while leaders keep stopping", async 
     for (const c of running) c.elector.start();
     const leaders: string[] = [];
     for (let round = 0; round < 3; round++) {
-      const leader = await within(
+      const leader = await deadline(
         Promise.race(running.map((c) => c.elector.waitForLeadership().then(() => c))),
         5000,
         `a leader in round ${round}`,
