@@ -17,7 +17,7 @@ export interface Readiness {
 }
 
 /** Parse `host:port` / `:port` as Go does for listen addresses. */
-export function parseListenAddress(addr: string): { hostname: string; port: number } {
+function parseListenAddress(addr: string): { hostname: string; port: number } {
   const m = /^(\[[^\]]*\]|[^:]*):(\d+)$/.exec(addr);
   if (!m) {
     throw new Error(`invalid listen address ${JSON.stringify(addr)}: want host:port or :port`);

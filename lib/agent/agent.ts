@@ -16,7 +16,7 @@ import { fingerprintOf } from "../tunnel/hostkey.ts";
 import { SSH_ALGORITHMS } from "../tunnel/protocol.ts";
 import { installFastChaChaPoly } from "../tunnel/ssh_cipher.ts";
 import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
-import { acceptAnyIdent, onKubesphereChannel } from "../tunnel/ssh_compat.ts";
+import { acceptAnyIdent, onKubesphereChannel, OPEN_FAILURE } from "../tunnel/ssh_compat.ts";
 import { GlobalRequester } from "../tunnel/ssh_requests.ts";
 import { VERSION } from "../version.ts";
 import { Backoff } from "../backoff.ts";
@@ -26,11 +26,6 @@ import { HostKeyRefused, ProxyTrust } from "./proxy_trust.ts";
 import { dialProxy, tunnelUrl } from "./transport.ts";
 
 const log = logger("agent");
-
-/** SSH channel open-failure reason codes (RFC 4254 §5.1). */
-const OPEN_ADMINISTRATIVELY_PROHIBITED = 1;
-const OPEN_CONNECT_FAILED = 2;
-const OPEN_RESOURCE_SHORTAGE = 4;
 
 /** Growth of the reconnect delay per failed attempt (the original tower's and chisel's). */
 const RETRY_FACTOR = 1.4;
@@ -72,7 +67,7 @@ export interface AgentOptions {
 }
 
 /** The proxy refused this agent's config (bad token, unknown name, …). */
-export class RefusedError extends Error {
+class RefusedError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "RefusedError";
@@ -294,10 +289,13 @@ export class Agent {
       onKubesphereChannel(client, (target, accept, rejectOpen) => {
         if (!allowed.has(target)) {
           log.warn("Refusing to dial a target that is not configured", { target });
-          return rejectOpen(OPEN_ADMINISTRATIVELY_PROHIBITED, `target ${target} not allowed`);
+          return rejectOpen(
+            OPEN_FAILURE.ADMINISTRATIVELY_PROHIBITED,
+            `target ${target} not allowed`,
+          );
         }
         if (this.#streams >= (this.#opts.maxStreams ?? 1024)) {
-          return rejectOpen(OPEN_RESOURCE_SHORTAGE, "too many streams");
+          return rejectOpen(OPEN_FAILURE.RESOURCE_SHORTAGE, "too many streams");
         }
         this.#streams++;
         dialTarget(target).then(
@@ -312,7 +310,7 @@ export class Agent {
           (err: Error) => {
             this.#streams--;
             log.warn("Cannot dial target", { target, err: err.message });
-            rejectOpen(OPEN_CONNECT_FAILED, `dial ${target}: ${err.message}`);
+            rejectOpen(OPEN_FAILURE.CONNECT_FAILED, `dial ${target}: ${err.message}`);
           },
         );
       });

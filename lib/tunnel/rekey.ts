@@ -43,11 +43,11 @@ export interface RekeyLimits {
 }
 
 /** 1 GiB: OpenSSH's default `RekeyLimit` is 1–4 GB depending on the cipher. */
-export const DEFAULT_REKEY_BYTES = 1 << 30;
+const DEFAULT_REKEY_BYTES = 1 << 30;
 /** 2^31 packets, half of what RFC 4344 §3.1 allows under one key. */
-export const DEFAULT_REKEY_PACKETS = 2 ** 31;
+const DEFAULT_REKEY_PACKETS = 2 ** 31;
 /** One hour. */
-export const DEFAULT_REKEY_INTERVAL_MS = 3_600_000;
+const DEFAULT_REKEY_INTERVAL_MS = 3_600_000;
 
 /** Why a key exchange was started by us. */
 export type RekeyReason = "bytes_out" | "bytes_in" | "packets_out" | "packets_in" | "interval";

@@ -45,14 +45,12 @@ import channelLib from "ssh2/lib/Channel.js";
 import protoUtils from "ssh2/lib/protocol/utils.js";
 import { logger } from "../log.ts";
 import { followTransport } from "./channel_flow.ts";
+import { KUBESPHERE_CHANNEL } from "./protocol.ts";
 import { acceptsLargePackets, LARGE_PACKET_SIZE } from "./ssh_cipher.ts";
 
 export { CHANNEL_WRITE_BUFFER } from "./channel_flow.ts";
 
 const log = logger("ssh-compat");
-
-/** SSH channel type of tunnelled streams (SPEC §1). */
-export const KUBESPHERE_CHANNEL = "kubesphere";
 
 /** RFC 4254 §5.1 channel open failure reason codes. */
 export const OPEN_FAILURE = {
@@ -149,9 +147,9 @@ const sendPacket = (protoUtils as unknown as {
 }).sendPacket;
 
 /** ssh2's channel window (2 MiB) and largest packet (32 KiB). */
-export const DEFAULT_WINDOW: number = chanLib.MAX_WINDOW;
+const DEFAULT_WINDOW: number = chanLib.MAX_WINDOW;
 /** ssh2's channel maximum packet size (32 KiB). */
-export const DEFAULT_PACKET_SIZE: number = chanLib.PACKET_SIZE;
+const DEFAULT_PACKET_SIZE: number = chanLib.PACKET_SIZE;
 
 const MSG_CHANNEL_OPEN = 90;
 
@@ -564,7 +562,7 @@ function dispatchKubesphereOpen(
  * our own ChaCha20-Poly1305 opens its inbound packets, else ssh2's 32 KiB (its other ciphers
  * refuse packets over 35,000 bytes).
  */
-export function localPacketSize(proto: { _decipher?: unknown }): number {
+function localPacketSize(proto: { _decipher?: unknown }): number {
   return acceptsLargePackets(proto._decipher) ? LARGE_PACKET_SIZE : DEFAULT_PACKET_SIZE;
 }
 
