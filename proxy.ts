@@ -33,7 +33,7 @@ import { dirname } from "node:path";
 import { FINGERPRINT_RE } from "./lib/agent/known_proxies.ts";
 import { REKEY_FLAGS, rekeyLimitsFromFlags } from "./lib/tunnel/rekey.ts";
 
-/** The proxy's flags (SPEC §2 plus this project's). */
+/** The proxy's flags (README.md "Flags": the original's and this project's). */
 export const PROXY_FLAGS: FlagSpecs = {
   "ca-cert": {
     kind: "string",

@@ -52,7 +52,7 @@ Deno.test("deploy/proxy renders: hardened Deployment, probes, PDB, least-privile
   assertEquals(c.livenessProbe.httpGet.path, "/healthz");
   assertEquals(c.readinessProbe.httpGet.path, "/readyz");
   assert(c.resources.requests && c.resources.limits);
-  // The mc-<name> Services select the proxy pods by these labels (SPEC §3).
+  // The mc-<name> Services select the proxy pods by these labels (docs/protocol.md §7).
   assertEquals(dep.spec.template.metadata.labels.app, "tower");
   assertEquals(dep.spec.template.metadata.labels["app.kubernetes.io/name"], "tower");
   // No wildcard anywhere in RBAC.

@@ -1,5 +1,5 @@
 /**
- * Constants of the agent link shared by proxy and agent (SPEC §1).
+ * Constants of the agent link shared by proxy and agent (docs/protocol.md §1, §2, §5).
  * @module
  */
 

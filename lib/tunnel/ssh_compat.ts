@@ -1,5 +1,6 @@
 /**
- * Hooks that let ssh2 1.17.0 speak the original Go tower's dialect of SSH (SPEC §1):
+ * Hooks that let ssh2 1.17.0 speak the original Go tower's dialect of SSH (docs/protocol.md
+ * §2 and §5):
  *
  * - identification lines that are not `SSH-2.0-…` (`SSH-kubesphere-v1-server`,
  *   `SSH-kubesphere-v1-client`), received and (for tests/interop emulation) sent, with the
