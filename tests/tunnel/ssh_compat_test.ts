@@ -15,7 +15,6 @@ import type { Connection, ServerChannel } from "ssh2";
 import {
   acceptAnyIdent,
   ChannelOpenError,
-  checkInternals,
   type IdentOptions,
   onKubesphereChannel,
   OPEN_FAILURE,
@@ -23,6 +22,7 @@ import {
   openKubesphereChannel,
   sendCustomIdent,
 } from "../../lib/tunnel/ssh_compat.ts";
+import { checkConnection, checkSsh2 } from "../../lib/tunnel/ssh2_internals.ts";
 import { deadline } from "../helpers/deadline.ts";
 
 const { Client, Server } = ssh2;
@@ -151,19 +151,19 @@ const KS_CLIENT = "SSH-kubesphere-v1-client";
 const KS_SERVER = "SSH-kubesphere-v1-server";
 
 Deno.test("ssh2 internals the compat hooks rely on are present", async () => {
-  checkInternals();
+  checkSsh2();
   let seen: Client | Connection | undefined;
   const s = await session({
     beforeConnect: (c) => {
       c.once("connect", () => {
-        checkInternals(c);
+        checkConnection(c);
         seen = c;
       });
     },
   });
   assert.ok(seen);
-  checkInternals(s.conn);
-  checkInternals(s.client);
+  checkConnection(s.conn);
+  checkConnection(s.client);
   await s.close();
 });
 
