@@ -376,7 +376,9 @@ async function main(args: string[]): Promise<number> {
     await app.start();
   } catch (err) {
     log.error("Cannot start", { err: (err as Error).message });
-    await app?.close().catch(() => {});
+    await app?.close().catch((e) =>
+      log.warn("Cannot close after a failed start", { err: String(e) })
+    );
     setup?.close();
     await health?.close();
     return 1;
