@@ -6,34 +6,24 @@
  */
 
 import { assertMatch } from "../helpers/assert.ts";
-import { denoRun, freePort, tempDir } from "../helpers/proc.ts";
+import { freePort, tempDir } from "../helpers/proc.ts";
 import { startRelay } from "../helpers/relay.ts";
-import { clustersYaml, startAgent } from "../helpers/tunnel.ts";
+import { startAgent, startProxyProc } from "../helpers/tunnel.ts";
 
 const TOKEN = "b8".repeat(32);
 
 Deno.test("black-holed link: both sides drop the session by keepalive; reconnect after heal", async () => {
   await using dir = await tempDir();
-  await Deno.writeTextFile(
-    `${dir.path}/clusters.json`,
-    clustersYaml([{ name: "alpha", token: TOKEN }]),
-  );
   const port = freePort();
-  const proxy = denoRun("proxy", "proxy.ts", [
-    "--clusters-file",
-    `${dir.path}/clusters.json`,
-    "--host",
-    "127.0.0.1",
-    "--port",
-    String(port),
-    "--metrics-address",
-    "",
-    "--keepalive",
-    "1s",
-  ]);
+  const { proc: proxy } = await startProxyProc({
+    dir: dir.path,
+    port,
+    name: "alpha",
+    token: TOKEN,
+    args: ["--keepalive", "1s"],
+  });
   const relay = startRelay(port);
   try {
-    await proxy.waitFor(/Listening on/, 30_000);
     const agent = await startAgent({
       name: "alpha",
       token: TOKEN,
