@@ -35,7 +35,7 @@ import { REKEY_FLAGS, rekeyLimitsFromFlags } from "./lib/tunnel/rekey.ts";
 import { parsePortRange } from "./lib/controller/ports.ts";
 import { parseListenAddress } from "./lib/health_server.ts";
 
-/** The proxy's flags (SPEC §2 plus this project's). */
+/** The proxy's flags (README.md "Flags": the original's and this project's). */
 export const PROXY_FLAGS: FlagSpecs = {
   "ca-cert": {
     kind: "string",
@@ -448,7 +448,9 @@ async function main(args: string[]): Promise<number> {
     await app.start();
   } catch (err) {
     log.error("Cannot start", { err: (err as Error).message });
-    await app?.close().catch(() => {});
+    await app?.close().catch((e) =>
+      log.warn("Cannot close after a failed start", { err: String(e) })
+    );
     setup?.close();
     await health?.close();
     return 1;

@@ -14,6 +14,8 @@
 
 // @ts-types="@types/ssh2"
 import ssh2 from "ssh2";
+// @ts-types="@types/ssh2"
+import type { ClientChannel } from "ssh2";
 import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
 import { logger, redact } from "../log.ts";
@@ -22,22 +24,20 @@ import { fingerprintOf } from "../tunnel/hostkey.ts";
 import { SSH_ALGORITHMS } from "../tunnel/protocol.ts";
 import { installFastChaChaPoly } from "../tunnel/ssh_cipher.ts";
 import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
-import { acceptAnyIdent, onKubesphereChannel } from "../tunnel/ssh_compat.ts";
+import { acceptAnyIdent, onKubesphereChannel, OPEN_FAILURE } from "../tunnel/ssh_compat.ts";
 import { GlobalRequester, serveGlobalRequests } from "../tunnel/ssh_requests.ts";
 import { DRAIN_REQUEST } from "../handover.ts";
 import { VERSION } from "../version.ts";
-import { Backoff } from "./backoff.ts";
+import { Backoff } from "../backoff.ts";
 import { dialTarget, pipeChannel } from "./forward.ts";
 import { MemoryKnownProxies } from "./known_proxies.ts";
-import { HostKeyRefused, ProxyTrust } from "./proxy_trust.ts";
+import { type HostKeyCheck, HostKeyRefused, ProxyTrust } from "./proxy_trust.ts";
 import { dialProxy, tunnelUrl } from "./transport.ts";
 
 const log = logger("agent");
 
-/** SSH channel open-failure reason codes (RFC 4254 §5.1). */
-const OPEN_ADMINISTRATIVELY_PROHIBITED = 1;
-const OPEN_CONNECT_FAILED = 2;
-const OPEN_RESOURCE_SHORTAGE = 4;
+/** Growth of the reconnect delay per failed attempt (the original tower's and chisel's). */
+const RETRY_FACTOR = 1.4;
 
 /** SSH user authentication methods tried, in order (the Go proxy takes "none"). */
 const AUTH_METHODS = ["none", "password"] as const;
@@ -71,12 +71,14 @@ export interface AgentOptions {
   maxStreams?: number;
   /** When the session exchanges SSH keys again (lib/tunnel/rekey.ts defaults). */
   rekey?: RekeyLimits;
+  /** How a target is dialled (default: TCP, `dialTarget` of ./forward.ts); tests wrap it. */
+  dialTarget?: (target: string) => Promise<Deno.TcpConn>;
   /** Observer: session state changes (tests and metrics). */
   onState?: (state: "connected" | "disconnected", detail?: string) => void;
 }
 
 /** The proxy refused this agent's config (bad token, unknown name, …). */
-export class RefusedError extends Error {
+class RefusedError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "RefusedError";
@@ -172,8 +174,9 @@ export class Agent {
    */
   async #lane(signal: AbortSignal, onDrain: () => boolean): Promise<void> {
     const backoff = new Backoff({
-      minMs: this.#opts.minRetryIntervalMs ?? 1000,
+      initialMs: this.#opts.minRetryIntervalMs ?? 1000,
       maxMs: this.#opts.maxRetryIntervalMs ?? 120_000,
+      factor: RETRY_FACTOR,
     });
     const maxRetry = this.#opts.maxRetry ?? 0;
     let failures = 0;
@@ -251,9 +254,7 @@ export class Agent {
     this.#clients.add(client);
     const allowed = new Set([cfg.KubernetesSvcHost, cfg.KubeSphereSvcHost].filter(Boolean));
     let connected = false;
-    let hostKeyRefused: HostKeyRefused | undefined;
     let requester: GlobalRequester | undefined;
-    let authMethod = 0;
 
     return await new Promise<boolean>((resolve, reject) => {
       let pingTimer: ReturnType<typeof setInterval> | undefined;
@@ -276,39 +277,29 @@ export class Agent {
           resolve(true);
         } else reject(err ?? new Error("connection closed during handshake"));
       };
+      const keyCallbacks = hostKeyCallbacks(check, () => connected, () => settled, finish);
       client.on("error", (err: Error & { level?: string }) => {
-        if (hostKeyRefused) return finish(hostKeyRefused);
+        const refused = keyCallbacks.refused();
+        if (refused) return finish(refused);
         if (err.level === "client-authentication") {
           return finish(new RefusedError("Unauthorized agent: check --name and --token"));
         }
         finish(err);
       });
       client.on("close", () => finish());
-      client.on("ready", async () => {
-        log.info("Sending config");
-        const reply = await requester!.request("config", encodeAgentConfig(cfg));
-        if (settled) return;
-        if (!reply.ok) {
-          const msg = reply.payload ? new TextDecoder().decode(reply.payload) : "refused";
-          return finish(new RefusedError(msg));
-        }
-        clearTimeout(handshakeTimer);
-        connected = true;
-        keepRekeying(client, this.#opts.rekey);
-        log.info("Connected.");
-        this.#opts.onState?.("connected");
-        const keepalive = this.#opts.keepaliveMs ?? 30_000;
-        let outstanding = false;
-        pingTimer = setInterval(() => {
-          if (outstanding) {
-            return finish(new Error(`proxy did not answer ping within ${keepalive} ms`));
-          }
-          outstanding = true;
-          requester!.request("ping", new Uint8Array(0)).then((r) => {
-            outstanding = false;
-            if (!r.ok) log.v(4, "ping refused by proxy");
-          });
-        }, keepalive);
+      client.on("ready", () => {
+        // Anything thrown here (a request on a connection torn down meanwhile, a rekey setup
+        // that fails) ends this connection; it must not become an unhandled rejection.
+        this.#sendConfig(requester!, cfg, () => settled).then((refusal) => {
+          if (settled) return;
+          if (refusal) return finish(refusal);
+          clearTimeout(handshakeTimer);
+          connected = true;
+          keepRekeying(client, this.#opts.rekey);
+          log.info("Connected.");
+          this.#opts.onState?.("connected");
+          pingTimer = this.#keepPinging(requester!, finish);
+        }).catch((err: Error) => finish(err));
       });
 
       client.connect({
@@ -318,23 +309,8 @@ export class Agent {
         ident: `Tower_${VERSION}`,
         algorithms: SSH_ALGORITHMS,
         readyTimeout: handshakeMs,
-        // Runs in every key exchange (rekeys included), before user authentication (the token)
-        // and `config` on the first.
-        hostVerifier: (key: Buffer) => {
-          const fp = fingerprintOf(new Uint8Array(key));
-          if (connected) log.v(2, "Proxy host key (key exchange)", { fingerprint: fp });
-          else log.info("Proxy host key", { fingerprint: fp });
-          hostKeyRefused = check.verify(fp);
-          return hostKeyRefused === undefined;
-        },
-        // ssh2's own order ("none", then the password); before the first message, record a
-        // first-seen host key (its signature is checked by now), or stop if that fails.
-        authHandler: (_left: unknown, _partial: unknown, next: (m: string | false) => void) => {
-          if (authMethod >= AUTH_METHODS.length) return false;
-          const method = AUTH_METHODS[authMethod++];
-          if (authMethod > 1) return method;
-          check.commit().then(() => settled || next(method), (err: Error) => finish(err));
-        },
+        hostVerifier: keyCallbacks.hostVerifier,
+        authHandler: keyCallbacks.authHandler,
       } as ssh2.ConnectConfig);
       requester = new GlobalRequester(client);
       // The proxy's requests: its keepalives are refused as ssh2 does (proof enough that we are
@@ -346,30 +322,134 @@ export class Agent {
       onKubesphereChannel(client, (target, accept, rejectOpen) => {
         if (!allowed.has(target)) {
           log.warn("Refusing to dial a target that is not configured", { target });
-          return rejectOpen(OPEN_ADMINISTRATIVELY_PROHIBITED, `target ${target} not allowed`);
+          return rejectOpen(
+            OPEN_FAILURE.ADMINISTRATIVELY_PROHIBITED,
+            `target ${target} not allowed`,
+          );
         }
         if (this.#streams >= (this.#opts.maxStreams ?? 1024)) {
-          return rejectOpen(OPEN_RESOURCE_SHORTAGE, "too many streams");
+          return rejectOpen(OPEN_FAILURE.RESOURCE_SHORTAGE, "too many streams");
         }
-        this.#streams++;
-        dialTarget(target).then(
-          (conn) => {
-            const channel = accept();
-            log.v(4, "Stream opened", { target, streams: this.#streams });
-            pipeChannel(channel as unknown as Duplex, conn).finally(() => {
-              this.#streams--;
-              log.v(4, "Stream closed", { target, streams: this.#streams });
-            });
-          },
-          (err: Error) => {
-            this.#streams--;
-            log.warn("Cannot dial target", { target, err: err.message });
-            rejectOpen(OPEN_CONNECT_FAILED, `dial ${target}: ${err.message}`);
-          },
-        );
+        this.#serveStream(target, accept, rejectOpen, () => !settled);
       });
     });
   }
+
+  /** Send `config`; resolves with the proxy's refusal, or undefined when it accepted. */
+  async #sendConfig(
+    requester: GlobalRequester,
+    cfg: AgentConfig,
+    settled: () => boolean,
+  ): Promise<RefusedError | undefined> {
+    log.info("Sending config");
+    const reply = await requester.request("config", encodeAgentConfig(cfg));
+    if (reply.ok || settled()) return undefined;
+    return new RefusedError(reply.payload ? new TextDecoder().decode(reply.payload) : "refused");
+  }
+
+  /** Ping every keepalive interval; `finish` the connection when a ping goes unanswered. */
+  #keepPinging(
+    requester: GlobalRequester,
+    finish: (err: Error) => void,
+  ): ReturnType<typeof setInterval> {
+    const keepalive = this.#opts.keepaliveMs ?? 30_000;
+    let outstanding = false;
+    return setInterval(() => {
+      if (outstanding) return finish(new Error(`proxy did not answer ping within ${keepalive} ms`));
+      outstanding = true;
+      try {
+        requester.request("ping", new Uint8Array(0)).then((r) => {
+          outstanding = false;
+          if (!r.ok) log.v(4, "ping refused by proxy");
+        });
+      } catch (err) {
+        finish(new Error(`cannot send ping: ${(err as Error).message}`));
+      }
+    }, keepalive);
+  }
+
+  /**
+   * Dial `target` for a channel the proxy opened, then accept the channel and pipe it, or refuse
+   * it. The session may end while the dial is under way (`live()` turns false): a channel
+   * accepted then would belong to no connection and never close, so the target connection is
+   * closed instead. Nothing here may reject unhandled (that ends the process).
+   */
+  #serveStream(
+    target: string,
+    accept: () => ClientChannel,
+    rejectOpen: (reason?: number, description?: string) => void,
+    live: () => boolean,
+  ): void {
+    this.#streams++;
+    (this.#opts.dialTarget ?? dialTarget)(target).then(
+      (conn) => {
+        let channel: ClientChannel;
+        try {
+          if (!live()) throw new Error("the session ended during the dial");
+          channel = accept();
+        } catch (err) {
+          this.#streams--;
+          conn.close();
+          log.v(2, "Dialled the target, but the channel is gone", {
+            target,
+            err: (err as Error).message,
+          });
+          return;
+        }
+        log.v(4, "Stream opened", { target, streams: this.#streams });
+        pipeChannel(channel as unknown as Duplex, conn).finally(() => {
+          this.#streams--;
+          log.v(4, "Stream closed", { target, streams: this.#streams });
+        });
+      },
+      (err: Error) => {
+        this.#streams--;
+        log.warn("Cannot dial target", { target, err: err.message });
+        try {
+          rejectOpen(OPEN_FAILURE.CONNECT_FAILED, `dial ${target}: ${err.message}`);
+        } catch (e) {
+          log.v(2, "Cannot refuse the channel: the session is gone", {
+            target,
+            err: (e as Error).message,
+          });
+        }
+      },
+    ).catch((err: Error) => log.error("Stream setup failed", { target, err: err.message }));
+  }
+}
+
+/**
+ * ssh2's `hostVerifier` and `authHandler` for one connection: the proxy's host key is judged in
+ * every key exchange (rekeys included), before user authentication (the token) and `config` on
+ * the first; a first-seen key is recorded before the first authentication message (its
+ * signature is checked by then), or the connection stops if that fails. `refused()` is the
+ * verdict that made `hostVerifier` say no.
+ */
+function hostKeyCallbacks(
+  check: HostKeyCheck,
+  connected: () => boolean,
+  settled: () => boolean,
+  finish: (err: Error) => void,
+) {
+  let refused: HostKeyRefused | undefined;
+  let authMethod = 0;
+  return {
+    refused: () => refused,
+    hostVerifier: (key: Buffer) => {
+      const fp = fingerprintOf(new Uint8Array(key));
+      if (connected()) log.v(2, "Proxy host key (key exchange)", { fingerprint: fp });
+      else log.info("Proxy host key", { fingerprint: fp });
+      refused = check.verify(fp);
+      return refused === undefined;
+    },
+    // ssh2's own order ("none", then the password).
+    authHandler: (_left: unknown, _partial: unknown, next: (m: string | false) => void) => {
+      if (authMethod >= AUTH_METHODS.length) return false;
+      const method = AUTH_METHODS[authMethod++];
+      if (authMethod > 1) return method;
+      check.commit().then(() => settled() || next(method)).catch((err: Error) => finish(err));
+    },
+  };
 }
 
 /** Log what the agent is about to do, secrets redacted. */

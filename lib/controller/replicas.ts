@@ -23,7 +23,7 @@ import { errorText } from "../kube/client.ts";
 import { KubeApiError } from "../kube/errors.ts";
 import type { Informer } from "../kube/informer.ts";
 import type { Lease } from "../kube/leader.ts";
-import { sleep } from "../kube/backoff.ts";
+import { sleep } from "../backoff.ts";
 import { ENDPOINT_SLICES, LEASES } from "../kube/types.ts";
 import { logger } from "../log.ts";
 import {

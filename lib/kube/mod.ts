@@ -5,7 +5,6 @@
  * @module
  */
 
-export { Backoff, backoffDelay, type BackoffOptions, sleep } from "./backoff.ts";
 export {
   type CallOptions,
   type DeleteOptions,

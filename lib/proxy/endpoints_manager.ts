@@ -33,6 +33,7 @@ import {
 import type { EpochCache } from "./epochs.ts";
 import type { AgentSession, SessionRegistry } from "./registry.ts";
 import { Slots } from "../slots.ts";
+import { within } from "../within.ts";
 
 /** Clusters whose endpoints are set up at the same time (see `#syncSlots`). */
 const SYNC_CONCURRENCY = 4;
@@ -49,31 +50,17 @@ function openWithin(
   target: string,
   signal?: AbortSignal,
 ): Promise<Duplex> {
-  return new Promise((resolve, reject) => {
-    let settled = false;
-    const fail = (why: string, cause?: unknown) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      const message = `open ${target}: ${why}`;
-      // A full session stays recognisable: the caller then tries elsewhere.
-      reject(
-        cause instanceof StreamLimitError
-          ? new StreamLimitError(message)
-          : new Error(message, { cause }),
-      );
-    };
-    const onAbort = () => fail("client went away");
-    const timer = setTimeout(() => fail(`agent did not answer within ${ms} ms`), ms);
-    signal?.addEventListener("abort", onAbort, { once: true });
-    p.then((stream) => {
-      if (settled) return stream.destroy();
-      settled = true;
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      resolve(stream);
-    }, (err) => fail((err as Error).message, err));
+  return within(p, ms, {
+    what: `open ${target}`,
+    signal,
+    timedOut: `agent did not answer within ${ms} ms`,
+    aborted: "client went away",
+    late: (stream) => stream.destroy(),
+    // A full session stays recognisable: the caller then tries elsewhere.
+    error: (message, cause) =>
+      cause instanceof StreamLimitError
+        ? new StreamLimitError(message)
+        : new Error(message, { cause }),
   });
 }
 

@@ -16,7 +16,7 @@
  * @module
  */
 
-import { sleep } from "../kube/backoff.ts";
+import { sleep } from "../backoff.ts";
 import type { KubeClient } from "../kube/client.ts";
 import { errorText } from "../kube/client.ts";
 import { KubeApiError } from "../kube/errors.ts";

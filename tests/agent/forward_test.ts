@@ -7,7 +7,7 @@
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { Duplex } from "node:stream";
-import { deadline } from "../apiserver/testing.ts";
+import { deadline } from "../helpers/deadline.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import {
   hashAfterEofServer,
@@ -227,11 +227,22 @@ Deno.test("a target that ignores our FIN after the channel closed is closed afte
   }
 });
 
-Deno.test("read budget: 256 KiB reads for a few streams, ~16 KiB each for a thousand held ones", () => {
-  assertEquals(readLimit(0), 256 * 1024);
-  assertEquals(readLimit(1), 256 * 1024);
-  assertEquals(readLimit(READ_BUDGET / (128 * 1024)), 128 * 1024);
-  assertEquals(readLimit(1000), Math.floor(READ_BUDGET / 1000));
-  assertEquals(readLimit(5000), 16 * 1024, "never below the minimum read");
-  assert(readLimit(1000) * 1000 <= READ_BUDGET, "a thousand held reads stay within the budget");
+Deno.test("read budget: 256 KiB reads for a few streams, a fair share each for a thousand held ones", () => {
+  const MIN = 16 * 1024;
+  const MAX = 256 * 1024;
+  assertEquals(readLimit(0), MAX, "no other stream holds anything: the largest read");
+  assertEquals(readLimit(1), MAX);
+  let prev = MAX;
+  for (let n = 1; n <= 10_000; n++) {
+    const share = readLimit(n);
+    assert(share >= MIN && share <= MAX, `${n} streams: ${share} outside [16 KiB, 256 KiB]`);
+    assert(share <= prev, `${n} streams: ${share} grew from ${prev}`);
+    prev = share;
+    // Above the floor, n streams holding their share stay within the budget, and use at least
+    // half of it (a share is not needlessly small).
+    if (share > MIN) assert(n * share <= READ_BUDGET, `${n} × ${share} over the budget`);
+    if (share < MAX) assert(n * share >= READ_BUDGET / 2 || share === MIN, `${n}: ${share}`);
+  }
+  assert(readLimit(1000) < MAX, "a thousand busy streams read less than one alone");
+  assertEquals(readLimit(1_000_000), MIN, "never below the minimum read");
 });

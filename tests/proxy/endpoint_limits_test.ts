@@ -15,7 +15,7 @@ import {
   verifyClientCert,
 } from "../../lib/pki/mod.ts";
 import { type ClusterEndpointsOptions, startClusterEndpoints } from "../../lib/proxy/endpoint.ts";
-import { deadline } from "../apiserver/testing.ts";
+import { deadline } from "../helpers/deadline.ts";
 import { anyVerifiedAsAdmin } from "../helpers/access.ts";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { RawClient, TestDialer } from "./http/helpers.ts";

@@ -30,7 +30,7 @@ import {
 import type { RequestRecord } from "../../lib/proxy/http/forward.ts";
 import type { UpstreamAuth } from "../../lib/proxy/http/upstream.ts";
 import { startTestApiServer, type TestApiServer } from "../apiserver/server.ts";
-import { deadline } from "../apiserver/testing.ts";
+import { deadline } from "../helpers/deadline.ts";
 import {
   assert,
   assertEquals,
