@@ -37,6 +37,7 @@ import {
   UPGRADE,
 } from "../../tests/helpers/flood.ts";
 import { encodeAgentConfig } from "../../lib/tunnel/handshake.ts";
+import { within } from "../../lib/within.ts";
 import { randomToken } from "../../lib/secret.ts";
 import { peakRss } from "./rss.ts";
 import { rssMiB, startProxyProc } from "./stack.ts";
@@ -130,16 +131,23 @@ async function silentFlood(port: number): Promise<{ pastS: number; leftOpen: num
 /** A raw agent of cluster `flood` with `token`, connected (its endpoints start). */
 async function floodAgent(url: string, token: string) {
   const agent = await connectRawAgent(url, { username: "flood", password: token });
-  const reply = await agent.request(
-    "config",
-    encodeAgentConfig({
-      Version: "v0.1.0",
-      Name: "flood",
-      Token: token,
-      KubernetesSvcHost: "127.0.0.1:1",
-      KubeSphereSvcHost: "127.0.0.1:1",
-    }),
-  );
+  const reply = await within(
+    agent.request(
+      "config",
+      encodeAgentConfig({
+        Version: "v0.1.0",
+        Name: "flood",
+        Token: token,
+        KubernetesSvcHost: "127.0.0.1:1",
+        KubeSphereSvcHost: "127.0.0.1:1",
+      }),
+    ),
+    15_000,
+    { what: "preauth: the flood agent's config" },
+  ).catch((err) => {
+    agent.close();
+    throw err;
+  });
   return { agent, ok: reply.ok };
 }
 

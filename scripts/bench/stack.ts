@@ -339,9 +339,6 @@ export async function startProxyProc(
       `${dir}/proxy_host_key`,
       "--publish-service-address",
       "127.0.0.1",
-      // Not :9090: two benches on one machine (or a proxy already there) would collide.
-      "--metrics-address",
-      "",
       // The bulk PUT (256 MiB with --full) is over the endpoint's default 100 MiB body limit.
       "--kubesphere-max-body",
       "0",

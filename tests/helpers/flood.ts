@@ -68,6 +68,8 @@ export function floodClient(
       resolve(client);
     });
     socket.once("error", reject);
+    // A connection (or TLS handshake) that never completes ends with the guard: fail then too.
+    socket.once("close", () => reject(new Error(`127.0.0.1:${port}: closed before connecting`)));
   });
 }
 
