@@ -72,7 +72,7 @@ async function onFreshProxy<T>(
     kubernetesPort: number;
     kubespherePort: number;
     /** Before the RSS is taken: connect what the flood needs (an agent). */
-    prepare(port: number, token: string): Promise<void>;
+    prepare(port: number, token: string, proxy: Proc): Promise<void>;
   },
 ): Promise<{ result: T; growthMiB: number; idleMiB: number }> {
   const token = randomToken();
@@ -89,7 +89,7 @@ async function onFreshProxy<T>(
   const port = freePort();
   const proxy: Proc = await startProxyProc(dir, port, clustersPath, "preauth-proxy");
   try {
-    await endpoints?.prepare(port, token);
+    await endpoints?.prepare(port, token, proxy);
     const idleMiB = rssMiB(proxy.child.pid);
     const { result, peaks } = await peakRss(
       () => ({ proxy: [proxy.child.pid] }),
@@ -201,19 +201,12 @@ async function endpointHeads(dir: string) {
   const ports = {
     kubernetesPort: freePort(),
     kubespherePort: freePort(),
-    async prepare(port: number, token: string) {
+    async prepare(port: number, token: string, proxy: Proc) {
       const connected = await floodAgent(`http://127.0.0.1:${port}`, token);
       agent = connected.agent;
       if (!connected.ok) throw new Error("preauth: the endpoint flood's agent was refused");
-      // The endpoints are up once both ports take connections (bounded: 5 s each).
-      for (const p of [ports.kubernetesPort, ports.kubespherePort]) {
-        for (let i = 0; i < 100; i++) {
-          const ok = await floodClient(p, { guardMs: 1 }).then((c) => (c.socket.destroy(), true))
-            .catch(() => false);
-          if (ok) break;
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      }
+      const line = await proxy.waitFor(/Serving cluster endpoints|Cannot serve cluster endpoints/);
+      if (/Cannot serve/.test(line)) throw new Error(`preauth: ${line}`);
     },
   };
   const run = await onFreshProxy(dir, async () => {

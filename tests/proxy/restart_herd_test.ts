@@ -16,15 +16,23 @@ const PROCESSES = 2;
 const TOTAL = AGENTS_PER_PROCESS * PROCESSES;
 
 /**
- * Resolve when the swarms together report `n` connected agents (their JSON event lines from
- * `from[i]` on). `what` names the wait in the error of the safety-net deadline.
+ * Resolve when each of `n` agents of the swarms has reported itself connected in their JSON event
+ * lines from `from[i]` on (each agent, not a running total: after a restart, agents that have
+ * reconnected could otherwise make up for those that have not yet noticed the loss). `what` names
+ * the wait in the error of the safety-net deadline.
  */
 async function waitConnected(swarms: Proc[], n: number, from: number[], what: string) {
-  const total = () =>
-    swarms.reduce((sum, s, i) => {
-      const last = s.lines.slice(from[i]).filter((l) => l.startsWith('{"event"')).at(-1);
-      return sum + (last ? JSON.parse(last).connected : 0);
-    }, 0);
+  const total = () => {
+    const up = new Set<string>();
+    swarms.forEach((s, i) => {
+      for (const l of s.lines.slice(from[i])) {
+        if (!l.startsWith('{"event"')) continue;
+        const e = JSON.parse(l) as { event: string; agent: number };
+        if (e.event === "connected") up.add(`${i}/${e.agent}`);
+      }
+    });
+    return up.size;
+  };
   let waiting = true;
   const check = async (): Promise<void> => {
     while (waiting && total() !== n) {
