@@ -1,6 +1,6 @@
 /**
- * The desired state of one Cluster and its `mc-<name>` Service (SPEC §3 steps
- * 1–5), computed by pure functions from what was observed: no I/O, no clock,
+ * The desired state of one Cluster and its `mc-<name>` Service (the lifecycle
+ * of docs/protocol.md §7), computed by pure functions from what was observed: no I/O, no clock,
  * no randomness except through the injected token generator. The controller
  * applies the plan; a plan with nothing to do means the objects are already
  * right, so a reconcile of an up-to-date Cluster writes nothing.
@@ -336,7 +336,7 @@ function sameJson(a: unknown, b: unknown): boolean {
 }
 
 /**
- * Compute what to do for cluster `name` (SPEC §3):
+ * Compute what to do for cluster `name` (docs/protocol.md §7):
  * - gone, being deleted, `joinFederation` not true or type not `proxy`:
  *   delete the Service (if any), leave the Cluster alone;
  * - else: keep or allocate a port pair free of other clusters' ports,

@@ -1,7 +1,7 @@
 /**
  * Shapes of the API objects the controller reads and writes (the fields Tower
  * uses; every other field is carried through untouched) and the names and
- * constants of SPEC §3.
+ * constants of docs/protocol.md §7.
  * @module
  */
 

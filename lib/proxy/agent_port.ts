@@ -1,6 +1,6 @@
 /**
  * The agent-facing HTTP listener (`--host:--port`): WebSocket upgrades to the
- * tunnel, `GET /health` and `GET /version`, 404 for anything else (SPEC §1).
+ * tunnel, `GET /health` and `GET /version`, 404 for anything else (docs/protocol.md §1).
  *
  * HTTP/1.1 and WebSocket framing of our own over `Deno.listen`, because this
  * port faces whatever can reach it and Deno's server bounds neither the time
