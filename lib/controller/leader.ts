@@ -35,7 +35,7 @@ export interface LeaderElectionOptions {
 }
 
 /** A default identity: host name plus a random suffix. */
-export function defaultIdentity(): string {
+function defaultIdentity(): string {
   let host = "tower";
   try {
     host = Deno.hostname();

@@ -62,7 +62,7 @@ export interface AgentPortOptions {
 }
 
 /** Defaults of {@link AgentPortOptions}. */
-export const AGENT_PORT_DEFAULTS: Required<AgentPortOptions> = {
+const AGENT_PORT_DEFAULTS: Required<AgentPortOptions> = {
   maxConnections: 8192,
   maxHeadBytes: 16 * 1024,
   preauthMaxMessage: 256 * 1024,

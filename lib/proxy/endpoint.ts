@@ -22,16 +22,6 @@ import { gatedTransport } from "./tls_transport.ts";
 import type { PoolOptions } from "./http/pool.ts";
 import type { UpstreamDialer } from "./http/upstream.ts";
 
-export type { RequestRecord } from "./http/audit.ts";
-export {
-  type DialedStream,
-  NoAgentError,
-  StreamLimitError,
-  type UpstreamAuth,
-  type UpstreamDialer,
-  type UpstreamTls,
-} from "./http/upstream.ts";
-
 const log = logger("proxy/endpoint");
 
 /** Serving certificate and key (PEM). */

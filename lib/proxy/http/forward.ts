@@ -97,7 +97,7 @@ export interface HttpProxyOptions {
 const REFUSED_HEAD_BYTES = 4096;
 
 /** Default largest request head (64 KiB: kubectl's are under 2 KiB). */
-export const DEFAULT_REQUEST_HEAD_BYTES = 64 * 1024;
+const DEFAULT_REQUEST_HEAD_BYTES = 64 * 1024;
 
 /** The reverse proxy of one endpoint (see the module doc). */
 export class HttpProxy {

@@ -20,7 +20,7 @@ export interface PoolOptions {
 }
 
 /** Defaults of {@link PoolOptions}. */
-export const DEFAULT_POOL_OPTIONS: PoolOptions = { maxIdle: 256, idleTimeoutMs: 60_000 };
+const DEFAULT_POOL_OPTIONS: PoolOptions = { maxIdle: 256, idleTimeoutMs: 60_000 };
 
 interface Idle {
   conn: UpstreamConn;
