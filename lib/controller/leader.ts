@@ -1,6 +1,6 @@
 /**
  * `--leader-elect` wiring: run the Cluster controller only while this
- * replica holds the `tower` Lease (SPEC §3: lease 30 s, renew deadline 15 s,
+ * replica holds the `tower` Lease (docs/protocol.md §7: lease 30 s, renew deadline 15 s,
  * retry 5 s). Losing the lease aborts the controller's signal, which stops
  * its worker and in-flight request at once; a standby that acquires the
  * lease starts reconciling. Without leader election the controller simply
@@ -35,7 +35,7 @@ export interface LeaderElectionOptions {
 }
 
 /** A default identity: host name plus a random suffix. */
-export function defaultIdentity(): string {
+function defaultIdentity(): string {
   let host = "tower";
   try {
     host = Deno.hostname();

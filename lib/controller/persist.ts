@@ -22,7 +22,7 @@ import { TOWER_NAMESPACE } from "./types.ts";
 const log = logger("controller/persist");
 
 /** Default name of the CA Secret. */
-export const CA_SECRET = "tower-ca";
+const CA_SECRET = "tower-ca";
 /** Default name of the host key Secret. */
 export const HOST_KEY_SECRET = "tower-host-key";
 

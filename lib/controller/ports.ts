@@ -23,17 +23,13 @@ export interface PortRange {
 
 /** `--port-range` default: 10,000 pairs, kubesphere ports 16000–25999. */
 export const DEFAULT_PORT_RANGE: Readonly<PortRange> = Object.freeze({ min: 6000, max: 15999 });
-/** First kubernetes port of the default range. */
-export const KUBERNETES_PORT_MIN = DEFAULT_PORT_RANGE.min;
-/** One past the last kubernetes port of the default range. */
-export const KUBERNETES_PORT_MAX = DEFAULT_PORT_RANGE.max + 1;
 
 /**
  * Ports the Fetch standard's "bad port" list blocks in the ranges we use (X11, IRC, amanda…):
  * browsers and fetch-based clients (Deno's included) refuse to connect to them, so no cluster
  * endpoint is put there.
  */
-export const FETCH_BLOCKED_PORTS: ReadonlySet<number> = new Set([
+const FETCH_BLOCKED_PORTS: ReadonlySet<number> = new Set([
   1719,
   1720,
   1723,

@@ -1,6 +1,6 @@
 /**
- * The desired state of one Cluster and its `mc-<name>` Service (SPEC §3 steps
- * 1–5), computed by pure functions from what was observed: no I/O, no clock,
+ * The desired state of one Cluster and its `mc-<name>` Service (the lifecycle
+ * of docs/protocol.md §7), computed by pure functions from what was observed: no I/O, no clock,
  * no randomness except through the injected token generator. The controller
  * applies the plan; a plan with nothing to do means the objects are already
  * right, so a reconcile of an up-to-date Cluster writes nothing.
@@ -28,8 +28,6 @@ import {
   type ServicePort,
   TOWER_NAMESPACE,
 } from "./types.ts";
-
-export { type PortClaim, portClaim, portsUsedByOthers } from "./claims.ts";
 
 /** What this proxy knows about a cluster's agents. */
 export type AgentState = "connected" | "disconnected" | "unknown";
@@ -162,12 +160,12 @@ function validPort(p: unknown): p is number {
 }
 
 /** `host` as it goes into a URL (IPv6 in brackets). */
-export function urlHost(h: string): string {
+function urlHost(h: string): string {
   return h.includes(":") && !h.startsWith("[") ? `[${h}]` : h;
 }
 
 /** Address of the first LoadBalancer ingress (IP, else hostname), if any. */
-export function ingressAddress(svc: ServiceObject | undefined): string | undefined {
+function ingressAddress(svc: ServiceObject | undefined): string | undefined {
   const ing = svc?.status?.loadBalancer?.ingress?.[0];
   return ing?.ip || ing?.hostname || undefined;
 }
@@ -214,7 +212,7 @@ function managedKeys(svc: ServiceObject | undefined): string[] {
 }
 
 /** Labels of the Service of `cluster`. */
-export function serviceLabels(cluster: string): Record<string, string> {
+function serviceLabels(cluster: string): Record<string, string> {
   const n = serviceName(cluster);
   return { app: n, "app.kubernetes.io/name": n };
 }
@@ -223,7 +221,7 @@ export function serviceLabels(cluster: string): Record<string, string> {
  * Selector of the `mc-*` Services when the proxy publishes no EndpointSlices (one replica in
  * the cluster without a pod IP): the proxy pods.
  */
-export const SERVICE_SELECTOR: Readonly<Record<string, string>> = Object.freeze({
+const SERVICE_SELECTOR: Readonly<Record<string, string>> = Object.freeze({
   app: "tower",
   "app.kubernetes.io/name": "tower",
 });
@@ -336,7 +334,7 @@ function sameJson(a: unknown, b: unknown): boolean {
 }
 
 /**
- * Compute what to do for cluster `name` (SPEC §3):
+ * Compute what to do for cluster `name` (docs/protocol.md §7):
  * - gone, being deleted, `joinFederation` not true or type not `proxy`:
  *   delete the Service (if any), leave the Cluster alone;
  * - else: keep or allocate a port pair free of other clusters' ports,

@@ -37,11 +37,11 @@ import {
 const log = logger("controller/replicas");
 
 /** Prefix of a replica's Lease name; the rest is its pod name. */
-export const REPLICA_LEASE_PREFIX = "tower-replica-";
+const REPLICA_LEASE_PREFIX = "tower-replica-";
 /** Label selector of every replica Lease (they carry {@link REPLICA_LABEL}). */
 export const REPLICA_LEASES_SELECTOR = REPLICA_LABEL;
 /** Default replica Lease duration (ms). */
-export const DEFAULT_REPLICA_LEASE_MS = 2_000;
+const DEFAULT_REPLICA_LEASE_MS = 2_000;
 
 /** Name of `replica`'s Lease. */
 export function replicaLeaseName(replica: string): string {

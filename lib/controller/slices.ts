@@ -16,11 +16,11 @@ import type { KubeObject } from "../kube/types.ts";
 import { serviceName } from "./types.ts";
 
 /** Label naming the Service a slice belongs to (what kube-proxy selects by). */
-export const SERVICE_NAME_LABEL = "kubernetes.io/service-name";
+const SERVICE_NAME_LABEL = "kubernetes.io/service-name";
 /** Label naming the slice's manager. */
-export const MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by";
+const MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by";
 /** Our value of {@link MANAGED_BY_LABEL}. */
-export const MANAGED_BY_TOWER = "tower.kubesphere.io";
+const MANAGED_BY_TOWER = "tower.kubesphere.io";
 /** Label naming the replica (pod) that published a slice. */
 export const REPLICA_LABEL = "tower.kubesphere.io/replica";
 /** Label selector of every slice Tower manages. */
@@ -83,7 +83,7 @@ function hex10(s: string): string {
  * would pass 253 characters the prefix is cut and the hash also covers the cluster (two long
  * names sharing a prefix must not collide).
  */
-export function sliceName(cluster: string, replica: string): string {
+function sliceName(cluster: string, replica: string): string {
   const prefix = serviceName(cluster);
   if (prefix.length + 11 <= MAX_NAME) return `${prefix}-${hex10(replica)}`;
   const cut = prefix.slice(0, MAX_NAME - 11).replace(/[-.]+$/, "");
@@ -175,7 +175,7 @@ function essence(s: EndpointSliceObject): unknown {
 }
 
 /** Whether `observed` already says what `desired` says. */
-export function sliceUpToDate(
+function sliceUpToDate(
   observed: EndpointSliceObject,
   desired: EndpointSliceObject,
 ): boolean {
@@ -186,7 +186,7 @@ export function sliceUpToDate(
  * `desired` written over `observed` for an update: our labels and fields, everyone else's
  * labels, annotations and metadata kept (resourceVersion included, for a conditional write).
  */
-export function sliceUpdate(
+function sliceUpdate(
   observed: EndpointSliceObject,
   desired: EndpointSliceObject,
 ): EndpointSliceObject {

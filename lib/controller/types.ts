@@ -1,7 +1,7 @@
 /**
  * Shapes of the API objects the controller reads and writes (the fields Tower
  * uses; every other field is carried through untouched) and the names and
- * constants of SPEC §3.
+ * constants of docs/protocol.md §7.
  * @module
  */
 
@@ -12,7 +12,7 @@ export const CLUSTER_API_VERSION = "cluster.kubesphere.io/v1alpha1";
 /** Namespace of the `mc-<name>` Services, Secrets, Lease and Events. */
 export const TOWER_NAMESPACE = "kubesphere-system";
 /** Prefix of the per-cluster Service name. */
-export const SERVICE_PREFIX = "mc-";
+const SERVICE_PREFIX = "mc-";
 /** Service port clients use for the kubernetes endpoint. */
 export const SERVICE_KUBERNETES_PORT = 6443;
 /** Service port clients use for the kubesphere endpoint. */

@@ -18,7 +18,7 @@ import type { KubeconfigSelection } from "./kubeconfig.ts";
  * `@kubernetes/client-node`, loaded on first use. A literal specifier keeps it in the static
  * module graph that `deno compile` bundles.
  */
-export function loadClientNode(): Promise<typeof import("@kubernetes/client-node")> {
+function loadClientNode(): Promise<typeof import("@kubernetes/client-node")> {
   return import("@kubernetes/client-node");
 }
 

@@ -32,9 +32,9 @@ export interface ExecCredential {
 }
 
 /** Longest a plugin may run. */
-export const EXEC_TIMEOUT_MS = 60_000;
+const EXEC_TIMEOUT_MS = 60_000;
 /** Most output read from a plugin (its stdout; stderr keeps its last 4 KiB). */
-export const MAX_OUTPUT_BYTES = 1 << 20;
+const MAX_OUTPUT_BYTES = 1 << 20;
 
 const API_VERSIONS = ["client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1"];
 const MODES = ["Never", "IfAvailable", "Always"];
@@ -45,7 +45,7 @@ const cache = new Map<string, ExecCredential>();
 const running = new Map<string, Promise<ExecCredential>>();
 
 /** True once `cred` has expired at `now`. */
-export function isExpired(cred: ExecCredential, now = Date.now()): boolean {
+function isExpired(cred: ExecCredential, now = Date.now()): boolean {
   return cred.expiresAt !== undefined && cred.expiresAt <= now;
 }
 
@@ -193,7 +193,7 @@ async function runPlugin(
  * Check and read a plugin's answer.
  * @throws Error prefixed with `what`.
  */
-export function parseExecCredential(
+function parseExecCredential(
   text: string,
   apiVersion: string,
   what: string,

@@ -224,7 +224,7 @@ async function selectCluster(doc: Obj, name: string, dir: string): Promise<KubeC
 }
 
 /** Choose `context` (default: `current-context`) of a parsed kubeconfig. */
-export async function selectContext(
+async function selectContext(
   doc: unknown,
   dir: string,
   context?: string,

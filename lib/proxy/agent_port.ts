@@ -1,6 +1,6 @@
 /**
  * The agent-facing HTTP listener (`--host:--port`): WebSocket upgrades to the
- * tunnel, `GET /health` and `GET /version`, 404 for anything else (SPEC §1).
+ * tunnel, `GET /health` and `GET /version`, 404 for anything else (docs/protocol.md §1).
  *
  * HTTP/1.1 and WebSocket framing of our own over `Deno.listen`, because this
  * port faces whatever can reach it and Deno's server bounds neither the time
@@ -62,7 +62,7 @@ export interface AgentPortOptions {
 }
 
 /** Defaults of {@link AgentPortOptions}. */
-export const AGENT_PORT_DEFAULTS: Required<AgentPortOptions> = {
+const AGENT_PORT_DEFAULTS: Required<AgentPortOptions> = {
   maxConnections: 8192,
   maxHeadBytes: 16 * 1024,
   preauthMaxMessage: 256 * 1024,

@@ -1,5 +1,5 @@
 /**
- * Standalone mode (SPEC §5): clusters come from a YAML or JSON file of Cluster
+ * Standalone mode (docs/protocol.md §7, last paragraph): clusters come from a YAML or JSON file of Cluster
  * objects (a list, a `kind: ClusterList`, or multi-document YAML), re-read when
  * it changes and never written to. Kubeconfigs of connected clusters are
  * written to a directory instead of into Cluster objects.
@@ -177,6 +177,7 @@ export class FileClusterSource implements ClusterSource {
   #listeners: ClusterChange[] = [];
   #watcher: Deno.FsWatcher | undefined;
   #reloadTimer: ReturnType<typeof setTimeout> | undefined;
+  #closed = false;
   #loaded: Promise<void>;
 
   constructor(opts: FileClusterSourceOptions) {
@@ -223,10 +224,22 @@ export class FileClusterSource implements ClusterSource {
     return join(this.kubeconfigDir, `${name}.kubeconfig`);
   }
 
+  /**
+   * The kubeconfig written for `name` so far; undefined when there is none yet, or when it cannot
+   * be read (logged: a fresh one is then written over it).
+   */
   async currentKubeconfig(name: string): Promise<string | undefined> {
+    const path = this.kubeconfigPath(name);
     try {
-      return await Deno.readTextFile(this.kubeconfigPath(name));
-    } catch {
+      return await Deno.readTextFile(path);
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) {
+        log.warn("Cannot read the cluster's kubeconfig; writing a new one", {
+          cluster: name,
+          path,
+          err: (err as Error).message,
+        });
+      }
       return undefined;
     }
   }
@@ -291,15 +304,30 @@ export class FileClusterSource implements ClusterSource {
           if (!ev.paths.some((p) => p.endsWith(this.#opts.path.split("/").pop()!))) continue;
           // Coalesce the bursts editors and `mv` produce into one reload.
           clearTimeout(this.#reloadTimer);
-          this.#reloadTimer = setTimeout(() => this.#load(false), 50);
+          this.#reloadTimer = setTimeout(() => this.#reload(), 50);
         }
-      } catch {
-        // watcher closed
+      } catch (err) {
+        if (this.#closed) return; // close() ended the watcher
+        log.error("Stopped watching the clusters file; changes need a restart", {
+          path: this.#opts.path,
+          err: (err as Error).message,
+        });
       }
     })();
   }
 
+  /** Reload after a change; a listener's failure is logged, not left to end the process. */
+  #reload(): void {
+    this.#load(false).catch((err) => {
+      log.error("Applying the reloaded clusters file failed", {
+        path: this.#opts.path,
+        err: (err as Error).message,
+      });
+    });
+  }
+
   close(): Promise<void> {
+    this.#closed = true;
     clearTimeout(this.#reloadTimer);
     try {
       this.#watcher?.close();

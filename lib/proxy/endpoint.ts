@@ -16,20 +16,11 @@ import * as tls from "node:tls";
 import { logger } from "../log.ts";
 import type { ClientCertVerdict } from "../pki/mod.ts";
 import type { ClientAccess } from "./client_access.ts";
-import { HttpProxy, type HttpProxyOptions, type RequestRecord } from "./http/forward.ts";
+import type { RequestRecord } from "./http/audit.ts";
+import { HttpProxy, type HttpProxyOptions } from "./http/forward.ts";
 import { gatedTransport } from "./tls_transport.ts";
 import type { PoolOptions } from "./http/pool.ts";
 import type { UpstreamDialer } from "./http/upstream.ts";
-
-export type { RequestRecord } from "./http/forward.ts";
-export {
-  type DialedStream,
-  NoAgentError,
-  StreamLimitError,
-  type UpstreamAuth,
-  type UpstreamDialer,
-  type UpstreamTls,
-} from "./http/upstream.ts";
 
 const log = logger("proxy/endpoint");
 

@@ -14,7 +14,6 @@
  * @module
  */
 
-import type { Duplex } from "node:stream";
 import { Buffer } from "node:buffer";
 import { logger } from "../log.ts";
 import { bytesCounter, requestDuration, requestsCounter } from "../metrics.ts";
@@ -23,46 +22,16 @@ import type { AgentConfig } from "../tunnel/handshake.ts";
 import { clientAccess } from "./client_access.ts";
 import type { ClusterRecord, ClusterSource } from "./clusters.ts";
 import { type ClusterEndpoints, startClusterEndpoints } from "./endpoint.ts";
-import {
-  type DialedStream,
-  NoAgentError,
-  StreamLimitError,
-  type UpstreamAuth,
-  type UpstreamDialer,
-} from "./http/upstream.ts";
+import type { UpstreamAuth, UpstreamDialer } from "./http/upstream.ts";
+import { clusterDialer } from "./cluster_dialer.ts";
 import type { EpochCache } from "./epochs.ts";
 import type { AgentSession, SessionRegistry } from "./registry.ts";
 import { Slots } from "../slots.ts";
-import { within } from "../within.ts";
 
 /** Clusters whose endpoints are set up at the same time (see `#syncSlots`). */
 const SYNC_CONCURRENCY = 4;
 
 const log = logger("proxy/endpoints");
-
-/** How long an agent may take to confirm a channel (its dial of the target included). */
-const OPEN_TIMEOUT_MS = 15_000;
-
-/** `p`, or an error after `ms` or on abort; a stream that arrives too late is destroyed. */
-function openWithin(
-  p: Promise<Duplex>,
-  ms: number,
-  target: string,
-  signal?: AbortSignal,
-): Promise<Duplex> {
-  return within(p, ms, {
-    what: `open ${target}`,
-    signal,
-    timedOut: `agent did not answer within ${ms} ms`,
-    aborted: "client went away",
-    late: (stream) => stream.destroy(),
-    // A full session stays recognisable: the caller then tries elsewhere.
-    error: (message, cause) =>
-      cause instanceof StreamLimitError
-        ? new StreamLimitError(message)
-        : new Error(message, { cause }),
-  });
-}
 
 /** Hosts every serving certificate also names (as a kube-apiserver's does). */
 const IN_CLUSTER_NAMES = ["kubernetes", "kubernetes.default", "kubernetes.default.svc"];
@@ -100,7 +69,7 @@ interface Running {
 }
 
 /** The SAN lists of a serving certificate for `rec`. */
-export function servingNames(rec: ClusterRecord): { dnsNames: string[]; ipAddresses: string[] } {
+function servingNames(rec: ClusterRecord): { dnsNames: string[]; ipAddresses: string[] } {
   const ip = /^(\d{1,3}(\.\d{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:]+)$/;
   const hosts = [...new Set([...rec.endpointHosts, "127.0.0.1", "localhost"])];
   return {
@@ -114,7 +83,7 @@ export function servingNames(rec: ClusterRecord): { dnsNames: string[]; ipAddres
  * presenting its client certificate, else its bearer token. (Its ks-apiserver gets none: the
  * kubesphere endpoint has no authentication of its own, so the caller's `Authorization` passes.)
  */
-export function kubernetesAuth(cfg: AgentConfig): UpstreamAuth {
+function kubernetesAuth(cfg: AgentConfig): UpstreamAuth {
   const text = (b?: Uint8Array) => (b && b.length ? Buffer.from(b).toString("utf8") : undefined);
   const host = cfg.KubernetesSvcHost.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
   return {
@@ -293,54 +262,19 @@ export class EndpointsManager {
     return auth;
   }
 
+  /** The dialer of one endpoint of `cluster`: `cluster_dialer.ts` decides which session. */
   #dialer(cluster: string, kind: "kubernetes" | "kubesphere"): UpstreamDialer {
-    const registry = this.#opts.registry;
-    return {
-      isLive: (key) => registry.sessions(cluster).some((s) => s.id === key && s.alive),
-      dial: async (signal?: AbortSignal): Promise<DialedStream> => {
-        // Try each live session once, those whose opens have been failing last: a session that
-        // dies between pick and open, is at its stream limit, or whose agent refuses the
-        // channel must not fail the request when another agent can take it.
-        const tried = new Set<string>();
-        let lastErr: Error | undefined;
-        for (;;) {
-          const session = registry.pick(cluster, tried);
-          if (!session) break;
-          tried.add(session.id);
-          const target = kind === "kubernetes"
-            ? session.config.KubernetesSvcHost
-            : session.config.KubeSphereSvcHost;
-          try {
-            const opened = {
-              stream: await openWithin(
-                session.openStream(target, {
-                  // At the limit, an idle pooled stream of this session gives its channel back.
-                  reclaim: () =>
-                    this.#running.get(cluster)?.endpoints.dropIdle(session.id) ?? false,
-                }),
-                OPEN_TIMEOUT_MS,
-                target,
-                signal,
-              ),
-              key: session.id,
-              auth: kind === "kubernetes" ? this.#authOf(session) : NO_AUTH,
-            };
-            registry.reportOpen(session, true);
-            return opened;
-          } catch (err) {
-            if (signal?.aborted) throw err; // the client went away: nothing to try elsewhere
-            lastErr = err as Error;
-            // The agent refused the channel or never answered (its dial failed: → 502 unless
-            // another session takes it); a full or dead session says nothing about its agent.
-            if (session.alive && !(err instanceof StreamLimitError)) {
-              registry.reportOpen(session, false);
-            }
-          }
-        }
-        if (lastErr) throw lastErr;
-        throw new NoAgentError(`cluster ${cluster}: no agent connected`);
+    return clusterDialer({
+      registry: this.#opts.registry,
+      cluster,
+      kind,
+      auth: (session) => kind === "kubernetes" ? this.#authOf(session) : NO_AUTH,
+      // At the limit, an idle pooled stream of the session gives its channel back.
+      reclaimIdle: (key) => this.#running.get(cluster)?.endpoints.dropIdle(key) ?? false,
+      onChannelLimitRefusal: () => {
+        log.v(2, "every agent session is at its channel limit", { cluster, endpoint: kind });
       },
-    };
+    });
   }
 
   async #stop(cluster: string, reason: string, graceMs = 0): Promise<void> {

@@ -26,8 +26,11 @@ export interface AgentSession {
   readonly alive: boolean;
   /** Number of open channels. */
   readonly channels: number;
-  /** Open a tunnelled TCP stream to `host:port` on the agent's side. */
-  openStream(target: string, opts?: { reclaim?: () => boolean }): Promise<Duplex>;
+  /**
+   * Open a tunnelled TCP stream to `host:port` on the agent's side; rejects with
+   * `StreamLimitError` at the session's channel limit.
+   */
+  openStream(target: string): Promise<Duplex>;
   /** Close the session (idempotent); `reason` is logged. */
   close(reason: string): void;
 }
@@ -51,7 +54,7 @@ export interface RegistryOptions {
 }
 
 /** How long a failed channel open puts its session behind the others. */
-export const FAILURE_MEMORY_MS = 30_000;
+const FAILURE_MEMORY_MS = 30_000;
 
 /** Channel opens that failed on a session, lately. */
 interface Health {

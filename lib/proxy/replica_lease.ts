@@ -54,12 +54,16 @@ export class ReplicaLease {
   async start(): Promise<void> {
     if (this.#loop) return;
     this.#ac = new AbortController();
-    await this.#renew(this.#ac.signal).catch(() => {});
-    this.#loop = this.#run(this.#ac.signal);
+    let failing = false;
+    await this.#renew(this.#ac.signal).catch((err) => {
+      log.warn("Cannot renew the replica lease", { lease: this.name, err: errorText(err) });
+      failing = true;
+    });
+    this.#loop = this.#run(this.#ac.signal, failing);
   }
 
-  async #run(signal: AbortSignal): Promise<void> {
-    let failing = false;
+  /** Renew every `renewMs`; a run of failures is logged once, and its end too. */
+  async #run(signal: AbortSignal, failing: boolean): Promise<void> {
     while (!signal.aborted) {
       await sleep(this.#o.renewMs ?? 500, signal);
       if (signal.aborted) break;

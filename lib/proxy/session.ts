@@ -101,11 +101,10 @@ export class ProxySession implements AgentSession {
 
   /**
    * Open a `kubesphere` channel to `target` (one the agent announced). At the channel limit it
-   * takes the place of a channel this end destroyed once that one is gone, asking `reclaim`
-   * (when given) to destroy an idle one of its own if none is going spare; with neither it
-   * rejects with {@link StreamLimitError}.
+   * takes the place of a channel this end destroyed once that one is gone; with none going spare
+   * it rejects with {@link StreamLimitError} (what then: `cluster_dialer.ts`).
    */
-  async openStream(target: string, opts: { reclaim?: () => boolean } = {}): Promise<Duplex> {
+  async openStream(target: string): Promise<Duplex> {
     if (this.#closed) throw new SessionError(`session ${this.id}: closed`);
     if (target !== this.config.KubernetesSvcHost && target !== this.config.KubeSphereSvcHost) {
       throw new SessionError(`session ${this.id}: target ${target} is not one the agent announced`);
@@ -114,10 +113,10 @@ export class ProxySession implements AgentSession {
     if (this.#channels < max) this.#channels++;
     else {
       // A channel this end has destroyed counts until the agent's CLOSE is back (a round trip,
-      // longer under load). When one is on its way out that no earlier opener waits for, or
-      // `reclaim` gives up an idle one, wait to take its place rather than fail: a burst of
-      // keep-alive clients would otherwise get 502s for a limit held by abandoned or idle streams.
-      if (this.#closing() <= this.#waiting.length && !opts.reclaim?.()) {
+      // longer under load). When one is on its way out that no earlier opener waits for, wait to
+      // take its place rather than fail: a burst of keep-alive clients would otherwise get 502s
+      // for a limit held by abandoned streams.
+      if (this.#closing() <= this.#waiting.length) {
         throw new StreamLimitError(`session ${this.id}: channel limit ${max} reached`);
       }
       const ok = await new Promise<boolean>((resolve) => this.#waiting.push(resolve));

@@ -58,7 +58,7 @@ export interface SetupFlags {
  * then go only through the leader's reaping), with a warning.
  * @throws Error when the identity is incomplete or in another namespace than the Services.
  */
-export async function resolveReplica(
+async function resolveReplica(
   client: KubeClient,
   f: Pick<SetupFlags, "podName" | "podIP" | "podNamespace">,
   signal?: AbortSignal,

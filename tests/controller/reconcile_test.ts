@@ -1,13 +1,12 @@
 import fc from "fast-check";
 import { portViewFromSet } from "../../lib/controller/ports.ts";
+import { portClaim, portsUsedByOthers } from "../../lib/controller/claims.ts";
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "../helpers/assert.ts";
 import {
   desiredService,
   findCondition,
   kubeTime,
   lbAnnotations,
-  portClaim,
-  portsUsedByOthers,
   reconcileCluster,
   type ReconcileInput,
   setCondition,

@@ -3,7 +3,13 @@
  */
 
 import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
-import { parseClustersFile, recordsFromEntries } from "../../lib/proxy/clusters_file.ts";
+import { join } from "node:path";
+import {
+  FileClusterSource,
+  parseClustersFile,
+  recordsFromEntries,
+} from "../../lib/proxy/clusters_file.ts";
+import { setupLogging } from "../../lib/log.ts";
 
 Deno.test("clusters file: a list, a ClusterList and multi-document YAML", () => {
   const one = "metadata: {name: a}\nspec: {connection: {token: t}}\n";
@@ -80,4 +86,30 @@ Deno.test("clusters file: ports given are kept, others allocated without collisi
     1005,
     "clusters without ports are still known (their agents may connect)",
   );
+});
+
+Deno.test("clusters file: a kubeconfig that cannot be read is logged with its path, a missing one is not", async () => {
+  const dir = await Deno.makeTempDir();
+  const lines: string[] = [];
+  setupLogging({ format: "json", write: (l) => lines.push(l) });
+  try {
+    const path = join(dir, "clusters.yaml");
+    await Deno.writeTextFile(path, "- metadata: {name: a}\n  spec: {connection: {token: t}}\n");
+    const src = new FileClusterSource({ path, watch: false });
+    await src.ready();
+    assertEquals(await src.currentKubeconfig("a"), undefined);
+    assertEquals(lines.filter((l) => l.includes("kubeconfig")), []);
+    // A directory where the file should be: unreadable, so a fresh one is due, and it is said.
+    await Deno.mkdir(src.kubeconfigPath("a"));
+    assertEquals(await src.currentKubeconfig("a"), undefined);
+    const warned = lines.map((l) => JSON.parse(l)).filter((r) => r.msg?.includes("kubeconfig"));
+    assertEquals(warned.length, 1, lines.join(""));
+    assertEquals(warned[0].level, "warn");
+    assertEquals(warned[0].cluster, "a");
+    assertEquals(warned[0].path, src.kubeconfigPath("a"));
+    await src.close();
+  } finally {
+    setupLogging();
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -27,7 +27,7 @@ import {
   ListenError,
   startClusterEndpoints,
 } from "../../lib/proxy/endpoint.ts";
-import type { RequestRecord } from "../../lib/proxy/http/forward.ts";
+import type { RequestRecord } from "../../lib/proxy/http/audit.ts";
 import type { UpstreamAuth } from "../../lib/proxy/http/upstream.ts";
 import { startTestApiServer, type TestApiServer } from "../apiserver/server.ts";
 import { deadline } from "../helpers/deadline.ts";

@@ -4,6 +4,7 @@
  */
 
 import { Buffer } from "node:buffer";
+import type { Duplex } from "node:stream";
 import { createHash } from "node:crypto";
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "../helpers/assert.ts";
 import {
@@ -19,6 +20,7 @@ import {
 
 import { LARGE_PACKET_SIZE } from "../../lib/tunnel/ssh_cipher.ts";
 import { StreamLimitError } from "../../lib/proxy/http/upstream.ts";
+import { clusterDialer } from "../../lib/proxy/cluster_dialer.ts";
 
 const TOKEN = "a1".repeat(32);
 
@@ -214,7 +216,7 @@ Deno.test("the right pinned fingerprint connects", async () => {
   }
 });
 
-Deno.test("at the channel limit an open waits for a destroyed channel to be gone, and fails when none is going", async () => {
+Deno.test("at the channel limit an open waits for a destroyed channel to be gone, the dialer gives back an idle one, and fails when none is going", async () => {
   const proxy = await startTestProxy([{ name: "alpha", token: TOKEN }], {
     maxChannelsPerSession: 2,
   });
@@ -250,25 +252,36 @@ Deno.test("at the channel limit an open waits for a destroyed channel to be gone
     c.write("ping");
     const back = await new Promise<string>((resolve) => c.once("data", (d) => resolve(`${d}`)));
     assertEquals(back, "ping");
-    // Full again, nothing closing: `reclaim` may give one up (an idle pooled stream, in the
-    // proxy); the open then waits for it to be gone.
-    let asked = 0;
-    c.once("close", () => order.push("c gone"));
-    const d = await session.openStream(target(echo.port), {
-      reclaim: () => {
-        asked++;
-        c.destroy();
+    // Full again, nothing closing: the cluster's dialer has the session give back an idle pooled
+    // stream (here c) and takes its place once it is gone; with nothing to give back, and no
+    // other session, it gives up with the limit, counted once as a channel-limit refusal.
+    let spare: Duplex | undefined = c;
+    const asked: string[] = [];
+    let refusals = 0;
+    const dialer = clusterDialer({
+      registry: proxy.app.registry,
+      cluster: "alpha",
+      kind: "kubesphere",
+      auth: () => ({}),
+      reclaimIdle: (key) => {
+        asked.push(key);
+        if (spare === undefined) return false;
+        spare.destroy();
+        spare = undefined;
         return true;
       },
+      onChannelLimitRefusal: () => refusals++,
     });
+    c.once("close", () => order.push("c gone"));
+    const d = (await dialer.dial()).stream;
     order.push("d open");
-    assertEquals(asked, 1);
+    assertEquals(asked, [session.id]);
     assertEquals(order.slice(2), ["c gone", "d open"]);
-    // With nothing to give up, the refusal is immediate.
-    await assertRejects(
-      () => session.openStream(target(echo.port), { reclaim: () => false }),
-      StreamLimitError,
-    );
+    assertEquals(refusals, 0);
+    await assertRejects(() => dialer.dial(), StreamLimitError, "channel limit 2 reached");
+    assertEquals(asked, [session.id, session.id]);
+    assertEquals(refusals, 1);
+    assertEquals(session.channels, 2);
     a.destroy();
     d.destroy();
   } finally {

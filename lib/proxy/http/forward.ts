@@ -1,7 +1,8 @@
 /**
- * The reverse proxy of one per-cluster endpoint: serves HTTP/1.x client
- * connections and forwards each request over an upstream connection from the
- * pool or the tunnel dialer.
+ * The reverse proxy of one per-cluster endpoint ({@link HttpProxy}): serves HTTP/1.x client
+ * connections (request heads read within bounds of size and idle time, refused callers answered
+ * 401) and hands each request to `exchange.ts`, which forwards it over an upstream connection
+ * from the pool or the tunnel dialer.
  *
  * HTTP is handled at the byte level rather than with `node:http`, because a
  * tunnel proxy needs control that `node:http` does not give: keep-alive
@@ -21,81 +22,34 @@
  * on the kubernetes endpoint, the caller's credentials replaced by those of
  * the agent session that carries the request (`rewrite.ts`); 503 `Status`
  * when no agent is connected and 502 when the member API server cannot be
- * reached (the bodies say what failed; addresses, sessions and causes go to
- * the log); a reused connection that turns out dead before any answer byte is
+ * reached; a reused connection that turns out dead before any answer byte is
  * retried once on a fresh one for idempotent requests without a body; an audit
- * record when the exchange ends.
+ * record when the exchange ends (`audit.ts`).
  * @module
  */
 
-import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
 import { logger } from "../../log.ts";
-import { ChunkedError } from "./chunked.ts";
-import { openUpstream, type UpstreamConn, UpstreamConnectError } from "./conn.ts";
+import type { ClientAccess } from "../client_access.ts";
+import { audit, type EndpointKind, newRecord, type RequestRecord } from "./audit.ts";
+import { closeAfterWrite } from "./close_after_write.ts";
+import type { UpstreamConn } from "./conn.ts";
+import type { ForwardContext } from "./context.ts";
 import { Deadlines } from "./deadlines.ts";
+import { exchange } from "./exchange.ts";
 import {
   DEFAULT_HEAD_LIMITS,
-  encodeHead,
-  type Framing,
-  headerTokens,
-  headerValue,
   type HeadLimits,
   HttpParseError,
   parseRequestHead,
-  parseResponseHead,
-  requestFraming,
   type RequestHead,
-  requestHost,
-  requestKeepAlive,
-  responseFraming,
-  type ResponseHead,
 } from "./head.ts";
 import { type PoolOptions, UpstreamPool } from "./pool.ts";
-import {
-  type ClientBodyMode,
-  clientResponseHead,
-  isImpersonationHeader,
-  upstreamRequestHead,
-} from "./rewrite.ts";
 import { statusResponse } from "./status.ts";
-import { NoAgentError, type UpstreamDialer } from "./upstream.ts";
-import type { ClientAccess } from "../client_access.ts";
-import {
-  BodyTooLargeError,
-  type FlowControl,
-  pumpBody,
-  type PumpCounter,
-  type PumpMode,
-  readHead,
-  Wire,
-  WireClosedError,
-} from "./wire.ts";
+import type { UpstreamDialer } from "./upstream.ts";
+import { type FlowControl, readHead, Wire } from "./wire.ts";
 
 const log = logger("proxy/http");
-
-/** Which member API server an endpoint fronts. */
-export type EndpointKind = "kubernetes" | "kubesphere";
-
-/** One finished exchange, for auditing. Never carries headers, queries or credentials. */
-export interface RequestRecord {
-  cluster: string;
-  endpoint: EndpointKind;
-  /** The user the request runs for (client certificate CN) on the kubernetes endpoint; "" otherwise. */
-  commonName: string;
-  method: string;
-  /** Request path without the query string. */
-  path: string;
-  /** Status sent to the client (0 when the exchange broke before a response head). */
-  status: number;
-  /** Request body bytes (raw client→upstream bytes after an upgrade). */
-  bytesIn: number;
-  /** Response body bytes (raw upstream→client bytes after an upgrade). */
-  bytesOut: number;
-  durationMs: number;
-  /** The exchange was upgraded (101) and relayed raw bytes. */
-  upgrade: boolean;
-}
 
 /** What the proxy knows about a client connection. */
 export interface ClientInfo {
@@ -143,81 +97,7 @@ export interface HttpProxyOptions {
 const REFUSED_HEAD_BYTES = 4096;
 
 /** Default largest request head (64 KiB: kubectl's are under 2 KiB). */
-export const DEFAULT_REQUEST_HEAD_BYTES = 64 * 1024;
-
-const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
-const NONE: Framing = { kind: "none" };
-
-/** How long a closing connection waits for the client to close before it is destroyed. */
-const CLOSE_LINGER_MS = 2_000;
-/** What a closing connection reads and drops at most before it is destroyed. */
-const LINGER_BYTES = 64 * 1024;
-
-/**
- * Close a connection after its last response: our side ends; what the client still sends is
- * read and dropped, never held, so that its close is seen at once; beyond {@link LINGER_BYTES}
- * (a huge head after its 431, a body after its 401) or after {@link CLOSE_LINGER_MS} the
- * connection is destroyed (reading on and dropping would cost memory for every chunk: a flood of
- * 1 MiB heads grew the proxy by tens of MiB).
- */
-function closeAfterWrite(wire: Wire, last?: Buffer): void {
-  const sock = wire.stream;
-  if (sock.destroyed) return;
-  sock.end(last);
-  let dropped = 0;
-  wire.setSink({
-    onData(chunk) {
-      dropped += chunk.length;
-      if (dropped > LINGER_BYTES) sock.destroy();
-    },
-    onEnd() {},
-    onClose() {},
-  });
-  wire.resume();
-  const timer = setTimeout(() => sock.destroy(), CLOSE_LINGER_MS);
-  sock.once("close", () => clearTimeout(timer));
-}
-
-/** The `Upgrade` value when `req` asks for a protocol upgrade, else null. */
-function upgradeOf(req: RequestHead): string | null {
-  const up = headerValue(req.headers, "upgrade");
-  if (up === undefined || up === "") return null;
-  return headerTokens(req.headers, "connection").has("upgrade") ? up : null;
-}
-
-const LONG_RUNNING = /[?&](watch|follow)=(true|1)(&|$)|^\/api(s\/[^/]+)?\/v[^/]+\/watch\//;
-
-/** A watch (`?watch=true`, `/watch/` paths) or a followed log (`?follow=true`). */
-export function isLongRunning(target: string): boolean {
-  return LONG_RUNNING.test(target);
-}
-
-function pathOf(target: string): string {
-  const q = target.indexOf("?");
-  return q < 0 ? target : target.slice(0, q);
-}
-
-/** State shared by the steps of one exchange. */
-interface Exchange {
-  req: RequestHead;
-  framing: Framing;
-  upgrade: string | null;
-  client: ClientInfo;
-  /** Who the request runs as (kubernetes endpoint with client certificates). */
-  access: ClientAccess | undefined;
-  clientKeep: boolean;
-  rec: RequestRecord;
-  reqCount: PumpCounter;
-  resCount: PumpCounter;
-  reqComplete: boolean;
-  clientGone: boolean;
-  upstream: UpstreamConn | null;
-  abort: AbortController;
-  /** The client went away: cancel the exchange. */
-  gone: () => void;
-}
-
-type Outcome = { retry: true } | { retry: false; keep: boolean };
+const DEFAULT_REQUEST_HEAD_BYTES = 64 * 1024;
 
 /** The reverse proxy of one endpoint (see the module doc). */
 export class HttpProxy {
@@ -235,12 +115,29 @@ export class HttpProxy {
   #closed = false;
   #draining = false;
   #emptyWaiters: (() => void)[] = [];
+  /** What each exchange needs of this proxy. */
+  readonly #ctx: ForwardContext;
 
   constructor(opts: HttpProxyOptions) {
     this.#o = opts;
     this.#pool = new UpstreamPool(opts.pool);
     this.#limits = { ...DEFAULT_HEAD_LIMITS, ...opts.head };
     this.#requestHeadBytes = opts.maxRequestHead ?? DEFAULT_REQUEST_HEAD_BYTES;
+    const onRequest = opts.onRequest;
+    this.#ctx = {
+      cluster: opts.cluster,
+      kind: opts.kind,
+      dialer: opts.dialer,
+      proto: opts.proto,
+      stripAuthorization: opts.stripAuthorization,
+      maxRequestBody: opts.maxRequestBody,
+      handshakeMs: opts.handshakeMs ?? 30_000,
+      limits: this.#limits,
+      pool: this.#pool,
+      isClosed: () => this.#closed,
+      track: (conn) => this.#track(conn),
+      audit: (rec, status, start) => audit(rec, status, start, onRequest),
+    };
   }
 
   /** Counts for tests and metrics. */
@@ -360,417 +257,19 @@ export class HttpProxy {
       }
       if (access !== undefined && !access.ok) {
         log.v(2, "client refused", { cluster: this.#o.cluster, reason: access.reason });
-        this.#audit(this.#record(req, ""), 401, performance.now());
+        const rec = newRecord(this.#o.cluster, this.#o.kind, req, "");
+        audit(rec, 401, performance.now(), this.#o.onRequest);
         closeAfterWrite(wire, unauthorized);
         return;
       }
-      if (!await this.#exchange(wire, req, client, access)) return;
+      if (!await exchange(this.#ctx, wire, req, client.remoteAddress, access)) return;
     }
   }
 
-  #record(req: RequestHead, commonName: string): RequestRecord {
-    return {
-      cluster: this.#o.cluster,
-      endpoint: this.#o.kind,
-      commonName,
-      method: req.method,
-      path: pathOf(req.target),
-      status: 0,
-      bytesIn: 0,
-      bytesOut: 0,
-      durationMs: 0,
-      upgrade: false,
-    };
-  }
-
-  #audit(rec: RequestRecord, status: number, start: number): void {
-    if (status) rec.status = status;
-    rec.durationMs = performance.now() - start;
-    // The audit line: one per proxied request, never headers, queries or credentials.
-    log.info("request", {
-      cluster: rec.cluster,
-      endpoint: rec.endpoint,
-      user: rec.commonName,
-      verb: rec.method,
-      path: rec.path,
-      status: rec.status,
-      bytesIn: rec.bytesIn,
-      bytesOut: rec.bytesOut,
-      ms: Math.round(rec.durationMs),
-      upgrade: rec.upgrade,
-    });
-    if (!this.#o.onRequest) return;
-    try {
-      this.#o.onRequest(rec);
-    } catch (err) {
-      log.error("audit hook failed", { cluster: this.#o.cluster, error: err as Error });
-    }
-  }
-
-  /** One request/response; resolves whether the client connection stays open for another. */
-  async #exchange(
-    wire: Wire,
-    req: RequestHead,
-    client: ClientInfo,
-    access: ClientAccess | undefined,
-  ): Promise<boolean> {
-    const sock = wire.stream;
-    const start = performance.now();
-    const rec = this.#record(req, access?.ok ? access.user : "");
-    const reply = (code: number, msg: string, keep: boolean): boolean => {
-      const res = statusResponse(code, msg, { close: !keep, head: req.method === "HEAD" });
-      rec.status = code;
-      if (keep) sock.write(res);
-      else closeAfterWrite(wire, res);
-      return keep;
-    };
-    let framing: Framing;
-    try {
-      framing = requestFraming(req);
-      requestHost(req);
-    } catch (err) {
-      const e = err as HttpParseError;
-      reply(e.status, e.message, false);
-      this.#audit(rec, 0, start);
-      return false;
-    }
-    const maxBody = this.#o.maxRequestBody;
-    if (maxBody !== undefined && framing.kind === "length" && framing.length > maxBody) {
-      reply(
-        413,
-        `request body of ${framing.length} bytes exceeds the limit of ${maxBody} bytes`,
-        false,
-      );
-      this.#audit(rec, 413, start);
-      return false;
-    }
-    if (req.method === "CONNECT") {
-      reply(405, "bad request", false);
-      this.#audit(rec, 0, start);
-      return false;
-    }
-    if (
-      access?.ok && access.role === "user" &&
-      req.headers.some((h) => isImpersonationHeader(h.lower))
-    ) {
-      reply(403, "impersonation is not allowed with a per-user certificate", false);
-      this.#audit(rec, 0, start);
-      return false;
-    }
-    const upgrade = upgradeOf(req);
-    const x: Exchange = {
-      req,
-      framing,
-      upgrade,
-      client,
-      access,
-      clientKeep: requestKeepAlive(req, framing),
-      rec,
-      reqCount: { bytes: 0 },
-      resCount: { bytes: 0 },
-      reqComplete: framing.kind === "none",
-      clientGone: false,
-      upstream: null,
-      abort: new AbortController(),
-      gone: () => {
-        x.clientGone = true;
-        x.abort.abort();
-        x.upstream?.destroy();
-      },
-    };
-    const onClientClose = () => x.gone();
-    // EOF from the client once its request is complete means it gave up (as Go's server does);
-    // after an upgrade it is a half-close, relayed by #relay.
-    const onClientEnd = () => {
-      if (x.reqComplete && !rec.upgrade) x.gone();
-    };
-    sock.on("close", onClientClose);
-    sock.on("end", onClientEnd);
-    try {
-      // Long-running requests get a stream of their own, so that (like new connections) they
-      // spread over the cluster's sessions: losing one agent then ends only its share of them.
-      const fresh = upgrade !== null || isLongRunning(req.target);
-      for (let attempt = 0;; attempt++) {
-        let conn = fresh ? undefined : this.#pool.take(this.#o.dialer.isLive?.bind(this.#o.dialer));
-        const reused = conn !== undefined;
-        if (!conn) {
-          try {
-            conn = await openUpstream(
-              this.#o.dialer,
-              x.abort.signal,
-              this.#o.handshakeMs ?? 30_000,
-            );
-          } catch (err) {
-            if (x.clientGone) return false;
-            const keep = x.clientKeep && framing.kind === "none";
-            if (err instanceof NoAgentError) {
-              return reply(503, `cluster ${this.#o.cluster}: no agent connected`, keep);
-            }
-            // The body says what failed; where and why (addresses, sessions) only go to the log.
-            const cause = err instanceof UpstreamConnectError
-              ? err.message
-              : `dial: ${(err as Error).message}`;
-            log.warn("upstream unreachable", {
-              cluster: this.#o.cluster,
-              endpoint: this.#o.kind,
-              error: cause,
-            });
-            return reply(
-              502,
-              `cluster ${this.#o.cluster}: ${this.#o.kind} API server unreachable`,
-              keep,
-            );
-          }
-          this.#track(conn);
-        }
-        x.upstream = conn;
-        if (x.clientGone || this.#closed) {
-          conn.destroy();
-          return false;
-        }
-        conn.uses++;
-        const out = await this.#roundTrip(wire, conn, x, reused && attempt === 0);
-        if (!out.retry) return out.keep;
-        log.v(4, "retrying on a fresh upstream connection", { cluster: this.#o.cluster });
-      }
-    } finally {
-      sock.off("close", onClientClose);
-      sock.off("end", onClientEnd);
-      rec.bytesIn = x.reqCount.bytes;
-      rec.bytesOut = x.resCount.bytes;
-      this.#audit(rec, 0, start);
-    }
-  }
-
+  /** Count `conn` among the open upstream connections until it closes. */
   #track(conn: UpstreamConn): void {
     this.#upstreams.add(conn);
     conn.stream.once("close", () => this.#upstreams.delete(conn));
     if (this.#closed) conn.destroy();
-  }
-
-  /** The request head for `conn`, with the credentials of the session `conn` rides on. */
-  #upstreamHead(x: Exchange, conn: UpstreamConn): Buffer {
-    const auth = conn.auth;
-    const access = x.access?.ok ? x.access : undefined;
-    return encodeHead(upstreamRequestHead(x.req, {
-      framing: x.framing,
-      upgrade: x.upgrade,
-      stripAuthorization: this.#o.stripAuthorization,
-      passImpersonation: access?.role === "admin",
-      impersonate: access?.role === "user" ? access : undefined,
-      bearerToken: auth.bearerToken,
-      clientAddress: x.client.remoteAddress,
-      proto: this.#o.proto,
-      defaultHost: auth.tls?.serverName ?? "localhost",
-    }));
-  }
-
-  /** Send the request on `conn` and relay the answer. */
-  async #roundTrip(
-    wire: Wire,
-    conn: UpstreamConn,
-    x: Exchange,
-    mayRetry: boolean,
-  ): Promise<Outcome> {
-    const sock = wire.stream;
-    const us = conn.stream;
-    const uw = conn.wire;
-    const { req, rec } = x;
-    us.write(this.#upstreamHead(x, conn));
-    let reqPump: Promise<void> | null = null;
-    let reqError: Error | null = null;
-    const cancelReq = new AbortController();
-    if (x.framing.kind !== "none") {
-      reqPump = pumpBody(wire, x.framing, us, x.reqCount, {
-        signal: cancelReq.signal,
-        limit: this.#o.maxRequestBody,
-      }).then(
-        () => {
-          x.reqComplete = true;
-          if (wire.eof) x.gone(); // EOF seen while the body was being read
-        },
-        (err: Error) => {
-          reqError = err;
-          if (!cancelReq.signal.aborted) conn.destroy();
-        },
-      );
-    }
-    const fail = (err: Error, received: number): Outcome => {
-      cancelReq.abort();
-      conn.destroy();
-      if (x.clientGone) return { retry: false, keep: false };
-      const retryable = mayRetry && received === 0 && x.framing.kind === "none" &&
-        IDEMPOTENT.has(req.method);
-      if (retryable) return { retry: true };
-      if (reqError instanceof BodyTooLargeError) {
-        rec.status = 413;
-        closeAfterWrite(wire, statusResponse(413, reqError.message, { close: true }));
-        return { retry: false, keep: false };
-      }
-      if (reqError instanceof ChunkedError) {
-        rec.status = 400;
-        closeAfterWrite(wire, statusResponse(400, reqError.message, { close: true }));
-        return { retry: false, keep: false };
-      }
-      const msg = `cluster ${this.#o.cluster}: ${this.#o.kind} API server did not answer`;
-      log.warn("upstream failed before answering", {
-        cluster: this.#o.cluster,
-        endpoint: this.#o.kind,
-        error: err.message,
-      });
-      rec.status = 502;
-      closeAfterWrite(wire, statusResponse(502, msg, { close: true, head: req.method === "HEAD" }));
-      return { retry: false, keep: false };
-    };
-
-    // Response head, forwarding interim (1xx) answers.
-    let res: ResponseHead;
-    let received = 0;
-    for (;;) {
-      let got;
-      try {
-        got = await readHead(uw, { maxBytes: this.#limits.maxBytes });
-      } catch (err) {
-        const r = err instanceof WireClosedError ? err.received : 1;
-        return fail(err as Error, received + r);
-      }
-      if (got === null) return fail(new Error("connection closed before a response"), received);
-      received += got.end;
-      try {
-        res = parseResponseHead(got.buf, got.end, this.#limits);
-      } catch (err) {
-        return fail(new Error(`malformed response: ${(err as Error).message}`), received);
-      }
-      if (res.status >= 200 || res.status === 101) break;
-      if (req.minor >= 1 && !x.clientGone) {
-        sock.write(encodeHead(clientResponseHead(res, "none", NONE, false)));
-      }
-    }
-
-    if (res.status === 101) {
-      if (x.upgrade === null) {
-        return fail(new Error("unsolicited 101 Switching Protocols"), received);
-      }
-      rec.status = 101;
-      rec.upgrade = true;
-      sock.write(encodeHead(clientResponseHead(res, "none", NONE, false)));
-      await this.#relay(wire, conn, x);
-      return { retry: false, keep: false };
-    }
-
-    let rf: Framing;
-    try {
-      rf = responseFraming(req.method, res);
-    } catch (err) {
-      return fail(new Error(`malformed response: ${(err as Error).message}`), received);
-    }
-    let close = !x.clientKeep;
-    let mode: ClientBodyMode;
-    let pumpMode: PumpMode = "raw";
-    switch (rf.kind) {
-      case "none":
-        mode = "none";
-        break;
-      case "length":
-        mode = "length";
-        break;
-      case "chunked":
-        if (req.minor >= 1) mode = "chunked";
-        else {
-          mode = "close";
-          pumpMode = "dechunk";
-          close = true;
-        }
-        break;
-      case "close":
-        if (req.minor >= 1) {
-          mode = "rechunk";
-          pumpMode = "chunk";
-        } else {
-          mode = "close";
-          close = true;
-        }
-        break;
-    }
-    const upstreamKeep = rf.kind !== "close" && !(rf.kind === "chunked" && rf.close) &&
-      res.minor >= 1 && !headerTokens(res.headers, "connection").has("close");
-    rec.status = res.status;
-    sock.cork();
-    sock.write(encodeHead(clientResponseHead(res, mode, rf, close)));
-    const bodyDone = pumpBody(uw, rf, sock, x.resCount, { mode: pumpMode });
-    sock.uncork();
-    try {
-      await bodyDone;
-    } catch (err) {
-      // The response broke off: the only way to tell the client is to break its connection too.
-      cancelReq.abort();
-      conn.destroy();
-      if (!x.clientGone) {
-        log.v(2, "upstream failed mid-response", {
-          cluster: this.#o.cluster,
-          error: (err as Error).message,
-        });
-        sock.destroy();
-      }
-      return { retry: false, keep: false };
-    }
-    if (!x.reqComplete) {
-      // Answered before the whole request body arrived: neither connection is in a known state.
-      cancelReq.abort();
-      conn.destroy();
-      closeAfterWrite(wire);
-      return { retry: false, keep: false };
-    }
-    await reqPump;
-    if (upstreamKeep && !this.#closed) this.#pool.put(conn);
-    else conn.destroy();
-    if (close) {
-      closeAfterWrite(wire);
-      return { retry: false, keep: false };
-    }
-    return { retry: false, keep: !x.clientGone };
-  }
-
-  /**
-   * After a 101: relay raw bytes both ways until both sides ended or either closed. Each
-   * direction ends on its own: an EOF is passed on as one (a client's half-close too), and a
-   * side that can take nothing more (the agent closed the channel, with or without EOF first)
-   * stops only the direction into it: what the other direction has received still reaches its
-   * end (`pumpBody`).
-   */
-  async #relay(wire: Wire, conn: UpstreamConn, x: Exchange): Promise<void> {
-    const sock = wire.stream;
-    // Node would end our side at the client's EOF and drop the member's answer still to come.
-    sock.allowHalfOpen = true;
-    const cancel = new AbortController();
-    const up = pumpBody(wire, { kind: "close" }, conn.stream, x.reqCount, {
-      endDest: true,
-      signal: cancel.signal,
-    });
-    const down = pumpBody(conn.wire, { kind: "close" }, sock, x.resCount, {
-      endDest: true,
-      signal: cancel.signal,
-    });
-    await new Promise<void>((resolve) => {
-      let upDone = false;
-      let downDone = false;
-      // A failed side: the client is gone (nothing can reach it), or the member's stream broke.
-      const broke = () => resolve();
-      up.then(() => {
-        upDone = true;
-        if (downDone) resolve();
-      }, broke);
-      down.then(() => {
-        downDone = true;
-        // The member side closed (not just half-closed): nothing more can go up.
-        if (upDone || conn.wire.closed) resolve();
-      }, broke);
-      conn.stream.once("close", () => {
-        if (downDone) resolve();
-      });
-    });
-    cancel.abort();
-    conn.destroy();
-    if (!sock.destroyed) closeAfterWrite(wire);
   }
 }

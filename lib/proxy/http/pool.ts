@@ -10,7 +10,7 @@ import type { UpstreamConn } from "./conn.ts";
 
 /** Limits of an {@link UpstreamPool}. */
 export interface PoolOptions {
-  /** Idle connections kept at most (default 32); the oldest is closed beyond. */
+  /** Idle connections kept at most (default 256, per endpoint); the oldest is closed beyond. */
   maxIdle: number;
   /**
    * Idle connections are closed after this long (default 60 s: under the 90 s that Kubernetes
@@ -20,7 +20,7 @@ export interface PoolOptions {
 }
 
 /** Defaults of {@link PoolOptions}. */
-export const DEFAULT_POOL_OPTIONS: PoolOptions = { maxIdle: 256, idleTimeoutMs: 60_000 };
+const DEFAULT_POOL_OPTIONS: PoolOptions = { maxIdle: 256, idleTimeoutMs: 60_000 };
 
 interface Idle {
   conn: UpstreamConn;

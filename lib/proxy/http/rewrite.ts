@@ -36,11 +36,6 @@ export function isImpersonationHeader(lower: string): boolean {
   return lower.startsWith("impersonate-");
 }
 
-/** Whether `lower` is an identity header a client could use to act as someone else upstream. */
-export function isIdentityHeader(lower: string): boolean {
-  return isImpersonationHeader(lower) || lower.startsWith("x-remote-");
-}
-
 /** Field names listed in the Connection headers (lowercase). */
 function connectionTokens(headers: HeaderField[]): Set<string> | null {
   let out: Set<string> | null = null;

@@ -34,7 +34,7 @@ const REASONS: Record<number, [string, string]> = {
 };
 
 /** The Status object for `code` (reason from the code unless given). */
-export function kubeStatus(code: number, message: string, reason?: string): KubeStatus {
+function kubeStatus(code: number, message: string, reason?: string): KubeStatus {
   return {
     kind: "Status",
     apiVersion: "v1",

@@ -47,7 +47,8 @@ export class NoAgentError extends Error {
 
 /**
  * The agent link has no room for another stream (its channel limit), even after giving up idle
- * ones: the dialer then tries the cluster's other agents, and a request none can take gets 502.
+ * ones: the dialer then tries the cluster's other agents, and a request none can take gets 502
+ * (`lib/proxy/cluster_dialer.ts` decides).
  */
 export class StreamLimitError extends Error {
   constructor(message: string) {

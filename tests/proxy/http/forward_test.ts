@@ -1,7 +1,8 @@
 import { assert, assertEquals, assertMatch } from "../../helpers/assert.ts";
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
-import { isLongRunning, type RequestRecord } from "../../../lib/proxy/http/forward.ts";
+import type { RequestRecord } from "../../../lib/proxy/http/audit.ts";
+import { isLongRunning } from "../../../lib/proxy/http/exchange.ts";
 import * as net from "node:net";
 import {
   StreamLimitError,
