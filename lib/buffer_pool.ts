@@ -1,13 +1,13 @@
 /**
- * Reusable large buffers: outbound SSH packets and the agent's read slabs.
+ * Reusable buffers: outbound SSH packets, the agent's read buffers, gathered inbound packets.
  *
  * Above 4 KiB `Buffer`'s own pool does not serve an allocation, so each sealed packet and each
- * read slab was an ArrayBuffer of its own: a busy agent sending 100 MB/s made about twice that
+ * read buffer was an ArrayBuffer of its own: a busy agent sending 100 MB/s made about twice that
  * in garbage buffers, which V8 collected only every few seconds (300–450 MB dead at a time, and
  * an RSS glibc never handed back). Whoever knows a buffer is no longer referenced gives it back
  * ({@link releaseBuffer}): the agent's WebSocket framing once it has copied a packet into its
- * frame, a read slab once every slice of it has been consumed. The next request of that size
- * class reuses it.
+ * frame, a read buffer once the channel has taken the chunk read into it. The next request of
+ * that size class reuses it.
  *
  * Only buffers made here are taken back, only whole (offset 0), only once while free. At most
  * {@link MAX_FREE_BYTES} wait in all: past that the buffers free the longest go to the GC, so
@@ -18,13 +18,17 @@
 
 import { Buffer } from "node:buffer";
 
-/** Smaller requests come from `Buffer`'s own pool (or a plain allocation). */
-export const MIN_POOLED = 16 * 1024;
+/**
+ * Smaller requests come from `Buffer`'s own pool (8 KiB slabs it hands out in slices, below 4
+ * KiB). Between 4 and 16 KiB (the packets of partial reads) each was an allocation of its own:
+ * 214 MiB of garbage on the agent in three passes of the 1,000-stream figure.
+ */
+export const MIN_POOLED = 4 * 1024;
 /**
  * Size classes (KiB): two an octave, so a class serves lengths up to a third apart, plus one
  * for the largest channel-data packet (256 KiB and its framing). Longer requests are not pooled.
  */
-const CLASSES = [16, 24, 32, 48, 64, 96, 128, 192, 272, 384, 512].map((k) => k * 1024);
+const CLASSES = [4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 272, 384, 512].map((k) => k * 1024);
 /** Most bytes kept free at once, all classes together. */
 export const MAX_FREE_BYTES = 16 * 1024 * 1024;
 
@@ -35,7 +39,7 @@ let freeOrder: ArrayBuffer[] = [];
 let freeCount = 0;
 /**
  * Buffers lent out, with the length of the view lent: only that exact view is taken back, once
- * (a slice of it, e.g. a read slab's first slice, is not the whole buffer's release).
+ * (a slice of it, e.g. the chunk a read filled part of, is not the whole buffer's release).
  */
 const lent = new WeakMap<ArrayBuffer, number>();
 /** Buffers on a free list (for eviction, whose order list may hold stale entries). */

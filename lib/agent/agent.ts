@@ -21,6 +21,7 @@ import { GlobalRequester } from "../tunnel/ssh_requests.ts";
 import { VERSION } from "../version.ts";
 import { Backoff } from "./backoff.ts";
 import { dialTarget, pipeChannel } from "./forward.ts";
+import { SendBudget } from "../tunnel/send_budget.ts";
 import { MemoryKnownProxies } from "./known_proxies.ts";
 import { HostKeyRefused, ProxyTrust } from "./proxy_trust.ts";
 import { dialProxy, tunnelUrl } from "./transport.ts";
@@ -287,6 +288,8 @@ export class Agent {
         },
       } as ssh2.ConnectConfig);
       requester = new GlobalRequester(client);
+      // What this session's streams hold read from their targets and not yet sent.
+      const budget = new SendBudget();
       onKubesphereChannel(client, (target, accept, rejectOpen) => {
         if (!allowed.has(target)) {
           log.warn("Refusing to dial a target that is not configured", { target });
@@ -300,7 +303,7 @@ export class Agent {
           (conn) => {
             const channel = accept();
             log.v(4, "Stream opened", { target, streams: this.#streams });
-            pipeChannel(channel as unknown as Duplex, conn).finally(() => {
+            pipeChannel(channel as unknown as Duplex, conn, { budget }).finally(() => {
               this.#streams--;
               log.v(4, "Stream closed", { target, streams: this.#streams });
             });
