@@ -61,8 +61,15 @@ export interface AgentOptions {
   proxyCaCerts?: string[];
   /** Deadline for connect + SSH + config (default 30 s). */
   handshakeTimeoutMs?: number;
-  /** Most tunnelled streams at once (default 1024). */
+  /**
+   * Most tunnelled streams at once (default 1024): channels open (or their target being dialed),
+   * as the proxy counts them. A stream whose channel is closed may still be finishing with its
+   * target (writing what the channel brought, then waiting up to `LINGER_MS` for the target to
+   * close): those count against twice this number, all streams together.
+   */
   maxStreams?: number;
+  /** How long a stream waits for its target to close once the channel is gone (`LINGER_MS`). */
+  lingerMs?: number;
   /** When the session exchanges SSH keys again (lib/tunnel/rekey.ts defaults). */
   rekey?: RekeyLimits;
   /** Observer: session state changes (tests and metrics). */
@@ -83,7 +90,10 @@ export class Agent {
   #trust: ProxyTrust;
   #wakeUp: (() => void) | undefined;
   #client: ssh2.Client | undefined;
+  /** Channels open, or whose target is being dialed. */
   #streams = 0;
+  /** Pipes running, including those still finishing with their target after the channel. */
+  #pipes = 0;
 
   constructor(opts: AgentOptions) {
     this.#opts = opts;
@@ -95,7 +105,7 @@ export class Agent {
     );
   }
 
-  /** Open tunnelled streams right now. */
+  /** Open tunnelled streams right now (channels open, or their target being dialed). */
   get streams(): number {
     return this.#streams;
   }
@@ -295,21 +305,34 @@ export class Agent {
           log.warn("Refusing to dial a target that is not configured", { target });
           return rejectOpen(OPEN_ADMINISTRATIVELY_PROHIBITED, `target ${target} not allowed`);
         }
-        if (this.#streams >= (this.#opts.maxStreams ?? 1024)) {
+        // The proxy counts a channel until our CLOSE: a limit on pipes still finishing with
+        // their targets after that refused its opens below its own limit of channels.
+        const max = this.#opts.maxStreams ?? 1024;
+        if (this.#streams >= max || this.#pipes >= 2 * max) {
           return rejectOpen(OPEN_RESOURCE_SHORTAGE, "too many streams");
         }
         this.#streams++;
+        this.#pipes++;
         dialTarget(target).then(
           (conn) => {
-            const channel = accept();
+            const channel = accept() as unknown as Duplex;
+            // Counted out at the channel's close, or at the end of the pipe at the latest.
+            let counted = true;
+            const channelDone = () => {
+              if (counted) this.#streams--;
+              counted = false;
+            };
+            channel.once("close", channelDone);
             log.v(4, "Stream opened", { target, streams: this.#streams });
-            pipeChannel(channel as unknown as Duplex, conn, { budget }).finally(() => {
-              this.#streams--;
-              log.v(4, "Stream closed", { target, streams: this.#streams });
+            pipeChannel(channel, conn, { budget, lingerMs: this.#opts.lingerMs }).finally(() => {
+              channelDone();
+              this.#pipes--;
+              log.v(4, "Stream closed", { target, streams: this.#streams, pipes: this.#pipes });
             });
           },
           (err: Error) => {
             this.#streams--;
+            this.#pipes--;
             log.warn("Cannot dial target", { target, err: err.message });
             rejectOpen(OPEN_CONNECT_FAILED, `dial ${target}: ${err.message}`);
           },
