@@ -14,7 +14,8 @@ import { logger, redact } from "../log.ts";
 import { type AgentConfig, encodeAgentConfig } from "../tunnel/handshake.ts";
 import { fingerprintOf } from "../tunnel/hostkey.ts";
 import { SSH_ALGORITHMS } from "../tunnel/protocol.ts";
-import { installFastChaChaPoly } from "../tunnel/ssh_cipher.ts";
+import { installFastChaChaPoly, keepsNoInput } from "../tunnel/ssh_cipher.ts";
+import type { WsConnStream } from "../tunnel/ws_stream.ts";
 import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
 import { acceptAnyIdent, onKubesphereChannel } from "../tunnel/ssh_compat.ts";
 import { GlobalRequester } from "../tunnel/ssh_requests.ts";
@@ -272,6 +273,8 @@ export class Agent {
         }, keepalive);
       });
 
+      // Once our decipher opens the proxy's packets, the WebSocket may read into one buffer.
+      (stream as Partial<WsConnStream>).setReadReuse?.(() => keepsNoInput(client));
       client.connect({
         sock: acceptAnyIdent(stream, client),
         username: cfg.Name,

@@ -22,6 +22,8 @@ import type { HostKey } from "../tunnel/hostkey.ts";
 import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
 import { serveGlobalRequests } from "../tunnel/ssh_requests.ts";
 import { acceptAnyIdent } from "../tunnel/ssh_compat.ts";
+import { keepsNoInput } from "../tunnel/ssh_cipher.ts";
+import type { WsConnStream } from "../tunnel/ws_stream.ts";
 import { SSH_ALGORITHMS, WS_PROTOCOL } from "../tunnel/protocol.ts";
 import { AdmissionSlots } from "./admission.ts";
 import type { ClusterSource } from "./clusters.ts";
@@ -246,6 +248,8 @@ export class TunnelServer {
     const remote = info.ip ?? "unknown";
     // The transport ssh2 runs on: the key of this connection's handshake timer.
     const transport = (conn as unknown as { _sock?: object })._sock;
+    // Once our decipher opens the agent's packets, the WebSocket may read into one buffer.
+    (transport as Partial<WsConnStream> | undefined)?.setReadReuse?.(() => keepsNoInput(conn));
     let authUser = "";
     let session: ProxySession | undefined;
     conn.on("error", (err: Error & { level?: string }) => {

@@ -399,6 +399,18 @@ export function acceptsLargePackets(decipher: unknown): boolean {
 }
 
 /**
+ * Whether the bytes `ssh`'s (a Client's or Connection's) protocol is handed are dead once its
+ * `parse` returns: true while {@link decryptWasm} opens its inbound packets (a packet split over
+ * reads is gathered in a buffer of its own, payloads are copies); false before the first key
+ * exchange and with other ciphers, which keep views of their input (ssh2's null decipher hands
+ * out payloads that are views of it). A transport may reuse its read buffer only then.
+ */
+export function keepsNoInput(ssh: object): boolean {
+  const proto = (ssh as { _protocol?: { _decipher?: { decrypt?: unknown } } })._protocol;
+  return proto?._decipher?.decrypt === decryptWasm;
+}
+
+/**
  * Which code seals and opens `chacha20-poly1305@openssh.com` packets: ChaCha20 and Poly1305 in
  * our WebAssembly SIMD build, this module's scalar code (TypeScript and `node:crypto` ChaCha20,
  * ssh2's scalar Poly1305), or ssh2's own packet methods.
