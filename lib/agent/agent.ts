@@ -23,6 +23,7 @@ import { VERSION } from "../version.ts";
 import { Backoff } from "./backoff.ts";
 import { dialTarget, pipeChannel } from "./forward.ts";
 import { SendBudget } from "../tunnel/send_budget.ts";
+import { limitReceive } from "../tunnel/receive_budget.ts";
 import { MemoryKnownProxies } from "./known_proxies.ts";
 import { HostKeyRefused, ProxyTrust } from "./proxy_trust.ts";
 import { dialProxy, tunnelUrl } from "./transport.ts";
@@ -76,6 +77,12 @@ export interface AgentOptions {
   /** Observer: session state changes (tests and metrics). */
   onState?: (state: "connected" | "disconnected", detail?: string) => void;
 }
+
+/**
+ * Bytes the session's streams may hold on their way to the targets (windows granted plus what
+ * the proxy sent that is not yet written to a target), see lib/tunnel/receive_budget.ts.
+ */
+export const AGENT_RECEIVE_BUDGET = 32 * 1024 * 1024;
 
 /** The proxy refused this agent's config (bad token, unknown name, …). */
 export class RefusedError extends Error {
@@ -275,6 +282,8 @@ export class Agent {
 
       // Once our decipher opens the proxy's packets, the WebSocket may read into one buffer.
       (stream as Partial<WsConnStream>).setReadReuse?.(() => keepsNoInput(client));
+      // What the proxy may have in flight towards our targets, all streams together.
+      limitReceive(client, AGENT_RECEIVE_BUDGET);
       client.connect({
         sock: acceptAnyIdent(stream, client),
         username: cfg.Name,

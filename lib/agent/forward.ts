@@ -22,6 +22,7 @@ import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
 import { releaseBuffer, takeBuffer } from "../buffer_pool.ts";
 import { MIN_SHARE, SendBudget } from "../tunnel/send_budget.ts";
+import { deferConsumption } from "../tunnel/receive_budget.ts";
 
 /** Queued channel → TCP bytes above which the channel is paused. */
 const UP_HIGH_WATER = 1 << 20;
@@ -106,6 +107,8 @@ export async function pipeChannel(
 
   // channel → TCP
   const up = new Promise<void>((resolve) => {
+    // Queued bytes stay in the session's receive budget until they are written to the target.
+    const written = deferConsumption(channel);
     const queue: Buffer[] = [];
     let queued = 0;
     let writing = false;
@@ -125,6 +128,7 @@ export async function pipeChannel(
           let off = 0;
           while (off < chunk.length) off += await conn.write(chunk.subarray(off));
           queued -= chunk.length;
+          written(chunk.length);
           if (queued < UP_HIGH_WATER / 2 && channel.isPaused() && !closed) channel.resume();
         }
       } catch {

@@ -45,6 +45,7 @@ import channelLib from "ssh2/lib/Channel.js";
 import protoUtils from "ssh2/lib/protocol/utils.js";
 import { logger } from "../log.ts";
 import { followTransport } from "./channel_flow.ts";
+import { receiveBudgetOf } from "./receive_budget.ts";
 import { acceptsLargePackets, LARGE_PACKET_SIZE } from "./ssh_cipher.ts";
 
 export { CHANNEL_WRITE_BUFFER } from "./channel_flow.ts";
@@ -76,6 +77,7 @@ export const SSH2_INTERNALS = {
     "_packetRW", // .read is the (de)compressing packet reader, .write the packet builder
     "_decipher", // inbound decipher: whether it is ours decides the packet size we announce
     "_kexinit", // set during a key exchange: channel writes wait (channel_flow.ts)
+    "channelWindowAdjust", // wrapped: window grants follow the receive budget (receive_budget.ts)
   ],
   "ChannelManager": ["add", "update", "remove", "get"],
   "Channel": [
@@ -87,6 +89,7 @@ export const SSH2_INTERNALS = {
     "_write",
     "_writableState.highWaterMark",
     "'finish' listener onFinish",
+    "emit", // wrapped: what a reader takes is counted (receive_budget.ts)
   ],
   "lib/Channel.js": ["Channel", "MAX_WINDOW", "PACKET_SIZE"],
   "lib/protocol/utils.js": ["sendPacket"],
@@ -119,6 +122,7 @@ interface ProtocolInternals {
   /** The inbound packet decipher (replaced at each key exchange). */
   _decipher: unknown;
   channelOpenConfirm(remote: number, local: number, window: number, packetSize: number): void;
+  channelWindowAdjust(chan: number, amount: number): void;
   channelOpenFail(remote: number, reason: number, desc: string): void;
 }
 type OpenCallback = ((err: Error | undefined, ch?: ServerChannel) => void) & { type?: string };
@@ -523,11 +527,13 @@ function dispatchKubesphereOpen(
     if (answered) throw new Error(`ssh compat: kubesphere channel to ${target} already answered`);
     answered = true;
     const packetSize = localPacketSize(proto);
+    const budget = receiveBudgetOf(client);
+    const window = budget?.reserve() ?? DEFAULT_WINDOW;
     const chanInfo: ChannelInfo = {
       type: KUBESPHERE_CHANNEL,
       incoming: {
         id: localChan,
-        window: DEFAULT_WINDOW,
+        window,
         packetSize,
         state: "open",
       },
@@ -541,8 +547,9 @@ function dispatchKubesphereOpen(
     const stream = new chanLib.Channel(client, chanInfo);
     enableHalfClose(stream);
     followTransport(stream, client);
+    budget?.add(stream as unknown as Duplex, window, proto);
     mgr.update(localChan, stream);
-    proto.channelOpenConfirm(info.sender, localChan, DEFAULT_WINDOW, packetSize);
+    proto.channelOpenConfirm(info.sender, localChan, window, packetSize);
     return stream;
   };
   const reject = (reason: number = OPEN_FAILURE.CONNECT_FAILED, description = ""): void => {
@@ -571,7 +578,8 @@ export function localPacketSize(proto: { _decipher?: unknown }): number {
 /** Options for {@link openKubesphereChannel}. */
 export interface OpenChannelOptions {
   /**
-   * Initial receive window we advertise (default ssh2's 2 MiB). ssh2 tops the window up to
+   * Initial receive window we advertise (default: the connection's receive budget decides, see
+   * receive_budget.ts; without one ssh2's 2 MiB). Without a budget ssh2 tops the window up to
    * 2 MiB whenever it falls to 1 MiB, so this only shapes the start of the stream.
    */
   window?: number;
@@ -618,16 +626,18 @@ export function openChannelWithExtraData(
   opts: OpenChannelOptions = {},
 ): Promise<ServerChannel> {
   checkInternals(conn);
-  const window = opts.window ?? DEFAULT_WINDOW;
   const what = `open ${type} channel to ${extra}`;
   const { _protocol: proto, _chanMgr: mgr } = internals(conn);
   if (!proto) return Promise.reject(new Error(`${what}: no session`));
+  const budget = receiveBudgetOf(conn);
+  const window = budget?.reserve(opts.window) ?? opts.window ?? DEFAULT_WINDOW;
   const packetSize = opts.packetSize ?? localPacketSize(proto);
   return new Promise<ServerChannel>((resolve, reject) => {
     // ssh2's CHANNEL_OPEN_CONFIRMATION/FAILURE handlers call the function stored under our
     // channel id; `type` names the channel it then builds (server.js openChannel does this).
     const cb: OpenCallback = (err, ch) => {
       if (err || !ch) {
+        budget?.unreserve(window);
         const e = err as (Error & { reason?: unknown }) | undefined;
         if (typeof e?.reason === "number") {
           const desc = e.message.replace(/^\(SSH\) Channel open failure: /, "");
@@ -644,15 +654,18 @@ export function openChannelWithExtraData(
         enableHalfClose(ch);
         followTransport(ch, conn);
       } catch (e) {
+        budget?.unreserve(window);
         ch.close();
         reject(e);
         return;
       }
+      budget?.add(ch as unknown as Duplex, window, proto);
       resolve(ch);
     };
     cb.type = type;
     const localChan = mgr.add(cb);
     if (localChan === -1) {
+      budget?.unreserve(window);
       reject(new Error(`${what}: no free channels`));
       return;
     }
