@@ -363,9 +363,18 @@ async function main(args: string[]): Promise<number> {
           // first run is made and discarded (and the two measured ones are on equal terms).
           await fairness(p, v.streams as number, fairMs, false);
           await settle(p, v.streams as number).catch((err) => say(err.message));
-          const free = await fairness(p, v.streams as number, fairMs, false);
-          await settle(p, v.streams as number).catch((err) => say(err.message));
-          const stalled = await fairness(p, v.streams as number, fairMs, true);
+          // Peak RSS of the tunnel's processes over the two measured passes (issue 18's limits).
+          const { result: [free, stalled], peaks } = await peakRss(
+            p === loadPath ? pids : {},
+            async () => {
+              const free = await fairness(p, v.streams as number, fairMs, false);
+              await settle(p, v.streams as number).catch((err) => say(err.message));
+              return [free, await fairness(p, v.streams as number, fairMs, true)] as const;
+            },
+          );
+          for (const [k, mib] of Object.entries(peaks)) {
+            results.add("fairness", `${k}_rss_peak`, p.name, mib, "MiB", "lower");
+          }
           results.add("fairness", "unstalled", p.name, free.mbps, "MB/s", "higher");
           results.add("fairness", "one_stalled", p.name, stalled.mbps, "MB/s", "higher");
           results.add("fairness", "ratio", p.name, stalled.mbps / free.mbps, "", "higher");
