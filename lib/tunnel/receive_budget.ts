@@ -10,8 +10,9 @@
  * at most `limit` together, with a floor: a channel holding less than {@link MIN_WINDOW} may
  * always be granted up to it, so that no channel waits on the others to make progress, and
  * nothing a stalled reader holds can starve the rest. Each channel aims at its fair share
- * (`limit` / channels, between {@link MIN_WINDOW} and ssh2's 2 MiB window) and is topped up once
- * it has consumed half of it (one WINDOW_ADJUST per half share, as ssh2 does per 1 MiB); when
+ * (`limit` / the channels in use, between {@link MIN_WINDOW} and ssh2's 2 MiB window), or at the
+ * whole 2 MiB while the budget stays at most half used with that; a new one starts with
+ * {@link FIRST_WINDOW}. It is topped up once it has consumed half of its target (one WINDOW_ADJUST per half share, as ssh2 does per 1 MiB); when
  * the budget has no room, channels wait in line and are granted in turn as readers consume.
  * Bound: `limit` plus {@link MIN_WINDOW} per channel, whatever the peer.
  *
@@ -36,6 +37,15 @@ import type { Duplex } from "node:stream";
 export const MIN_WINDOW = 64 * 1024;
 /** Nor more than ssh2's window. */
 export const MAX_WINDOW = 2 * 1024 * 1024;
+/**
+ * A new channel's window: it grows once its reader takes bytes. Channels opened in a burst and
+ * left idle in a pool (small requests rarely top a window up) hold little of the budget, which
+ * the channels in use need: with their shares as first windows, 64 pooled channels held an
+ * agent's whole 32 MiB, and a bulk upload on another was held to the floor.
+ */
+export const FIRST_WINDOW = MIN_WINDOW;
+/** A channel counts as active (for the shares) this long after its reader last took bytes. */
+const ACTIVE_MS = 1_000;
 
 /** The ssh2 channel fields used here. */
 interface ChannelFields {
@@ -58,6 +68,10 @@ interface Account {
   waiting: boolean;
   /** Its reader reports what it has taken ({@link deferConsumption}). */
   deferred: boolean;
+  /** `performance.now()` when its reader last took bytes. */
+  used: number;
+  /** What it held after its last grant: it is topped up once it has used half of that. */
+  size: number;
 }
 
 /** See the module doc. One per SSH connection, for the channels it receives on. */
@@ -67,6 +81,9 @@ export class ReceiveBudget {
   #accounts = new Map<number, Account>();
   #line: Account[] = [];
   #send: ((chan: number, amount: number) => void) | undefined;
+  /** Channels whose readers took bytes in the last {@link ACTIVE_MS}, counted at `#countedAt`. */
+  #active = 0;
+  #countedAt = -Infinity;
 
   constructor(limit: number) {
     this.limit = limit;
@@ -82,21 +99,37 @@ export class ReceiveBudget {
     return this.#accounts.size;
   }
 
-  /** A channel's target: its share of the limit, between the floor and ssh2's window. */
-  share(channels: number = this.#accounts.size): number {
+  /**
+   * A channel's target: its share of the limit among the channels in use (whose readers took
+   * bytes in the last second; idle ones keep what they hold but do not shrink the others' share),
+   * between the floor and ssh2's window.
+   */
+  share(channels: number = this.#activeChannels()): number {
     const even = Math.floor(this.limit / Math.max(1, channels));
     return Math.max(MIN_WINDOW, Math.min(MAX_WINDOW, even));
   }
 
+  /** Channels in use, recounted at most four times a second (a scan of the accounts). */
+  #activeChannels(): number {
+    const now = performance.now();
+    if (now - this.#countedAt >= ACTIVE_MS / 4) {
+      let n = 0;
+      for (const a of this.#accounts.values()) if (now - a.used < ACTIVE_MS) n++;
+      this.#active = n;
+      this.#countedAt = now;
+    }
+    return this.#active;
+  }
+
   /**
    * Reserve the window to announce for a channel about to be opened or accepted: its share
-   * counting it, or the floor when the budget has no room for that (or `exactly` this, when
-   * the caller has to). Hand it to {@link add} with the channel, or back to
-   * {@link unreserve} if the channel never opens.
+   * counting it, up to {@link FIRST_WINDOW}, or the floor when the budget has no room for that
+   * (or `exactly` this, when the caller has to). Hand it to {@link add} with the channel, or
+   * back to {@link unreserve} if the channel never opens.
    */
   reserve(exactly?: number): number {
-    const share = this.share(this.#accounts.size + 1);
-    const window = exactly ?? (this.#held + share <= this.limit ? share : MIN_WINDOW);
+    const first = Math.min(FIRST_WINDOW, this.share(this.#activeChannels() + 1));
+    const window = exactly ?? (this.#held + first <= this.limit ? first : MIN_WINDOW);
     this.#held += window;
     return window;
   }
@@ -111,7 +144,15 @@ export class ReceiveBudget {
   add(ch: Duplex, window: number, proto: Proto): void {
     this.#hook(proto);
     const c = ch as Channel;
-    const a: Account = { ch: c, held: window, closed: false, waiting: false, deferred: false };
+    const a: Account = {
+      ch: c,
+      held: window,
+      closed: false,
+      waiting: false,
+      deferred: false,
+      used: -Infinity,
+      size: window,
+    };
     this.#accounts.set(c.outgoing.id, a);
     const emit = c.emit;
     const consumed = (n: number) => this.#consumed(a, n);
@@ -127,6 +168,15 @@ export class ReceiveBudget {
     c.once("close", () => this.#close(a));
   }
 
+  /**
+   * What `a` may hold: ssh2's whole window while the budget would stay at most half used with it
+   * (a channel alone in use is not held back by a share among idle ones), else its share.
+   */
+  #target(a: Account): number {
+    if (this.#held - a.held + MAX_WINDOW <= this.limit / 2) return MAX_WINDOW;
+    return this.share();
+  }
+
   /** The peer's window for `a`'s channel ran low (ssh2's call), or room was made: top it up. */
   #topUp(a: Account): void {
     // Only while the peer may still send, and never after our CLOSE: x/crypto/ssh takes a
@@ -134,16 +184,18 @@ export class ReceiveBudget {
     const { incoming, outgoing } = a.ch;
     if (a.closed || incoming.state !== "open") return;
     if (outgoing.state !== "open" && outgoing.state !== "eof") return;
-    const share = this.share();
-    const want = share - a.held;
-    // Batch: grant once half a share is used (a channel holding nothing always gets some).
-    if (want <= 0 || (want < share / 2 && a.held > 0)) return;
+    // Batch, as ssh2 does: grant once half of the last window is used (a channel holding nothing
+    // always gets some). Sized by use: a channel that took a few bytes keeps its small window.
+    if (a.held > 0 && a.held > a.size / 2) return;
+    const target = this.#target(a);
+    const want = target - a.held;
+    if (want <= 0) return;
     let grant = want;
     if (this.#held + want > this.limit) {
       // Up to the floor at any time; beyond it, only what the budget has room for (not in
-      // slivers: half a share at least), and the rest when its turn in line comes.
+      // slivers: half a target at least), and the rest when its turn in line comes.
       const room = this.limit - this.#held;
-      grant = Math.max(0, Math.min(want, MIN_WINDOW - a.held), room >= share / 2 ? room : 0);
+      grant = Math.max(0, Math.min(want, MIN_WINDOW - a.held), room >= target / 2 ? room : 0);
       if (grant < want && !a.waiting) {
         a.waiting = true;
         this.#line.push(a);
@@ -151,6 +203,7 @@ export class ReceiveBudget {
       if (grant <= 0) return;
     }
     a.held += grant;
+    a.size = a.held;
     this.#held += grant;
     a.ch.incoming.window += grant;
     this.#send!(a.ch.outgoing.id, grant);
@@ -159,6 +212,7 @@ export class ReceiveBudget {
   /** Bytes of `a` were taken by its reader: room for others in line, then for `a` itself. */
   #consumed(a: Account, n: number): void {
     if (a.closed) return;
+    a.used = performance.now();
     a.held -= n;
     this.#held -= n;
     this.#serveLine();
@@ -170,8 +224,9 @@ export class ReceiveBudget {
     while (this.#line.length > 0) {
       const a = this.#line[0];
       if (!a.closed) {
-        const want = this.share() - a.held;
-        if (want > 0 && this.#held + Math.min(want, this.share() / 2) > this.limit) return;
+        const target = this.#target(a);
+        const want = target - a.held;
+        if (want > 0 && this.#held + Math.min(want, target / 2) > this.limit) return;
       }
       this.#line.shift();
       a.waiting = false;

@@ -130,3 +130,36 @@ Deno.test("receive budget: a reader that reports what it wrote out holds the res
     await pair.close();
   }
 });
+
+Deno.test("receive budget: idle channels do not shrink the window of the one in use", async () => {
+  const pair = await sshPair();
+  const budget = limitReceive(pair.conn, 32 << 20);
+  try {
+    // 64 channels that each carried a small request and now sit idle (a pool's), then one bulk.
+    const chans = await openChannels(pair, 65);
+    for (const c of chans.slice(0, 64)) {
+      const got = new Promise((r) => c.ours.once("data", r));
+      c.theirs.write(Buffer.from("a small answer"));
+      await deadline(got, 10_000, "small answer");
+    }
+    const bulk = chans[64];
+    let widest = 0;
+    const parts: Buffer[] = [];
+    const done = new Promise<void>((resolve) => {
+      bulk.ours.on("data", (d: Buffer) => {
+        parts.push(d);
+        const w = (bulk.ours as unknown as { incoming: { window: number } }).incoming.window;
+        widest = Math.max(widest, w + bulk.ours.readableLength);
+      });
+      bulk.ours.once("end", () => resolve());
+    });
+    const want = await send(bulk.theirs, 16 << 20, 9);
+    await deadline(done, 60_000, "bulk transfer");
+    assertEquals(sha(parts), want);
+    // Its share among the channels in use is ssh2's 2 MiB window, not 32 MiB / 65 (~500 KiB).
+    assert(widest > 1 << 20, `widest window ${widest}`);
+    assert(budget.held <= budget.limit + 65 * MIN_WINDOW);
+  } finally {
+    await pair.close();
+  }
+});
