@@ -18,7 +18,7 @@ import { startHealthServer } from "./lib/health_server.ts";
 import { VERSION } from "./lib/version.ts";
 import { REKEY_FLAGS, rekeyLimitsFromFlags } from "./lib/tunnel/rekey.ts";
 
-/** The agent's flags (SPEC §2). */
+/** The agent's flags (README.md "Flags"; the original's: tests/interop/README.md). */
 export const AGENT_FLAGS: FlagSpecs = {
   name: { kind: "string", help: "name of this member cluster (the Cluster object's name)" },
   token: { kind: "string", help: "token from the Cluster's spec.connection.token" },

@@ -32,8 +32,10 @@ import { loadCAFiles } from "./lib/proxy/ca_store.ts";
 import { dirname } from "node:path";
 import { FINGERPRINT_RE } from "./lib/agent/known_proxies.ts";
 import { REKEY_FLAGS, rekeyLimitsFromFlags } from "./lib/tunnel/rekey.ts";
+import { parsePortRange } from "./lib/controller/ports.ts";
+import { parseListenAddress } from "./lib/health_server.ts";
 
-/** The proxy's flags (SPEC §2 plus this project's). */
+/** The proxy's flags (README.md "Flags": the original's and this project's). */
 export const PROXY_FLAGS: FlagSpecs = {
   "ca-cert": {
     kind: "string",
@@ -157,6 +159,48 @@ export const PROXY_FLAGS: FlagSpecs = {
     kind: "duration",
     default: 20_000,
     help: "on SIGTERM, how long in-flight requests may take to finish",
+  },
+  "shutdown-delay": {
+    kind: "duration",
+    default: 2_000,
+    help: "on SIGTERM, after this replica's EndpointSlices are withdrawn, keep serving this long " +
+      "before closing the endpoints (clients' routing catches up meanwhile)",
+  },
+  "port-range": {
+    kind: "string",
+    default: "6000-15999",
+    help: "kubernetes ports new clusters get (kubesphere: +10000)",
+    validate: (v) => {
+      try {
+        parsePortRange(String(v));
+        return undefined;
+      } catch (err) {
+        return (err as Error).message;
+      }
+    },
+  },
+  "pod-name": {
+    kind: "string",
+    default: "",
+    help: "this replica's pod (default $POD_NAME): names its EndpointSlices and Lease",
+  },
+  "pod-ip": {
+    kind: "string",
+    default: "",
+    help: "this replica's pod IP (default $POD_IP): with it the replica publishes an " +
+      "EndpointSlice for each cluster it serves",
+  },
+  "replica-lease-duration": {
+    kind: "duration",
+    default: 2_000,
+    help: "how long a silent replica's EndpointSlices are kept before the leader removes them",
+    validate: (v) => (v as number) >= 1_000 ? undefined : "want at least 1s",
+  },
+  "replica-lease-renew": {
+    kind: "duration",
+    default: 500,
+    help: "how often a replica renews its Lease (well below --replica-lease-duration)",
+    validate: (v) => (v as number) >= 100 ? undefined : "want at least 100ms",
   },
   "metrics-address": {
     kind: "string",
@@ -310,6 +354,20 @@ async function kubeconfigMain(args: string[]): Promise<number> {
   }
 }
 
+/** Ports the allocator never hands out: the proxy's own agent and metrics ports. */
+function reservedPorts(agentPort: number, metricsAddress: string): Set<number> {
+  const out = new Set([agentPort]);
+  if (metricsAddress) {
+    try {
+      out.add(parseListenAddress(metricsAddress).port);
+    } catch {
+      // reported when the listener starts
+    }
+  }
+  out.delete(0);
+  return out;
+}
+
 async function main(args: string[]): Promise<number> {
   if (args[0] === "join") return await joinMain(args.slice(1));
   if (args[0] === "kubeconfig") return await kubeconfigMain(args.slice(1));
@@ -334,7 +392,20 @@ async function main(args: string[]): Promise<number> {
     kubeconfigDir: v["kubeconfig-dir"] as string,
     kubeconfig: v.kubeconfig as string,
     leaderElect: v["leader-elect"] as boolean,
+    portRange: parsePortRange(v["port-range"] as string),
+    reservedPorts: reservedPorts(v.port as number, v["metrics-address"] as string),
+    podName: (v["pod-name"] as string) || Deno.env.get("POD_NAME") || "",
+    podIP: (v["pod-ip"] as string) || Deno.env.get("POD_IP") || "",
+    podNamespace: Deno.env.get("POD_NAMESPACE") || "",
+    replicaLease: {
+      durationMs: v["replica-lease-duration"] as number,
+      renewMs: v["replica-lease-renew"] as number,
+    },
   };
+  if (setupFlags.replicaLease!.renewMs! * 2 > setupFlags.replicaLease!.durationMs!) {
+    console.error("proxy: --replica-lease-renew must be at most half of --replica-lease-duration");
+    return 2;
+  }
   const starting = new AbortController();
   const onEarlyStop = () => starting.abort();
   Deno.addSignalListener("SIGTERM", onEarlyStop);
@@ -370,13 +441,16 @@ async function main(args: string[]): Promise<number> {
       maxChannelsPerSession: v["max-channels-per-session"] as number,
       kubesphereMaxRequestBody: (v["kubesphere-max-body"] as number) || undefined,
       httpIdleMs: v["http-idle-timeout"] as number,
+      shutdownDelayMs: v["shutdown-delay"] as number,
       clientCertValidityMs: v["client-cert-validity"] as number,
       rekey: rekeyLimitsFromFlags(v),
     });
     await app.start();
   } catch (err) {
     log.error("Cannot start", { err: (err as Error).message });
-    await app?.close().catch(() => {});
+    await app?.close().catch((e) =>
+      log.warn("Cannot close after a failed start", { err: String(e) })
+    );
     setup?.close();
     await health?.close();
     return 1;

@@ -1,12 +1,12 @@
 /**
  * The metrics/health listener (`--metrics-address`), separate from the agent
  * port: `/metrics` (Prometheus text), `/healthz` (the process is alive and its
- * event loop answers) and `/readyz` (the component says it is ready).
+ * event loop answers) and `/readyz` (the component says it is ready). The
+ * metrics module (prom-client) is loaded when the listener starts.
  * @module
  */
 
 import { logger } from "./log.ts";
-import { registry } from "./metrics.ts";
 
 const log = logger("health");
 
@@ -34,6 +34,8 @@ export async function startHealthServer(
   ready: () => Readiness,
 ): Promise<{ addr: Deno.NetAddr; close(): Promise<void> }> {
   const { hostname, port } = parseListenAddress(address);
+  // prom-client is loaded with the listener: an agent without --metrics-address never pays it.
+  const { registry } = await import("./metrics.ts");
   const listening = Promise.withResolvers<Deno.NetAddr>();
   const server = Deno.serve({
     hostname,

@@ -99,11 +99,6 @@ export function setupLogging(opts: LogOptions = {}): void {
   configured = true;
 }
 
-/** Current klog verbosity. */
-export function logVerbosity(): number {
-  return verbosity;
-}
-
 /** A named logger; the name is shown where klog shows the source file. */
 export interface Log {
   info(msg: string, fields?: LogFields): void;
@@ -204,7 +199,7 @@ function fmtValue(v: unknown): string {
 }
 
 /** klog text layout: `Lmmdd hh:mm:ss.uuuuuu threadid file:line] msg k="v"`. */
-export function formatKlog(record: LogRecord): string {
+function formatKlog(record: LogRecord): string {
   const props = record.properties;
   let line = `${LETTER[record.level] ?? "I"}${klogStamp(record.timestamp)} ` +
     `${componentOf(record)}] ${message(record)}`;
@@ -213,7 +208,7 @@ export function formatKlog(record: LogRecord): string {
 }
 
 /** JSON layout: one object a line with ts, level, logger, msg and the fields. */
-export function formatJson(record: LogRecord): string {
+function formatJson(record: LogRecord): string {
   const obj: Record<string, unknown> = {
     ts: new Date(record.timestamp).toISOString(),
     level: record.level === "warning" ? "warn" : record.level,

@@ -52,9 +52,44 @@ Deno.test("deploy/proxy renders: hardened Deployment, probes, PDB, least-privile
   assertEquals(c.livenessProbe.httpGet.path, "/healthz");
   assertEquals(c.readinessProbe.httpGet.path, "/readyz");
   assert(c.resources.requests && c.resources.limits);
-  // The mc-<name> Services select the proxy pods by these labels (SPEC §3).
+  // The agent Service selects the proxy pods by these labels.
   assertEquals(dep.spec.template.metadata.labels.app, "tower");
   assertEquals(dep.spec.template.metadata.labels["app.kubernetes.io/name"], "tower");
+  // Active-active: three replicas, spread over nodes, two kept through disruptions.
+  assertEquals(dep.spec.replicas, 3);
+  const anti = pod.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0];
+  assertEquals(anti.podAffinityTerm.topologyKey, "kubernetes.io/hostname");
+  assertEquals(anti.podAffinityTerm.labelSelector.matchLabels.app, "tower");
+  const pdb = objs.find((o) => o.kind === "PodDisruptionBudget")!;
+  assertEquals(pdb.spec.minAvailable, 2);
+  // The replica's identity from the downward API.
+  const env = Object.fromEntries(
+    (c.env as { name: string; valueFrom: { fieldRef: { fieldPath: string } } }[]).map((
+      e,
+    ) => [e.name, e.valueFrom.fieldRef.fieldPath]),
+  );
+  assertEquals(env, {
+    POD_NAME: "metadata.name",
+    POD_NAMESPACE: "metadata.namespace",
+    POD_IP: "status.podIP",
+  });
+  // EndpointSlices and Pods only in the proxy's namespace (a Role), never cluster-wide.
+  const clusterRole = objs.find((o) => o.kind === "ClusterRole")!;
+  for (const r of clusterRole.rules ?? []) {
+    assert(!r.resources.includes("endpointslices") && !r.resources.includes("pods"));
+  }
+  const role = objs.find((o) => o.kind === "Role")!;
+  assertEquals(role.metadata.namespace, "kubesphere-system");
+  const rule = (res: string) => role.rules!.find((r) => r.resources.includes(res));
+  assertEquals(rule("endpointslices").verbs.sort(), [
+    "create",
+    "delete",
+    "get",
+    "list",
+    "update",
+    "watch",
+  ]);
+  assertEquals(rule("pods").verbs, ["get"]);
   // No wildcard anywhere in RBAC.
   for (const role of objs.filter((o) => o.kind.endsWith("Role"))) {
     for (const rule of role.rules ?? []) {
@@ -191,7 +226,7 @@ Deno.test("kubectl apply -k deploy/proxy and deploy/agent apply cleanly and agai
       "deployment",
       "tower",
       "-p",
-      '{"spec":{"replicas":3}}',
+      '{"spec":{"replicas":5}}',
     ]);
     assertEquals(scaled.code, 0, scaled.stderr);
     const after = (await s.request("GET", dep)).body as Record<string, unknown>;
@@ -199,8 +234,8 @@ Deno.test("kubectl apply -k deploy/proxy and deploy/agent apply cleanly and agai
     assertEquals(after.status, {});
     const table = await kubectl(s, ["-n", "kubesphere-system", "get", "deploy,pdb,sa,role"]);
     assertEquals(table.code, 0, table.stderr);
-    assert(/deployment\.apps\/tower\s+0\/3\s+0\s+0\s/.test(table.stdout), table.stdout);
-    assert(/poddisruptionbudget\.policy\/tower\s+N\/A\s+1\s+0\s/.test(table.stdout), table.stdout);
+    assert(/deployment\.apps\/tower\s+0\/5\s+0\s+0\s/.test(table.stdout), table.stdout);
+    assert(/poddisruptionbudget\.policy\/tower\s+2\s+N\/A\s+0\s/.test(table.stdout), table.stdout);
   } finally {
     await s.close();
   }
@@ -226,7 +261,8 @@ Deno.test("RBAC enforced: the tower ServiceAccount can do what deploy/proxy gran
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await res.text();
-    return { status: res.status, body: text ? JSON.parse(text) : {} };
+    // A watch answers one JSON event per line: the first is enough here.
+    return { status: res.status, body: text ? JSON.parse(text.split("\n")[0]) : {} };
   };
   try {
     await applyAll(s);
@@ -266,6 +302,27 @@ Deno.test("RBAC enforced: the tower ServiceAccount can do what deploy/proxy gran
       ["DELETE", `${NS}/services/mc-alpha`],
       ["POST", LEASES, { metadata: { name: "tower" }, spec: { holderIdentity: "p-0" } }],
       ["GET", `${LEASES}/tower`],
+      // Replica Leases: any name (tower-replica-<pod>), read by every replica, reaped when dead.
+      ["GET", `${LEASES}?watch=true&timeoutSeconds=1`],
+      ["DELETE", `${LEASES}/other`],
+      ["POST", `/apis/discovery.k8s.io/v1/namespaces/kubesphere-system/endpointslices`, {
+        metadata: {
+          name: "mc-alpha-0123456789",
+          labels: { "kubernetes.io/service-name": "mc-alpha" },
+        },
+        addressType: "IPv4",
+        endpoints: [{ addresses: ["10.0.0.7"] }],
+        ports: [{ name: "kubesphere", port: 16001, protocol: "TCP" }],
+      }],
+      [
+        "GET",
+        `/apis/discovery.k8s.io/v1/namespaces/kubesphere-system/endpointslices?watch=true&timeoutSeconds=1`,
+      ],
+      [
+        "DELETE",
+        `/apis/discovery.k8s.io/v1/namespaces/kubesphere-system/endpointslices/mc-alpha-0123456789`,
+      ],
+      ["GET", `${NS}/pods/nonexistent-but-allowed`],
       ["POST", "/api/v1/namespaces/default/events", {
         metadata: { name: "alpha.1" },
         involvedObject: { kind: "Cluster", name: "alpha" },
@@ -275,7 +332,8 @@ Deno.test("RBAC enforced: the tower ServiceAccount can do what deploy/proxy gran
     ];
     for (const [method, path, body] of allowed) {
       const r = await call(tower, method, path, body);
-      assert(r.status < 300, `${method} ${path}: ${r.status} ${JSON.stringify(r.body)}`);
+      const allowed = r.status < 300 || (r.status === 404 && path.includes("nonexistent"));
+      assert(allowed, `${method} ${path}: ${r.status} ${JSON.stringify(r.body)}`);
     }
     const denied: [string, string, unknown?][] = [
       ["DELETE", `${CL}/alpha`],
@@ -289,8 +347,11 @@ Deno.test("RBAC enforced: the tower ServiceAccount can do what deploy/proxy gran
       ["DELETE", `${NS}/secrets/tower-ca`],
       ["GET", "/api/v1/namespaces/kube-system/secrets/anything"],
       ["GET", "/api/v1/namespaces/default/services"],
-      ["GET", `${LEASES}/other`],
       ["GET", "/api/v1/namespaces/default/configmaps"],
+      ["GET", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"],
+      ["GET", "/apis/discovery.k8s.io/v1/endpointslices"],
+      ["GET", `${NS}/pods`],
+      ["DELETE", `${NS}/pods/tower-0`],
       ["GET", "/apis/apps/v1/namespaces/kubesphere-system/deployments/tower"],
     ];
     for (const [method, path, body] of denied) {
@@ -362,6 +423,12 @@ Deno.test("the real proxy runs as the tower ServiceAccount under deploy/proxy's 
       }
       throw new Error(`watch ended before ${type} ${name}`);
     };
+    // Its Pod, as the Deployment makes it (the replica reads it once: the owner of its slices).
+    const pod = await s.request("POST", "/api/v1/namespaces/kubesphere-system/pods", {
+      metadata: { name: "tower-0", labels: { app: "tower" } },
+      spec: { containers: [{ name: "proxy", image: "kubesphere/tower" }] },
+    });
+    assertEquals(pod.status, 201, pod.text);
     s.audit.clear();
     const kc = await s.kubeconfigForServiceAccount("kubesphere-system", "tower");
     proxy = denoRun("proxy", "proxy.ts", [
@@ -370,7 +437,9 @@ Deno.test("the real proxy runs as the tower ServiceAccount under deploy/proxy's 
       "--host=127.0.0.1",
       `--port=${freePort()}`,
       "--metrics-address=",
-    ]);
+      "--pod-name=tower-0",
+      "--pod-ip=10.244.0.7",
+    ], { POD_NAMESPACE: "kubesphere-system" });
     await deadline(seen("ADDED", "mc-alpha"), 30_000, `Service mc-alpha; proxy:\n${proxy.tail()}`);
     assertEquals((await s.request("DELETE", `${CL}/alpha`)).status, 200);
     await deadline(seen("DELETED", "mc-alpha"), 30_000, `mc-alpha deleted; ${proxy.tail()}`);
@@ -385,6 +454,11 @@ Deno.test("the real proxy runs as the tower ServiceAccount under deploy/proxy's 
         "create core/services kubesphere-system",
         "delete core/services kubesphere-system/mc-alpha",
         "update coordination.k8s.io/leases kubesphere-system/tower",
+        "get core/pods kubesphere-system/tower-0",
+        "watch discovery.k8s.io/endpointslices kubesphere-system",
+        "watch coordination.k8s.io/leases kubesphere-system",
+        "create coordination.k8s.io/leases kubesphere-system",
+        "delete coordination.k8s.io/leases kubesphere-system/tower-replica-tower-0",
       ]
     ) assert(calls.includes(c), `no "${c}" in:\n${calls.join("\n")}`);
   } finally {

@@ -3,11 +3,19 @@
  * `config`, keep the session alive with `ping`, serve `kubesphere` channels to
  * the two configured targets only, and reconnect with jittered exponential
  * backoff when anything fails.
+ *
+ * Handover: a Tower proxy replica shutting down sends the global request
+ * `drain@tower.kubesphere.io` (no reply wanted; the original agent ignores
+ * it). The agent then connects a second session at once (through the agent
+ * Service, to another replica) and keeps the first until the proxy closes it,
+ * so the cluster is served without a gap while the old replica drains.
  * @module
  */
 
 // @ts-types="@types/ssh2"
 import ssh2 from "ssh2";
+// @ts-types="@types/ssh2"
+import type { ClientChannel } from "ssh2";
 import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
 import { logger, redact } from "../log.ts";
@@ -17,23 +25,22 @@ import { SSH_ALGORITHMS } from "../tunnel/protocol.ts";
 import { installFastChaChaPoly, keepsNoInput } from "../tunnel/ssh_cipher.ts";
 import type { WsConnStream } from "../tunnel/ws_stream.ts";
 import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
-import { acceptAnyIdent, onKubesphereChannel } from "../tunnel/ssh_compat.ts";
-import { GlobalRequester } from "../tunnel/ssh_requests.ts";
+import { acceptAnyIdent, onKubesphereChannel, OPEN_FAILURE } from "../tunnel/ssh_compat.ts";
+import { GlobalRequester, serveGlobalRequests } from "../tunnel/ssh_requests.ts";
+import { DRAIN_REQUEST } from "../handover.ts";
 import { VERSION } from "../version.ts";
-import { Backoff } from "./backoff.ts";
+import { Backoff } from "../backoff.ts";
 import { dialTarget, pipeChannel } from "./forward.ts";
 import { SendBudget } from "../tunnel/send_budget.ts";
 import { limitReceive } from "../tunnel/receive_budget.ts";
 import { MemoryKnownProxies } from "./known_proxies.ts";
-import { HostKeyRefused, ProxyTrust } from "./proxy_trust.ts";
+import { type HostKeyCheck, HostKeyRefused, ProxyTrust } from "./proxy_trust.ts";
 import { dialProxy, tunnelUrl } from "./transport.ts";
 
 const log = logger("agent");
 
-/** SSH channel open-failure reason codes (RFC 4254 §5.1). */
-const OPEN_ADMINISTRATIVELY_PROHIBITED = 1;
-const OPEN_CONNECT_FAILED = 2;
-const OPEN_RESOURCE_SHORTAGE = 4;
+/** Growth of the reconnect delay per failed attempt (the original tower's and chisel's). */
+const RETRY_FACTOR = 1.4;
 
 /** SSH user authentication methods tried, in order (the Go proxy takes "none"). */
 const AUTH_METHODS = ["none", "password"] as const;
@@ -74,6 +81,8 @@ export interface AgentOptions {
   lingerMs?: number;
   /** When the session exchanges SSH keys again (lib/tunnel/rekey.ts defaults). */
   rekey?: RekeyLimits;
+  /** How a target is dialled (default: TCP, `dialTarget` of ./forward.ts); tests wrap it. */
+  dialTarget?: (target: string) => Promise<Deno.TcpConn>;
   /** Observer: session state changes (tests and metrics). */
   onState?: (state: "connected" | "disconnected", detail?: string) => void;
 }
@@ -85,7 +94,7 @@ export interface AgentOptions {
 export const AGENT_RECEIVE_BUDGET = 32 * 1024 * 1024;
 
 /** The proxy refused this agent's config (bad token, unknown name, …). */
-export class RefusedError extends Error {
+class RefusedError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "RefusedError";
@@ -97,7 +106,9 @@ export class Agent {
   #opts: AgentOptions;
   #trust: ProxyTrust;
   #wakeUp: (() => void) | undefined;
-  #client: ssh2.Client | undefined;
+  readonly #clients = new Set<ssh2.Client>();
+  /** Reconnect loops running: one, or two during a handover. */
+  #lanes = 0;
   /** Channels open, or whose target is being dialed. */
   #streams = 0;
   /** Pipes running, including those still finishing with their target after the channel. */
@@ -141,44 +152,82 @@ export class Agent {
    */
   async run(signal: AbortSignal): Promise<void> {
     await installFastChaChaPoly();
+    const onAbort = () => {
+      for (const c of this.#clients) c.end();
+    };
+    signal.addEventListener("abort", onAbort);
+    const lanes = new Set<Promise<void>>();
+    const failures: Error[] = [];
+    const { promise: allDone, resolve: finished } = Promise.withResolvers<void>();
+    const start = () => {
+      this.#lanes++;
+      const lane = this.#lane(signal, () => {
+        // The proxy asks to move: a second lane connects now; this one ends with its session.
+        if (this.#lanes < 2 && !signal.aborted) {
+          log.info("Proxy is draining: connecting a second session before this one closes");
+          start();
+          return true;
+        }
+        return false;
+      }).catch((err) => {
+        failures.push(err as Error);
+      }).finally(() => {
+        this.#lanes--;
+        lanes.delete(lane);
+        if (lanes.size === 0) finished();
+      });
+      lanes.add(lane);
+    };
+    try {
+      start();
+      await allDone;
+      if (failures.length > 0 && !signal.aborted) throw failures[0];
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /**
+   * One reconnect loop. `onDrain` is called when the proxy asks this lane's session to move; when
+   * it answers true, the lane ends with that session instead of reconnecting.
+   */
+  async #lane(signal: AbortSignal, onDrain: () => boolean): Promise<void> {
     const backoff = new Backoff({
-      minMs: this.#opts.minRetryIntervalMs ?? 1000,
+      initialMs: this.#opts.minRetryIntervalMs ?? 1000,
       maxMs: this.#opts.maxRetryIntervalMs ?? 120_000,
+      factor: RETRY_FACTOR,
     });
     const maxRetry = this.#opts.maxRetry ?? 0;
     let failures = 0;
-    const onAbort = () => this.#client?.end();
-    signal.addEventListener("abort", onAbort);
-    try {
-      while (!signal.aborted) {
-        let connected = false;
-        try {
-          connected = await this.#connectOnce(signal);
-        } catch (err) {
-          if (signal.aborted) break;
-          const msg = (err as Error).message;
-          if (err instanceof RefusedError) log.error("Proxy refused the agent", { reason: msg });
-          else if (err instanceof HostKeyRefused) log.error(msg);
-          else log.error("Connection to proxy failed", { err: msg });
-        }
+    let retiring = false;
+    while (!signal.aborted) {
+      let connected = false;
+      try {
+        connected = await this.#connectOnce(signal, () => {
+          if (!retiring) retiring = onDrain();
+        });
+      } catch (err) {
         if (signal.aborted) break;
-        if (connected) {
-          backoff.reset();
-          failures = 0;
-        } else {
-          failures++;
-          if (maxRetry > 0 && failures >= maxRetry) {
-            throw new Error(
-              `giving up after ${failures} failed attempts (--max-retry ${maxRetry})`,
-            );
-          }
-        }
-        const delay = backoff.next();
-        log.info("Retrying", { in: `${Math.round(delay)}ms`, attempt: failures + 1 });
-        await this.#sleep(delay, signal);
+        const msg = (err as Error).message;
+        if (err instanceof RefusedError) log.error("Proxy refused the agent", { reason: msg });
+        else if (err instanceof HostKeyRefused) log.error(msg);
+        else log.error("Connection to proxy failed", { err: msg });
       }
-    } finally {
-      signal.removeEventListener("abort", onAbort);
+      if (signal.aborted || retiring) break;
+      if (connected) {
+        backoff.reset();
+        failures = 0;
+      } else {
+        failures++;
+        if (maxRetry > 0 && failures >= maxRetry) {
+          throw new Error(
+            `giving up after ${failures} failed attempts (--max-retry ${maxRetry})`,
+          );
+        }
+      }
+      const delay = backoff.next();
+      log.info("Retrying", { in: `${Math.round(delay)}ms`, attempt: failures + 1 });
+      await this.#sleep(delay, signal);
     }
   }
 
@@ -196,8 +245,11 @@ export class Agent {
     });
   }
 
-  /** One connection; resolves true if it got to `Connected.` (then ended), false otherwise. */
-  async #connectOnce(signal: AbortSignal): Promise<boolean> {
+  /**
+   * One connection; resolves true if it got to `Connected.` (then ended), false otherwise.
+   * `onDrain` runs when the proxy asks this session to move elsewhere.
+   */
+  async #connectOnce(signal: AbortSignal, onDrain: () => void): Promise<boolean> {
     const cfg = await this.#opts.config();
     const url = tunnelUrl(this.#opts.proxyServer);
     let check;
@@ -218,12 +270,10 @@ export class Agent {
     });
     log.info("Handshaking...");
     const client = new ssh2.Client();
-    this.#client = client;
+    this.#clients.add(client);
     const allowed = new Set([cfg.KubernetesSvcHost, cfg.KubeSphereSvcHost].filter(Boolean));
     let connected = false;
-    let hostKeyRefused: HostKeyRefused | undefined;
     let requester: GlobalRequester | undefined;
-    let authMethod = 0;
 
     return await new Promise<boolean>((resolve, reject) => {
       let pingTimer: ReturnType<typeof setInterval> | undefined;
@@ -232,6 +282,7 @@ export class Agent {
         finish(new Error(`handshake not finished within ${handshakeMs} ms`));
       }, handshakeMs);
       const finish = (err?: Error) => {
+        this.#clients.delete(client);
         clearTimeout(handshakeTimer);
         clearInterval(pingTimer);
         requester?.abort();
@@ -245,39 +296,29 @@ export class Agent {
           resolve(true);
         } else reject(err ?? new Error("connection closed during handshake"));
       };
+      const keyCallbacks = hostKeyCallbacks(check, () => connected, () => settled, finish);
       client.on("error", (err: Error & { level?: string }) => {
-        if (hostKeyRefused) return finish(hostKeyRefused);
+        const refused = keyCallbacks.refused();
+        if (refused) return finish(refused);
         if (err.level === "client-authentication") {
           return finish(new RefusedError("Unauthorized agent: check --name and --token"));
         }
         finish(err);
       });
       client.on("close", () => finish());
-      client.on("ready", async () => {
-        log.info("Sending config");
-        const reply = await requester!.request("config", encodeAgentConfig(cfg));
-        if (settled) return;
-        if (!reply.ok) {
-          const msg = reply.payload ? new TextDecoder().decode(reply.payload) : "refused";
-          return finish(new RefusedError(msg));
-        }
-        clearTimeout(handshakeTimer);
-        connected = true;
-        keepRekeying(client, this.#opts.rekey);
-        log.info("Connected.");
-        this.#opts.onState?.("connected");
-        const keepalive = this.#opts.keepaliveMs ?? 30_000;
-        let outstanding = false;
-        pingTimer = setInterval(() => {
-          if (outstanding) {
-            return finish(new Error(`proxy did not answer ping within ${keepalive} ms`));
-          }
-          outstanding = true;
-          requester!.request("ping", new Uint8Array(0)).then((r) => {
-            outstanding = false;
-            if (!r.ok) log.v(4, "ping refused by proxy");
-          });
-        }, keepalive);
+      client.on("ready", () => {
+        // Anything thrown here (a request on a connection torn down meanwhile, a rekey setup
+        // that fails) ends this connection; it must not become an unhandled rejection.
+        this.#sendConfig(requester!, cfg, () => settled).then((refusal) => {
+          if (settled) return;
+          if (refusal) return finish(refusal);
+          clearTimeout(handshakeTimer);
+          connected = true;
+          keepRekeying(client, this.#opts.rekey);
+          log.info("Connected.");
+          this.#opts.onState?.("connected");
+          pingTimer = this.#keepPinging(requester!, finish);
+        }).catch((err: Error) => finish(err));
       });
 
       // Once our decipher opens the proxy's packets, the WebSocket may read into one buffer.
@@ -291,67 +332,165 @@ export class Agent {
         ident: `Tower_${VERSION}`,
         algorithms: SSH_ALGORITHMS,
         readyTimeout: handshakeMs,
-        // Runs in every key exchange (rekeys included), before user authentication (the token)
-        // and `config` on the first.
-        hostVerifier: (key: Buffer) => {
-          const fp = fingerprintOf(new Uint8Array(key));
-          if (connected) log.v(2, "Proxy host key (key exchange)", { fingerprint: fp });
-          else log.info("Proxy host key", { fingerprint: fp });
-          hostKeyRefused = check.verify(fp);
-          return hostKeyRefused === undefined;
-        },
-        // ssh2's own order ("none", then the password); before the first message, record a
-        // first-seen host key (its signature is checked by now), or stop if that fails.
-        authHandler: (_left: unknown, _partial: unknown, next: (m: string | false) => void) => {
-          if (authMethod >= AUTH_METHODS.length) return false;
-          const method = AUTH_METHODS[authMethod++];
-          if (authMethod > 1) return method;
-          check.commit().then(() => settled || next(method), (err: Error) => finish(err));
-        },
+        hostVerifier: keyCallbacks.hostVerifier,
+        authHandler: keyCallbacks.authHandler,
       } as ssh2.ConnectConfig);
       requester = new GlobalRequester(client);
       // What this session's streams hold read from their targets and not yet sent.
       const budget = new SendBudget();
+      // The proxy's requests: its keepalives are refused as ssh2 does (proof enough that we are
+      // alive), a drain starts the handover.
+      serveGlobalRequests(client as unknown as ssh2.Connection, (name) => {
+        if (name === DRAIN_REQUEST && connected) onDrain();
+        return { ok: false };
+      });
       onKubesphereChannel(client, (target, accept, rejectOpen) => {
         if (!allowed.has(target)) {
           log.warn("Refusing to dial a target that is not configured", { target });
-          return rejectOpen(OPEN_ADMINISTRATIVELY_PROHIBITED, `target ${target} not allowed`);
+          return rejectOpen(
+            OPEN_FAILURE.ADMINISTRATIVELY_PROHIBITED,
+            `target ${target} not allowed`,
+          );
         }
         // The proxy counts a channel until our CLOSE: a limit on pipes still finishing with
         // their targets after that refused its opens below its own limit of channels.
         const max = this.#opts.maxStreams ?? 1024;
         if (this.#streams >= max || this.#pipes >= 2 * max) {
-          return rejectOpen(OPEN_RESOURCE_SHORTAGE, "too many streams");
+          return rejectOpen(OPEN_FAILURE.RESOURCE_SHORTAGE, "too many streams");
         }
-        this.#streams++;
-        this.#pipes++;
-        dialTarget(target).then(
-          (conn) => {
-            const channel = accept() as unknown as Duplex;
-            // Counted out at the channel's close, or at the end of the pipe at the latest.
-            let counted = true;
-            const channelDone = () => {
-              if (counted) this.#streams--;
-              counted = false;
-            };
-            channel.once("close", channelDone);
-            log.v(4, "Stream opened", { target, streams: this.#streams });
-            pipeChannel(channel, conn, { budget, lingerMs: this.#opts.lingerMs }).finally(() => {
-              channelDone();
-              this.#pipes--;
-              log.v(4, "Stream closed", { target, streams: this.#streams, pipes: this.#pipes });
-            });
-          },
-          (err: Error) => {
-            this.#streams--;
-            this.#pipes--;
-            log.warn("Cannot dial target", { target, err: err.message });
-            rejectOpen(OPEN_CONNECT_FAILED, `dial ${target}: ${err.message}`);
-          },
-        );
+        this.#serveStream(target, accept, rejectOpen, () => !settled, budget);
       });
     });
   }
+
+  /** Send `config`; resolves with the proxy's refusal, or undefined when it accepted. */
+  async #sendConfig(
+    requester: GlobalRequester,
+    cfg: AgentConfig,
+    settled: () => boolean,
+  ): Promise<RefusedError | undefined> {
+    log.info("Sending config");
+    const reply = await requester.request("config", encodeAgentConfig(cfg));
+    if (reply.ok || settled()) return undefined;
+    return new RefusedError(reply.payload ? new TextDecoder().decode(reply.payload) : "refused");
+  }
+
+  /** Ping every keepalive interval; `finish` the connection when a ping goes unanswered. */
+  #keepPinging(
+    requester: GlobalRequester,
+    finish: (err: Error) => void,
+  ): ReturnType<typeof setInterval> {
+    const keepalive = this.#opts.keepaliveMs ?? 30_000;
+    let outstanding = false;
+    return setInterval(() => {
+      if (outstanding) return finish(new Error(`proxy did not answer ping within ${keepalive} ms`));
+      outstanding = true;
+      try {
+        requester.request("ping", new Uint8Array(0)).then((r) => {
+          outstanding = false;
+          if (!r.ok) log.v(4, "ping refused by proxy");
+        });
+      } catch (err) {
+        finish(new Error(`cannot send ping: ${(err as Error).message}`));
+      }
+    }, keepalive);
+  }
+
+  /**
+   * Dial `target` for a channel the proxy opened, then accept the channel and pipe it, or refuse
+   * it. The session may end while the dial is under way (`live()` turns false): a channel
+   * accepted then would belong to no connection and never close, so the target connection is
+   * closed instead. Nothing here may reject unhandled (that ends the process).
+   */
+  #serveStream(
+    target: string,
+    accept: () => ClientChannel,
+    rejectOpen: (reason?: number, description?: string) => void,
+    live: () => boolean,
+    budget: SendBudget,
+  ): void {
+    this.#streams++;
+    this.#pipes++;
+    (this.#opts.dialTarget ?? dialTarget)(target).then(
+      (conn) => {
+        let channel: ClientChannel;
+        try {
+          if (!live()) throw new Error("the session ended during the dial");
+          channel = accept();
+        } catch (err) {
+          this.#streams--;
+          this.#pipes--;
+          conn.close();
+          log.v(2, "Dialled the target, but the channel is gone", {
+            target,
+            err: (err as Error).message,
+          });
+          return;
+        }
+        // Counted out at the channel's close, or at the end of the pipe at the latest.
+        let counted = true;
+        const channelDone = () => {
+          if (counted) this.#streams--;
+          counted = false;
+        };
+        channel.once("close", channelDone);
+        log.v(4, "Stream opened", { target, streams: this.#streams });
+        const lingerMs = this.#opts.lingerMs;
+        pipeChannel(channel as unknown as Duplex, conn, { budget, lingerMs }).finally(() => {
+          channelDone();
+          this.#pipes--;
+          log.v(4, "Stream closed", { target, streams: this.#streams, pipes: this.#pipes });
+        });
+      },
+      (err: Error) => {
+        this.#streams--;
+        this.#pipes--;
+        log.warn("Cannot dial target", { target, err: err.message });
+        try {
+          rejectOpen(OPEN_FAILURE.CONNECT_FAILED, `dial ${target}: ${err.message}`);
+        } catch (e) {
+          log.v(2, "Cannot refuse the channel: the session is gone", {
+            target,
+            err: (e as Error).message,
+          });
+        }
+      },
+    ).catch((err: Error) => log.error("Stream setup failed", { target, err: err.message }));
+  }
+}
+
+/**
+ * ssh2's `hostVerifier` and `authHandler` for one connection: the proxy's host key is judged in
+ * every key exchange (rekeys included), before user authentication (the token) and `config` on
+ * the first; a first-seen key is recorded before the first authentication message (its
+ * signature is checked by then), or the connection stops if that fails. `refused()` is the
+ * verdict that made `hostVerifier` say no.
+ */
+function hostKeyCallbacks(
+  check: HostKeyCheck,
+  connected: () => boolean,
+  settled: () => boolean,
+  finish: (err: Error) => void,
+) {
+  let refused: HostKeyRefused | undefined;
+  let authMethod = 0;
+  return {
+    refused: () => refused,
+    hostVerifier: (key: Buffer) => {
+      const fp = fingerprintOf(new Uint8Array(key));
+      if (connected()) log.v(2, "Proxy host key (key exchange)", { fingerprint: fp });
+      else log.info("Proxy host key", { fingerprint: fp });
+      refused = check.verify(fp);
+      return refused === undefined;
+    },
+    // ssh2's own order ("none", then the password).
+    authHandler: (_left: unknown, _partial: unknown, next: (m: string | false) => void) => {
+      if (authMethod >= AUTH_METHODS.length) return false;
+      const method = AUTH_METHODS[authMethod++];
+      if (authMethod > 1) return method;
+      check.commit().then(() => settled() || next(method)).catch((err: Error) => finish(err));
+    },
+  };
 }
 
 /** Log what the agent is about to do, secrets redacted. */

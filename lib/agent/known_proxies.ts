@@ -15,6 +15,9 @@
  */
 
 import { dirname } from "node:path";
+import { logger } from "../log.ts";
+
+const log = logger("agent");
 
 /** A `SHA256:` fingerprint as the proxy logs it. */
 export const FINGERPRINT_RE = /^SHA256:[A-Za-z0-9+/]{43}$/;
@@ -190,6 +193,7 @@ export class FileKnownProxies implements KnownProxyStore {
         (i) => Date.now() - (i.mtime?.getTime() ?? 0),
         () => 0,
       );
+      // A stale lock left by a writer that died; if another writer removed it first, fine.
       if (age > STALE_LOCK_MS) await Deno.remove(lock).catch(() => {});
       else if (attempt >= 200) {
         throw new Error(`${this.where}: ${lock} is held by another writer; remove it if none runs`);
@@ -198,7 +202,10 @@ export class FileKnownProxies implements KnownProxyStore {
     try {
       await fn();
     } finally {
-      await Deno.remove(lock).catch(() => {});
+      await Deno.remove(lock).catch((err) =>
+        // Left behind, it holds up the next writer until it is stale.
+        log.warn("Cannot remove the known-proxies lock file", { lock, err: String(err) })
+      );
     }
   }
 
@@ -237,7 +244,7 @@ export class FileKnownProxies implements KnownProxyStore {
       await Deno.rename(tmp, this.path);
       await syncDir(dir);
     } catch (err) {
-      await Deno.remove(tmp).catch(() => {});
+      await Deno.remove(tmp).catch(() => {}); // best effort: the write's error is what matters
       throw new Error(`${this.where}: cannot write: ${(err as Error).message}`);
     }
   }

@@ -21,7 +21,7 @@ import {
 } from "./known_proxies.ts";
 
 /** The Secret's data key holding the record. */
-export const KNOWN_PROXIES_KEY = "known_proxies";
+const KNOWN_PROXIES_KEY = "known_proxies";
 
 /** Default `--known-proxy-secret`. */
 export const DEFAULT_KNOWN_PROXY_SECRET = "tower-agent-known-proxy";

@@ -1,15 +1,26 @@
 /**
- * Builds the agent's `config` (SPEC §1) from the member cluster's credentials:
- * a kubeconfig file, or in-cluster service-account credentials when no path is
- * given.
+ * Builds the agent's `config` from the member cluster's credentials: a
+ * kubeconfig file, or in-cluster service-account credentials when no path is
+ * given. Called before every connection, so rotated token files and expired
+ * exec-plugin credentials are fresh in each session's config.
+ *
+ * The kubeconfig is read with Tower's own code (`lib/kube/kubeconfig.ts`);
+ * `@kubernetes/client-node` is loaded only for an `auth-provider` user.
  * @module
  */
 
-import { Buffer } from "node:buffer";
 import type { AgentConfig } from "../tunnel/handshake.ts";
 import { serviceHostPort } from "../tunnel/handshake.ts";
 import { VERSION } from "../version.ts";
-import { loadClientNode } from "../kube/config.ts";
+import { userCredentials } from "../kube/credentials.ts";
+import {
+  type KubeconfigSelection,
+  readKubeconfig,
+  SERVICE_ACCOUNT_DIR,
+} from "../kube/kubeconfig.ts";
+
+export { SERVICE_ACCOUNT_DIR };
+import { logger } from "../log.ts";
 
 /** Inputs from the agent's flags. */
 export interface MemberConfigInput {
@@ -27,9 +38,17 @@ export interface MemberConfigInput {
   env?: (name: string) => string | undefined;
 }
 
-/** Where a pod's service-account credentials are mounted. */
-export const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
 const enc = new TextEncoder();
+const log = logger("agent");
+/** Warnings already given (the config is built before every connection). */
+const warned = new Set<string>();
+
+function warnOnce(msg: string, fields: Record<string, unknown>): void {
+  const key = `${msg} ${JSON.stringify(fields)}`;
+  if (warned.has(key)) return;
+  warned.add(key);
+  log.warn(msg, fields);
+}
 
 /**
  * Read credentials and produce the config the agent sends.
@@ -43,7 +62,7 @@ export async function buildAgentConfig(input: MemberConfigInput): Promise<AgentC
     KubeSphereSvcHost: serviceHostPort(input.kubesphereService, 80),
   };
   if (input.kubeconfig) {
-    return { ...base, ...await fromKubeconfig(input.kubeconfig) };
+    return { ...base, ...await fromKubeconfig(await readKubeconfig(input.kubeconfig)) };
   }
   return { ...base, ...await fromServiceAccount(input) };
 }
@@ -53,57 +72,43 @@ type Member = Pick<
   "KubernetesSvcHost" | "CertData" | "KeyData" | "CAData" | "BearerToken"
 >;
 
-async function fromKubeconfig(path: string): Promise<Member> {
-  const kc = new (await loadClientNode()).KubeConfig();
-  try {
-    kc.loadFromFile(path);
-  } catch (err) {
-    throw new Error(`kubeconfig ${path}: ${(err as Error).message}`);
-  }
-  const cluster = kc.getCurrentCluster();
-  if (!cluster) throw new Error(`kubeconfig ${path}: no current cluster`);
+/** What the proxy needs of the selected cluster and user (the config has no other fields). */
+async function fromKubeconfig(sel: KubeconfigSelection): Promise<Member> {
+  const { cluster } = sel;
   let server: URL;
   try {
     server = new URL(cluster.server);
   } catch {
-    throw new Error(
-      `kubeconfig ${path}: cluster ${cluster.name}: invalid server ${cluster.server}`,
+    throw new Error(`${sel.source}: cluster ${cluster.name}: invalid server ${cluster.server}`);
+  }
+  const fields = { cluster: cluster.name };
+  if (server.pathname !== "/") {
+    warnOnce("The server URL's path is dropped: the proxy reaches host:port", fields);
+  }
+  if (cluster.insecureSkipTlsVerify && !cluster.caPem) {
+    warnOnce(
+      "insecure-skip-tls-verify cannot be passed to the proxy; it verifies the API server " +
+        "with the system's roots",
+      fields,
     );
   }
-  const user = kc.getCurrentUser();
-  const out: Member = {
-    KubernetesSvcHost: serviceHostPort(server.host, server.protocol === "http:" ? 80 : 443),
-  };
-  const read = async (what: string, data?: string, file?: string) => {
-    if (data) return new Uint8Array(Buffer.from(data, "base64"));
-    if (file) {
-      try {
-        return await Deno.readFile(file);
-      } catch (err) {
-        throw new Error(`kubeconfig ${path}: ${what} ${file}: ${(err as Error).message}`);
-      }
-    }
-    return undefined;
-  };
-  out.CAData = await read("certificate-authority", cluster.caData, cluster.caFile);
-  if (user) {
-    out.CertData = await read("client-certificate", user.certData, user.certFile);
-    out.KeyData = await read("client-key", user.keyData, user.keyFile);
-    let token = user.token;
-    if (!token && !out.CertData) {
-      // exec/auth-provider users: let client-node compute the header.
-      const opts: { headers?: Record<string, string> } = { headers: {} };
-      try {
-        await kc.applyToHTTPSOptions(opts);
-      } catch (err) {
-        throw new Error(`kubeconfig ${path}: user ${user.name}: ${(err as Error).message}`);
-      }
-      const auth = (opts.headers ?? {})["Authorization"] ?? (opts.headers ?? {})["authorization"];
-      if (auth?.startsWith("Bearer ")) token = auth.slice(7);
-    }
-    if (token) out.BearerToken = enc.encode(token);
+  if (cluster.tlsServerName) {
+    warnOnce("tls-server-name is not passed to the proxy; it verifies the server's host", fields);
   }
-  return out;
+  const creds = await userCredentials(sel);
+  if (creds.authorization?.startsWith("Basic ")) {
+    warnOnce("Basic authentication cannot be passed to the proxy; none is sent", {
+      user: sel.user.name,
+    });
+  }
+  const bytes = (s?: string) => (s ? enc.encode(s) : undefined);
+  return {
+    KubernetesSvcHost: serviceHostPort(server.host, server.protocol === "http:" ? 80 : 443),
+    CAData: bytes(cluster.caPem),
+    CertData: bytes(creds.certPem),
+    KeyData: bytes(creds.keyPem),
+    BearerToken: bytes(creds.bearerToken),
+  };
 }
 
 async function fromServiceAccount(input: MemberConfigInput): Promise<Member> {

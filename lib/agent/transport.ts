@@ -8,6 +8,7 @@
 
 import type { Duplex } from "node:stream";
 import { WS_PROTOCOL } from "../tunnel/protocol.ts";
+import { within } from "../within.ts";
 import { connectWebSocket, proxyFor } from "./ws_client.ts";
 
 /** Turn `--proxy-server` into the WebSocket URL to dial. */
@@ -44,41 +45,13 @@ export interface DialOptions {
 export function dialProxy(url: URL, opts: DialOptions = {}): Promise<Duplex> {
   const timeoutMs = opts.timeoutMs ?? 15_000;
   const via = proxyFor(url, opts.env ?? ((n) => Deno.env.get(n)));
-  return withDeadline(
+  return within(
     connectWebSocket(url, WS_PROTOCOL, { proxy: via, caCerts: opts.caCerts }),
     timeoutMs,
-    opts.signal,
-    via ? `dial ${url} via ${via.host}` : `dial ${url}`,
+    {
+      what: via ? `dial ${url} via ${via.host}` : `dial ${url}`,
+      signal: opts.signal,
+      late: (stream) => stream.destroy(),
+    },
   );
-}
-
-/** `p`, or an error after `ms` / on abort; a stream that arrives too late is destroyed. */
-function withDeadline(
-  p: Promise<Duplex>,
-  ms: number,
-  signal: AbortSignal | undefined,
-  what: string,
-): Promise<Duplex> {
-  return new Promise((resolve, reject) => {
-    let done = false;
-    const fail = (msg: string) => {
-      if (done) return;
-      done = true;
-      cleanup();
-      reject(new Error(`${what}: ${msg}`));
-    };
-    const timer = setTimeout(() => fail(`no answer within ${ms} ms`), ms);
-    const onAbort = () => fail("aborted");
-    const cleanup = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-    };
-    signal?.addEventListener("abort", onAbort, { once: true });
-    p.then((stream) => {
-      if (done) return stream.destroy();
-      done = true;
-      cleanup();
-      resolve(stream);
-    }, (err) => fail((err as Error).message));
-  });
 }

@@ -15,7 +15,7 @@ import { SecretKnownProxies } from "./known_proxies_secret.ts";
 import { ProxyTrust } from "./proxy_trust.ts";
 
 /** The placeholder `deploy/agent` ships in the Secret's `proxy-fingerprint`. */
-export const FINGERPRINT_PLACEHOLDER = "REPLACE-WITH-THE-PROXY-FINGERPRINT";
+const FINGERPRINT_PLACEHOLDER = "REPLACE-WITH-THE-PROXY-FINGERPRINT";
 
 /** The flags that decide the policy. */
 export interface TrustFlags {

@@ -22,14 +22,11 @@ import { CLUSTERS, SERVICES } from "../kube/types.ts";
 import { logger } from "../log.ts";
 import type { EventRecorder } from "./events.ts";
 import { WorkQueue } from "./queue.ts";
-import {
-  type AgentState,
-  type PortClaim,
-  portClaim,
-  portsUsedByOthers,
-  reconcileCluster,
-  type ReconcilePlan,
-} from "./reconcile.ts";
+import { type PortClaim, portClaim } from "./claims.ts";
+import { PortIndex } from "./port_index.ts";
+import { DEFAULT_PORT_RANGE, type PortRange } from "./ports.ts";
+import { type AgentState, reconcileCluster, type ReconcilePlan } from "./reconcile.ts";
+import type { ReplicaView } from "./replicas.ts";
 import {
   type ClusterObject,
   clusterOfService,
@@ -51,6 +48,14 @@ export interface ClusterControllerOptions {
   namespace?: string;
   /** `--publish-service-address`. */
   publishAddress?: string;
+  /** `--port-range`: kubernetes ports new pairs come from (default 6000–15999). */
+  portRange?: PortRange;
+  /** Ports never handed out (the proxy's own listeners: agent port, metrics port). */
+  reservedPorts?: ReadonlySet<number>;
+  /** The `mc-*` Services select the proxy pods (no EndpointSlices published; see reconcile). */
+  selectPods?: boolean;
+  /** The replicas' EndpointSlices and Leases: a cluster served by any live replica is available. */
+  replicas?: ReplicaView;
   /**
    * Until this long after the controller is created, a cluster with no agent
    * on this proxy keeps its `AgentAvailable` as it is (agents of a restarted
@@ -92,6 +97,11 @@ class StaleCache extends Error {
   }
 }
 
+/** Index key of the claim this controller wrote for `name` (NUL: no cluster name has one). */
+function writtenKey(name: string): string {
+  return `${name}\0written`;
+}
+
 /** Reconciles Clusters while {@link run} is active. */
 export class ClusterController {
   readonly #o: ClusterControllerOptions;
@@ -99,8 +109,11 @@ export class ClusterController {
   readonly #queue: WorkQueue;
   readonly #agents = new Map<string, boolean>();
   readonly #endpointErrors = new Map<string, string>();
-  /** Ports written by this controller that the cache may not show yet. */
-  readonly #claimed = new Map<string, PortClaim>();
+  /**
+   * Every cluster's ports, from the informer (key: the name) and as written by this controller
+   * while the cache may not show it yet (key: {@link writtenKey}).
+   */
+  readonly #ports: PortIndex;
   readonly #createdAt = Date.now();
   readonly stats: ControllerStats = {
     reconciles: 0,
@@ -121,19 +134,26 @@ export class ClusterController {
       retryMaxMs: opts.retryMaxMs ?? 60_000,
     });
     this.#queue.shutdown(); // opened by run()
+    this.#ports = new PortIndex(opts.portRange ?? DEFAULT_PORT_RANGE, opts.reservedPorts);
     opts.clusters.addHandlers({
-      onAdd: (c) => this.#queue.add(c.metadata.name),
-      onUpdate: (_old, c) => {
-        const claim = this.#claimed.get(c.metadata.name);
-        const now = portClaim(c);
-        if (
-          claim && claim.kubernetesPort === now.kubernetesPort &&
-          claim.kubespherePort === now.kubespherePort
-        ) this.#claimed.delete(c.metadata.name);
+      onAdd: (c) => {
+        this.#ports.set(c.metadata.name, portClaim(c));
         this.#queue.add(c.metadata.name);
       },
+      onUpdate: (_old, c) => {
+        const name = c.metadata.name;
+        const now = portClaim(c);
+        this.#ports.set(name, now);
+        const written = this.#ports.get(writtenKey(name));
+        if (
+          written && written.kubernetesPort === now.kubernetesPort &&
+          written.kubespherePort === now.kubespherePort
+        ) this.#ports.delete(writtenKey(name));
+        this.#queue.add(name);
+      },
       onDelete: (c) => {
-        this.#claimed.delete(c.metadata.name);
+        this.#ports.delete(c.metadata.name);
+        this.#ports.delete(writtenKey(c.metadata.name));
         this.#queue.add(c.metadata.name);
       },
     });
@@ -146,6 +166,7 @@ export class ClusterController {
       onUpdate: (_old, s) => onService(s),
       onDelete: onService,
     });
+    opts.replicas?.listen((name) => this.#queue.add(name));
   }
 
   /** Whether {@link run} is active (this replica reconciles). */
@@ -180,7 +201,13 @@ export class ClusterController {
     return this.#queue.whenIdle();
   }
 
+  /** Whether some live replica (this one included) publishes a ready endpoint for `name`. */
+  servedByReplicas(name: string): boolean {
+    return this.#o.replicas?.served(name) ?? false;
+  }
+
   #agentState(name: string): AgentState {
+    if (this.servedByReplicas(name)) return "connected";
     const known = this.#agents.get(name);
     if (known !== undefined) return known ? "connected" : "disconnected";
     return Date.now() - this.#createdAt >= (this.#o.agentGraceMs ?? 30_000)
@@ -214,8 +241,10 @@ export class ClusterController {
         publishAddress: this.#o.publishAddress ?? "",
       });
       const synced = await this.#o.clusters.waitForSync(signal) &&
-        await this.#o.services.waitForSync(signal);
+        await this.#o.services.waitForSync(signal) &&
+        (await this.#o.replicas?.waitForSync(signal) ?? true);
       if (!synced || signal.aborted) return;
+
       this.#queue.reopen();
       this.#enqueueAll();
       const graceLeft = this.#createdAt + (this.#o.agentGraceMs ?? 30_000) - Date.now();
@@ -299,14 +328,15 @@ export class ClusterController {
     service: ServiceObject | undefined,
   ): ReconcilePlan {
     const self: PortClaim = cluster ? portClaim(cluster) : { name };
-    const claims = [...this.#o.clusters.list().map(portClaim), ...this.#claimed.values()];
     return reconcileCluster({
       name,
       cluster,
       service,
-      portsUsedByOthers: portsUsedByOthers(self, claims),
+      ports: this.#ports.viewFor(self),
+      selectPods: this.#o.selectPods,
       agent: this.#agentState(name),
-      endpointError: this.#endpointErrors.get(name),
+      // Served through another replica: this one's trouble with its own endpoints does not count.
+      endpointError: this.servedByReplicas(name) ? undefined : this.#endpointErrors.get(name),
       now: (this.#o.now ?? (() => new Date()))(),
       publishAddress: this.#o.publishAddress,
       namespace: this.#ns,
@@ -365,7 +395,7 @@ export class ClusterController {
     let subject = cluster;
     if (plan.cluster) {
       subject = await this.#writeCluster(plan.cluster, signal);
-      this.#claimed.set(name, portClaim(subject));
+      this.#ports.set(writtenKey(name), portClaim(subject));
       log.info("updated Cluster", {
         cluster: name,
         events: plan.events.map((e) => e.reason).join(","),

@@ -10,7 +10,7 @@
  */
 
 import { Buffer } from "node:buffer";
-import { Backoff, sleep } from "../kube/backoff.ts";
+import { Backoff, sleep } from "../backoff.ts";
 import type { KubeClient } from "../kube/client.ts";
 import { isAlreadyExists, KubeApiError } from "../kube/errors.ts";
 import { type KubeObject, SECRETS } from "../kube/types.ts";

@@ -8,7 +8,7 @@
  */
 
 import { randomToken } from "../secret.ts";
-import { allocatePorts, pairIsFree } from "./ports.ts";
+import { type PortView, portViewFromSet } from "./ports.ts";
 import {
   AGENT_CONNECTED_MESSAGE,
   AGENT_NOT_CONNECTED_MESSAGE,
@@ -29,6 +29,8 @@ import {
   TOWER_NAMESPACE,
 } from "./types.ts";
 
+export { type PortClaim, portClaim, portsUsedByOthers } from "./claims.ts";
+
 /** What this proxy knows about a cluster's agents. */
 export type AgentState = "connected" | "disconnected" | "unknown";
 
@@ -40,8 +42,19 @@ export interface ReconcileInput {
   cluster: ClusterObject | undefined;
   /** Its `mc-<name>` Service as observed, or undefined. */
   service: ServiceObject | undefined;
-  /** Ports (both kinds) held by every other cluster. */
-  portsUsedByOthers: ReadonlySet<number>;
+  /**
+   * The ports question of this cluster: which ports others keep, the lowest free pair
+   * (`PortIndex.viewFor`). Takes precedence over {@link portsUsedByOthers}.
+   */
+  ports?: PortView;
+  /** Ports (both kinds) held by every other cluster, for small callers (the default range). */
+  portsUsedByOthers?: ReadonlySet<number>;
+  /**
+   * Whether the `mc-<name>` Service selects the proxy pods (the single-replica layout of old,
+   * where the proxy publishes no EndpointSlices). Default false: the Service selects nothing and
+   * each replica serving the cluster publishes an EndpointSlice for it.
+   */
+  selectPods?: boolean;
   /**
    * Agents of this cluster: `unknown` leaves `AgentAvailable` as it is (e.g.
    * just after start, before agents had a chance to reconnect).
@@ -206,7 +219,10 @@ export function serviceLabels(cluster: string): Record<string, string> {
   return { app: n, "app.kubernetes.io/name": n };
 }
 
-/** Selector of every `mc-*` Service: the proxy pods. */
+/**
+ * Selector of the `mc-*` Services when the proxy publishes no EndpointSlices (one replica in
+ * the cluster without a pod IP): the proxy pods.
+ */
 export const SERVICE_SELECTOR: Readonly<Record<string, string>> = Object.freeze({
   app: "tower",
   "app.kubernetes.io/name": "tower",
@@ -239,6 +255,8 @@ export function desiredService(opts: {
   loadBalancer: boolean;
   annotations: Record<string, string>;
   existing: ServiceObject | undefined;
+  /** Select the proxy pods ({@link SERVICE_SELECTOR}); default: no selector. */
+  selectPods?: boolean;
 }): ServiceAction {
   const { name, namespace, existing } = opts;
   const type = opts.loadBalancer ? "LoadBalancer" : "ClusterIP";
@@ -276,7 +294,7 @@ export function desiredService(opts: {
       apiVersion: "v1",
       kind: "Service",
       metadata: { name: serviceName(name), namespace, labels },
-      spec: { type, selector: { ...SERVICE_SELECTOR }, ports },
+      spec: opts.selectPods ? { type, selector: { ...SERVICE_SELECTOR }, ports } : { type, ports },
     };
     if (Object.keys(annotations).length > 0) svc.metadata.annotations = annotations;
     return { kind: "create", service: svc };
@@ -284,7 +302,7 @@ export function desiredService(opts: {
 
   const mergedLabels = { ...(existing.metadata.labels ?? {}), ...labels };
   const upToDate = (existing.spec?.type ?? "ClusterIP") === type &&
-    sameRecord(existing.spec?.selector, SERVICE_SELECTOR) &&
+    sameRecord(existing.spec?.selector, opts.selectPods ? SERVICE_SELECTOR : {}) &&
     samePorts(existing.spec?.ports, ports) &&
     sameRecord(existing.metadata.labels, mergedLabels) &&
     sameRecord(existing.metadata.annotations, annotations);
@@ -296,7 +314,8 @@ export function desiredService(opts: {
   else delete svc.metadata.annotations;
   const spec = { ...(svc.spec ?? {}) };
   spec.type = type;
-  spec.selector = { ...SERVICE_SELECTOR };
+  if (opts.selectPods) spec.selector = { ...SERVICE_SELECTOR };
+  else delete spec.selector;
   spec.ports = ports.map((p) => {
     const np = keepNodePort(p.name!);
     return np ? { ...p, nodePort: np } : p;
@@ -348,13 +367,13 @@ export function reconcileCluster(input: ReconcileInput): ReconcilePlan {
   // Step 1a: ports.
   let k = conn.kubernetesAPIServerPort;
   let s = conn.kubesphereAPIServerPort;
+  const ports = input.ports ?? portViewFromSet(input.portsUsedByOthers ?? new Set());
   if (
-    !validPort(k) || !validPort(s) ||
-    !pairIsFree({ kubernetes: k, kubesphere: s }, input.portsUsedByOthers)
+    !validPort(k) || !validPort(s) || k === s || ports.usedByOthers(k) || ports.usedByOthers(s)
   ) {
     let pair;
     try {
-      pair = allocatePorts(input.portsUsedByOthers);
+      pair = ports.lowestFreePair();
     } catch (err) {
       throw new Error(`cluster ${input.name}: allocate ports: ${(err as Error).message}`);
     }
@@ -393,6 +412,7 @@ export function reconcileCluster(input: ReconcileInput): ReconcilePlan {
     loadBalancer: external,
     annotations: lb.annotations,
     existing: input.service,
+    selectPods: input.selectPods,
   });
 
   // Step 1d: endpoints and Initialized, once an address is known.
@@ -500,52 +520,4 @@ export function reconcileCluster(input: ReconcileInput): ReconcilePlan {
   if (conditions !== c.status?.conditions) (c.status ??= {}).conditions = conditions;
   const changed = !sameJson(c.spec, observed.spec) || !sameJson(c.status, observed.status);
   return { cluster: changed ? c : undefined, service, events };
-}
-
-/** The port claim of one cluster, as read from its spec. */
-export interface PortClaim {
-  name: string;
-  /** `metadata.creationTimestamp` (older claims win a collision). */
-  created?: string;
-  kubernetesPort?: number;
-  kubespherePort?: number;
-}
-
-/** Whether `a` wins a port collision against `b`: older first, then name order. */
-function precedes(a: PortClaim, b: PortClaim): boolean {
-  const ca = a.created ?? "";
-  const cb = b.created ?? "";
-  if (ca !== cb) return ca !== "" && (cb === "" || ca < cb);
-  return a.name < b.name;
-}
-
-/**
- * Ports (both kinds) cluster `self` must avoid. Every other cluster's ports
- * count, except that when two clusters hold the same port (e.g. set by hand,
- * or by the Go tower's random pick), the older one (then the lower name)
- * keeps it and only the other one sees it as used and moves.
- */
-export function portsUsedByOthers(self: PortClaim, all: Iterable<PortClaim>): Set<number> {
-  const mine = new Set([self.kubernetesPort, self.kubespherePort].filter(validPort));
-  const used = new Set<number>();
-  for (const o of all) {
-    if (o.name === self.name) continue;
-    const iWin = precedes(self, o);
-    for (const p of [o.kubernetesPort, o.kubespherePort]) {
-      if (!validPort(p)) continue;
-      if (iWin && mine.has(p)) continue;
-      used.add(p);
-    }
-  }
-  return used;
-}
-
-/** The port claim of a Cluster object. */
-export function portClaim(c: ClusterObject): PortClaim {
-  return {
-    name: c.metadata.name,
-    created: c.metadata.creationTimestamp,
-    kubernetesPort: c.spec?.connection?.kubernetesAPIServerPort,
-    kubespherePort: c.spec?.connection?.kubesphereAPIServerPort,
-  };
 }

@@ -5,6 +5,8 @@
  * @module
  */
 
+import type { ObjectMeta as KubeObjectMeta } from "../kube/types.ts";
+
 /** API group/version of the Cluster resource. */
 export const CLUSTER_API_VERSION = "cluster.kubesphere.io/v1alpha1";
 /** Namespace of the `mc-<name>` Services, Secrets, Lease and Events. */
@@ -46,19 +48,8 @@ export interface ClusterCondition {
   [key: string]: unknown;
 }
 
-/** Object metadata (the fields used here). */
-export interface ObjectMeta {
-  name: string;
-  namespace?: string;
-  uid?: string;
-  resourceVersion?: string;
-  generation?: number;
-  creationTimestamp?: string;
-  deletionTimestamp?: string;
-  labels?: Record<string, string>;
-  annotations?: Record<string, string>;
-  [key: string]: unknown;
-}
+/** Object metadata ({@link KubeObjectMeta}) of the objects read here: always named. */
+export type ObjectMeta = KubeObjectMeta & { name: string };
 
 /** `spec.connection` of a Cluster. */
 export interface ClusterConnection {

@@ -9,7 +9,7 @@
  */
 
 import { logger } from "../log.ts";
-import { backoffDelay, sleep } from "./backoff.ts";
+import { backoffDelay, sleep } from "../backoff.ts";
 import type { KubeConnection } from "./config.ts";
 import { KubeApiError } from "./errors.ts";
 import {
@@ -480,6 +480,7 @@ export class KubeClient {
     } finally {
       clearTimeout(timer);
       opts.signal?.removeEventListener("abort", onAbort);
+      // Releasing the connection of a watch that is over: a failure here changes nothing.
       if (reader) {
         await reader.cancel().catch(() => {});
       } else if (resp?.body && !resp.bodyUsed) {

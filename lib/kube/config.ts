@@ -1,26 +1,21 @@
 /**
  * Kubernetes credentials for Deno's `fetch`: a kubeconfig file (or the
- * in-cluster service account when the path is empty) is loaded with
- * `@kubernetes/client-node`'s `KubeConfig`, whose authenticators (client
- * certificates, static and file tokens, exec plugins, basic auth) fill in TLS
- * material and headers; those become a `Deno.HttpClient` plus per-request
- * headers.
+ * in-cluster service account when the path is empty) becomes a
+ * `Deno.HttpClient` (CA, client certificate) plus per-request headers. The
+ * kubeconfig is read by `kubeconfig.ts` and the user's credentials come from
+ * `credentials.ts`, Tower's own code: `@kubernetes/client-node` is loaded only
+ * for an `auth-provider` user.
  * @module
  */
 
-import type { KubeConfig } from "@kubernetes/client-node";
-import type { RequestOptions } from "node:https";
-import { Buffer } from "node:buffer";
 import { logger } from "../log.ts";
-
-/**
- * `@kubernetes/client-node`, loaded on first use: it costs ~80 MiB of resident memory, which a
- * proxy on a clusters file (no Kubernetes at all) should not pay. A literal specifier keeps it in
- * the static module graph that `deno compile` bundles.
- */
-export function loadClientNode(): Promise<typeof import("@kubernetes/client-node")> {
-  return import("@kubernetes/client-node");
-}
+import { type UserCredentials, userCredentials } from "./credentials.ts";
+import {
+  inClusterConfig,
+  type KubeconfigSelection,
+  readKubeconfig,
+  SERVICE_ACCOUNT_DIR,
+} from "./kubeconfig.ts";
 
 const log = logger("kube/config");
 
@@ -42,29 +37,13 @@ export interface KubeConnection {
 export interface LoadOptions {
   /** Context to use instead of the kubeconfig's current context. */
   context?: string;
-  /** How long computed auth headers are reused (ms, default 10 000; tokens files rotate). */
+  /**
+   * How long computed auth headers are reused (ms, default 10 000; token files rotate). An
+   * exec plugin's credential is asked for again sooner when it expires sooner.
+   */
   headerTtlMs?: number;
   /** Prefix for the in-cluster service-account paths (tests). */
   inClusterPathPrefix?: string;
-}
-
-type Material = string | Buffer | (string | Buffer)[] | undefined;
-
-function toPem(m: Material): string | undefined {
-  if (m === undefined) return undefined;
-  const parts = Array.isArray(m) ? m : [m];
-  const text = parts.map((p) => typeof p === "string" ? p : p.toString("utf8")).join("\n");
-  return text.trim() === "" ? undefined : text;
-}
-
-function headerRecord(h: RequestOptions["headers"]): Record<string, string> {
-  const out: Record<string, string> = {};
-  if (!h || Array.isArray(h)) return out;
-  for (const [k, v] of Object.entries(h)) {
-    if (v === undefined) continue;
-    out[k] = (Array.isArray(v) ? v.join(", ") : String(v)).trim();
-  }
-  return out;
 }
 
 /**
@@ -77,116 +56,107 @@ export async function loadKubeConnection(
   path: string,
   opts: LoadOptions = {},
 ): Promise<KubeConnection> {
-  const kc = new (await loadClientNode()).KubeConfig();
-  const where = path === "" ? "in-cluster config" : `kubeconfig ${path}`;
-  try {
-    if (path === "") {
-      if (!Deno.env.get("KUBERNETES_SERVICE_HOST") || !Deno.env.get("KUBERNETES_SERVICE_PORT")) {
-        throw new Error(
-          "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set (not running in a pod?)",
-        );
-      }
-      kc.loadFromCluster(opts.inClusterPathPrefix);
-    } else {
-      kc.loadFromFile(path);
-    }
-    if (opts.context) kc.setCurrentContext(opts.context);
-  } catch (err) {
-    throw new Error(`${where}: ${(err as Error).message}`);
+  const sel = path === ""
+    ? await inClusterConfig({
+      serviceAccountDir: opts.inClusterPathPrefix !== undefined
+        ? `${opts.inClusterPathPrefix}${SERVICE_ACCOUNT_DIR}`
+        : undefined,
+    })
+    : await readKubeconfig(path, { context: opts.context });
+  return await connectionFor(sel, opts);
+}
+
+function headerRecord(c: UserCredentials): Record<string, string> {
+  const h: Record<string, string> = {};
+  if (c.authorization) h.Authorization = c.authorization;
+  if (c.impersonate) h["Impersonate-User"] = c.impersonate;
+  return h;
+}
+
+/** A `Deno.HttpClient` for the cluster's CA and the user's client certificate. */
+function httpClientFor(sel: KubeconfigSelection, c: UserCredentials): Deno.HttpClient {
+  const clientOpts: Deno.CreateHttpClientOptions & { cert?: string; key?: string } = {};
+  if (sel.cluster.caPem) clientOpts.caCerts = [sel.cluster.caPem];
+  if (c.certPem && c.keyPem) {
+    clientOpts.cert = c.certPem;
+    clientOpts.key = c.keyPem;
   }
   try {
-    return await connectionFromKubeConfig(kc, opts);
+    return Deno.createHttpClient(clientOpts);
   } catch (err) {
-    throw new Error(`${where}: ${(err as Error).message}`);
+    throw new Error(
+      `${sel.source}: cluster ${sel.cluster.name}: TLS material: ${(err as Error).message}`,
+    );
   }
 }
 
-/** Turn an already loaded `KubeConfig` into a {@link KubeConnection}. */
-export async function connectionFromKubeConfig(
-  kc: KubeConfig,
-  opts: Pick<LoadOptions, "headerTtlMs"> = {},
+/** Turn a selected kubeconfig context into a {@link KubeConnection}. */
+async function connectionFor(
+  sel: KubeconfigSelection,
+  opts: Pick<LoadOptions, "headerTtlMs">,
 ): Promise<KubeConnection> {
-  const cluster = kc.getCurrentCluster();
-  if (!cluster) throw new Error(`context ${JSON.stringify(kc.getCurrentContext())}: no cluster`);
-  if (!cluster.server) throw new Error(`cluster ${cluster.name}: no server URL`);
-  const server = cluster.server.replace(/\/+$/, "");
-  const url = new URL(server);
-  const ctx = kc.getContextObject(kc.getCurrentContext());
-  const namespace = ctx?.namespace || "default";
-
-  const probe: RequestOptions = { headers: {} };
-  await kc.applyToHTTPSOptions(probe);
+  const { cluster } = sel;
+  let url: URL;
+  try {
+    url = new URL(cluster.server);
+  } catch {
+    throw new Error(`${sel.source}: cluster ${cluster.name}: invalid server ${cluster.server}`);
+  }
   if (cluster.tlsServerName) {
     log.warn("tls-server-name is not supported by Deno fetch; the server URL host is verified", {
       cluster: cluster.name,
     });
   }
-  if (cluster.proxyUrl) {
-    log.warn("proxy-url is ignored", { cluster: cluster.name });
+  if (cluster.proxyUrl) log.warn("proxy-url is ignored", { cluster: cluster.name });
+  const tls = url.protocol === "https:";
+  if (!tls && url.protocol !== "http:") {
+    throw new Error(
+      `${sel.source}: cluster ${cluster.name}: unsupported server URL scheme ${url.protocol}`,
+    );
   }
-
-  let httpClient: Deno.HttpClient | undefined;
-  if (url.protocol === "https:") {
-    if (probe.rejectUnauthorized === false) {
-      throw new Error(
-        `cluster ${cluster.name}: insecure-skip-tls-verify is not supported; set certificate-authority(-data)`,
-      );
-    }
-    const ca = toPem(probe.ca as Material);
-    const cert = toPem(probe.cert as Material);
-    const key = toPem(probe.key as Material);
-    if ((cert === undefined) !== (key === undefined)) {
-      throw new Error(
-        `user ${kc.getCurrentUser()?.name}: client certificate without key or key without certificate`,
-      );
-    }
-    const clientOpts: Deno.CreateHttpClientOptions & { cert?: string; key?: string } = {};
-    if (ca) clientOpts.caCerts = [ca];
-    if (cert && key) {
-      clientOpts.cert = cert;
-      clientOpts.key = key;
-    }
-    try {
-      httpClient = Deno.createHttpClient(clientOpts);
-    } catch (err) {
-      throw new Error(`cluster ${cluster.name}: TLS material: ${(err as Error).message}`);
-    }
-  } else if (url.protocol !== "http:") {
-    throw new Error(`cluster ${cluster.name}: unsupported server URL scheme ${url.protocol}`);
+  if (tls && cluster.insecureSkipTlsVerify) {
+    throw new Error(
+      `${sel.source}: cluster ${cluster.name}: insecure-skip-tls-verify is not supported; ` +
+        "set certificate-authority(-data)",
+    );
   }
-
+  let creds = await userCredentials(sel);
+  let httpClient = tls ? httpClientFor(sel, creds) : undefined;
+  /** The client before the last certificate change: requests may still be using it. */
+  let previousClient: Deno.HttpClient | undefined;
   const ttl = opts.headerTtlMs ?? 10_000;
-  const basic = (o: RequestOptions): Record<string, string> => {
-    const h = headerRecord(o.headers);
-    if (o.auth && !h.Authorization && !h.authorization) {
-      h.Authorization = `Basic ${Buffer.from(o.auth).toString("base64")}`;
-    }
-    return h;
-  };
-  let cached = basic(probe);
-  let cachedAt = Date.now();
+  const validUntil = () => Math.min(Date.now() + ttl, creds.expiresAt ?? Infinity);
+  let cached = headerRecord(creds);
+  let until = validUntil();
   let inflight: Promise<Record<string, string>> | undefined;
   const refresh = async (): Promise<Record<string, string>> => {
-    const o: RequestOptions = { headers: {} };
-    await kc.applyToHTTPSOptions(o);
-    cached = basic(o);
-    cachedAt = Date.now();
+    const next = await userCredentials(sel);
+    if (tls && (next.certPem !== creds.certPem || next.keyPem !== creds.keyPem)) {
+      // An exec plugin issued a new client certificate: new requests use it.
+      previousClient?.close();
+      previousClient = httpClient;
+      httpClient = httpClientFor(sel, next);
+    }
+    creds = next;
+    cached = headerRecord(creds);
+    until = validUntil();
     return cached;
   };
   return {
-    server,
-    namespace,
+    server: cluster.server,
+    namespace: sel.namespace,
     get httpClient(): Deno.HttpClient | undefined {
       return httpClient;
     },
     headers(): Promise<Record<string, string>> {
-      if (Date.now() - cachedAt < ttl) return Promise.resolve({ ...cached });
+      if (Date.now() < until) return Promise.resolve({ ...cached });
       inflight ??= refresh().finally(() => inflight = undefined);
       return inflight.then((h) => ({ ...h }));
     },
     close(): void {
+      previousClient?.close();
       httpClient?.close();
-      httpClient = undefined;
+      previousClient = httpClient = undefined;
     },
   };
 }

@@ -9,7 +9,7 @@
  */
 
 import { logger } from "../log.ts";
-import { Backoff, sleep } from "./backoff.ts";
+import { Backoff, sleep } from "../backoff.ts";
 import { errorText, type KubeClient } from "./client.ts";
 import { KubeApiError } from "./errors.ts";
 import { type KubeObject, objectKey, type ResourceType, type WatchEvent } from "./types.ts";

@@ -10,7 +10,7 @@
  */
 
 import { logger } from "../log.ts";
-import { sleep } from "./backoff.ts";
+import { sleep } from "../backoff.ts";
 import { errorText, type KubeClient } from "./client.ts";
 import { KubeApiError } from "./errors.ts";
 import { type KubeObject, LEASES } from "./types.ts";

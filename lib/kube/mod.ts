@@ -5,7 +5,6 @@
  * @module
  */
 
-export { Backoff, backoffDelay, type BackoffOptions, sleep } from "./backoff.ts";
 export {
   type CallOptions,
   type DeleteOptions,
@@ -23,12 +22,15 @@ export {
   type WatchOptions,
   type WriteOptions,
 } from "./client.ts";
+export { type KubeConnection, loadKubeConnection, type LoadOptions } from "./config.ts";
 export {
-  connectionFromKubeConfig,
-  type KubeConnection,
-  loadKubeConnection,
-  type LoadOptions,
-} from "./config.ts";
+  inClusterConfig,
+  type KubeCluster,
+  type KubeconfigSelection,
+  type KubeUser,
+  readKubeconfig,
+} from "./kubeconfig.ts";
+export { type UserCredentials, userCredentials } from "./credentials.ts";
 export { isAlreadyExists, isConflict, isGone, isNotFound, KubeApiError } from "./errors.ts";
 export {
   Informer,

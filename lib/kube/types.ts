@@ -142,3 +142,19 @@ export const LEASES: ResourceType = {
   namespaced: true,
   kind: "Lease",
 };
+/** `discovery.k8s.io/v1` EndpointSlices. */
+export const ENDPOINT_SLICES: ResourceType = {
+  group: "discovery.k8s.io",
+  version: "v1",
+  plural: "endpointslices",
+  namespaced: true,
+  kind: "EndpointSlice",
+};
+/** Core Pods. */
+export const PODS: ResourceType = {
+  group: "",
+  version: "v1",
+  plural: "pods",
+  namespaced: true,
+  kind: "Pod",
+};

@@ -1,6 +1,18 @@
 /**
  * The proxy process wired together: host key, cluster source, tunnel server,
- * agent port, and reactions to cluster changes (token rotation, removal).
+ * agent port, endpoints, the kubeconfig keeper, this replica's EndpointSlices
+ * (through the cluster source), and reactions to cluster changes (token
+ * rotation, removal).
+ *
+ * Shutdown order ("its slices go away before its sockets do"): readiness
+ * turns false and new agents are refused; agents are asked to hand over
+ * (`lib/handover.ts`: they connect to another replica first) and, for up to
+ * `handoverMs`, this replica waits until each cluster it serves is served by
+ * another live replica too; this replica's EndpointSlices and Lease are
+ * withdrawn; the endpoints keep listening for `shutdownDelayMs` so
+ * connections routed on a stale view still land; then they stop listening and
+ * let in-flight requests finish (`graceMs`); only then are the agent sessions
+ * closed (agents reconnect to another replica) and the sockets closed.
  * @module
  */
 
@@ -9,6 +21,8 @@ import { agentConnects, agentDisconnects, handshakeFailures, sessionsGauge } fro
 import type { CA } from "../pki/mod.ts";
 import type { HostKey } from "../tunnel/hostkey.ts";
 import { EndpointsManager } from "./endpoints_manager.ts";
+import { EpochCache } from "./epochs.ts";
+import { KubeconfigKeeper } from "./kubeconfig_keeper.ts";
 import { startAgentPort } from "./agent_port.ts";
 import type { AgentPort } from "./agent_port.ts";
 import type { ClusterSource } from "./clusters.ts";
@@ -32,6 +46,10 @@ export interface ProxyAppOptions {
   kubesphereMaxRequestBody?: number;
   /** Endpoint clients must send a complete request head within this long. */
   httpIdleMs?: number;
+  /** On shutdown, keep the endpoints listening this long after the slices are withdrawn. */
+  shutdownDelayMs?: number;
+  /** On shutdown, wait at most this long for agents to hand over to other replicas (default 10 s). */
+  handoverMs?: number;
   /** Validity of the admin kubeconfigs' client certificates. */
   clientCertValidityMs?: number;
   /** Client connections each per-cluster endpoint keeps at once. */
@@ -62,6 +80,10 @@ export class ProxyApp {
   #started = false;
   /** Per-cluster API endpoints (when a CA was given). */
   endpoints: EndpointsManager | undefined;
+  /** Admin kubeconfigs (when a CA was given). */
+  kubeconfigs: KubeconfigKeeper | undefined;
+  #draining = false;
+  #unwatch: (() => void)[] = [];
 
   constructor(opts: ProxyAppOptions) {
     this.#opts = opts;
@@ -130,41 +152,93 @@ export class ProxyApp {
         clusters.agentConnected(cluster, session.config).catch((err) =>
           log.error("cannot record agent connection", { cluster, err: (err as Error).message })
         );
+        clusters.servingChanged?.(cluster);
       },
       clusterDown: (cluster) => {
         clusters.agentDisconnected(cluster).catch((err) =>
           log.error("cannot record agent disconnection", { cluster, err: (err as Error).message })
         );
+        clusters.servingChanged?.(cluster);
       },
     });
-    if (this.#opts.ca) {
-      this.endpoints = new EndpointsManager({
-        ca: this.#opts.ca,
-        clusters,
-        registry: this.registry,
-        bindHost: this.#opts.endpointsHost,
-        kubesphereMaxRequestBody: this.#opts.kubesphereMaxRequestBody,
-        httpIdleMs: this.#opts.httpIdleMs,
-        clientCertValidityMs: this.#opts.clientCertValidityMs,
-        tlsHandshakeMs: this.#opts.handshakeTimeoutMs,
-        maxConnections: this.#opts.maxEndpointConnections,
-        maxRequestHead: this.#opts.maxRequestHead,
-      });
-    }
+    if (this.#opts.ca) this.#startEndpoints(this.#opts.ca);
+    await clusters.startPublishing?.((cluster) => {
+      const s = this.endpoints?.serving(cluster);
+      return s && { cluster, ...s };
+    });
     this.#port = await startAgentPort(this.#opts.host, this.#opts.port, this.tunnel, {
       maxConnections: this.#opts.maxAgentConnections,
     });
     this.#started = true;
   }
 
-  /** Ready: listening for agents and the cluster source has loaded. */
+  #startEndpoints(ca: CA): void {
+    const { clusters } = this.#opts;
+    const epochs = new EpochCache(ca, clusters);
+    const keeper = this.kubeconfigs = new KubeconfigKeeper({
+      ca,
+      clusters,
+      epochs,
+      validityMs: this.#opts.clientCertValidityMs,
+      // As before replicas: from the first agent on (the endpoints then run, answering 503
+      // while no agent is there), or wherever another replica serves it.
+      available: (c) => !!this.endpoints?.running(c) || (clusters.servedElsewhere?.(c) ?? false),
+      mayWrite: () => clusters.mayWrite?.() ?? true,
+    });
+    this.endpoints = new EndpointsManager({
+      ca,
+      clusters,
+      epochs,
+      registry: this.registry,
+      bindHost: this.#opts.endpointsHost,
+      kubesphereMaxRequestBody: this.#opts.kubesphereMaxRequestBody,
+      httpIdleMs: this.#opts.httpIdleMs,
+      tlsHandshakeMs: this.#opts.handshakeTimeoutMs,
+      maxConnections: this.#opts.maxEndpointConnections,
+      maxRequestHead: this.#opts.maxRequestHead,
+      onServing: (c) => {
+        clusters.servingChanged?.(c);
+        keeper.check(c);
+      },
+    });
+    this.#unwatch.push(clusters.subscribe((name) => keeper.check(name)));
+    const unwatch = clusters.watchServing?.((name) =>
+      name ? keeper.check(name) : keeper.checkAll()
+    );
+    if (unwatch) this.#unwatch.push(unwatch);
+    keeper.checkAll();
+  }
+
+  /**
+   * Ask the agents to move, then wait (at most `ms`) until every cluster with a session here is
+   * also served by another live replica, so withdrawing this replica's slices leaves no gap.
+   */
+  async #handOver(ms: number): Promise<void> {
+    const { clusters } = this.#opts;
+    const asked = this.tunnel.drain();
+    if (asked === 0 || !clusters.servedElsewhere) return;
+    const t0 = performance.now();
+    const waiting = () => this.registry.clusters().filter((c) => !clusters.servedElsewhere!(c));
+    let left = waiting();
+    while (left.length > 0 && performance.now() - t0 < ms) {
+      await new Promise((r) => setTimeout(r, 50));
+      left = waiting();
+    }
+    log.info(left.length === 0 ? "Agents handed over" : "Handover incomplete", {
+      sessions: asked,
+      waitedMs: Math.round(performance.now() - t0),
+      clustersOnlyHere: left.length,
+    });
+  }
+
+  /** Ready: listening for agents, not draining, and the cluster source has loaded. */
   readiness(): { ok: boolean; detail: string[] } {
-    const listening = this.#port !== undefined;
+    const listening = this.#port !== undefined && !this.#draining;
     const source = this.#opts.clusters.readiness?.() ?? { ok: true, detail: [] };
     return {
       ok: listening && this.#started && source.ok,
       detail: [
-        `agent port: ${listening ? "listening" : "not listening"}`,
+        `agent port: ${this.#draining ? "draining" : this.#port ? "listening" : "not listening"}`,
         `clusters: ${this.#started ? `${this.#opts.clusters.list().length} known` : "loading"}`,
         ...source.detail,
         `sessions: ${this.registry.size}`,
@@ -173,13 +247,27 @@ export class ProxyApp {
   }
 
   /**
-   * Shut down: take no new agents, let in-flight requests finish for up to
-   * `graceMs`, then close every session cleanly (agents reconnect to another
-   * replica at once) and stop watching clusters.
+   * Shut down: take no new agents; withdraw this replica's EndpointSlices; keep listening
+   * `shutdownDelayMs` more; let in-flight requests finish for up to `graceMs`; then close every
+   * session cleanly (agents reconnect to another replica at once) and stop watching clusters.
    */
   async close(graceMs = 0): Promise<void> {
+    this.#draining = true;
     this.#unsubscribe?.();
+    for (const u of this.#unwatch.splice(0)) u();
     this.tunnel.stopAccepting();
+    if (this.#opts.clusters.withdraw) {
+      await this.#handOver(Math.min(this.#opts.handoverMs ?? 10_000, Math.max(graceMs, 1_000)));
+      await this.#opts.clusters.withdraw(Math.max(graceMs, 5_000));
+      const delay = this.#opts.shutdownDelayMs ?? 0;
+      if (delay > 0) {
+        log.info("EndpointSlices withdrawn; still serving while clients catch up", {
+          delayMs: delay,
+        });
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+    await this.kubeconfigs?.close();
     await this.endpoints?.close(graceMs);
     this.registry.closeAll("proxy shutting down");
     await this.#port?.close();

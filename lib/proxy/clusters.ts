@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { ServedCluster } from "../controller/slices.ts";
 import type { AgentConfig } from "../tunnel/handshake.ts";
 
 /** What the tunnel needs to know about one cluster. */
@@ -58,6 +59,27 @@ export interface ClusterSource {
    * (e.g. a port already in use), for a condition on the Cluster.
    */
   endpointsStatus?(name: string, error: string | undefined): void;
+  /** Optional: whether another replica serves `name` now (its EndpointSlice; default false). */
+  servedElsewhere?(name: string): boolean;
+  /** Optional: whether this process may write kubeconfigs now (Kubernetes mode: the leader). */
+  mayWrite?(): boolean;
+  /**
+   * Optional: be told when {@link servedElsewhere} may have changed for a cluster, or when
+   * {@link mayWrite} may have changed (`undefined`: every cluster).
+   */
+  watchServing?(fn: (name: string | undefined) => void): () => void;
+  /**
+   * Optional (replicas publishing EndpointSlices): start publishing what `served` says this
+   * replica serves, and heartbeating its Lease.
+   */
+  startPublishing?(served: (name: string) => ServedCluster | undefined): Promise<void>;
+  /** Optional: what this replica serves of `name` may have changed. */
+  servingChanged?(name: string): void;
+  /**
+   * Optional, at shutdown: withdraw this replica's EndpointSlices and Lease (resolves once they
+   * are gone, or after `timeoutMs`).
+   */
+  withdraw?(timeoutMs: number): Promise<void>;
   /** Optional: lines for `/readyz` (e.g. caches synced, leader or standby). */
   readiness?(): { ok: boolean; detail: string[] };
   /** Stop watching; pending writes are finished or dropped. */

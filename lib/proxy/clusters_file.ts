@@ -9,7 +9,8 @@
 import { parseAllDocuments } from "yaml";
 import { dirname, join } from "node:path";
 import { logger } from "../log.ts";
-import { allocatePorts } from "../controller/ports.ts";
+import { PortIndex } from "../controller/port_index.ts";
+import { DEFAULT_PORT_RANGE, type PortRange } from "../controller/ports.ts";
 import type { AgentConfig } from "../tunnel/handshake.ts";
 import {
   type ClusterChange,
@@ -30,6 +31,10 @@ export interface FileClusterSourceOptions {
   publishAddress?: string;
   /** Watch the file for changes (default true). */
   watch?: boolean;
+  /** `--port-range`: kubernetes ports missing pairs come from (default 6000–15999). */
+  portRange?: PortRange;
+  /** Ports never handed out (the proxy's own listeners). */
+  reservedPorts?: ReadonlySet<number>;
 }
 
 interface Entry {
@@ -105,27 +110,36 @@ export function parseClustersFile(text: string, source = "clusters file"): Entry
   });
 }
 
-/** Turn entries into records, allocating missing ports without collisions. */
+/**
+ * Turn entries into records, allocating missing ports without collisions: a port given in the
+ * file is kept, a cluster without one keeps the pair it had (`previous`) while nobody else holds
+ * it, and otherwise gets the lowest free pair of `range`.
+ */
 export function recordsFromEntries(
   entries: Entry[],
   publishAddress: string,
   previous: ReadonlyMap<string, ClusterRecord> = new Map(),
+  range: PortRange = DEFAULT_PORT_RANGE,
+  reserved: ReadonlySet<number> = new Set(),
 ): Map<string, ClusterRecord> {
-  const used = new Set<number>();
+  const index = new PortIndex(range, reserved);
   for (const e of entries) {
-    if (e.kubernetesPort) used.add(e.kubernetesPort);
-    if (e.kubespherePort) used.add(e.kubespherePort);
+    index.set(e.name, {
+      name: e.name,
+      kubernetesPort: e.kubernetesPort,
+      kubespherePort: e.kubespherePort,
+    });
   }
   const out = new Map<string, ClusterRecord>();
   for (const e of entries) {
     let k = e.kubernetesPort;
     let s = e.kubespherePort;
     const prev = previous.get(e.name);
-    if (!k && prev?.kubernetesPort && !used.has(prev.kubernetesPort)) k = prev.kubernetesPort;
-    if (!s && prev?.kubespherePort && !used.has(prev.kubespherePort)) s = prev.kubespherePort;
+    if (!k && prev?.kubernetesPort && !index.isTaken(prev.kubernetesPort)) k = prev.kubernetesPort;
+    if (!s && prev?.kubespherePort && !index.isTaken(prev.kubespherePort)) s = prev.kubespherePort;
     if (!k || !s) {
       try {
-        const pair = allocatePorts(used);
+        const pair = index.viewFor({ name: e.name }).lowestFreePair();
         k ??= pair.kubernetes;
         s ??= pair.kubesphere;
       } catch (err) {
@@ -137,8 +151,7 @@ export function recordsFromEntries(
         k = s = undefined;
       }
     }
-    if (k) used.add(k);
-    if (s) used.add(s);
+    index.set(e.name, { name: e.name, kubernetesPort: k, kubespherePort: s });
     out.set(e.name, {
       name: e.name,
       token: e.token,
@@ -240,6 +253,8 @@ export class FileClusterSource implements ClusterSource {
         parseClustersFile(text, path),
         this.#opts.publishAddress ?? "127.0.0.1",
         this.#records,
+        this.#opts.portRange,
+        this.#opts.reservedPorts,
       );
     } catch (err) {
       const msg = `clusters file ${path}: ${(err as Error).message.replace(`${path}: `, "")}`;

@@ -6,6 +6,11 @@
  * by the Lease when `--leader-elect` is on, and learns from
  * `agentConnected`/`agentDisconnected` whether to report `AgentAvailable`.
  * Kubeconfigs are written into `spec.connection.kubeconfig` (base64 bytes).
+ *
+ * With a replica identity (`POD_NAME`/`POD_IP`), it also watches every
+ * Tower-managed EndpointSlice and replica Lease (`ReplicaView`: a cluster
+ * served by any live replica is available; every replica reaps dead
+ * replicas' slices), heartbeats this replica's Lease and publishes its slices.
  * @module
  */
 
@@ -17,6 +22,18 @@ import { logger } from "../log.ts";
 import { ClusterController, type ClusterControllerOptions } from "../controller/controller.ts";
 import { EventRecorder } from "../controller/events.ts";
 import { ControllerRunner, type LeaderElectionOptions } from "../controller/leader.ts";
+import type { PortRange } from "../controller/ports.ts";
+import { REPLICA_LEASES_SELECTOR, ReplicaView } from "../controller/replicas.ts";
+import {
+  type EndpointSliceObject,
+  type ReplicaIdentity,
+  type ServedCluster,
+  TOWER_SLICES_SELECTOR,
+} from "../controller/slices.ts";
+import type { Lease } from "../kube/leader.ts";
+import { ENDPOINT_SLICES, LEASES } from "../kube/types.ts";
+import { ReplicaLease } from "./replica_lease.ts";
+import { SlicePublisher } from "./slice_publisher.ts";
 import {
   type ClusterObject,
   isProxyCluster,
@@ -58,6 +75,26 @@ export interface KubeClusterSourceOptions {
   >;
   /** Do not run the controller at all (a read-only source). */
   readOnly?: boolean;
+  /** `--port-range` and the ports never handed out (the proxy's listeners). */
+  portRange?: PortRange;
+  reservedPorts?: ReadonlySet<number>;
+  /**
+   * This replica (pod name, IP, uid): it publishes EndpointSlices and a Lease, and the `mc-*`
+   * Services select no pods. Without it (standalone replica outside the cluster, or an old
+   * manifest) nothing is published.
+   */
+  replica?: ReplicaIdentity;
+  /** Replica Lease renewal period and duration (ms; default 500 and 2 000). */
+  replicaLease?: { renewMs?: number; durationMs?: number };
+  /** How often the leader looks for dead replicas (ms, default 500). */
+  reapPeriodMs?: number;
+  /** Re-publish every slice this often (ms, default 60 000). */
+  sliceResyncMs?: number;
+  /**
+   * The `mc-*` Services select the proxy pods (default: only in the cluster without a replica
+   * identity or publish address, the single-replica layout of old).
+   */
+  selectPods?: boolean;
 }
 
 function hostOf(url: string | undefined): string | undefined {
@@ -112,6 +149,15 @@ export class KubeClusterSource implements ClusterSource {
   readonly #ns: string;
   readonly #clusters: Informer<ClusterObject>;
   readonly #services: Informer<ServiceObject>;
+  readonly #slices?: Informer<EndpointSliceObject>;
+  readonly #leases?: Informer<Lease>;
+  /** Which replicas serve which clusters (with a replica identity). */
+  readonly replicas?: ReplicaView;
+  #publisher?: SlicePublisher;
+  readonly #reapAc = new AbortController();
+  #reaping?: Promise<void>;
+  #lease?: ReplicaLease;
+  #servingListeners: ((name: string | undefined) => void)[] = [];
   readonly #records = new Map<string, ClusterRecord>();
   #listeners: ClusterChange[] = [];
   readonly #events?: EventRecorder;
@@ -136,9 +182,30 @@ export class KubeClusterSource implements ClusterSource {
       onUpdate: (_o, c) => this.#changed(c.metadata.name, c),
       onDelete: (c) => this.#changed(c.metadata.name, undefined),
     });
-    const identity = opts.leaderElection?.identity;
+    const identity = opts.leaderElection?.identity ?? opts.replica?.name;
     if (opts.events !== false) {
       this.#events = new EventRecorder({ client: opts.client, instance: identity });
+    }
+    if (opts.replica && !opts.readOnly) {
+      this.#slices = new Informer<EndpointSliceObject>(opts.client, ENDPOINT_SLICES, {
+        ...inf,
+        namespace: this.#ns,
+        labelSelector: TOWER_SLICES_SELECTOR,
+      });
+      this.#leases = new Informer<Lease>(opts.client, LEASES, {
+        ...inf,
+        namespace: this.#ns,
+        labelSelector: REPLICA_LEASES_SELECTOR,
+      });
+      this.replicas = new ReplicaView({
+        client: opts.client,
+        namespace: this.#ns,
+        slices: this.#slices,
+        leases: this.#leases,
+        self: opts.replica.name,
+        defaultLeaseMs: opts.replicaLease?.durationMs,
+      });
+      this.replicas.listen((name) => this.#notifyServing(name));
     }
     this.controller = new ClusterController({
       client: opts.client,
@@ -147,14 +214,100 @@ export class KubeClusterSource implements ClusterSource {
       namespace: this.#ns,
       publishAddress: opts.publishAddress,
       events: this.#events,
+      portRange: opts.portRange,
+      reservedPorts: opts.reservedPorts,
+      selectPods: opts.selectPods,
+      replicas: this.replicas,
       ...opts.controller,
     });
     this.#clusters.start();
     if (!opts.readOnly) {
       this.#services.start();
-      this.runner = new ControllerRunner(this.controller, opts.client, opts.leaderElection);
+      this.#slices?.start();
+      this.#leases?.start();
+      // Every replica reaps, not only the leader: a dead leader's slices must not wait for a new
+      // leader's election (up to the 30 s Lease), and each deletion is confirmed by a fresh read.
+      this.#reaping = this.replicas?.reap(this.#reapAc.signal, opts.reapPeriodMs).catch((err) =>
+        log.error("replica reaper stopped", { err: (err as Error).message })
+      );
+      const election = opts.leaderElection && {
+        ...opts.leaderElection,
+        onChange: (leading: boolean) => {
+          opts.leaderElection?.onChange?.(leading);
+          this.#notifyServing(undefined);
+        },
+      };
+      this.runner = new ControllerRunner(this.controller, opts.client, election);
       this.runner.start();
+      if (!election) queueMicrotask(() => this.#notifyServing(undefined));
     }
+  }
+
+  #notifyServing(name: string | undefined): void {
+    for (const l of this.#servingListeners) {
+      try {
+        l(name);
+      } catch (err) {
+        log.error("serving listener failed", { cluster: name, err: (err as Error).message });
+      }
+    }
+  }
+
+  servedElsewhere(name: string): boolean {
+    return this.replicas?.served(name, { except: this.#o.replica?.name }) ?? false;
+  }
+
+  mayWrite(): boolean {
+    return !this.#o.readOnly && (!this.#o.leaderElection || this.isLeader());
+  }
+
+  watchServing(fn: (name: string | undefined) => void): () => void {
+    this.#servingListeners.push(fn);
+    return () => {
+      this.#servingListeners = this.#servingListeners.filter((l) => l !== fn);
+    };
+  }
+
+  async startPublishing(served: (name: string) => ServedCluster | undefined): Promise<void> {
+    const replica = this.#o.replica;
+    if (!replica || !this.#slices || this.#publisher) return;
+    this.#lease = new ReplicaLease({
+      client: this.#o.client,
+      namespace: this.#ns,
+      replica: replica.name,
+      podUid: replica.uid,
+      ...this.#o.replicaLease,
+    });
+    // The first heartbeat before the first slice: the leader never sees a slice without a Lease.
+    await this.#lease.start();
+    this.#publisher = new SlicePublisher({
+      client: this.#o.client,
+      slices: this.#slices,
+      replica,
+      served,
+      clusters: () => this.#records.keys(),
+      resyncMs: this.#o.sliceResyncMs,
+    });
+    await this.#publisher.start();
+    log.info("Publishing EndpointSlices for this replica", {
+      replica: replica.name,
+      address: replica.ip,
+    });
+  }
+
+  servingChanged(name: string): void {
+    this.#publisher?.changed(name);
+  }
+
+  /** The slice publisher (tests). */
+  get publisher(): SlicePublisher | undefined {
+    return this.#publisher;
+  }
+
+  async withdraw(timeoutMs: number): Promise<void> {
+    await this.#publisher?.withdraw(timeoutMs);
+    await this.#publisher?.stop();
+    await this.#lease?.stop({ release: true });
   }
 
   #changed(name: string, c: ClusterObject | undefined): void {
@@ -183,7 +336,7 @@ export class KubeClusterSource implements ClusterSource {
 
   /** Ready once Clusters are listed; a standby (not leading) replica is ready too. */
   readiness(): { ok: boolean; detail: string[] } {
-    const synced = this.#clusters.hasSynced();
+    const synced = this.#clusters.hasSynced() && (this.#slices?.hasSynced() ?? true);
     const elector = this.runner?.elector;
     const role = !elector
       ? "controller: running (no leader election)"
@@ -268,7 +421,16 @@ export class KubeClusterSource implements ClusterSource {
     if (this.#closed) return;
     this.#closed = true;
     await this.runner?.stop();
-    await Promise.all([this.#clusters.stop(), this.#services.stop()]);
+    this.#reapAc.abort();
+    await this.#reaping;
+    await this.#publisher?.stop();
+    await this.#lease?.stop({ release: false });
+    await Promise.all([
+      this.#clusters.stop(),
+      this.#services.stop(),
+      this.#slices?.stop(),
+      this.#leases?.stop(),
+    ]);
     await this.#events?.flush();
   }
 }

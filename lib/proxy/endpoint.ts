@@ -17,6 +17,7 @@ import { logger } from "../log.ts";
 import type { ClientCertVerdict } from "../pki/mod.ts";
 import type { ClientAccess } from "./client_access.ts";
 import { HttpProxy, type HttpProxyOptions, type RequestRecord } from "./http/forward.ts";
+import { gatedTransport } from "./tls_transport.ts";
 import type { PoolOptions } from "./http/pool.ts";
 import type { UpstreamDialer } from "./http/upstream.ts";
 
@@ -154,6 +155,11 @@ function tuneClientSocket(sock: net.Socket): void {
   sock.setKeepAlive(true, 30_000);
 }
 
+/** The TLS context new kubernetes-endpoint connections get. */
+function servingContext(cert: ServingCert): tls.SecureContext {
+  return tls.createSecureContext({ cert: cert.certPem, key: cert.keyPem });
+}
+
 async function identify(
   sock: tls.TLSSocket,
   verify: (der: Uint8Array) => Promise<ClientCertVerdict>,
@@ -197,25 +203,43 @@ export async function startClusterEndpoints(
     maxRequestBody: opts.kubesphereMaxRequestBody,
   });
 
-  const tlsServer = tls.createServer({
-    cert: opts.servingCert.certPem,
-    key: opts.servingCert.keyPem,
-    requestCert: true,
-    rejectUnauthorized: false, // verified per connection by verifyClient (401 with a Status)
-    ALPNProtocols: ["http/1.1"],
-    handshakeTimeout: opts.tlsHandshakeMs ?? 10_000,
-  });
-  tlsServer.on("secureConnection", (sock: tls.TLSSocket) => {
-    tuneClientSocket(sock);
-    const verdict = identify(sock, opts.verifyClient);
-    void kube.serve(sock, {
-      remoteAddress: sock.remoteAddress ?? "",
-      access: async () => opts.access(await verdict),
+  // TLS over a transport of ours around the TCP socket (see tls_transport.ts): the HTTP engine
+  // closes its gate for backpressure, which Deno's own TLS server sockets would ignore.
+  let secureContext = servingContext(opts.servingCert);
+  const handshakeMs = opts.tlsHandshakeMs ?? 10_000;
+  const tlsServer = net.createServer((raw: net.Socket) => {
+    tuneClientSocket(raw);
+    const { transport, gate } = gatedTransport(raw);
+    const sock = new tls.TLSSocket(transport as net.Socket, {
+      isServer: true,
+      secureContext,
+      requestCert: true,
+      rejectUnauthorized: false, // verified per connection by verifyClient (401 with a Status)
+      ALPNProtocols: ["http/1.1"],
+    } as tls.TLSSocketOptions);
+    let secure = false;
+    const failed = (why: string) => {
+      if (secure) return;
+      log.v(2, "TLS handshake failed", { cluster: opts.cluster, error: why });
+      sock.destroy();
+      raw.destroy();
+    };
+    const timer = setTimeout(() => failed(`no handshake within ${handshakeMs} ms`), handshakeMs);
+    raw.once("close", () => {
+      clearTimeout(timer);
+      sock.destroy(); // the TLS socket does not always see its transport go
     });
-  });
-  tlsServer.on("tlsClientError", (err: Error, sock?: tls.TLSSocket) => {
-    log.v(2, "TLS handshake failed", { cluster: opts.cluster, error: err.message });
-    sock?.destroy(); // Deno's node:tls leaves it open (a timed-out handshake included)
+    sock.on("error", (err: Error) => failed(err.message));
+    sock.once("secure", () => {
+      secure = true;
+      clearTimeout(timer);
+      const verdict = identify(sock, opts.verifyClient);
+      void kube.serve(sock, {
+        remoteAddress: raw.remoteAddress ?? "",
+        access: async () => opts.access(await verdict),
+        flow: gate,
+      });
+    });
   });
   const plainServer = net.createServer((sock: net.Socket) => {
     tuneClientSocket(sock);
@@ -262,11 +286,7 @@ export async function startClusterEndpoints(
     kubernetesPort,
     kubespherePort,
     updateServingCert(cert: ServingCert): void {
-      tlsServer.setSecureContext({
-        cert: cert.certPem,
-        key: cert.keyPem,
-        ALPNProtocols: ["http/1.1"],
-      } as tls.SecureContextOptions);
+      secureContext = servingContext(cert);
     },
     revalidate: () => kube.revalidate(),
     dropSession(key: string): void {

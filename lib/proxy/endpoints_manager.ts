@@ -2,12 +2,15 @@
  * Runs each connected cluster's two API endpoints: started when the cluster's
  * first agent connects, kept while the cluster is served, stopped when it goes
  * away or stops being served, restarted when its ports change. Issues the
- * serving certificate and the cluster's admin kubeconfig from Tower's CA, its
- * client certificate bound to the cluster and the current generation of its
- * credentials (`lib/pki/binding.ts`), valid for a bounded time and re-issued
- * once a third of that is left; when the credentials change, certificates of
- * the old generation are refused and their open connections closed. Each
- * stream carries the upstream credentials of the agent session it rides on.
+ * serving certificate from Tower's CA; client certificates must be bound to
+ * the cluster and the current generation of its credentials
+ * (`lib/pki/binding.ts`): when the credentials change, certificates of the old
+ * generation are refused and their open connections closed. Each stream
+ * carries the upstream credentials of the agent session it rides on. (The
+ * admin kubeconfig is the kubeconfig keeper's: `kubeconfig_keeper.ts`.)
+ *
+ * A cluster is *served* here while its endpoints listen and it has a live
+ * session: what this replica's EndpointSlice says (`onServing` tells).
  * @module
  */
 
@@ -15,14 +18,7 @@ import type { Duplex } from "node:stream";
 import { Buffer } from "node:buffer";
 import { logger } from "../log.ts";
 import { bytesCounter, requestDuration, requestsCounter } from "../metrics.ts";
-import {
-  bindingUri,
-  type CA,
-  credentialEpoch,
-  issueClientCert,
-  issueServingCert,
-  verifyClientCert,
-} from "../pki/mod.ts";
+import { type CA, issueServingCert, verifyClientCert } from "../pki/mod.ts";
 import type { AgentConfig } from "../tunnel/handshake.ts";
 import { clientAccess } from "./client_access.ts";
 import type { ClusterRecord, ClusterSource } from "./clusters.ts";
@@ -34,9 +30,10 @@ import {
   type UpstreamAuth,
   type UpstreamDialer,
 } from "./http/upstream.ts";
-import { ADMIN_USER, kubeconfigStillValid, renderKubeconfig } from "./kubeconfig.ts";
+import type { EpochCache } from "./epochs.ts";
 import type { AgentSession, SessionRegistry } from "./registry.ts";
 import { Slots } from "../slots.ts";
+import { within } from "../within.ts";
 
 /** Clusters whose endpoints are set up at the same time (see `#syncSlots`). */
 const SYNC_CONCURRENCY = 4;
@@ -53,36 +50,19 @@ function openWithin(
   target: string,
   signal?: AbortSignal,
 ): Promise<Duplex> {
-  return new Promise((resolve, reject) => {
-    let settled = false;
-    const fail = (why: string, cause?: unknown) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      const message = `open ${target}: ${why}`;
-      // A full session stays recognisable: the caller then tries elsewhere.
-      reject(
-        cause instanceof StreamLimitError
-          ? new StreamLimitError(message)
-          : new Error(message, { cause }),
-      );
-    };
-    const onAbort = () => fail("client went away");
-    const timer = setTimeout(() => fail(`agent did not answer within ${ms} ms`), ms);
-    signal?.addEventListener("abort", onAbort, { once: true });
-    p.then((stream) => {
-      if (settled) return stream.destroy();
-      settled = true;
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      resolve(stream);
-    }, (err) => fail((err as Error).message, err));
+  return within(p, ms, {
+    what: `open ${target}`,
+    signal,
+    timedOut: `agent did not answer within ${ms} ms`,
+    aborted: "client went away",
+    late: (stream) => stream.destroy(),
+    // A full session stays recognisable: the caller then tries elsewhere.
+    error: (message, cause) =>
+      cause instanceof StreamLimitError
+        ? new StreamLimitError(message)
+        : new Error(message, { cause }),
   });
 }
-
-/** Default validity of the admin kubeconfig's client certificate. */
-export const DEFAULT_CLIENT_CERT_VALIDITY_MS = 30 * 24 * 3600 * 1000;
 
 /** Hosts every serving certificate also names (as a kube-apiserver's does). */
 const IN_CLUSTER_NAMES = ["kubernetes", "kubernetes.default", "kubernetes.default.svc"];
@@ -104,11 +84,10 @@ export interface EndpointsManagerOptions {
   maxConnections?: number;
   /** Largest request head on the endpoints. */
   maxRequestHead?: number;
-  /**
-   * Validity of the admin kubeconfigs' client certificates (default 30 days); each is re-issued
-   * once less than a third of it is left.
-   */
-  clientCertValidityMs?: number;
+  /** Credential epochs client certificates are checked against. */
+  epochs: EpochCache;
+  /** Told when whether `cluster` is served here may have changed (endpoints up or down). */
+  onServing?(cluster: string): void;
 }
 
 interface Running {
@@ -169,19 +148,9 @@ export class EndpointsManager {
   #unsubscribe: (() => void)[] = [];
   /** Each session's kube-apiserver credentials, made once; gone with the session. */
   readonly #sessionAuth = new WeakMap<AgentSession, UpstreamAuth>();
-  /** Each cluster's credential epoch and what it was computed from. */
-  readonly #epochs = new Map<string, { token: string; generation: string; epoch: string }>();
-  readonly #validityMs: number;
-  /** Queues every running cluster now and then, so certificates are renewed in time. */
-  readonly #renewTimer: ReturnType<typeof setInterval>;
 
   constructor(opts: EndpointsManagerOptions) {
     this.#opts = opts;
-    this.#validityMs = opts.clientCertValidityMs ?? DEFAULT_CLIENT_CERT_VALIDITY_MS;
-    // A tenth of the validity (at most an hour) between checks: well inside the last third.
-    this.#renewTimer = setInterval(() => {
-      for (const cluster of this.#running.keys()) this.#queue(cluster);
-    }, Math.min(this.#validityMs / 10, 3600_000));
     this.#unsubscribe.push(opts.registry.listen({
       clusterUp: (cluster) => this.#queue(cluster),
       removed: (session) => this.#running.get(session.cluster)?.endpoints.dropSession(session.id),
@@ -191,19 +160,28 @@ export class EndpointsManager {
     }));
   }
 
-  /**
-   * The current credential epoch of `cluster` (undefined without a token: nothing is accepted).
-   * Certificates bound to any other epoch are refused.
-   */
+  /** The current credential epoch of `cluster` (certificates bound to any other are refused). */
   epoch(cluster: string): string | undefined {
-    const rec = this.#opts.clusters.lookup(cluster);
-    if (!rec?.token) return undefined;
-    const generation = rec.credentialGeneration ?? "";
-    const known = this.#epochs.get(cluster);
-    if (known && known.token === rec.token && known.generation === generation) return known.epoch;
-    const epoch = credentialEpoch(this.#opts.ca, { cluster, token: rec.token, generation });
-    this.#epochs.set(cluster, { token: rec.token, generation, epoch });
-    return epoch;
+    return this.#opts.epochs.epoch(cluster);
+  }
+
+  /** Whether `cluster`'s endpoints run here (from its first agent on, sessions or not). */
+  running(cluster: string): boolean {
+    return this.#running.has(cluster) && !this.#closed;
+  }
+
+  /**
+   * What this replica serves of `cluster`: its endpoints listen and a live session can carry
+   * requests (undefined otherwise).
+   */
+  serving(cluster: string): { kubernetesPort: number; kubespherePort: number } | undefined {
+    const r = this.#running.get(cluster);
+    if (!r || this.#closed) return undefined;
+    if (!this.#opts.registry.sessions(cluster).some((s) => s.alive)) return undefined;
+    return {
+      kubernetesPort: r.endpoints.kubernetesPort,
+      kubespherePort: r.endpoints.kubespherePort,
+    };
   }
 
   /** Ports of a running cluster (tests, logs). */
@@ -237,7 +215,7 @@ export class EndpointsManager {
     const running = this.#running.get(cluster);
     if (!rec || !rec.enabled || !rec.kubernetesPort || !rec.kubespherePort) {
       if (running) await this.#stop(cluster, rec ? "cluster no longer served" : "cluster removed");
-      if (!rec) this.#epochs.delete(cluster);
+      if (!rec) this.#opts.epochs.forget(cluster);
       return;
     }
     const hosts = JSON.stringify(servingNames(rec));
@@ -255,7 +233,6 @@ export class EndpointsManager {
         await running.endpoints.revalidate();
         log.info("Cluster credentials changed: earlier certificates refused", { cluster });
       }
-      if (rec.kubernetesEndpoint) await this.#publish(rec);
       return;
     }
     if (running) await this.#stop(cluster, "ports changed");
@@ -296,44 +273,7 @@ export class EndpointsManager {
       kubernetes: endpoints.kubernetesPort,
       kubesphere: endpoints.kubespherePort,
     });
-    if (rec.kubernetesEndpoint) await this.#publish(rec);
-  }
-
-  /**
-   * Publish an admin kubeconfig for `rec`'s endpoint, unless the one there is for this endpoint,
-   * bound to the cluster's current credentials, and valid for more than a third of the validity.
-   */
-  async #publish(rec: ClusterRecord): Promise<void> {
-    const epoch = this.epoch(rec.name);
-    if (epoch === undefined) return;
-    const binding = bindingUri({ cluster: rec.name, epoch, role: "admin" });
-    const current = await this.#opts.clusters.currentKubeconfig?.(rec.name);
-    if (
-      current && await kubeconfigStillValid(current, {
-        server: rec.kubernetesEndpoint!,
-        ca: this.#opts.ca,
-        binding,
-        minValidMs: this.#validityMs / 3,
-      })
-    ) {
-      return;
-    }
-    const client = await issueClientCert(this.#opts.ca, {
-      commonName: ADMIN_USER,
-      organizations: ["system:masters"],
-      uris: [binding],
-      validMs: this.#validityMs,
-    });
-    await this.#opts.clusters.publishKubeconfig(
-      rec.name,
-      renderKubeconfig({
-        cluster: rec.name,
-        server: rec.kubernetesEndpoint!,
-        caPem: this.#opts.ca.certPem,
-        certPem: client.certPem,
-        keyPem: client.keyPem,
-      }),
-    );
+    this.#opts.onServing?.(cluster);
   }
 
   #servingCert(rec: ClusterRecord) {
@@ -407,6 +347,7 @@ export class EndpointsManager {
     const r = this.#running.get(cluster);
     if (!r) return;
     this.#running.delete(cluster);
+    this.#opts.onServing?.(cluster);
     await r.endpoints.close(graceMs);
     log.info("Stopped cluster endpoints", { cluster, reason });
   }
@@ -414,7 +355,6 @@ export class EndpointsManager {
   /** Stop every endpoint, letting in-flight requests finish for up to `graceMs`. */
   async close(graceMs = 0): Promise<void> {
     this.#closed = true;
-    clearInterval(this.#renewTimer);
     for (const u of this.#unsubscribe) u();
     await Promise.allSettled([...this.#pending.values()]);
     await Promise.all(

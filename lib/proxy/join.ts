@@ -227,7 +227,7 @@ export async function joinInputFromCluster(
  * The fingerprint of the proxy's host key, from its Secret.
  * @throws Error saying why it cannot be read (missing, forbidden, malformed) and what to do.
  */
-export async function hostKeyFingerprint(client: KubeClient, namespace: string): Promise<string> {
+async function hostKeyFingerprint(client: KubeClient, namespace: string): Promise<string> {
   const where = `Secret ${namespace}/${HOST_KEY_SECRET}`;
   const instead = "or pass --proxy-fingerprint SHA256:… as the proxy logs it at start " +
     '(`SSH host key … fingerprint="SHA256:…"`)';

@@ -86,6 +86,7 @@ export async function kubeconfigStillValid(
     const verdict = await verifyClientCert(want.ca, certPem, later);
     return verdict.ok && verdict.uris.includes(want.binding);
   } catch {
+    // Not a kubeconfig we can read (hand-edited, truncated): not valid, so a fresh one is issued.
     return false;
   }
 }

@@ -20,12 +20,13 @@ import { secretsEqual } from "../secret.ts";
 import { ConfigError, decodeAgentConfig } from "../tunnel/handshake.ts";
 import type { HostKey } from "../tunnel/hostkey.ts";
 import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
-import { serveGlobalRequests } from "../tunnel/ssh_requests.ts";
+import { protocolOf, sendRawPacket, serveGlobalRequests } from "../tunnel/ssh_requests.ts";
 import { acceptAnyIdent } from "../tunnel/ssh_compat.ts";
 import { keepsNoInput } from "../tunnel/ssh_cipher.ts";
 import { limitReceive } from "../tunnel/receive_budget.ts";
 import type { WsConnStream } from "../tunnel/ws_stream.ts";
 import { SSH_ALGORITHMS, WS_PROTOCOL } from "../tunnel/protocol.ts";
+import { DRAIN_REQUEST } from "../handover.ts";
 import { AdmissionSlots } from "./admission.ts";
 import type { ClusterSource } from "./clusters.ts";
 import type { SessionRegistry } from "./registry.ts";
@@ -41,6 +42,8 @@ export const PROXY_RECEIVE_BUDGET = 64 * 1024 * 1024;
 /** Warnings a flood can repeat (refusals, evictions) are logged at most this often. */
 const WARN_EVERY_MS = 5_000;
 const enc = new TextEncoder();
+/** SSH_MSG_GLOBAL_REQUEST. */
+const MSG_GLOBAL_REQUEST = 80;
 
 /** Why a handshake failed (metrics label). */
 export type HandshakeFailure =
@@ -102,6 +105,8 @@ export class TunnelServer {
   /** Transport given to ssh2 → its pending connection. */
   #handshakes = new WeakMap<object, PendingConnection>();
   #closing = false;
+  /** Each registered session's SSH connection (to ask its agent to move: {@link drain}). */
+  #conns = new Map<ProxySession, ssh2.Connection>();
   /** Rate-limited warnings by kind: when the last was logged, how many left out since. */
   #warned = new Map<string, { at: number; skipped: number }>();
 
@@ -305,6 +310,7 @@ export class TunnelServer {
     conn.on("openssh.streamlocal", (_a: unknown, reject: () => void) => reject());
     conn.on("close", () => {
       if (session) {
+        this.#conns.delete(session);
         session.ended();
         this.#opts.registry.remove(session);
         log.info("Agent disconnected", { cluster: session.cluster, session: session.id, remote });
@@ -357,6 +363,7 @@ export class TunnelServer {
             kubernetes: cfg.KubernetesSvcHost,
             kubesphere: cfg.KubeSphereSvcHost,
           });
+          this.#conns.set(session, conn);
           this.#opts.registry.add(session);
           return { ok: true };
         }
@@ -364,6 +371,29 @@ export class TunnelServer {
           return { ok: false };
       }
     });
+  }
+
+  /**
+   * Ask every agent to connect a second session elsewhere before this one closes (the global
+   * request {@link DRAIN_REQUEST}, no reply wanted: agents that do not know it ignore it).
+   * Returns the number of sessions asked.
+   */
+  drain(): number {
+    const name = new TextEncoder().encode(DRAIN_REQUEST);
+    const body = new Uint8Array(4 + name.length + 1);
+    new DataView(body.buffer).setUint32(0, name.length);
+    body.set(name, 4);
+    body[4 + name.length] = 0; // want-reply: false
+    let n = 0;
+    for (const conn of this.#conns.values()) {
+      try {
+        sendRawPacket(protocolOf(conn), MSG_GLOBAL_REQUEST, body);
+        n++;
+      } catch (err) {
+        log.v(2, "cannot ask an agent to move", { err: (err as Error).message });
+      }
+    }
+    return n;
   }
 
   /** Refuse new agents (503) from now on; established sessions stay. */

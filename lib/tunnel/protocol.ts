@@ -1,13 +1,13 @@
 /**
- * Constants of the agent link shared by proxy and agent (SPEC §1).
+ * Constants of the agent link shared by proxy and agent (docs/protocol.md §1, §2, §5).
  * @module
  */
 
 /** WebSocket subprotocol of this link version. */
 export const WS_PROTOCOL = "kubesphere-v1";
 
-/** SSH channel type the proxy opens towards the agent. */
-export const CHANNEL_TYPE = "kubesphere";
+/** SSH channel type of the tunnelled streams the proxy opens towards the agent. */
+export const KUBESPHERE_CHANNEL = "kubesphere";
 
 /**
  * SSH algorithm preferences. ChaCha20-Poly1305 first: under Deno it is about

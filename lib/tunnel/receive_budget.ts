@@ -24,8 +24,8 @@
  * queues count until it has written them out).
  *
  * ssh2 internals used: a channel's `incoming.window` and `.state`, `outgoing.id` and `.state`,
- * `emit`; the connection's
- * `_protocol.channelWindowAdjust` (ssh_compat.ts checks them).
+ * `emit`; the connection's `_protocol.channelWindowAdjust` (listed and checked in
+ * ./ssh2_internals.ts).
  * @module
  */
 

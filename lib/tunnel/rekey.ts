@@ -29,6 +29,7 @@ import type { FlagSpecs, FlagValues } from "../cli.ts";
 import { logger } from "../log.ts";
 import { rekeysCounter } from "../metrics.ts";
 import { beforeChannelWrites } from "./channel_flow.ts";
+import { checkConnection, checkSsh2 } from "./ssh2_internals.ts";
 
 const log = logger("ssh-rekey");
 
@@ -43,16 +44,16 @@ export interface RekeyLimits {
 }
 
 /** 1 GiB: OpenSSH's default `RekeyLimit` is 1–4 GB depending on the cipher. */
-export const DEFAULT_REKEY_BYTES = 1 << 30;
+const DEFAULT_REKEY_BYTES = 1 << 30;
 /** 2^31 packets, half of what RFC 4344 §3.1 allows under one key. */
-export const DEFAULT_REKEY_PACKETS = 2 ** 31;
+const DEFAULT_REKEY_PACKETS = 2 ** 31;
 /** One hour. */
-export const DEFAULT_REKEY_INTERVAL_MS = 3_600_000;
+const DEFAULT_REKEY_INTERVAL_MS = 3_600_000;
 
 /** Why a key exchange was started by us. */
 export type RekeyReason = "bytes_out" | "bytes_in" | "packets_out" | "packets_in" | "interval";
 
-/** The ssh2 1.17.0 Protocol fields this module reads or calls. */
+/** The ssh2 1.17.0 Protocol fields this module reads or calls (./ssh2_internals.ts). */
 interface ProtocolInternals {
   rekey(): void;
   _kexinit: unknown;
@@ -112,12 +113,12 @@ class Rekeying implements Rekeyer {
   #stop = (): void => this.stop();
 
   constructor(ssh: Client | Connection, limits: RekeyLimits, label: Record<string, unknown>) {
+    checkSsh2();
+    checkConnection(ssh);
     const internals = ssh as unknown as { _protocol?: ProtocolInternals; _sock?: Duplex };
     const proto = internals._protocol;
     const sock = internals._sock;
-    if (!proto || typeof proto.rekey !== "function" || !("_kexinit" in proto) || !sock) {
-      throw new Error("ssh rekey: ssh2 internals changed (expected ssh2 1.17.0) or not connected");
-    }
+    if (!proto || !sock) throw new Error("ssh rekey: not connected");
     this.#maxBytes = positive(limits.bytes, DEFAULT_REKEY_BYTES, "bytes");
     this.#maxPackets = positive(limits.packets, DEFAULT_REKEY_PACKETS, "packets");
     this.#intervalMs = limits.intervalMs ?? DEFAULT_REKEY_INTERVAL_MS;

@@ -31,6 +31,7 @@ import { loadPoly1305, type Poly1305 } from "./poly1305.ts";
 import { loadPacketCrypto, type PacketCrypto } from "./packet_crypto.ts";
 import { releaseBuffer, takeBuffer } from "../buffer_pool.ts";
 import { logger } from "../log.ts";
+import { checkSsh2 } from "./ssh2_internals.ts";
 
 const log = logger("ssh-cipher");
 
@@ -443,6 +444,7 @@ let installed: Promise<LinkCrypto> | undefined;
  */
 export function installFastChaChaPoly(choice?: "auto" | LinkCrypto): Promise<LinkCrypto> {
   installed ??= (async (): Promise<LinkCrypto> => {
+    checkSsh2(); // refuse to run on any ssh2 but the pinned one (./ssh2_internals.ts)
     const want = choice ?? linkCryptoFromEnv();
     const use = await install(want);
     log.info("SSH link crypto", {

@@ -1,5 +1,6 @@
 /**
- * Hooks that let ssh2 1.17.0 speak the original Go tower's dialect of SSH (SPEC §1):
+ * Hooks that let ssh2 1.17.0 speak the original Go tower's dialect of SSH (docs/protocol.md
+ * §2 and §5):
  *
  * - identification lines that are not `SSH-2.0-…` (`SSH-kubesphere-v1-server`,
  *   `SSH-kubesphere-v1-client`), received and (for tests/interop emulation) sent, with the
@@ -9,8 +10,8 @@
  *
  * Nothing here edits ssh2's files or module-level state: every hook patches one object
  * (a transport stream, a `Protocol` instance, a `Client`/`Server` instance). The ssh2 1.17.0
- * internals relied on are listed in {@link SSH2_INTERNALS}; `checkInternals()` fails loudly
- * when one of them is missing, and tests/tunnel/ssh_compat_test.ts runs it.
+ * internals relied on are listed in ./ssh2_internals.ts, whose checks the hooks run first: a
+ * missing one fails loudly, naming it.
  *
  * How the ident hook works. ssh2's `parseHeader` (lib/protocol/Protocol.js) rejects any line
  * not matching `^SSH-(2\.0|1\.99)-…`, and remembers the line in `protocol._remoteIdentRaw`;
@@ -41,19 +42,16 @@ import { Buffer } from "node:buffer";
 import { Duplex } from "node:stream";
 // @ts-types="@types/ssh2"
 import type { Client, ClientChannel, Connection, Server, ServerChannel } from "ssh2";
-import channelLib from "ssh2/lib/Channel.js";
-import protoUtils from "ssh2/lib/protocol/utils.js";
 import { logger } from "../log.ts";
 import { followTransport } from "./channel_flow.ts";
 import { receiveBudgetOf } from "./receive_budget.ts";
+import { KUBESPHERE_CHANNEL } from "./protocol.ts";
+import { checkConnection, checkSsh2, SSH2_MODULES } from "./ssh2_internals.ts";
 import { acceptsLargePackets, LARGE_PACKET_SIZE } from "./ssh_cipher.ts";
 
 export { CHANNEL_WRITE_BUFFER } from "./channel_flow.ts";
 
 const log = logger("ssh-compat");
-
-/** SSH channel type of tunnelled streams (SPEC §1). */
-export const KUBESPHERE_CHANNEL = "kubesphere";
 
 /** RFC 4254 §5.1 channel open failure reason codes. */
 export const OPEN_FAILURE = {
@@ -63,40 +61,8 @@ export const OPEN_FAILURE = {
   RESOURCE_SHORTAGE: 4,
 } as const;
 
-/**
- * The private parts of ssh2 1.17.0 this module touches. Each entry: object → field.
- * Checked by {@link checkInternals}.
- */
-export const SSH2_INTERNALS = {
-  "Client/Connection": ["_protocol", "_sock", "_chanMgr"],
-  "Protocol": [
-    "_onHeader", // called by parseHeader once the peer's ident is parsed
-    "_remoteIdentRaw", // peer ident used in the exchange hash (kex.js)
-    "_identRaw", // own ident used in the exchange hash (kex.js)
-    "_handlers", // per-connection message handlers; CHANNEL_OPEN is replaced
-    "_packetRW", // .read is the (de)compressing packet reader, .write the packet builder
-    "_decipher", // inbound decipher: whether it is ours decides the packet size we announce
-    "_kexinit", // set during a key exchange: channel writes wait (channel_flow.ts)
-    "channelWindowAdjust", // wrapped: window grants follow the receive budget (receive_budget.ts)
-  ],
-  "ChannelManager": ["add", "update", "remove", "get"],
-  "Channel": [
-    "server",
-    "eof",
-    "close",
-    "incoming",
-    "outgoing",
-    "_write",
-    "_writableState.highWaterMark",
-    "'finish' listener onFinish",
-    "emit", // wrapped: what a reader takes is counted (receive_budget.ts)
-  ],
-  "lib/Channel.js": ["Channel", "MAX_WINDOW", "PACKET_SIZE"],
-  "lib/protocol/utils.js": ["sendPacket"],
-} as const;
-
 // ---------------------------------------------------------------------------------------------
-// Private ssh2 shapes (see SSH2_INTERNALS).
+// Private ssh2 shapes (see SSH2_INTERNALS in ./ssh2_internals.ts).
 
 interface PacketReader {
   read(payload: Buffer): Buffer;
@@ -147,46 +113,18 @@ interface ChannelLib {
   MAX_WINDOW: number;
   PACKET_SIZE: number;
 }
-const chanLib = channelLib as unknown as ChannelLib;
-const sendPacket = (protoUtils as unknown as {
-  sendPacket: (proto: ProtocolInternals, packet: Buffer) => boolean;
-}).sendPacket;
+const chanLib = SSH2_MODULES.channel as unknown as ChannelLib;
+const sendPacket = SSH2_MODULES.protocolUtils.sendPacket as (
+  proto: ProtocolInternals,
+  packet: Buffer,
+) => boolean;
 
 /** ssh2's channel window (2 MiB) and largest packet (32 KiB). */
-export const DEFAULT_WINDOW: number = chanLib.MAX_WINDOW;
+const DEFAULT_WINDOW: number = chanLib.MAX_WINDOW;
 /** ssh2's channel maximum packet size (32 KiB). */
-export const DEFAULT_PACKET_SIZE: number = chanLib.PACKET_SIZE;
+const DEFAULT_PACKET_SIZE: number = chanLib.PACKET_SIZE;
 
 const MSG_CHANNEL_OPEN = 90;
-
-/**
- * Throw if an ssh2 internal this module depends on is missing on the given objects (or the
- * module-level ones when called without arguments). Called by the hooks themselves too.
- */
-export function checkInternals(ssh?: Client | Connection): void {
-  const missing: string[] = [];
-  for (const k of SSH2_INTERNALS["lib/Channel.js"]) {
-    if (!(k in chanLib)) missing.push(`lib/Channel.js ${k}`);
-  }
-  if (typeof sendPacket !== "function") missing.push("lib/protocol/utils.js sendPacket");
-  if (ssh) {
-    const s = ssh as unknown as Record<string, unknown>;
-    for (const k of SSH2_INTERNALS["Client/Connection"]) if (!(k in s)) missing.push(k);
-    const proto = s._protocol as Record<string, unknown> | undefined;
-    if (proto) {
-      for (const k of SSH2_INTERNALS.Protocol) if (!(k in proto)) missing.push(`_protocol.${k}`);
-    }
-    const mgr = s._chanMgr as Record<string, unknown> | undefined;
-    for (const k of SSH2_INTERNALS.ChannelManager) {
-      if (typeof mgr?.[k] !== "function") missing.push(`_chanMgr.${k}`);
-    }
-  }
-  if (missing.length > 0) {
-    throw new Error(
-      `ssh compat: ssh2 internals changed (expected ssh2 1.17.0), missing: ${missing.join(", ")}`,
-    );
-  }
-}
 
 function internals(ssh: Client | Connection): SshInternals {
   return ssh as unknown as SshInternals;
@@ -247,7 +185,7 @@ export function acceptAnyIdent(
   ssh: Client | Server,
   opts: IdentOptions = {},
 ): Duplex {
-  checkInternals();
+  checkSsh2();
   if (identStates.has(sock)) throw new Error("ssh compat: acceptAnyIdent called twice on a stream");
   const state: IdentState = { hashRewritten: opts.hashRewrittenIdent === true };
   identStates.set(sock, state);
@@ -384,7 +322,7 @@ function patchServer(server: Server): void {
   server.prependListener(
     "connection",
     (conn: Connection, info: { header: { identRaw: string } }) => {
-      checkInternals(conn);
+      checkConnection(conn);
       const { _protocol: proto, _sock: sock } = internals(conn);
       const state = sock ? identStates.get(sock) : undefined;
       if (!proto || !state) return;
@@ -396,7 +334,7 @@ function patchServer(server: Server): void {
 
 function patchClient(client: Client): void {
   const patchProto = (): void => {
-    checkInternals(client);
+    checkConnection(client);
     const { _protocol: proto, _sock: sock } = internals(client);
     if (!proto || !sock || patchedProtocols.has(proto)) return;
     const state = identStates.get(sock);
@@ -443,11 +381,11 @@ const channelPatchedProtocols = new WeakSet<ProtocolInternals>();
  * UNKNOWN_CHANNEL_TYPE like any unknown type.
  */
 export function onKubesphereChannel(client: Client, handler: KubesphereChannelHandler): void {
-  checkInternals();
+  checkSsh2();
   const first = !kubeHandlers.has(client);
   kubeHandlers.set(client, handler);
   const patchProto = (): void => {
-    checkInternals(client);
+    checkConnection(client);
     const proto = internals(client)._protocol;
     if (!proto || channelPatchedProtocols.has(proto)) return;
     channelPatchedProtocols.add(proto);
@@ -571,7 +509,7 @@ function dispatchKubesphereOpen(
  * our own ChaCha20-Poly1305 opens its inbound packets, else ssh2's 32 KiB (its other ciphers
  * refuse packets over 35,000 bytes).
  */
-export function localPacketSize(proto: { _decipher?: unknown }): number {
+function localPacketSize(proto: { _decipher?: unknown }): number {
   return acceptsLargePackets(proto._decipher) ? LARGE_PACKET_SIZE : DEFAULT_PACKET_SIZE;
 }
 
@@ -625,7 +563,8 @@ export function openChannelWithExtraData(
   extra: string,
   opts: OpenChannelOptions = {},
 ): Promise<ServerChannel> {
-  checkInternals(conn);
+  checkSsh2();
+  checkConnection(conn);
   const what = `open ${type} channel to ${extra}`;
   const { _protocol: proto, _chanMgr: mgr } = internals(conn);
   if (!proto) return Promise.reject(new Error(`${what}: no session`));

@@ -6,7 +6,7 @@
  * `SSH_MSG_REQUEST_FAILURE` followed by the message bytes and its client reads
  * them back. ssh2 neither sends nor surfaces that payload, and its Client has no
  * generic "send a global request" call. This module adds both by touching these
- * ssh2 internals (all checked by `tests/tunnel/ssh_requests_test.ts`):
+ * ssh2 internals (listed and checked in ./ssh2_internals.ts):
  *
  * - `lib/protocol/handlers.js` — the shared message table; its REQUEST_FAILURE
  *   entry is wrapped once so the payload after the type byte reaches the handler.
@@ -20,10 +20,7 @@
 // @ts-types="@types/ssh2"
 import type { Client, Connection } from "ssh2";
 import { Buffer } from "node:buffer";
-// @ts-ignore: ssh2 internals have no type declarations
-import MESSAGE_HANDLERS from "ssh2/lib/protocol/handlers.js";
-// @ts-ignore: ssh2 internals have no type declarations
-import protocolUtils from "ssh2/lib/protocol/utils.js";
+import { checkConnection, checkSsh2, SSH2_MODULES } from "./ssh2_internals.ts";
 
 const MSG_GLOBAL_REQUEST = 80;
 const MSG_REQUEST_SUCCESS = 81;
@@ -43,20 +40,19 @@ export interface SshProtocolInternals {
 }
 
 type HandlerTable = Record<number, (self: SshProtocolInternals, payload: Buffer) => void>;
-const sendPacket = (protocolUtils as {
-  sendPacket: (proto: SshProtocolInternals, packet: Buffer, bypass?: boolean) => boolean;
-}).sendPacket;
+const sendPacket = SSH2_MODULES.protocolUtils.sendPacket as (
+  proto: SshProtocolInternals,
+  packet: Buffer,
+  bypass?: boolean,
+) => boolean;
 
 let failurePatched = false;
 
 /** Make ssh2 pass the REQUEST_FAILURE payload to connection handlers (idempotent). */
 function patchRequestFailurePayload(): void {
   if (failurePatched) return;
-  const table = MESSAGE_HANDLERS as HandlerTable;
-  const original = table[MSG_REQUEST_FAILURE];
-  if (typeof original !== "function") {
-    throw new Error("ssh2 internals changed: no REQUEST_FAILURE handler in handlers.js");
-  }
+  checkSsh2(); // the table has a REQUEST_FAILURE entry to replace, among the rest
+  const table = SSH2_MODULES.handlers as HandlerTable;
   table[MSG_REQUEST_FAILURE] = (self, payload) => {
     const handler = self._handlers.REQUEST_FAILURE;
     if (handler) handler(self, payload.length > 1 ? payload.subarray(1) : null);
@@ -66,10 +62,10 @@ function patchRequestFailurePayload(): void {
 
 /** The ssh2 Protocol object behind a Client or a server-side Connection. */
 export function protocolOf(conn: Client | Connection): SshProtocolInternals {
+  checkSsh2();
+  checkConnection(conn);
   const proto = (conn as unknown as { _protocol?: SshProtocolInternals })._protocol;
-  if (!proto || !proto._handlers || !proto._packetRW) {
-    throw new Error("ssh2 internals changed or connection not started: no _protocol");
-  }
+  if (!proto) throw new Error("ssh requests: connection not started (no protocol yet)");
   return proto;
 }
 

@@ -46,6 +46,7 @@ await Deno.mkdir(`${dir}/tower`);
 const tower = await startTowerStack(`${dir}/tower`, origin, randomToken());
 const path = tower.kubesphere;
 const pids = { proxy: tower.proxy.child.pid, agent: tower.agent.child.pid };
+const roles = () => ({ proxy: [pids.proxy], agent: [pids.agent] });
 
 /** Run the figure once: its rate, and how many units (requests or MB) it moved. */
 async function once(): Promise<{ rate: number; units: number; unit: string }> {
@@ -70,7 +71,11 @@ async function once(): Promise<{ rate: number; units: number; unit: string }> {
           ? await c.request("GET", `/bytes?n=${bytes}`)
           : await c.request("PUT", "/sink", { bodySize: bytes, keepBody: true });
         if (r.status !== 200) throw new Error(`${figure}: status ${r.status}`);
-        return { rate: bytes / 1e6 / ((performance.now() - t) / 1000), units: bytes / 1e6, unit: "MB" };
+        return {
+          rate: bytes / 1e6 / ((performance.now() - t) / 1000),
+          units: bytes / 1e6,
+          unit: "MB",
+        };
       } finally {
         c.close();
       }
@@ -87,7 +92,7 @@ try {
   if (figure === "small") await small(path, 200); // warm up the code paths
   for (let i = 0; i < Number(values.runs); i++) {
     const before = Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, cpuSeconds(p)]));
-    const { result, peaks } = await peakRss(pids, once);
+    const { result, peaks } = await peakRss(roles, once);
     const out: Record<string, unknown> = {
       label: values.label,
       figure,

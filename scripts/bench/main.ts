@@ -11,15 +11,15 @@
 import { FlagError, type FlagSpecs, helpText, parseFlags } from "../../lib/cli.ts";
 import { setupLogging } from "../../lib/log.ts";
 import { randomToken } from "../../lib/secret.ts";
-import type { Proc } from "../../tests/helpers/proc.ts";
 import { bulk, concurrency, fairness, settle, small } from "./figures.ts";
 import { preauth } from "./preauth.ts";
-import { peakRss } from "./rss.ts";
+import { OPENSSH_CIPHER, openSshMissing, startOpenSshTunnel } from "./openssh.ts";
+import { renderChanges, renderTable } from "./report.ts";
+import { peakRss, type Roles, rolesRss } from "./rss.ts";
 import { scale } from "./scale.ts";
 import { tcpMemPressureMiB } from "./tcp_mem.ts";
 import {
   type BenchPath,
-  rssMiB,
   startOrigin,
   startPassthroughPair,
   startRawTunnel,
@@ -27,16 +27,7 @@ import {
   tcpPath,
   tlsPath,
 } from "./stack.ts";
-import {
-  type Change,
-  compare,
-  fmt,
-  fmtSample,
-  markdownTable,
-  type Report,
-  type Result,
-  ResultSet,
-} from "./stats.ts";
+import { compare, fmt, type Report, ResultSet } from "./stats.ts";
 
 const BASELINE = new URL("./baseline.json", import.meta.url).pathname;
 const FIGURES = ["bulk", "small", "concurrency", "fairness", "scale", "rss", "preauth"];
@@ -72,7 +63,8 @@ export const BENCH_FLAGS: FlagSpecs = {
     kind: "string",
     default: "",
     help: "comma-separated paths (direct,direct-tls,kubesphere,kubernetes,passthrough," +
-      "passthrough-sealed,raw); default: all but raw when the endpoints exist, else direct,raw",
+      "passthrough-sealed,openssh,raw); default: all but raw when the endpoints exist, else " +
+      "direct,raw",
   },
   against: {
     kind: "string",
@@ -97,6 +89,13 @@ export const BENCH_FLAGS: FlagSpecs = {
 
 const say = (msg: string) => console.error(`bench: ${msg}`);
 
+/** A path whose processes' memory is measured, and the table column it is shown in. */
+interface Memory {
+  label: string;
+  path: BenchPath;
+  roles: Roles;
+}
+
 /** Where the endpoint implementation lives; without it only the raw path exists. */
 async function endpointsAvailable(): Promise<boolean> {
   try {
@@ -120,60 +119,6 @@ async function revision(): Promise<string> {
   } catch {
     return "unknown";
   }
-}
-
-/** The reference path a path's ratio is taken against. */
-function referenceOf(path: string): string {
-  return path === "direct" ? "" : "direct";
-}
-
-/** Turn results into the printed table. */
-export function renderTable(results: Result[], pathOrder: string[]): string {
-  const byMetric = new Map<string, Map<string, Result>>();
-  for (const r of results) {
-    const k = `${r.figure}/${r.metric}`;
-    if (!byMetric.has(k)) byMetric.set(k, new Map());
-    byMetric.get(k)!.set(r.path, r);
-  }
-  const paths = pathOrder.filter((p) => results.some((r) => r.path === p));
-  const header = ["figure", "metric", "unit"];
-  for (const p of paths) {
-    header.push(p);
-    if (referenceOf(p)) header.push("×direct");
-  }
-  const rows = [header];
-  for (const [k, m] of byMetric) {
-    const first = [...m.values()][0];
-    const row = [first.figure, k.slice(first.figure.length + 1), first.unit];
-    for (const p of paths) {
-      const r = m.get(p);
-      row.push(r ? fmtSample(r.sample) : "");
-      const ref = referenceOf(p);
-      if (ref) {
-        const d = m.get(ref);
-        const ratioOk = r && d && d.sample.median !== 0 && !/added|ratio/.test(r.metric);
-        row.push(ratioOk ? `${fmt(r.sample.median / d.sample.median)}×` : "");
-      }
-    }
-    rows.push(row);
-  }
-  return markdownTable(rows);
-}
-
-/** Render a baseline comparison. */
-export function renderChanges(changes: Change[]): string {
-  const rows = [["result", "unit", "baseline", "now", "change", ""]];
-  for (const c of changes) {
-    rows.push([
-      c.key,
-      c.unit,
-      fmt(c.before),
-      fmt(c.after),
-      `${c.gain >= 0 ? "+" : ""}${(c.gain * 100).toFixed(1)}%`,
-      c.regressed ? "REGRESSION" : "",
-    ]);
-  }
-  return markdownTable(rows);
 }
 
 async function main(args: string[]): Promise<number> {
@@ -213,7 +158,15 @@ async function main(args: string[]): Promise<number> {
   const pathNames = (v.paths as string)
     ? (v.paths as string).split(",").map((s) => s.trim())
     : haveEndpoints
-    ? ["direct", "direct-tls", "kubesphere", "kubernetes", "passthrough", "passthrough-sealed"]
+    ? [
+      "direct",
+      "direct-tls",
+      "kubesphere",
+      "kubernetes",
+      "passthrough",
+      "passthrough-sealed",
+      "openssh",
+    ]
     : ["direct", "raw"];
   const against = (v.against as string[] | undefined) ?? [];
   const settings = {
@@ -243,9 +196,9 @@ async function main(args: string[]): Promise<number> {
     say(`origin on 127.0.0.1:${origin.httpPort} (TLS ${origin.httpsPort})`);
 
     const paths: BenchPath[] = [];
-    let proxyProc: Proc | undefined;
-    let agentProc: Proc | undefined;
-    let proxyPid: number | undefined;
+    /** Paths whose processes' memory is measured, and the column it is shown in. */
+    const memory: Memory[] = [];
+    let sshVersion = "";
     for (const name of pathNames) {
       if (name === "direct") paths.push(tcpPath("direct", origin.httpPort));
       else if (name === "direct-tls") {
@@ -254,12 +207,20 @@ async function main(args: string[]): Promise<number> {
         const raw = await startRawTunnel(`${dir}`, origin, token);
         cleanups.push(raw.close);
         paths.push(raw.path);
-        agentProc ??= raw.agent;
-        proxyPid ??= Deno.pid;
+        const pids = { proxy: [Deno.pid], agent: [raw.agent.child.pid] };
+        memory.push({ label: "raw", path: raw.path, roles: () => pids });
       } else if (name === "passthrough" || name === "passthrough-sealed") {
         const pair = await startPassthroughPair(origin, name === "passthrough-sealed");
         cleanups.push(pair.close);
         paths.push(pair.path);
+      } else if (name === "openssh") {
+        const missing = await openSshMissing();
+        if (missing) throw new Error(`path openssh: ${missing}`);
+        const ssh = await startOpenSshTunnel(`${dir}/openssh`, origin.httpPort);
+        cleanups.push(ssh.close);
+        paths.push(ssh.path);
+        memory.push({ label: "openssh", path: ssh.path, roles: ssh.processes });
+        sshVersion = ssh.version;
       } else if (name === "kubesphere" || name === "kubernetes") {
         if (paths.some((p) => p.name === "kubesphere" || p.name === "kubernetes")) continue;
         const towerDir = `${dir}/tower`;
@@ -268,9 +229,10 @@ async function main(args: string[]): Promise<number> {
         cleanups.push(tower.close);
         if (pathNames.includes("kubesphere")) paths.push(tower.kubesphere);
         if (pathNames.includes("kubernetes")) paths.push(tower.kubernetes);
-        proxyProc = tower.proxy;
-        agentProc = tower.agent;
-        proxyPid = tower.proxy.child.pid;
+        const pids = { proxy: [tower.proxy.child.pid], agent: [tower.agent.child.pid] };
+        // Measured on the plain endpoint (the TLS one when it is the only one asked for).
+        const path = pathNames.includes("kubesphere") ? tower.kubesphere : tower.kubernetes;
+        memory.push({ label: "tower", path, roles: () => pids });
       } else {
         console.error(`bench: unknown path ${name}`);
         return 2;
@@ -291,21 +253,46 @@ async function main(args: string[]): Promise<number> {
     // Fairness runs on the plain-HTTP tunnel path (and any --against port): 2,000 streams per
     // run per path is the most expensive figure, and the TLS endpoint adds nothing to what it
     // shows about the tunnel. The sealed pass-through pair (a connection per stream, nothing
-    // shared) shows what the figure reads when nothing can be unfair.
+    // shared) shows what the figure reads when nothing can be unfair; OpenSSH how a widely used
+    // tunnel (one connection, multiplexed too) fares.
     const tunnelPaths = paths.filter((p) =>
       p.name === "kubesphere" || p.name === "raw" || p.name === "passthrough-sealed" ||
-      p.name.startsWith("against:")
+      p.name === "openssh" || p.name.startsWith("against:")
     );
-    const loadPath = paths.find((p) => p.name === "kubesphere") ??
-      paths.find((p) => p.name === "raw");
-    const pids: Record<string, number> = {};
-    if (proxyPid !== undefined) pids.proxy = proxyPid;
-    if (agentProc) pids.agent = agentProc.child.pid;
-    const tower = proxyProc ? "tower" : "raw";
+    const memoryOf = (p: BenchPath) => want("rss") ? memory.find((m) => m.path === p) : undefined;
+    /** Run `work`, adding the peak RSS of the path's processes as `<role>_<metric>`. */
+    const measured = async <T>(p: BenchPath, metric: string, work: () => Promise<T>) => {
+      const m = memoryOf(p);
+      if (!m) return await work();
+      const { result, peaks } = await peakRss(m.roles, work);
+      for (const [role, mib] of Object.entries(peaks)) {
+        results.add("rss", `${role}_${metric}`, m.label, mib, "MiB", "lower");
+      }
+      return result;
+    };
 
-    if (want("rss")) {
-      for (const [k, pid] of Object.entries(pids)) {
-        results.add("rss", `${k}_idle`, tower, rssMiB(pid), "MiB", "lower");
+    // Memory first, on processes that have carried nothing yet: idle (connected, no request
+    // made), then the 64-connection load (its peak, and a second after it). Measured within the
+    // runs, runs 2 and 3 followed run 1's bulk transfers and 1,000 streams, whose peak RSS the
+    // processes keep (glibc does not give it back), and read 2-3x run 1's. This load is not
+    // counted in the concurrency figure.
+    for (const m of want("rss") ? memory : []) {
+      for (const [role, mib] of Object.entries(rolesRss(m.roles))) {
+        results.add("rss", `${role}_idle`, m.label, mib, "MiB", "lower");
+      }
+    }
+    for (const m of want("rss") ? memory : []) {
+      say(`memory: ${v.conns}-connection load on ${m.path.name}`);
+      const r = await measured(
+        m.path,
+        "load",
+        () => concurrency(m.path, v.conns as number, durationMs),
+      );
+      if (r.errors > 0) say(`${m.path.name}: ${r.errors} failed requests, first: ${r.firstError}`);
+      // Its connections closed, a second for the processes to see it.
+      await new Promise((res) => setTimeout(res, 1000));
+      for (const [role, mib] of Object.entries(rolesRss(m.roles))) {
+        results.add("rss", `${role}_after_load`, m.label, mib, "MiB", "lower");
       }
     }
     for (let rep = 1; rep <= runs; rep++) {
@@ -335,23 +322,12 @@ async function main(args: string[]): Promise<number> {
           }
         }
       }
-      if (want("concurrency") || want("rss")) {
+      if (want("concurrency")) {
         for (const p of paths) {
-          if (!want("concurrency") && p !== loadPath) continue;
           say(`${tag} concurrency ${p.name}`);
-          const run = () => concurrency(p, v.conns as number, durationMs);
-          let r;
-          if (p === loadPath && want("rss")) {
-            const { result, peaks } = await peakRss(pids, run);
-            for (const [k, mib] of Object.entries(peaks)) {
-              results.add("rss", `${k}_load`, tower, mib, "MiB", "lower");
-            }
-            r = result;
-          } else r = await run();
-          if (want("concurrency")) {
-            results.add("concurrency", "req_per_s", p.name, r.reqPerS, "req/s", "higher");
-            results.add("concurrency", "errors", p.name, r.errors, "", "lower");
-          }
+          const r = await concurrency(p, v.conns as number, durationMs);
+          results.add("concurrency", "req_per_s", p.name, r.reqPerS, "req/s", "higher");
+          results.add("concurrency", "errors", p.name, r.errors, "", "lower");
           if (r.errors > 0) say(`${p.name}: ${r.errors} failed requests, first: ${r.firstError}`);
         }
       }
@@ -361,20 +337,13 @@ async function main(args: string[]): Promise<number> {
           // Each measured run follows another: a run made right after a thousand streams were
           // torn down measured 0.5-0.9x one made on a fresh tunnel, stalled stream or not, so a
           // first run is made and discarded (and the two measured ones are on equal terms).
-          await fairness(p, v.streams as number, fairMs, false);
-          await settle(p, v.streams as number).catch((err) => say(err.message));
-          // Peak RSS of the tunnel's processes over the two measured passes (issue 18's limits).
-          const { result: [free, stalled], peaks } = await peakRss(
-            p === loadPath ? pids : {},
-            async () => {
-              const free = await fairness(p, v.streams as number, fairMs, false);
-              await settle(p, v.streams as number).catch((err) => say(err.message));
-              return [free, await fairness(p, v.streams as number, fairMs, true)] as const;
-            },
-          );
-          for (const [k, mib] of Object.entries(peaks)) {
-            results.add("fairness", `${k}_rss_peak`, p.name, mib, "MiB", "lower");
-          }
+          const { free, stalled } = await measured(p, "streams_peak", async () => {
+            await fairness(p, v.streams as number, fairMs, false);
+            await settle(p, v.streams as number).catch((err) => say(err.message));
+            const free = await fairness(p, v.streams as number, fairMs, false);
+            await settle(p, v.streams as number).catch((err) => say(err.message));
+            return { free, stalled: await fairness(p, v.streams as number, fairMs, true) };
+          });
           results.add("fairness", "unstalled", p.name, free.mbps, "MB/s", "higher");
           results.add("fairness", "one_stalled", p.name, stalled.mbps, "MB/s", "higher");
           results.add("fairness", "ratio", p.name, stalled.mbps / free.mbps, "", "higher");
@@ -438,6 +407,7 @@ async function main(args: string[]): Promise<number> {
         add("big_frames", r.bigFramesMiB, "MiB");
         add("fragments", r.fragmentsMiB, "MiB");
         add("big_heads", r.bigHeadsMiB, "MiB");
+        add("endpoint_heads", r.endpointHeadsMiB, "MiB");
         add("silent", r.silentMiB, "MiB");
         add("silent_past_deadline", r.silentPastDeadlineS, "s");
         add("silent_left_open", r.silentLeftOpen, "");
@@ -459,6 +429,7 @@ async function main(args: string[]): Promise<number> {
       "kubernetes",
       "passthrough",
       "passthrough-sealed",
+      "openssh",
       "raw",
       "tower",
     ];
@@ -468,6 +439,19 @@ async function main(args: string[]): Promise<number> {
       "median [min–max] of " + runs + " runs; ×direct = path / direct in the same run " +
         `(${report.revision}, ${settings.cores} cores)`,
     );
+    if (memory.length) {
+      console.log(
+        "rss: idle = connected, before any request; load = peak during a first 64-connection " +
+          "load (before any other figure); after_load = a second after it; streams_peak = peak " +
+          "during the fairness figure (1,000 streams)",
+      );
+    }
+    if (sshVersion) {
+      console.log(
+        `openssh: sshd -D on 127.0.0.1 and ssh -N -R, ${OPENSSH_CIPHER} both ways, compression ` +
+          `off (${sshVersion}); rss: proxy = sshd (all its processes), agent = ssh`,
+      );
+    }
     if (v.compare as boolean) {
       try {
         const base = JSON.parse(await Deno.readTextFile(BASELINE)) as Report;

@@ -1,6 +1,7 @@
 /**
- * Resident set size of the bench's processes, read from Linux `/proc`: once, or the peak
- * while some work runs.
+ * Resident memory of the processes behind a path, for the `rss` figure: one process (Tower's
+ * proxy or agent, `ssh`) or a process with its children (`sshd` forks per connection), summed,
+ * and the peak while some work runs.
  * @module
  */
 
@@ -15,17 +16,49 @@ export function rssMiB(pid: number): number {
   }
 }
 
-/** Peak RSS (MiB) of some processes while `work` runs, sampled every `everyMs`. */
+/** `pid` and all its descendants (Linux `/proc`). */
+export function processTree(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
+      // pid (comm) state ppid …: comm may hold spaces and parentheses.
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      const list = children.get(ppid) ?? [];
+      list.push(Number(e.name));
+      children.set(ppid, list);
+    } catch {
+      // exited meanwhile
+    }
+  }
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) out.push(...(children.get(out[i]) ?? []));
+  return out;
+}
+
+/** Processes per role (`proxy`, `agent`), asked again at each sample (sshd forks). */
+export type Roles = () => Record<string, number[]>;
+
+/** Summed RSS of each role's processes now, MiB. */
+export function rolesRss(roles: Roles): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [role, pids] of Object.entries(roles())) {
+    out[role] = pids.reduce((sum, pid) => sum + (rssMiB(pid) || 0), 0);
+  }
+  return out;
+}
+
+/** Peak summed RSS of each role while `work` runs, sampled every `everyMs` (default 100 ms). */
 export async function peakRss<T>(
-  pids: Record<string, number>,
+  roles: Roles,
   work: () => Promise<T>,
   everyMs = 100,
 ): Promise<{ result: T; peaks: Record<string, number> }> {
   const peaks: Record<string, number> = {};
   const sample = () => {
-    for (const [k, pid] of Object.entries(pids)) {
-      const r = rssMiB(pid);
-      if (!(peaks[k] >= r)) peaks[k] = r;
+    for (const [k, mib] of Object.entries(rolesRss(roles))) {
+      if (!(peaks[k] >= mib)) peaks[k] = mib;
     }
   };
   sample();

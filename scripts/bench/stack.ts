@@ -219,6 +219,9 @@ export async function startAgentProc(
       `127.0.0.1:${origin.httpPort}`,
       "--max-retry-interval",
       "2s",
+      // As deploy/agent runs it (metrics on): the idle figure then includes prom-client.
+      "--metrics-address",
+      "127.0.0.1:0",
       ...extraArgs,
     ],
     undefined,
@@ -336,15 +339,12 @@ export async function startProxyProc(
       `${dir}/proxy_host_key`,
       "--publish-service-address",
       "127.0.0.1",
-      // Not :9090: two benches on one machine (or a proxy already there) would collide.
-      "--metrics-address",
-      "",
       // The bulk PUT (256 MiB with --full) is over the endpoint's default 100 MiB body limit.
       "--kubesphere-max-body",
       "0",
-      // Nothing reads it, and a fixed port collides with any other proxy on the machine.
+      // Metrics on, as deployed, on a port of its own (the default :9090 may be taken).
       "--metrics-address",
-      "",
+      "127.0.0.1:0",
     ],
     undefined,
     envFlags("BENCH_PROXY_FLAGS"),

@@ -13,7 +13,17 @@ import {
   assertStringIncludes,
 } from "../helpers/assert.ts";
 import { denoRun, freePort, run, tempDir } from "../helpers/proc.ts";
-import { clustersYaml, echoServer, readAllNode, startAgent } from "../helpers/tunnel.ts";
+import {
+  clustersYaml,
+  echoServer,
+  readAllNode,
+  startAgent,
+  startTcpServer,
+} from "../helpers/tunnel.ts";
+import { deadline } from "../helpers/deadline.ts";
+import { Agent } from "../../lib/agent/agent.ts";
+import { dialTarget } from "../../lib/agent/forward.ts";
+import { ProxyTrust } from "../../lib/agent/proxy_trust.ts";
 import { AGENT_FLAGS } from "../../agent.ts";
 import { PROXY_FLAGS } from "../../proxy.ts";
 import { generateHostKeyPem } from "../../lib/tunnel/hostkey.ts";
@@ -189,5 +199,60 @@ Deno.test("the agent dials only its two configured targets", async () => {
     await agent.stop();
     await fake.http.shutdown();
     await echo.close();
+  }
+});
+
+Deno.test("a session that ends while the agent dials its target: the late connection is closed, the agent lives on", async () => {
+  const fake = fakeProxy();
+  const targetClosed = Promise.withResolvers<void>();
+  const target = startTcpServer(async (conn) => {
+    const buf = new Uint8Array(1024);
+    while (await conn.read(buf).catch(() => null) !== null);
+    targetClosed.resolve();
+  });
+  const dialling = Promise.withResolvers<void>();
+  const release = Promise.withResolvers<void>();
+  const connected = Promise.withResolvers<void>();
+  const disconnected = Promise.withResolvers<void>();
+  const agent = new Agent({
+    proxyServer: fake.url,
+    trust: new ProxyTrust({ kind: "any" }),
+    config: () =>
+      Promise.resolve({
+        Version: "v0.1.0",
+        Name: "alpha",
+        Token: TOKEN,
+        KubernetesSvcHost: `127.0.0.1:${target.port}`,
+        KubeSphereSvcHost: "127.0.0.1:2",
+      }),
+    // The dial is held until the session is gone.
+    dialTarget: async (t) => {
+      dialling.resolve();
+      await release.promise;
+      return await dialTarget(t);
+    },
+    onState: (s) => (s === "connected" ? connected : disconnected).resolve(),
+  });
+  const stop = new AbortController();
+  const running = agent.run(stop.signal);
+  try {
+    await deadline(connected.promise, 30_000, "agent connected");
+    const conn = await fake.conn;
+    const opening = openKubesphereChannel(conn, `127.0.0.1:${target.port}`).catch((e) => e);
+    await deadline(dialling.promise, 10_000, "agent dialling");
+    conn.end();
+    await deadline(disconnected.promise, 10_000, "agent saw the session end");
+    assert((await opening) instanceof Error, "the channel never opened");
+    release.resolve();
+    // Answering the channel now throws inside the agent (its session is torn down): that is
+    // caught, and the target connection it had made is closed, not leaked.
+    await deadline(targetClosed.promise, 10_000, "target connection closed");
+    assertEquals(target.connections, 1);
+  } finally {
+    release.resolve();
+    stop.abort();
+    await running;
+    await fake.http.shutdown();
+    await target.close();
   }
 });

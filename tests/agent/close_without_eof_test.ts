@@ -14,7 +14,7 @@ import type { Duplex } from "node:stream";
 import fc from "fast-check";
 import { dialTarget, pipeChannel } from "../../lib/agent/forward.ts";
 import { openKubesphereChannel } from "../../lib/tunnel/ssh_compat.ts";
-import { deadline } from "../apiserver/testing.ts";
+import { deadline } from "../helpers/deadline.ts";
 import { assertEquals } from "../helpers/assert.ts";
 import { patternBytes, startClosingOrigin, writeChunked } from "../helpers/closing_origin.ts";
 import { type SshChannel, sshPair } from "../helpers/ssh_pair.ts";

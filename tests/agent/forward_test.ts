@@ -7,7 +7,7 @@
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { Duplex } from "node:stream";
-import { deadline } from "../apiserver/testing.ts";
+import { deadline } from "../helpers/deadline.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import {
   hashAfterEofServer,

@@ -24,7 +24,7 @@ import { WS_PROTOCOL } from "../../lib/tunnel/protocol.ts";
 import { assertEquals, assertRejects } from "../helpers/assert.ts";
 import { readBytes, startTcpServer } from "../helpers/tunnel.ts";
 import { websocketStream } from "../helpers/ws_object_stream.ts";
-import { deadline } from "../apiserver/testing.ts";
+import { deadline } from "../helpers/deadline.ts";
 
 Deno.test("agent: streams still finishing with their target after CLOSE do not count as open channels", async () => {
   // A target that answers each connection once, then ignores our FIN and never closes.

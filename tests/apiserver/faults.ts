@@ -1,6 +1,7 @@
 /**
  * Fault switches for tests: fail the next N requests with a status, delay
- * responses, drop every open watch stream.
+ * responses, hold a request until the test lets it go, drop every open watch
+ * stream.
  * @module
  */
 
@@ -17,6 +18,20 @@ const REASONS: Record<number, string> = {
   504: "Timeout",
 };
 
+interface Hold {
+  match?: RequestMatch;
+  arrived: PromiseWithResolvers<void>;
+  released: PromiseWithResolvers<void>;
+}
+
+/** A held request: {@link Faults.hold}. */
+export interface HeldRequest {
+  /** Resolves once the request has reached the server (it is in flight, unanswered). */
+  arrived: Promise<void>;
+  /** Let it go on (idempotent). */
+  release(): void;
+}
+
 interface Failure {
   remaining: number;
   status: number;
@@ -27,6 +42,7 @@ interface Failure {
 export class Faults {
   #failures: Failure[] = [];
   #delayMs = 0;
+  #holds: Hold[] = [];
   #dropHandlers = new Set<() => void>();
   /** How many requests have been failed so far. */
   failed = 0;
@@ -44,15 +60,30 @@ export class Faults {
     this.#delayMs = ms;
   }
 
+  /**
+   * Hold the next request matching `match` (default: any) at the server, unanswered, until
+   * `release()`: a test then knows the request is in flight for as long as it needs.
+   */
+  hold(match?: RequestMatch): HeldRequest {
+    const h: Hold = {
+      match,
+      arrived: Promise.withResolvers<void>(),
+      released: Promise.withResolvers<void>(),
+    };
+    this.#holds.push(h);
+    return { arrived: h.arrived.promise, release: () => h.released.resolve() };
+  }
+
   /** End every open watch stream now (clients see the stream close). */
   dropWatches(): void {
     for (const fn of [...this.#dropHandlers]) fn();
   }
 
-  /** Forget all pending failures and the delay. */
+  /** Forget all pending failures and the delay; let held requests go. */
   reset(): void {
     this.#failures = [];
     this.#delayMs = 0;
+    for (const h of this.#holds.splice(0)) h.released.resolve();
   }
 
   /** Register a watch stream's closer; returns the unregister function. */
@@ -68,6 +99,12 @@ export class Faults {
 
   /** Apply the switches to a request: waits for the delay, throws an injected failure. */
   async check(method: string, path: string): Promise<void> {
+    const held = this.#holds.findIndex((h) => !h.match || h.match(method, path));
+    if (held >= 0) {
+      const [h] = this.#holds.splice(held, 1);
+      h.arrived.resolve();
+      await h.released.promise;
+    }
     if (this.#delayMs > 0) await new Promise((r) => setTimeout(r, this.#delayMs));
     const f = this.#failures.find((x) => x.remaining > 0 && (!x.match || x.match(method, path)));
     if (!f) return;

@@ -6,8 +6,12 @@
  * @module
  */
 
+import { deadline } from "../helpers/deadline.ts";
 import { Proc, run } from "../helpers/proc.ts";
 import type { TestApiServer } from "./server.ts";
+
+/** Re-exported for the API server's tests (README). */
+export { deadline };
 
 /** An HTTP client trusting the server's CA, optionally with a client certificate. */
 export function httpClient(
@@ -78,15 +82,6 @@ export async function* watchEvents(
       if (line) yield JSON.parse(line);
     }
   }
-}
-
-/** Reject after `ms` with `what` in the message (a safety net, not synchronisation). */
-export function deadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const t = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  return Promise.race([p, t]).finally(() => clearTimeout(timer));
 }
 
 /** An open watch: its events one at a time, and a way to end it. */

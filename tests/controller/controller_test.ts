@@ -63,7 +63,7 @@ Deno.test("walkthrough: token, ports, endpoints, Initialized, Service, AgentAvai
       assertEquals(conn.kubernetesAPIEndpoint, `https://${ip}:6443`);
       assertEquals(conn.kubesphereAPIEndpoint, `http://${ip}:80`);
       assertEquals(svc.spec!.type, "ClusterIP");
-      assertEquals(svc.spec!.selector, { app: "tower", "app.kubernetes.io/name": "tower" });
+      assertEquals(svc.spec!.selector, undefined, "selects no pods: replicas publish slices");
       assertEquals(
         svc.spec!.ports!.map((p) => [p.name, p.port, p.targetPort]),
         [["kubernetes", 6443, 6001], ["kubesphere", 80, 16001]],

@@ -1,4 +1,5 @@
 import fc from "fast-check";
+import { portViewFromSet } from "../../lib/controller/ports.ts";
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "../helpers/assert.ts";
 import {
   desiredService,
@@ -87,9 +88,9 @@ Deno.test("new Cluster: Service first, then ports, token, endpoints, Initialized
     namespace: "kubesphere-system",
     labels: { app: "mc-alpha", "app.kubernetes.io/name": "mc-alpha" },
   });
+  // No selector: each replica serving the cluster publishes an EndpointSlice for it.
   assertEquals(svc.spec, {
     type: "ClusterIP",
-    selector: { app: "tower", "app.kubernetes.io/name": "tower" },
     ports: [
       { name: "kubernetes", protocol: "TCP", port: 6443, targetPort: 6001 },
       { name: "kubesphere", protocol: "TCP", port: 80, targetPort: 16001 },
@@ -193,7 +194,7 @@ Deno.test("ports exhausted: error names the cluster", () => {
   const used = new Set<number>();
   for (let p = 6000; p < 7000; p++) used.add(p);
   assertThrows(
-    () => reconcileCluster(input({ portsUsedByOthers: used })),
+    () => reconcileCluster(input({ ports: portViewFromSet(used, { min: 6000, max: 6999 }) })),
     Error,
     "cluster alpha: allocate ports",
   );
@@ -412,13 +413,24 @@ Deno.test("LoadBalancer: node ports kept; annotation changes applied; bad JSON w
 Deno.test("Service drift is repaired: ports, selector, type, labels", () => {
   const end = converge(input());
   const drifted = structuredClone(end.service!);
-  drifted.spec!.selector = { app: "other" };
+  // The old layout's selector (every proxy pod) goes: the replicas' EndpointSlices route.
+  drifted.spec!.selector = { app: "tower", "app.kubernetes.io/name": "tower" };
   drifted.spec!.ports![0].targetPort = 1234;
   drifted.metadata.labels = { team: "x" };
   const plan = reconcileCluster(input({ cluster: end.cluster, service: drifted }));
   if (plan.service.kind !== "update") throw new Error("want update");
   const s = plan.service.service;
-  assertEquals(s.spec!.selector, { app: "tower", "app.kubernetes.io/name": "tower" });
+  assertEquals(s.spec!.selector, undefined);
+  assertEquals(s.spec!.clusterIP, drifted.spec!.clusterIP);
+  // A proxy publishing no slices (in the cluster without a pod IP) keeps selecting its pods.
+  const legacy = reconcileCluster(
+    input({ cluster: end.cluster, service: drifted, selectPods: true }),
+  );
+  if (legacy.service.kind !== "update") throw new Error("want update (ports, labels)");
+  assertEquals(legacy.service.service.spec!.selector, {
+    app: "tower",
+    "app.kubernetes.io/name": "tower",
+  });
   assertEquals(s.spec!.ports![0].targetPort, 6001);
   assertEquals(s.metadata.labels, {
     team: "x",

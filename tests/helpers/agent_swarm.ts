@@ -6,6 +6,8 @@
  *
  * Usage: deno run -A tests/helpers/agent_swarm.ts --proxy URL --token T --count N
  *        [--clusters C] [--prefix swarm-] [--max-retry-interval 5s] [--keepalive 30s]
+ *        [--kubesphere HOST:PORT[,HOST:PORT…]] (ks-apiserver targets: cluster i gets entry
+ *        i modulo their number; default 127.0.0.1:2)
  * @module
  */
 
@@ -23,10 +25,12 @@ const { values } = parseArgs({
     prefix: { type: "string", default: "swarm-" },
     "max-retry-interval": { type: "string", default: "5s" },
     keepalive: { type: "string", default: "30s" },
+    kubesphere: { type: "string", default: "127.0.0.1:2" },
   },
 });
 setupLogging({ verbosity: 1, format: "json" });
 const count = Number(values.count);
+const targets = values.kubesphere!.split(",");
 const clusters = Number(values.clusters);
 const stop = new AbortController();
 Deno.addSignalListener("SIGTERM", () => stop.abort());
@@ -43,11 +47,13 @@ const runs = Array.from({ length: count }, (_, i) => {
         Name: name,
         Token: values.token!,
         KubernetesSvcHost: "127.0.0.1:1",
-        KubeSphereSvcHost: "127.0.0.1:2",
+        KubeSphereSvcHost: targets[(i % clusters) % targets.length],
       }),
     onState: (state) => {
       connected += state === "connected" ? 1 : -1;
-      console.log(JSON.stringify({ event: state, agent: i, connected, t: Date.now() }));
+      console.log(
+        JSON.stringify({ event: state, agent: i, cluster: name, connected, t: Date.now() }),
+      );
     },
   });
   return agent.run(stop.signal);

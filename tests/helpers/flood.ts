@@ -8,6 +8,7 @@
  */
 
 import net from "node:net";
+import tls from "node:tls";
 import { Buffer } from "node:buffer";
 import { WS_PROTOCOL } from "../../lib/tunnel/protocol.ts";
 
@@ -18,7 +19,7 @@ export const UPGRADE = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n" +
 
 /** A client socket and what it has seen: its bytes, and how it ended. */
 export interface FloodClient {
-  socket: net.Socket;
+  socket: net.Socket | tls.TLSSocket;
   /** Everything received so far. */
   received(): Buffer;
   /** Resolves once the server closed it (EOF or reset), or the guard did ("guard"). */
@@ -28,19 +29,20 @@ export interface FloodClient {
 }
 
 /**
- * Connect to 127.0.0.1:`port` from `localAddress`, sending `first` if given. A connection the
- * server has not closed after `guardMs` is closed here and ends as "guard".
+ * Connect to 127.0.0.1:`port` from `localAddress` (over TLS without a client certificate, not
+ * checking the server's, with `tls`), sending `first` if given. A connection the server has not
+ * closed after `guardMs` is closed here and ends as "guard".
  */
 export function floodClient(
   port: number,
-  opts: { first?: string | Uint8Array; localAddress?: string; guardMs?: number } = {},
+  opts: { first?: string | Uint8Array; localAddress?: string; guardMs?: number; tls?: boolean } =
+    {},
 ): Promise<FloodClient> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({
-      host: "127.0.0.1",
-      port,
-      localAddress: opts.localAddress ?? "127.0.0.1",
-    });
+    const where = { host: "127.0.0.1", port, localAddress: opts.localAddress ?? "127.0.0.1" };
+    const socket = opts.tls
+      ? tls.connect({ ...where, rejectUnauthorized: false })
+      : net.connect(where);
     const parts: Buffer[] = [];
     socket.on("data", (b: Buffer) => parts.push(b));
     socket.on("error", () => {});
@@ -61,11 +63,13 @@ export function floodClient(
         }, opts.guardMs ?? 60_000);
       }),
     };
-    socket.once("connect", () => {
+    socket.once(opts.tls ? "secureConnect" : "connect", () => {
       if (opts.first) socket.write(opts.first);
       resolve(client);
     });
     socket.once("error", reject);
+    // A connection (or TLS handshake) that never completes ends with the guard: fail then too.
+    socket.once("close", () => reject(new Error(`127.0.0.1:${port}: closed before connecting`)));
   });
 }
 

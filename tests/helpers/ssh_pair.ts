@@ -14,7 +14,7 @@ import type { Duplex } from "node:stream";
 import ssh2 from "ssh2";
 import type { ClientChannel, Connection } from "ssh2";
 import { onKubesphereChannel } from "../../lib/tunnel/ssh_compat.ts";
-import { deadline } from "../apiserver/testing.ts";
+import { deadline } from "./deadline.ts";
 
 const { Client, Server } = ssh2;
 type Client = InstanceType<typeof Client>;

@@ -115,6 +115,8 @@ export async function startProxyProc(opts: {
   label?: string;
   /** Host key file (default: beside the clusters file). */
   hostKey?: string;
+  /** More proxy flags (e.g. `--keepalive 1s`). */
+  args?: string[];
 }): Promise<{ proc: Proc; fingerprint: string }> {
   await Deno.writeTextFile(
     `${opts.dir}/clusters.json`,
@@ -135,6 +137,7 @@ export async function startProxyProc(opts: {
     String(opts.port),
     "--metrics-address",
     "",
+    ...(opts.args ?? []),
   ]);
   const line = await proc.waitFor(/SSH host key/);
   await proc.waitFor(/Listening on/);

@@ -14,8 +14,9 @@ import { parse } from "yaml";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { denoRun, freePort, Proc, tempDir } from "../helpers/proc.ts";
 import { decodeAgentConfig, encodeAgentConfig } from "../../lib/tunnel/handshake.ts";
-import { buildGoTower, goMissing, goTower, INSTALL_HINT, within } from "./go_build.ts";
+import { buildGoTower, goMissing, goTower, INSTALL_HINT } from "./go_build.ts";
 import { EMPTY, sha, startOrigin, startTlsOrigin } from "./origins.ts";
+import { deadline } from "../helpers/deadline.ts";
 
 const TOKEN = "c3".repeat(32);
 const BAD_TOKEN = "d4".repeat(32);
@@ -84,7 +85,7 @@ Deno.test({
   ignore: GO.ignore,
   fn: async () => {
     GO.check();
-    const bin = await within(buildGoTower(), 120_000, "go build");
+    const bin = await deadline(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
     const member = await startTlsOrigin();
     // A service-account mount as a pod has it, the token file ending in a newline.
@@ -133,7 +134,7 @@ Deno.test({
         await bad.waitFor(/^CONNECTION-ERROR .*Attempt/, 20_000),
         "CONNECTION-ERROR Connection error: Unauthorized agent (Attempt: 1/1)",
       );
-      assertEquals((await within(bad.status(), 10_000, "refused go agent exit")).code, 0);
+      assertEquals((await deadline(bad.status(), 10_000, "refused go agent exit")).code, 0);
       await proxy.proc.waitFor(/Unauthorized agent.*wrong token/, 10_000);
 
       const go = goTower(bin, "go-agent", agentArgs(TOKEN), inCluster);
@@ -167,7 +168,7 @@ Deno.test({
       await proxy.proc.waitFor(/Serving cluster endpoints/, 20_000);
 
       const base = `http://127.0.0.1:${proxy.kubespherePort}`;
-      const get = await within(fetch(`${base}/kapis/interop?x=1`), 20_000, "GET via go agent");
+      const get = await deadline(fetch(`${base}/kapis/interop?x=1`), 20_000, "GET via go agent");
       assertEquals(get.status, 200);
       assertMatch(await get.text(), new RegExp(`^origin GET /kapis/interop\\?x=1 ${EMPTY} auth=`));
       assertEquals(
@@ -177,7 +178,7 @@ Deno.test({
       );
       // A request body bigger than any single WebSocket message or SSH window.
       const payload = new Uint8Array(3 * 1024 * 1024 + 17).map((_, i) => (i * 7) % 251);
-      const post = await within(
+      const post = await deadline(
         fetch(`${base}/kapis/upload`, { method: "POST", body: payload }),
         20_000,
         "POST via go agent",
@@ -188,7 +189,7 @@ Deno.test({
       // The kubernetes endpoint: TLS to the member verified with the agent's CA, its bearer
       // token attached, the request intact.
       const client = await issuedClient(proxy.proc, dir.path);
-      const res = await within(
+      const res = await deadline(
         fetch(`https://127.0.0.1:${proxy.kubernetesPort}/api?limit=1`, { client }),
         20_000,
         "kubernetes endpoint via go agent",
@@ -205,7 +206,7 @@ Deno.test({
       for (let i = 0; i < 3; i++) {
         await go.waitFor(keepalives, 20_000, go.lines.findLastIndex((l) => keepalives.test(l)) + 1);
       }
-      const after = await within(fetch(`${base}/kapis/after`), 20_000, "GET after keepalives");
+      const after = await deadline(fetch(`${base}/kapis/after`), 20_000, "GET after keepalives");
       assertEquals(after.status, 200);
       await after.body?.cancel();
       assertEquals(proxy.proc.count(/stopped answering keepalives/), 0);
@@ -225,7 +226,7 @@ Deno.test({
   ignore: GO.ignore,
   fn: async () => {
     GO.check();
-    const bin = await within(buildGoTower(), 120_000, "go build");
+    const bin = await deadline(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
     await Deno.mkdir(`${dir.path}/sa`);
     await Deno.writeTextFile(`${dir.path}/sa/token`, "t");

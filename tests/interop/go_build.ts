@@ -80,19 +80,6 @@ export function goTower(
   return new Proc(name, bin, args, goEnv(env));
 }
 
-/** Within `ms`, or reject naming `what` (a safety net, never synchronisation). */
-export async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timeout: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /**
  * A free port the original proxy accepts for its agent port (it refuses any outside
  * 1024–49151, and the kernel's ephemeral ports often are): bound then released.

@@ -18,7 +18,7 @@ import tls from "node:tls";
 import fc from "fast-check";
 import { parse } from "yaml";
 import { generateCA, issueClientCert, issueServingCert } from "../../lib/pki/mod.ts";
-import { deadline } from "../apiserver/testing.ts";
+import { deadline } from "../helpers/deadline.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import {
   type ClosingOrigin,

@@ -13,8 +13,9 @@ import { Buffer } from "node:buffer";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { freePort, Proc, tempDir } from "../helpers/proc.ts";
 import { startAgent } from "../helpers/tunnel.ts";
-import { buildGoTower, goMissing, INSTALL_HINT, startGoProxy, within } from "./go_build.ts";
+import { buildGoTower, goMissing, INSTALL_HINT, startGoProxy } from "./go_build.ts";
 import { EMPTY, startOrigin } from "./origins.ts";
+import { deadline } from "../helpers/deadline.ts";
 
 const TOKEN = "c3".repeat(32);
 const BAD_TOKEN = "d4".repeat(32);
@@ -33,7 +34,7 @@ async function upgradeHead(port: number, protocol: string): Promise<string> {
     let head = "";
     const buf = new Uint8Array(4096);
     while (!head.includes("\r\n\r\n")) {
-      const n = await within(conn.read(buf), 10_000, "upgrade response");
+      const n = await deadline(conn.read(buf), 10_000, "upgrade response");
       if (n === null) break;
       head += new TextDecoder().decode(buf.subarray(0, n));
     }
@@ -48,7 +49,7 @@ Deno.test({
   ignore: GO.ignore,
   fn: async () => {
     GO.check();
-    const bin = await within(buildGoTower(), 120_000, "go build");
+    const bin = await deadline(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
     const origin = startOrigin();
     const kubernetesPort = freePort();
@@ -131,12 +132,12 @@ Deno.test({
       // The kubesphere endpoint: the channel names the host string our agent sent, which our
       // agent accepts; no credential is attached, the caller's own passes through.
       const base = `http://127.0.0.1:${go.kubespherePort}`;
-      const plain = await within(fetch(`${base}/kapis/a?b=c`), 20_000, "GET via go proxy");
+      const plain = await deadline(fetch(`${base}/kapis/a?b=c`), 20_000, "GET via go proxy");
       assertEquals(
         [plain.status, await plain.text()],
         [200, `origin GET /kapis/a?b=c ${EMPTY} auth=null`],
       );
-      const own = await within(
+      const own = await deadline(
         fetch(`${base}/kapis/own`, { headers: { authorization: "Bearer caller" } }),
         20_000,
         "GET with the caller's token via go proxy",
@@ -149,7 +150,7 @@ Deno.test({
         await go.proc.waitFor(pings, 20_000, go.proc.lines.findLastIndex((l) => pings.test(l)) + 1);
       }
       assertEquals(agent.count(/Disconnected from proxy/), 0);
-      const again = await within(fetch(`${base}/kapis/again`), 20_000, "GET after pings");
+      const again = await deadline(fetch(`${base}/kapis/again`), 20_000, "GET after pings");
       assertEquals(again.status, 200);
       await again.body?.cancel();
       assertEquals(origin.seen.length, 3);

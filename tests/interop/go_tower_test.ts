@@ -29,7 +29,8 @@ import { GlobalRequester, serveGlobalRequests } from "../../lib/tunnel/ssh_reque
 import { keepRekeying, type Rekeyer } from "../../lib/tunnel/rekey.ts";
 import { requireTools } from "../helpers/tools.ts";
 import { generateKeyPairSync } from "node:crypto";
-import { buildGoTower, goMissing, INSTALL_HINT, within } from "./go_build.ts";
+import { buildGoTower, goMissing, INSTALL_HINT } from "./go_build.ts";
+import { deadline } from "../helpers/deadline.ts";
 
 const { Client, Server } = ssh2;
 type Server = InstanceType<typeof Server>;
@@ -120,12 +121,12 @@ Deno.test({
   ignore: GO.ignore,
   fn: async () => {
     GO.check();
-    const bin = await within(buildGoTower(), 120_000, "go build");
+    const bin = await deadline(buildGoTower(), 120_000, "go build");
     const go = new GoProcess(bin, ["ssh-probe-server"]);
     try {
-      const port = Number((await within(go.line("LISTEN "), 10_000, "listen")).split(" ")[1]);
+      const port = Number((await deadline(go.line("LISTEN "), 10_000, "listen")).split(" ")[1]);
       const sock = net.connect(port, "127.0.0.1");
-      await within(once(sock, "connect"), 5_000, "tcp connect");
+      await deadline(once(sock, "connect"), 5_000, "tcp connect");
       const client = new Client();
       client.on("error", () => {});
       // Emulate the original agent on the wire too: send SSH-kubesphere-v1-client.
@@ -148,20 +149,20 @@ Deno.test({
       const closed = once(client, "close");
       client.connect({ sock, username: "", password: "" });
       const requester = new GlobalRequester(client);
-      await within(once(client, "ready"), 10_000, "ssh ready");
+      await deadline(once(client, "ready"), 10_000, "ssh ready");
       const rekeyer = keepRekeying(client, { bytes: 256 * 1024 });
-      const reply = await within(
+      const reply = await deadline(
         requester.request("config", new TextEncoder().encode('{"Name":"alpha"}')),
         5_000,
         "config reply",
       );
       assert.equal(reply.ok, true);
 
-      const got = await within(go.line("GOT "), 20_000, "go GOT");
+      const got = await deadline(go.line("GOT "), 20_000, "go GOT");
       const payload = pattern(3 * 1024 * 1024 + 17);
       const expected = Buffer.concat([Buffer.from("echo:"), payload]);
       assert.equal(got, `GOT ${expected.length} ${sha(expected)}`);
-      await within(Promise.all(echoed), 5_000, "echo done");
+      await deadline(Promise.all(echoed), 5_000, "echo done");
       // 3 MiB each way, new keys after 256 KiB: the Go proxy took part in every exchange (it
       // may send up to a window, 2 MiB, before it sees our KEXINIT: at least one each way).
       assert.ok(rekeyer.exchanges >= 2, `${rekeyer.exchanges} key exchanges`);
@@ -169,9 +170,9 @@ Deno.test({
       assert.equal(await go.line("CLIENT-VERSION "), "CLIENT-VERSION SSH-kubesphere-v1-client");
       assert.equal(await go.line("CONFIG "), 'CONFIG {"Name":"alpha"}');
       assert.match(await go.line("REJECTED "), /target_not_allowed/);
-      await within(go.line("DONE"), 5_000, "go done");
-      await within(closed, 5_000, "client close");
-      const { code, stderr } = await within(go.done, 5_000, "go exit");
+      await deadline(go.line("DONE"), 5_000, "go done");
+      await deadline(closed, 5_000, "client close");
+      const { code, stderr } = await deadline(go.done, 5_000, "go exit");
       assert.equal(code, 0, `go_tower proxy failed: ${go.lines.join("\n")}\n${stderr}`);
     } finally {
       go.kill();
@@ -185,7 +186,7 @@ Deno.test({
   ignore: GO.ignore,
   fn: async () => {
     GO.check();
-    const bin = await within(buildGoTower(), 120_000, "go build");
+    const bin = await deadline(buildGoTower(), 120_000, "go build");
     const hostKey = generateKeyPairSync("ec", { namedCurve: "prime256v1" }).privateKey.export({
       type: "sec1",
       format: "pem",
@@ -217,7 +218,7 @@ Deno.test({
     const port = (tcp.address() as net.AddressInfo).port;
     const go = new GoProcess(bin, ["ssh-probe-client", String(port)]);
     try {
-      const conn = await within(configured.promise, 10_000, "config request");
+      const conn = await deadline(configured.promise, 10_000, "config request");
       assert.match(configs[0], /"Name":"alpha"/);
       assert.match(await go.line("SERVER-VERSION "), /^SERVER-VERSION SSH-2\.0-ssh2js/);
 
@@ -226,12 +227,12 @@ Deno.test({
       assert.equal(refused.reason, OPEN_FAILURE.CONNECT_FAILED);
       assert.equal(refused.description, "target not allowed");
 
-      const ch = await within(openKubesphereChannel(conn, ALLOWED), 5_000, "open");
+      const ch = await deadline(openKubesphereChannel(conn, ALLOWED), 5_000, "open");
       const chClosed = once(ch, "close");
       const payload = pattern(3 * 1024 * 1024 + 17);
       const back = readAll(ch);
       ch.end(payload);
-      const got = await within(back, 20_000, "echo");
+      const got = await deadline(back, 20_000, "echo");
       assert.equal(got.length, payload.length + 5);
       assert.equal(got.subarray(0, 5).toString(), "echo:");
       assert.equal(sha(got.subarray(5)), sha(payload));
@@ -242,9 +243,9 @@ Deno.test({
       assert.equal(await go.line("TARGET "), `TARGET ${FORBIDDEN}`);
       assert.equal(await go.line("CONFIG "), 'CONFIG true ""');
       assert.equal(await go.line("PING "), "PING true");
-      await within(chClosed, 5_000, "channel close");
-      await within(go.line("DONE"), 5_000, "go done");
-      const { code, stderr } = await within(go.done, 5_000, "go exit");
+      await deadline(chClosed, 5_000, "channel close");
+      await deadline(go.line("DONE"), 5_000, "go done");
+      const { code, stderr } = await deadline(go.done, 5_000, "go exit");
       assert.equal(code, 0, `go_tower agent failed: ${go.lines.join("\n")}\n${stderr}`);
     } finally {
       go.kill();

@@ -20,14 +20,8 @@ import { startTestApiServer, type TestApiServer } from "../apiserver/server.ts";
 import { kubectl } from "../apiserver/testing.ts";
 import { userKubeconfig } from "../apiserver/tls.ts";
 import { issueClientCert } from "../../lib/pki/mod.ts";
-import {
-  buildGoTower,
-  goMissing,
-  goTower,
-  INSTALL_HINT,
-  startGoProxy,
-  within,
-} from "./go_build.ts";
+import { buildGoTower, goMissing, goTower, INSTALL_HINT, startGoProxy } from "./go_build.ts";
+import { deadline } from "../helpers/deadline.ts";
 
 const TOKEN = "5e".repeat(32);
 /** Every member enforces RBAC, so that impersonation (`--as`) changes answers. */
@@ -349,7 +343,7 @@ Deno.test({
   ignore: GO.ignore,
   fn: async () => {
     GO.check();
-    const bin = await within(buildGoTower(), 120_000, "go build");
+    const bin = await deadline(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
     const stack = await startStandaloneStack({ dir: dir.path, token: TOKEN, member: MEMBER });
     let go: Proc | undefined;
@@ -388,7 +382,7 @@ Deno.test({
   ignore: GO.ignore,
   fn: async () => {
     GO.check();
-    const bin = await within(buildGoTower(), 120_000, "go build");
+    const bin = await deadline(buildGoTower(), 120_000, "go build");
     await using dir = await tempDir();
     const member = await startTestApiServer(MEMBER);
     const procs: Proc[] = [];

@@ -26,6 +26,7 @@ import {
 } from "../../lib/tunnel/ssh_cipher.ts";
 import { acceptAnyIdent } from "../../lib/tunnel/ssh_compat.ts";
 import { followTransport } from "../../lib/tunnel/channel_flow.ts";
+import { deadline } from "../helpers/deadline.ts";
 
 const { Client, Server } = ssh2;
 type Client = InstanceType<typeof Client>;
@@ -34,18 +35,6 @@ const MiB = 1 << 20;
 
 const openssh = await requireOpenSsh();
 if (!openssh.ignore) await installFastChaChaPoly();
-
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timeout: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Our client (the agent's setup: TCP, ident hook, our algorithms) logged in to `sshd`. */
 async function clientTo(sshd: Sshd): Promise<{ client: Client; handshakes: () => number }> {
@@ -65,7 +54,7 @@ async function clientTo(sshd: Sshd): Promise<{ client: Client; handshakes: () =>
     privateKey: sshd.clientKey,
     algorithms: ALGORITHMS,
   });
-  await within(ready, 20_000, "logged in to sshd");
+  await deadline(ready, 20_000, "logged in to sshd");
   assertEquals((await first).cs.cipher, CHACHA_POLY);
   const proto = (client as unknown as { _protocol: { _decipher: unknown } })._protocol;
   assert(acceptsLargePackets(proto._decipher), "our decipher opens sshd's packets");
@@ -119,7 +108,7 @@ Deno.test({
       const { client, handshakes } = await clientTo(sshd);
       try {
         const ch = await forwardOut(client, target.port);
-        const r = await within(echo(ch as unknown as Duplex, 8 * MiB), 120_000, "echo");
+        const r = await deadline(echo(ch as unknown as Duplex, 8 * MiB), 120_000, "echo");
         assertEquals(r.got, r.sent);
         // sshd starts an exchange after 1 MiB either way (it checks after every packet), and
         // 8 MiB went each way.
@@ -147,7 +136,7 @@ Deno.test({
         const rekeyer = keepRekeying(client, { bytes: 256 * 1024 });
         const ch = await forwardOut(client, target.port);
         followTransport(ch, client); // as the tunnel's own channels do
-        const r = await within(echo(ch as unknown as Duplex, 8 * MiB), 120_000, "echo");
+        const r = await deadline(echo(ch as unknown as Duplex, 8 * MiB), 120_000, "echo");
         assertEquals(r.got, r.sent);
         // 8 MiB each way in 64 KiB writes, a new key every 256 KiB plus at most one write.
         assert(rekeyer.started >= 16, `we started ${rekeyer.started} key exchanges`);
@@ -225,7 +214,7 @@ Deno.test({
         back += b.length;
       }
       await writing;
-      const status = await within(ssh.status, 30_000, "ssh exit");
+      const status = await deadline(ssh.status, 30_000, "ssh exit");
       const stderr = new TextDecoder().decode(
         await new Response(ssh.stderr).arrayBuffer(),
       );

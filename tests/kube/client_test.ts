@@ -15,7 +15,8 @@ import {
   NAMESPACES,
   type WatchEvent,
 } from "../../lib/kube/mod.ts";
-import { startEnv, within } from "./helpers.ts";
+import { startEnv } from "./helpers.ts";
+import { deadline } from "../helpers/deadline.ts";
 
 interface ConfigMap extends KubeObject {
   data?: Record<string, string>;
@@ -258,9 +259,9 @@ Deno.test("KubeClient.watch: events in order, bookmarks, abort, 410, server drop
       await c.create(CONFIGMAPS, { metadata: { name: "w", namespace: "default" } });
       await c.patch(CONFIGMAPS, "w", { data: { a: "b" } }, "merge", { namespace: "default" });
       await c.delete(CONFIGMAPS, "w", { namespace: "default" });
-      await within(done.promise, 5000, "three watch events");
+      await deadline(done.promise, 5000, "three watch events");
       ac.abort();
-      await within(consumer, 5000, "watch ends on abort");
+      await deadline(consumer, 5000, "watch ends on abort");
       nodeAssert.deepEqual(events.map((e) => e.type), ["ADDED", "MODIFIED", "DELETED"]);
       nodeAssert.ok(events.every((e) => e.object.metadata.name === "w"));
     });
@@ -309,9 +310,9 @@ Deno.test("KubeClient.watch: events in order, bookmarks, abort, 410, server drop
         }
         return n;
       })();
-      await within(opened.promise, 5000, "first bookmark");
+      await deadline(opened.promise, 5000, "first bookmark");
       s.faults.dropWatches();
-      const n = await within(consumer, 5000, "stream end after drop");
+      const n = await deadline(consumer, 5000, "stream end after drop");
       nodeAssert.ok(n >= 1);
     });
 

@@ -8,7 +8,8 @@
 
 import nodeAssert from "node:assert/strict";
 import { CONFIGMAPS, Informer, KubeClient, type KubeObject } from "../../lib/kube/mod.ts";
-import { startEnv, within } from "./helpers.ts";
+import { startEnv } from "./helpers.ts";
+import { deadline } from "../helpers/deadline.ts";
 
 const CM_PATH = "/api/v1/namespaces/default/configmaps";
 
@@ -29,7 +30,7 @@ class Recorder {
     if (pred()) return Promise.resolve();
     const d = Promise.withResolvers<void>();
     this.#waiters.push({ pred, resolve: d.resolve });
-    return within(d.promise, 10_000, what);
+    return deadline(d.promise, 10_000, what);
   }
   #check(): void {
     for (const w of [...this.#waiters]) {
@@ -68,7 +69,7 @@ Deno.test("Informer: sync, events, resume, 410 relist with diff, failing lists",
     await t.step("initial list fills the cache and calls onAdd, then onSync", async () => {
       nodeAssert.equal(inf.hasSynced(), false);
       inf.start();
-      nodeAssert.equal(await within(inf.waitForSync(), 5000, "sync"), true);
+      nodeAssert.equal(await deadline(inf.waitForSync(), 5000, "sync"), true);
       nodeAssert.equal(inf.hasSynced(), true);
       nodeAssert.deepEqual(r.events, ["add pre", "sync"]);
       nodeAssert.equal(inf.get("pre", "default")?.metadata.name, "pre");
@@ -161,7 +162,7 @@ Deno.test("Informer: a dead API server never throws; stop is prompt", async () =
     ac.abort();
     nodeAssert.equal(await waiting, false);
   } finally {
-    await within(inf.stop(), 5000, "stop");
+    await deadline(inf.stop(), 5000, "stop");
     await env.close();
   }
   nodeAssert.equal(await inf.waitForSync(), false);
@@ -179,7 +180,7 @@ Deno.test("Informer: initial list failures are retried until the list succeeds",
   const r = record(inf);
   try {
     inf.start();
-    nodeAssert.equal(await within(inf.waitForSync(), 5000, "sync"), true);
+    nodeAssert.equal(await deadline(inf.waitForSync(), 5000, "sync"), true);
     nodeAssert.equal(r.errors, 3);
     // A handler added after sync sees the cached objects as adds.
     await env.server.request("POST", CM_PATH, { metadata: { name: "late" } });

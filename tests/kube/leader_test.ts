@@ -14,7 +14,8 @@ import {
   type Lease,
   LEASES,
 } from "../../lib/kube/mod.ts";
-import { startEnv, within } from "./helpers.ts";
+import { startEnv } from "./helpers.ts";
+import { deadline } from "../helpers/deadline.ts";
 
 const LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/default/leases/tower";
 
@@ -99,16 +100,25 @@ Deno.test("LeaderElector: options are validated", async () => {
   }
 });
 
+/** When the lease as stored now expires (its holder's last renewal plus its duration). */
+async function leaseExpiry(client: KubeClient): Promise<number> {
+  const lease = await client.get<Lease>(LEASES, "tower", { namespace: "default" });
+  return Date.parse(String(lease.spec?.renewTime)) + (lease.spec?.leaseDurationSeconds ?? 0) * 1000;
+}
+
+/** Long enough that a hand-over before expiry cannot be the expiry itself on a loaded machine. */
+const LONG_LEASE = { leaseDurationMs: 10_000, renewDeadlineMs: 300, retryPeriodMs: 50 };
+
 Deno.test("LeaderElector: one leader; release hands over at once; crash hands over after expiry", async (t) => {
   const env = await startEnv();
-  const a = candidate(await env.newClient(), "a");
-  const b = candidate(await env.newClient(), "b");
+  const a = candidate(await env.newClient(), "a", LONG_LEASE);
+  const b = candidate(await env.newClient(), "b", LONG_LEASE);
   try {
     await t.step("first candidate acquires; the second observes it and waits", async () => {
       a.elector.start();
-      await within(a.elector.waitForLeadership(), 5000, "a leads");
+      await deadline(a.elector.waitForLeadership(), 5000, "a leads");
       b.elector.start();
-      await within(b.sawLeader("a"), 5000, "b observes a");
+      await deadline(b.sawLeader("a"), 5000, "b observes a");
       nodeAssert.equal(b.elector.isLeader(), false);
       nodeAssert.equal(a.started, 1);
       const lease = await env.client.get<Lease>(LEASES, "tower", { namespace: "default" });
@@ -118,14 +128,15 @@ Deno.test("LeaderElector: one leader; release hands over at once; crash hands ov
     });
 
     await t.step(
-      "stop releases: the standby takes over well within the lease duration",
+      "stop releases: the standby takes over before a's lease would expire",
       async () => {
-        const t0 = Date.now();
+        const expiry = await leaseExpiry(env.client);
         await a.elector.stop();
         nodeAssert.equal(a.stopped, 1);
         nodeAssert.equal(a.lastSignal?.aborted, true);
-        await within(b.elector.waitForLeadership(), 5000, "b leads");
-        nodeAssert.ok(Date.now() - t0 < 1000, `took ${Date.now() - t0} ms`);
+        await deadline(b.elector.waitForLeadership(), 30_000, "b leads");
+        // Before the 10 s lease ran out: only the release can have let b in.
+        nodeAssert.ok(Date.now() < expiry, "b took over only once a's lease had expired");
         const lease = await env.client.get<Lease>(LEASES, "tower", { namespace: "default" });
         nodeAssert.equal(lease.spec?.holderIdentity, "b");
         nodeAssert.equal(lease.spec?.leaseTransitions, 1);
@@ -135,20 +146,25 @@ Deno.test("LeaderElector: one leader; release hands over at once; crash hands ov
     await t.step(
       "a crashed leader (no release) is replaced only after the lease expires",
       async () => {
+        await b.elector.stop();
+        // A one-second lease this time: the take-over waits for it.
         const c = candidate(await env.newClient(), "c");
+        const d = candidate(await env.newClient(), "d");
         c.elector.start();
+        await deadline(c.elector.waitForLeadership(), 5000, "c leads");
+        d.elector.start();
         try {
-          await within(c.sawLeader("b"), 5000, "c observes b");
+          await deadline(d.sawLeader("c"), 5000, "d observes c");
           const t0 = Date.now();
-          await b.elector.stop({ release: false });
-          await within(c.elector.waitForLeadership(), 5000, "c leads");
+          await c.elector.stop({ release: false });
+          await deadline(d.elector.waitForLeadership(), 5000, "d leads");
           const took = Date.now() - t0;
           nodeAssert.ok(took >= 700, `took over after ${took} ms, before the lease expired`);
           const lease = await env.client.get<Lease>(LEASES, "tower", { namespace: "default" });
-          nodeAssert.equal(lease.spec?.holderIdentity, "c");
-          nodeAssert.equal(lease.spec?.leaseTransitions, 2);
+          nodeAssert.equal(lease.spec?.holderIdentity, "d");
+          nodeAssert.equal(lease.spec?.leaseTransitions, 3);
         } finally {
-          await c.elector.stop();
+          await d.elector.stop();
         }
       },
     );
@@ -159,21 +175,21 @@ Deno.test("LeaderElector: one leader; release hands over at once; crash hands ov
   }
 });
 
-Deno.test("LeaderElector: renew failures make the leader step down before the lease could expire", async () => {
+Deno.test("LeaderElector: renew failures make the leader step down before its lease could expire", async () => {
   const env = await startEnv();
-  const a = candidate(await env.newClient(), "a");
+  const a = candidate(await env.newClient(), "a", LONG_LEASE);
   try {
     a.elector.start();
-    await within(a.elector.waitForLeadership(), 5000, "a leads");
-    const t0 = Date.now();
+    await deadline(a.elector.waitForLeadership(), 5000, "a leads");
+    const expiry = await leaseExpiry(env.client);
     env.server.faults.failNext(1_000_000, 500, (m, p) => m === "PUT" && p === LEASE_PATH);
-    await within(a.stoppedLeading, 5000, "a steps down");
-    const took = Date.now() - t0;
-    nodeAssert.ok(took < 1000, `stepped down after ${took} ms, not before the lease expired`);
+    await deadline(a.stoppedLeading, 30_000, "a steps down");
+    // Another candidate may take the lease once it expires: a must have let go before.
+    nodeAssert.ok(Date.now() < expiry, "stepped down only after the lease could have expired");
     nodeAssert.equal(a.elector.isLeader(), false);
     nodeAssert.equal(a.lastSignal?.aborted, true);
     env.server.faults.reset();
-    await within(a.elector.waitForLeadership(), 5000, "a leads again once the server recovers");
+    await deadline(a.elector.waitForLeadership(), 30_000, "a leads again once the server recovers");
     nodeAssert.equal(a.started, 2);
   } finally {
     await a.elector.stop();
@@ -194,7 +210,7 @@ Deno.test("LeaderElector: never two leaders while leaders keep stopping", async 
     for (const c of running) c.elector.start();
     const leaders: string[] = [];
     for (let round = 0; round < 3; round++) {
-      const leader = await within(
+      const leader = await deadline(
         Promise.race(running.map((c) => c.elector.waitForLeadership().then(() => c))),
         5000,
         `a leader in round ${round}`,

@@ -1,13 +1,11 @@
 /**
- * Pure parts of lib/kube: paths, JSON equality, backoff, error parsing,
+ * Pure parts of lib/kube: paths, JSON equality, error parsing,
  * MicroTime, cache keys.
  * @module
  */
 
 import nodeAssert from "node:assert/strict";
 import {
-  Backoff,
-  backoffDelay,
   CLUSTERS,
   jsonEqual,
   KubeApiError,
@@ -17,7 +15,6 @@ import {
   objectKey,
   resourcePath,
   SERVICES,
-  sleep,
 } from "../../lib/kube/mod.ts";
 
 Deno.test("resourcePath: core, group, namespaced, cluster-scoped, subresource, escaping", () => {
@@ -44,31 +41,6 @@ Deno.test("jsonEqual: deep, key order and undefined members ignored", () => {
   nodeAssert.ok(!jsonEqual({ a: [] }, { a: {} }));
   nodeAssert.ok(!jsonEqual(null, {}));
   nodeAssert.ok(!jsonEqual({ a: 1 }, { a: 1, b: 2 }));
-});
-
-Deno.test("backoffDelay: grows, capped, jitter bounded", () => {
-  const o = { initialMs: 100, maxMs: 1000 };
-  nodeAssert.equal(backoffDelay(0, o, () => 1), 100);
-  nodeAssert.equal(backoffDelay(0, o, () => 0), 50);
-  nodeAssert.equal(backoffDelay(3, o, () => 1), 800);
-  nodeAssert.equal(backoffDelay(10, o, () => 1), 1000);
-  nodeAssert.equal(backoffDelay(100, { ...o, jitter: 0 }), 1000);
-  for (let i = 0; i < 50; i++) {
-    const d = backoffDelay(i % 8, o);
-    nodeAssert.ok(d >= 0 && d <= 1000, String(d));
-  }
-  const b = new Backoff({ initialMs: 10, maxMs: 40, jitter: 0 });
-  nodeAssert.deepEqual([b.next(), b.next(), b.next(), b.next()], [10, 20, 40, 40]);
-  b.reset();
-  nodeAssert.equal(b.next(), 10);
-});
-
-Deno.test("sleep: resolves early and quietly on abort", async () => {
-  const ac = new AbortController();
-  const p = sleep(60_000, ac.signal);
-  ac.abort();
-  await p;
-  await sleep(10, ac.signal); // already aborted: immediate
 });
 
 Deno.test("KubeApiError: Status body, predicates, Retry-After, non-JSON bodies", () => {

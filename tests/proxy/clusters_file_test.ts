@@ -66,7 +66,8 @@ Deno.test("clusters file: ports given are kept, others allocated without collisi
     enabled: true,
     ...(i === 0 ? { kubernetesPort: 6001, kubespherePort: 16001 } : {}),
   }));
-  const recs = recordsFromEntries(entries, "127.0.0.1");
+  // A range of 1,000 pairs (the original's), less the fetch-blocked ones.
+  const recs = recordsFromEntries(entries, "127.0.0.1", new Map(), { min: 6000, max: 6999 });
   assertEquals(recs.get("c0")!.kubernetesPort, 6001);
   const ports = [...recs.values()].flatMap((r) => [r.kubernetesPort, r.kubespherePort]).filter(
     Boolean,

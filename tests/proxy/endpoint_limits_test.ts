@@ -15,7 +15,7 @@ import {
   verifyClientCert,
 } from "../../lib/pki/mod.ts";
 import { type ClusterEndpointsOptions, startClusterEndpoints } from "../../lib/proxy/endpoint.ts";
-import { deadline } from "../apiserver/testing.ts";
+import { deadline } from "../helpers/deadline.ts";
 import { anyVerifiedAsAdmin } from "../helpers/access.ts";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { RawClient, TestDialer } from "./http/helpers.ts";
@@ -180,5 +180,51 @@ Deno.test("the endpoints listen on the given host only", async () => {
     }
   } finally {
     await t.close();
+  }
+});
+
+Deno.test("an 8 MiB upload through the kubernetes endpoint completes, paused and resumed on the way", async () => {
+  const ca = await generateCA({ commonName: "tower-ca" });
+  const serving = await issueServingCert(ca, { commonName: "m", ipAddresses: ["127.0.0.1"] });
+  // A member that reads request bodies slowly, so the proxy must hold the client back.
+  const member = Deno.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    cert: serving.certPem,
+    key: serving.keyPem,
+    onListen() {},
+  }, async (req) => {
+    let n = 0;
+    for await (const chunk of req.body!) {
+      n += chunk.length;
+      if (n % (1 << 20) < chunk.length) await new Promise((r) => setTimeout(r, 20));
+    }
+    return new Response(String(n));
+  });
+  const t = await endpoints({
+    kubernetes: new TestDialer(member.addr.port, {
+      wrap: true,
+      auth: { tls: { caPem: ca.certPem, serverName: "127.0.0.1" } },
+    }),
+  });
+  const user = await issueClientCert(t.ca, { commonName: "u" });
+  const client = Deno.createHttpClient({
+    caCerts: [t.ca.certPem],
+    cert: user.certPem,
+    key: user.keyPem,
+  });
+  try {
+    const body = new Uint8Array(8 << 20);
+    const res = await deadline(
+      fetch(`https://127.0.0.1:${t.ep.kubernetesPort}/sink`, { method: "PUT", body, client }),
+      30_000,
+      "the upload's answer",
+    );
+    assertEquals(res.status, 200);
+    assertEquals(await res.text(), String(body.length));
+  } finally {
+    client.close();
+    await t.close();
+    await member.shutdown();
   }
 });

@@ -10,7 +10,7 @@ import { Buffer } from "node:buffer";
 import { parse } from "yaml";
 import { encodeAgentConfig } from "../../lib/tunnel/handshake.ts";
 import { onKubesphereChannel } from "../../lib/tunnel/ssh_compat.ts";
-import { deadline } from "../apiserver/testing.ts";
+import { deadline } from "../helpers/deadline.ts";
 import { assertEquals } from "../helpers/assert.ts";
 import { denoRun, freePort, tempDir } from "../helpers/proc.ts";
 import { connectRawAgent } from "../helpers/raw_agent.ts";

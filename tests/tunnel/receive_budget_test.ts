@@ -16,7 +16,7 @@ import {
   MIN_WINDOW,
   type ReceiveBudget,
 } from "../../lib/tunnel/receive_budget.ts";
-import { deadline } from "../apiserver/testing.ts";
+import { deadline } from "../helpers/deadline.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { patternChunk } from "../helpers/tunnel.ts";
 import { type SshPair, sshPair } from "../helpers/ssh_pair.ts";

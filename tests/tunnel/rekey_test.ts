@@ -23,6 +23,7 @@ import {
 } from "../../lib/tunnel/ssh_compat.ts";
 import { SSH_ALGORITHMS as ALGOS } from "../../lib/tunnel/protocol.ts";
 import { keepRekeying, parseByteSize, type RekeyLimits } from "../../lib/tunnel/rekey.ts";
+import { deadline } from "../helpers/deadline.ts";
 
 const { Client, Server } = ssh2;
 type Client = InstanceType<typeof Client>;
@@ -32,18 +33,6 @@ await installFastChaChaPoly();
 
 const HOST_KEY = { key: parseHostKey(generateHostKeyPem()).sshKey };
 const MiB = 1 << 20;
-
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timeout: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 interface Link {
   conn: Connection;
@@ -114,11 +103,11 @@ async function link(limits: { proxy?: RekeyLimits; agent?: RekeyLimits }): Promi
     password: "",
     algorithms: SSH_ALGORITHMS,
   });
-  await within(readyP, 10_000, "agent ready");
+  await deadline(readyP, 10_000, "agent ready");
   client.on("handshake", () => handshakes.agent++);
   watchQueue(client, queued, "agent");
   if (limits.agent) keepRekeying(client, limits.agent, { end: "agent" });
-  const conn = await within(connP, 10_000, "proxy ready");
+  const conn = await deadline(connP, 10_000, "proxy ready");
   return {
     conn,
     client,
@@ -130,7 +119,7 @@ async function link(limits: { proxy?: RekeyLimits; agent?: RekeyLimits }): Promi
       );
       client.end();
       for (const s of socks) s.destroy();
-      await within(closed, 5_000, "sockets closed");
+      await deadline(closed, 5_000, "sockets closed");
       await new Promise((r) => tcp.close(r));
     },
   };
@@ -172,7 +161,7 @@ Deno.test("rekey by volume: both ends, 4 channels echoing 8 MiB each, every byte
   try {
     const perChannel = 8 * MiB;
     const chunks = [64 * 1024, LARGE_PACKET_SIZE + 4096, 1000, 32 * 1024];
-    const results = await within(
+    const results = await deadline(
       Promise.all(chunks.map((c) => echoThrough(l, perChannel, c))),
       120_000,
       "echo",
@@ -208,7 +197,7 @@ Deno.test("rekey started by one end only: the other end's ssh2 answers, data int
     await t.step(`${starter} starts every exchange`, async () => {
       const l = await link({ [starter]: { bytes: 512 * 1024 } });
       try {
-        const r = await within(echoThrough(l, 6 * MiB, 48 * 1024), 60_000, "echo");
+        const r = await deadline(echoThrough(l, 6 * MiB, 48 * 1024), 60_000, "echo");
         assertEquals(r.got, r.sent);
         // At most 512 KiB plus one 48 KiB packet per key, each way.
         const least = Math.floor((6 * MiB) / (512 * 1024 + 256 * 1024)) - 1;
@@ -225,7 +214,7 @@ Deno.test("rekey by packet count: small writes trigger exchanges long before the
   const l = await link({ proxy: { packets: 100 }, agent: { packets: 100 } });
   try {
     // 1,000 writes of 200 bytes: at least 1,000 packets each way, 200 KB in all.
-    const r = await within(echoThrough(l, 200_000, 200, true), 60_000, "echo");
+    const r = await deadline(echoThrough(l, 200_000, 200, true), 60_000, "echo");
     assertEquals(r.got, r.sent);
     // Between exchanges an end sends at most 100 packets plus one write's worth.
     assert(l.handshakes.proxy >= 5, `proxy saw ${l.handshakes.proxy}`);
@@ -239,7 +228,7 @@ Deno.test("rekey by time: an idle link exchanges keys every interval and still c
   const l = await link({ agent: { intervalMs: 100 } });
   try {
     // Wait for three exchanges (events, not a sleep).
-    await within(
+    await deadline(
       new Promise<void>((resolve) => {
         const check = () => l.handshakes.proxy >= 3 ? resolve() : l.conn.once("handshake", check);
         check();
@@ -298,10 +287,10 @@ Deno.test("rekey: a plain standard-ident link rekeys too (no custom ident)", asy
     algorithms: SSH_ALGORITHMS,
   });
   try {
-    await within(ready, 10_000, "ready");
+    await deadline(ready, 10_000, "ready");
     const conn = await connP;
     const r = keepRekeying(client, { intervalMs: 50 });
-    await within(
+    await deadline(
       new Promise<void>((resolve) => {
         const check = () => r.exchanges >= 2 ? resolve() : client.once("handshake", check);
         check();
@@ -314,7 +303,7 @@ Deno.test("rekey: a plain standard-ident link rekeys too (no custom ident)", asy
   } finally {
     const closed = new Promise<void>((res) => client.once("close", () => res()));
     client.end();
-    await within(closed, 5_000, "closed");
+    await deadline(closed, 5_000, "closed");
     await new Promise((res) => tcp.close(res));
   }
 });

@@ -9,7 +9,7 @@
 
 import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
-import { deadline } from "../apiserver/testing.ts";
+import { deadline } from "../helpers/deadline.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { type SshPair, sshPair } from "../helpers/ssh_pair.ts";
 import {

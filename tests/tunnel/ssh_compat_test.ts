@@ -15,7 +15,6 @@ import type { Connection, ServerChannel } from "ssh2";
 import {
   acceptAnyIdent,
   ChannelOpenError,
-  checkInternals,
   type IdentOptions,
   onKubesphereChannel,
   OPEN_FAILURE,
@@ -23,6 +22,8 @@ import {
   openKubesphereChannel,
   sendCustomIdent,
 } from "../../lib/tunnel/ssh_compat.ts";
+import { checkConnection, checkSsh2 } from "../../lib/tunnel/ssh2_internals.ts";
+import { deadline } from "../helpers/deadline.ts";
 
 const { Client, Server } = ssh2;
 type Client = InstanceType<typeof Client>;
@@ -86,19 +87,6 @@ function firstError(em: { on(ev: string, fn: (e: Error) => void): unknown }): Pr
   return new Promise((resolve) => em.on("error", (e: Error) => resolve(e)));
 }
 
-/** Reject after `ms` (safety net only); the timer is cleared when `p` settles. */
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timeout: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 interface Session {
   client: Client;
   conn: Connection;
@@ -140,7 +128,11 @@ async function session(opts: SessionOpts = {}): Promise<Session> {
     throw e;
   });
   client.connect({ sock: clientEnd, username: "", password: "", algorithms: opts.algorithms });
-  const [conn] = await within(Promise.race([Promise.all([connP, readyP]), errP]), 10_000, "ready");
+  const [conn] = await deadline(
+    Promise.race([Promise.all([connP, readyP]), errP]),
+    10_000,
+    "ready",
+  );
   return {
     client,
     conn,
@@ -150,7 +142,7 @@ async function session(opts: SessionOpts = {}): Promise<Session> {
     close: async () => {
       const closed = Promise.all([once(client, "close"), once(conn, "close")]);
       client.end();
-      await within(closed, 5_000, "session close");
+      await deadline(closed, 5_000, "session close");
     },
   };
 }
@@ -159,19 +151,19 @@ const KS_CLIENT = "SSH-kubesphere-v1-client";
 const KS_SERVER = "SSH-kubesphere-v1-server";
 
 Deno.test("ssh2 internals the compat hooks rely on are present", async () => {
-  checkInternals();
+  checkSsh2();
   let seen: Client | Connection | undefined;
   const s = await session({
     beforeConnect: (c) => {
       c.once("connect", () => {
-        checkInternals(c);
+        checkConnection(c);
         seen = c;
       });
     },
   });
   assert.ok(seen);
-  checkInternals(s.conn);
-  checkInternals(s.client);
+  checkConnection(s.conn);
+  checkConnection(s.client);
   await s.close();
 });
 
@@ -196,9 +188,9 @@ Deno.test("an unhooked ssh2 client refuses SSH-kubesphere-v1-server (why the hoo
   const errP = firstError(plain);
   const closed = once(plain, "close");
   plain.connect({ sock: clientEnd, username: "", password: "" });
-  const err = await within(errP, 5_000, "plain client error");
+  const err = await deadline(errP, 5_000, "plain client error");
   assert.match(err.message, /identification/i);
-  await within(closed, 5_000, "plain client close");
+  await deadline(closed, 5_000, "plain client close");
 });
 
 Deno.test("hooked server still accepts a standard SSH-2.0 client", async () => {
@@ -231,9 +223,9 @@ function rawClientAgainst(bytes: Buffer[], end: boolean): { client: Client; peer
 
 async function expectClientFailure(client: Client, pattern: RegExp): Promise<void> {
   const closed = once(client, "close");
-  const err = await within(firstError(client), 5_000, "client error");
+  const err = await deadline(firstError(client), 5_000, "client error");
   assert.match(err.message, pattern);
-  await within(closed, 5_000, "client close");
+  await deadline(closed, 5_000, "client close");
 }
 
 Deno.test("client: garbage instead of an ident fails cleanly", async () => {
@@ -265,7 +257,7 @@ Deno.test("client: truncated packet then EOF closes cleanly without ready", asyn
   let ready = false;
   client.on("ready", () => (ready = true));
   client.on("error", () => {});
-  await within(once(client, "close"), 5_000, "client close");
+  await deadline(once(client, "close"), 5_000, "client close");
   assert.equal(ready, false);
 });
 
@@ -286,9 +278,9 @@ Deno.test("server: garbage and 1 MB ident lines are refused, the peer sees EOF",
     const ended = once(peer, "end");
     const closed = once(serverEnd, "close");
     peer.write(bytes);
-    await within(ended, 5_000, "peer EOF");
+    await deadline(ended, 5_000, "peer EOF");
     assert.equal(connected, false);
-    await within(closed, 5_000, "server stream close");
+    await deadline(closed, 5_000, "server stream close");
   }
 });
 
@@ -310,10 +302,10 @@ Deno.test("ident split byte by byte after greeting lines is still accepted", asy
   };
   server.injectSocket(serverEnd as unknown as import("node:net").Socket);
   client.connect({ sock: clientEnd, username: "", password: "" });
-  await within(once(client, "ready"), 10_000, "ready");
+  await deadline(once(client, "ready"), 10_000, "ready");
   const closed = once(client, "close");
   client.end();
-  await within(closed, 5_000, "close");
+  await deadline(closed, 5_000, "close");
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -346,7 +338,7 @@ Deno.test("kubesphere channel: exact target, MiBs both ways, half-close, close",
         ch.on("end", () => ch.end(Buffer.from("after-eof")));
       }),
   });
-  const ch: ServerChannel = await within(
+  const ch: ServerChannel = await deadline(
     openKubesphereChannel(s.conn, "10.96.0.1:443"),
     5_000,
     "open",
@@ -356,11 +348,11 @@ Deno.test("kubesphere channel: exact target, MiBs both ways, half-close, close",
   const payload = randomBytes(5 * 1024 * 1024 + 123);
   const got = readAll(ch);
   ch.end(payload);
-  const back = await within(got, 20_000, "echo");
+  const back = await deadline(got, 20_000, "echo");
   assert.equal(back.length, payload.length + 9);
   assert.equal(sha(back.subarray(0, payload.length)), sha(payload));
   assert.equal(back.subarray(payload.length).toString(), "after-eof");
-  await within(Promise.all([proxyClosed, ...agentClosed]), 5_000, "channel close");
+  await deadline(Promise.all([proxyClosed, ...agentClosed]), 5_000, "channel close");
   await s.close();
 });
 
@@ -376,17 +368,17 @@ Deno.test("kubesphere channel: agent half-closes first, proxy still answers", as
         ch.end("request");
       }),
   });
-  const ch = await within(openKubesphereChannel(s.conn, "a:1"), 5_000, "open");
+  const ch = await deadline(openKubesphereChannel(s.conn, "a:1"), 5_000, "open");
   const proxyClosed = once(ch, "close");
-  const req = await within(readAll(ch), 5_000, "request");
+  const req = await deadline(readAll(ch), 5_000, "request");
   assert.equal(req.toString(), "request");
   ch.end("response after the agent's EOF");
   assert.ok(agentGot && agentClosed);
   assert.equal(
-    (await within(agentGot, 5_000, "response")).toString(),
+    (await deadline(agentGot, 5_000, "response")).toString(),
     "response after the agent's EOF",
   );
-  await within(Promise.all([proxyClosed, agentClosed]), 5_000, "channel close");
+  await deadline(Promise.all([proxyClosed, agentClosed]), 5_000, "channel close");
   await s.close();
 });
 
@@ -400,12 +392,12 @@ Deno.test("kubesphere channel: several concurrent channels keep their targets", 
       }),
   });
   const targets = ["10.96.0.1:443", "ks-apiserver.kubesphere-system.svc:80", "[::1]:6443"];
-  const chans = await within(
+  const chans = await deadline(
     Promise.all(targets.map((t) => openKubesphereChannel(s.conn, t, { window: 64 * 1024 }))),
     5_000,
     "open all",
   );
-  const replies = await within(
+  const replies = await deadline(
     Promise.all(chans.map((ch) => {
       const r = readAll(ch);
       ch.end();
@@ -438,10 +430,10 @@ Deno.test("kubesphere channel: extra data still seen after ssh2 swaps its packet
     ._packetRW;
   const Reader = rw.read.constructor as new () => object;
   rw.read = new Reader();
-  const ch = await within(openKubesphereChannel(s.conn, "10.96.0.1:443"), 5_000, "open");
+  const ch = await deadline(openKubesphereChannel(s.conn, "10.96.0.1:443"), 5_000, "open");
   const r = readAll(ch);
   ch.end("ping");
-  assert.equal((await within(r, 5_000, "reply")).toString(), "pong");
+  assert.equal((await deadline(r, 5_000, "reply")).toString(), "pong");
   assert.equal(seen, "10.96.0.1:443");
   await s.close();
 });
@@ -470,14 +462,14 @@ Deno.test("over real TCP on 127.0.0.1: kubesphere idents and a channel", async (
     ch.on("end", () => ch.end(`hello from ${target}`));
   });
   client.connect({ sock, username: "", password: "" });
-  const conn = await within(connP, 10_000, "ready");
-  const ch = await within(openKubesphereChannel(conn, "10.96.0.1:443"), 5_000, "open");
+  const conn = await deadline(connP, 10_000, "ready");
+  const ch = await deadline(openKubesphereChannel(conn, "10.96.0.1:443"), 5_000, "open");
   const r = readAll(ch);
   ch.end();
-  assert.equal((await within(r, 5_000, "reply")).toString(), "hello from 10.96.0.1:443");
+  assert.equal((await deadline(r, 5_000, "reply")).toString(), "hello from 10.96.0.1:443");
   const closed = Promise.all([once(client, "close"), once(conn, "close")]);
   client.end();
-  await within(closed, 5_000, "close");
+  await deadline(closed, 5_000, "close");
   await new Promise((resolve) => tcp.close(resolve));
 });
 
@@ -488,7 +480,7 @@ Deno.test("kubesphere channel: reject carries reason and description to the open
         reject(OPEN_FAILURE.ADMINISTRATIVELY_PROHIBITED, "target not allowed");
       }),
   });
-  const err = await within(
+  const err = await deadline(
     openKubesphereChannel(s.conn, "169.254.169.254:80").then(() => undefined, (e) => e),
     5_000,
     "reject",
@@ -506,7 +498,7 @@ Deno.test("kubesphere channel: a throwing handler rejects with CONNECT_FAILED", 
         throw new Error("boom");
       }),
   });
-  const err = await within(
+  const err = await deadline(
     openKubesphereChannel(s.conn, "x:1").then(() => undefined, (e) => e),
     5_000,
     "reject",
@@ -518,7 +510,7 @@ Deno.test("kubesphere channel: a throwing handler rejects with CONNECT_FAILED", 
 
 Deno.test("kubesphere channel: no handler registered → rejected as unknown type", async () => {
   const s = await session();
-  const err = await within(
+  const err = await deadline(
     openKubesphereChannel(s.conn, "10.96.0.1:443").then(() => undefined, (e) => e),
     5_000,
     "reject",
@@ -533,7 +525,7 @@ Deno.test("other unknown channel types stay rejected when a kubesphere handler e
   const s = await session({
     beforeConnect: (c) => onKubesphereChannel(c, () => (called = true)),
   });
-  const err = await within(
+  const err = await deadline(
     openChannelWithExtraData(s.conn, "something-else", "10.96.0.1:443").then(
       () => undefined,
       (e) => e,
@@ -557,10 +549,10 @@ Deno.test("handler registered after connect() still receives channels", async ()
     ch.on("data", () => {});
     ch.on("end", () => ch.end(`ok ${target}`));
   });
-  const ch = await within(openKubesphereChannel(s.conn, "a:1"), 5_000, "open");
+  const ch = await deadline(openKubesphereChannel(s.conn, "a:1"), 5_000, "open");
   const r = readAll(ch);
   ch.end();
-  assert.equal((await within(r, 5_000, "reply")).toString(), "ok a:1");
+  assert.equal((await deadline(r, 5_000, "reply")).toString(), "ok a:1");
   await s.close();
 });
 
@@ -569,7 +561,7 @@ Deno.test("opening on a closed session rejects instead of hanging", async () => 
   const p = openKubesphereChannel(s.conn, "a:1").then(() => undefined, (e) => e);
   const closed = Promise.all([once(s.client, "close"), once(s.conn, "close")]);
   s.clientEnd.destroy();
-  const err = await within(p, 5_000, "reject on close");
+  const err = await deadline(p, 5_000, "reject on close");
   assert.ok(err instanceof Error);
-  await within(closed, 5_000, "session close");
+  await deadline(closed, 5_000, "session close");
 });

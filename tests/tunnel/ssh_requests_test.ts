@@ -25,6 +25,7 @@ import {
   sendRawPacket,
   serveGlobalRequests,
 } from "../../lib/tunnel/ssh_requests.ts";
+import { deadline } from "../helpers/deadline.ts";
 
 const { Client, Server } = ssh2;
 type Client = InstanceType<typeof Client>;
@@ -32,18 +33,6 @@ type Client = InstanceType<typeof Client>;
 const HOST_KEY = { key: parseHostKey(generateHostKeyPem()).sshKey };
 const enc = new TextEncoder();
 const dec = new TextDecoder();
-
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timeout: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** A server serving `handler` and a client with a requester, connected and ready. */
 async function pair(handler: GlobalRequestHandler) {
@@ -70,8 +59,8 @@ async function pair(handler: GlobalRequestHandler) {
     password: "p",
   });
   const requester = new GlobalRequester(client);
-  await within(ready, 10_000, "ready");
-  const conn = await within(connP, 10_000, "server ready");
+  await deadline(ready, 10_000, "ready");
+  const conn = await deadline(connP, 10_000, "server ready");
   return {
     client,
     conn,
@@ -79,7 +68,7 @@ async function pair(handler: GlobalRequestHandler) {
     close: async () => {
       const closed = new Promise<void>((r) => client.once("close", () => r()));
       client.end();
-      await within(closed, 5_000, "closed");
+      await deadline(closed, 5_000, "closed");
       await new Promise((r) => tcp.close(r));
     },
   };
@@ -137,12 +126,12 @@ Deno.test("ssh_requests: replies in request order when handlers finish out of or
     const replies = ["first", "second", "third"].map((n) =>
       p.requester.request(n, new Uint8Array())
     );
-    await within(arrived.promise, 5_000, "all three at the server");
+    await deadline(arrived.promise, 5_000, "all three at the server");
     // Finish them backwards: the replies must still come back first, second, third.
     for (const n of ["third", "second", "first"]) {
       gates.get(n)!.resolve({ ok: true, payload: enc.encode(n) });
     }
-    const got = await within(Promise.all(replies), 5_000, "replies");
+    const got = await deadline(Promise.all(replies), 5_000, "replies");
     assertEquals(got.map((r) => dec.decode(r.payload)), ["first", "second", "third"]);
   } finally {
     await p.close();
@@ -166,7 +155,7 @@ Deno.test("ssh_requests: a throwing or rejecting handler is a failure reply; no-
       "internal error: later boom",
     ]);
     assertEquals(await p.requester.request("quiet", new Uint8Array(), false), { ok: true });
-    assertEquals(await within(ran.promise, 5_000, "no-reply request handled"), "quiet");
+    assertEquals(await deadline(ran.promise, 5_000, "no-reply request handled"), "quiet");
     // The next reply is not mistaken for the no-reply request's.
     const after = await p.requester.request("x", new Uint8Array());
     assertEquals(after.ok, true);
@@ -180,7 +169,7 @@ Deno.test("ssh_requests: pending requests fail when the connection closes", asyn
   const p = await pair(() => never.promise);
   const pending = p.requester.request("hang", new Uint8Array());
   await p.close();
-  const r = await within(pending, 5_000, "pending request");
+  const r = await deadline(pending, 5_000, "pending request");
   assertEquals([r.ok, dec.decode(r.payload)], [false, "connection closed"]);
   // Writing on a torn-down connection does nothing (and does not throw).
   sendRawPacket(protocolOf(p.client), 80, new Uint8Array(4));
@@ -194,8 +183,8 @@ Deno.test("ssh_requests: requests made during a key exchange are answered after 
     proto.rekey();
     assert(proto._kexinit !== undefined, "key exchange under way");
     const replies = [1, 2, 3].map((i) => p.requester.request(`r${i}`, new Uint8Array()));
-    await within(done, 10_000, "key exchange");
-    const got = await within(Promise.all(replies), 5_000, "replies");
+    await deadline(done, 10_000, "key exchange");
+    const got = await deadline(Promise.all(replies), 5_000, "replies");
     assertEquals(got.map((r) => dec.decode(r.payload)), ["r1", "r2", "r3"]);
   } finally {
     await p.close();

@@ -63,6 +63,7 @@ import { NoAgentError, type UpstreamDialer } from "./upstream.ts";
 import type { ClientAccess } from "../client_access.ts";
 import {
   BodyTooLargeError,
+  type FlowControl,
   pumpBody,
   type PumpCounter,
   type PumpMode,
@@ -105,6 +106,11 @@ export interface ClientInfo {
    * open): a refusal is answered 401 and closes the connection.
    */
   access?: () => Promise<ClientAccess>;
+  /**
+   * What to pause when the client sends faster than its bytes are taken (default: the
+   * connection itself): the gate under a TLS socket, whose own pause does not stop reads.
+   */
+  flow?: FlowControl;
 }
 
 /** Options of {@link HttpProxy}. */
@@ -142,11 +148,33 @@ export const DEFAULT_REQUEST_HEAD_BYTES = 64 * 1024;
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 const NONE: Framing = { kind: "none" };
 
-/** Close a connection after its last response; destroy it if the peer does not close in time. */
-function closeAfterWrite(sock: Duplex, last?: Buffer): void {
+/** How long a closing connection waits for the client to close before it is destroyed. */
+const CLOSE_LINGER_MS = 2_000;
+/** What a closing connection reads and drops at most before it is destroyed. */
+const LINGER_BYTES = 64 * 1024;
+
+/**
+ * Close a connection after its last response: our side ends; what the client still sends is
+ * read and dropped, never held, so that its close is seen at once; beyond {@link LINGER_BYTES}
+ * (a huge head after its 431, a body after its 401) or after {@link CLOSE_LINGER_MS} the
+ * connection is destroyed (reading on and dropping would cost memory for every chunk: a flood of
+ * 1 MiB heads grew the proxy by tens of MiB).
+ */
+function closeAfterWrite(wire: Wire, last?: Buffer): void {
+  const sock = wire.stream;
   if (sock.destroyed) return;
   sock.end(last);
-  const timer = setTimeout(() => sock.destroy(), 5_000);
+  let dropped = 0;
+  wire.setSink({
+    onData(chunk) {
+      dropped += chunk.length;
+      if (dropped > LINGER_BYTES) sock.destroy();
+    },
+    onEnd() {},
+    onClose() {},
+  });
+  wire.resume();
+  const timer = setTimeout(() => sock.destroy(), CLOSE_LINGER_MS);
   sock.once("close", () => clearTimeout(timer));
 }
 
@@ -276,7 +304,7 @@ export class HttpProxy {
       this.#idle.delete(sock);
       if (this.#clients.size === 0) { for (const w of this.#emptyWaiters.splice(0)) w(); }
     });
-    const wire = new Wire(sock);
+    const wire = new Wire(sock, undefined, client.flow);
     try {
       await this.#serveLoop(wire, client);
     } catch (err) {
@@ -290,7 +318,7 @@ export class HttpProxy {
     const unauthorized = statusResponse(401, "Unauthorized", { close: true });
     while (!sock.destroyed) {
       if (this.#draining) {
-        closeAfterWrite(sock);
+        closeAfterWrite(wire);
         return;
       }
       // Who the client is, before its bytes are buffered: a refused caller's head may be only
@@ -310,13 +338,13 @@ export class HttpProxy {
           const res = refused ? unauthorized : statusResponse(err.status, err.message, {
             close: true,
           });
-          closeAfterWrite(sock, res);
+          closeAfterWrite(wire, res);
         } else sock.destroy();
         return;
       }
       this.#idle.delete(sock);
       if (got === null) {
-        closeAfterWrite(sock);
+        closeAfterWrite(wire);
         return;
       }
       let req: RequestHead;
@@ -327,13 +355,13 @@ export class HttpProxy {
         const res = refused ? unauthorized : statusResponse(e.status ?? 400, e.message, {
           close: true,
         });
-        closeAfterWrite(sock, res);
+        closeAfterWrite(wire, res);
         return;
       }
       if (access !== undefined && !access.ok) {
         log.v(2, "client refused", { cluster: this.#o.cluster, reason: access.reason });
         this.#audit(this.#record(req, ""), 401, performance.now());
-        closeAfterWrite(sock, unauthorized);
+        closeAfterWrite(wire, unauthorized);
         return;
       }
       if (!await this.#exchange(wire, req, client, access)) return;
@@ -393,7 +421,7 @@ export class HttpProxy {
       const res = statusResponse(code, msg, { close: !keep, head: req.method === "HEAD" });
       rec.status = code;
       if (keep) sock.write(res);
-      else closeAfterWrite(sock, res);
+      else closeAfterWrite(wire, res);
       return keep;
     };
     let framing: Framing;
@@ -576,12 +604,12 @@ export class HttpProxy {
       if (retryable) return { retry: true };
       if (reqError instanceof BodyTooLargeError) {
         rec.status = 413;
-        closeAfterWrite(sock, statusResponse(413, reqError.message, { close: true }));
+        closeAfterWrite(wire, statusResponse(413, reqError.message, { close: true }));
         return { retry: false, keep: false };
       }
       if (reqError instanceof ChunkedError) {
         rec.status = 400;
-        closeAfterWrite(sock, statusResponse(400, reqError.message, { close: true }));
+        closeAfterWrite(wire, statusResponse(400, reqError.message, { close: true }));
         return { retry: false, keep: false };
       }
       const msg = `cluster ${this.#o.cluster}: ${this.#o.kind} API server did not answer`;
@@ -591,7 +619,7 @@ export class HttpProxy {
         error: err.message,
       });
       rec.status = 502;
-      closeAfterWrite(sock, statusResponse(502, msg, { close: true, head: req.method === "HEAD" }));
+      closeAfterWrite(wire, statusResponse(502, msg, { close: true, head: req.method === "HEAD" }));
       return { retry: false, keep: false };
     };
 
@@ -690,14 +718,14 @@ export class HttpProxy {
       // Answered before the whole request body arrived: neither connection is in a known state.
       cancelReq.abort();
       conn.destroy();
-      closeAfterWrite(sock);
+      closeAfterWrite(wire);
       return { retry: false, keep: false };
     }
     await reqPump;
     if (upstreamKeep && !this.#closed) this.#pool.put(conn);
     else conn.destroy();
     if (close) {
-      closeAfterWrite(sock);
+      closeAfterWrite(wire);
       return { retry: false, keep: false };
     }
     return { retry: false, keep: !x.clientGone };
@@ -743,6 +771,6 @@ export class HttpProxy {
     });
     cancel.abort();
     conn.destroy();
-    if (!sock.destroyed) closeAfterWrite(sock);
+    if (!sock.destroyed) closeAfterWrite(wire);
   }
 }

@@ -10,10 +10,16 @@
  */
 
 import { Buffer } from "node:buffer";
-import type { Duplex, Readable, Writable } from "node:stream";
+import type { Duplex, Writable } from "node:stream";
 import { ChunkedScanner } from "./chunked.ts";
 import type { Deadline, Deadlines } from "./deadlines.ts";
 import { DEFAULT_HEAD_LIMITS, findHeadEnd, type Framing, HttpParseError } from "./head.ts";
+
+/** What a {@link Wire} pauses and resumes for backpressure (a stream, or a gate under one). */
+export interface FlowControl {
+  pause(): unknown;
+  resume(): unknown;
+}
 
 /** Consumer of a {@link Wire}'s bytes. */
 export interface WireSink {
@@ -51,14 +57,14 @@ export class Wire {
   #endDelivered = false;
   #closeDelivered = false;
   readonly #maxBuffered: number;
-  readonly #flow: Readable;
+  readonly #flow: FlowControl;
 
   /**
    * `maxBuffered`: bytes kept while no sink consumes before the stream is paused. `flow`: what to
    * pause for backpressure, when not `stream` itself: the tunnel stream under a TLS stream (see
    * `conn.ts`).
    */
-  constructor(stream: Duplex, maxBuffered = 64 * 1024, flow: Readable = stream) {
+  constructor(stream: Duplex, maxBuffered = 64 * 1024, flow: FlowControl = stream) {
     this.stream = stream;
     this.#maxBuffered = maxBuffered;
     this.#flow = flow;

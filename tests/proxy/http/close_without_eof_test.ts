@@ -23,7 +23,7 @@ import { HttpProxy } from "../../../lib/proxy/http/forward.ts";
 import type { UpstreamAuth } from "../../../lib/proxy/http/upstream.ts";
 import { generateCA, issueServingCert } from "../../../lib/pki/mod.ts";
 import { openKubesphereChannel } from "../../../lib/tunnel/ssh_compat.ts";
-import { deadline } from "../../apiserver/testing.ts";
+import { deadline } from "../../helpers/deadline.ts";
 import { assert, assertEquals } from "../../helpers/assert.ts";
 import { patternBytes, startClosingOrigin, writeChunked } from "../../helpers/closing_origin.ts";
 import { goPipe, type SshChannel, sshPair } from "../../helpers/ssh_pair.ts";

@@ -26,7 +26,7 @@ import {
   verifyClientCert,
 } from "../../../lib/pki/mod.ts";
 import { startTestApiServer } from "../../apiserver/server.ts";
-import { deadline } from "../../apiserver/testing.ts";
+import { deadline } from "../../helpers/deadline.ts";
 import { assert, assertEquals } from "../../helpers/assert.ts";
 import { startAgent, startTestProxy, waitForSessions } from "../../helpers/tunnel.ts";
 import { RawClient } from "./helpers.ts";
