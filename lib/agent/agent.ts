@@ -30,7 +30,7 @@ import { GlobalRequester, serveGlobalRequests } from "../tunnel/ssh_requests.ts"
 import { DRAIN_REQUEST } from "../handover.ts";
 import { VERSION } from "../version.ts";
 import { Backoff } from "../backoff.ts";
-import { dialTarget, pipeChannel } from "./forward.ts";
+import { DIAL_TIMEOUT_MS, dialTarget, pipeChannel } from "./forward.ts";
 import { SendBudget } from "../tunnel/send_budget.ts";
 import { limitReceive } from "../tunnel/receive_budget.ts";
 import { MemoryKnownProxies } from "./known_proxies.ts";
@@ -82,7 +82,9 @@ export interface AgentOptions {
   /** When the session exchanges SSH keys again (lib/tunnel/rekey.ts defaults). */
   rekey?: RekeyLimits;
   /** How a target is dialled (default: TCP, `dialTarget` of ./forward.ts); tests wrap it. */
-  dialTarget?: (target: string) => Promise<Deno.TcpConn>;
+  dialTarget?: (target: string, timeoutMs: number) => Promise<Deno.TcpConn>;
+  /** How long a target has to accept the connection (default `DIAL_TIMEOUT_MS`, 10 s). */
+  dialTimeoutMs?: number;
   /** Observer: session state changes (tests and metrics). */
   onState?: (state: "connected" | "disconnected", detail?: string) => void;
 }
@@ -411,7 +413,8 @@ export class Agent {
   ): void {
     this.#streams++;
     this.#pipes++;
-    (this.#opts.dialTarget ?? dialTarget)(target).then(
+    const dialMs = this.#opts.dialTimeoutMs ?? DIAL_TIMEOUT_MS;
+    (this.#opts.dialTarget ?? dialTarget)(target, dialMs).then(
       (conn) => {
         let channel: ClientChannel;
         try {

@@ -23,6 +23,7 @@ import type { Duplex } from "node:stream";
 import { releaseBuffer, takeBuffer } from "../buffer_pool.ts";
 import { MIN_SHARE, SendBudget } from "../tunnel/send_budget.ts";
 import { deferConsumption } from "../tunnel/receive_budget.ts";
+import { within } from "../within.ts";
 
 /** Queued channel → TCP bytes above which the channel is paused. */
 const UP_HIGH_WATER = 1 << 20;
@@ -37,9 +38,27 @@ export function splitHostPort(target: string): { hostname: string; port: number 
   return { hostname: m[1] ?? m[2], port: Number(m[3]) };
 }
 
-/** Dial `target` over TCP. */
-export async function dialTarget(target: string): Promise<Deno.TcpConn> {
-  const conn = await Deno.connect({ ...splitHostPort(target), transport: "tcp" });
+/**
+ * How long a target has to accept our TCP connection. Without a deadline a target that drops
+ * our SYNs (a full accept queue, a firewall) held the proxy's channel open, and the stream
+ * counted against the agent's limit, for the kernel's whole retry schedule (~2 min on Linux).
+ */
+export const DIAL_TIMEOUT_MS = 10_000;
+
+/** Dial `target` over TCP; fails after `timeoutMs` (a connection made later is closed). */
+export async function dialTarget(
+  target: string,
+  timeoutMs: number = DIAL_TIMEOUT_MS,
+): Promise<Deno.TcpConn> {
+  const conn = await within(
+    Deno.connect({ ...splitHostPort(target), transport: "tcp" }),
+    timeoutMs,
+    {
+      what: "connect",
+      timedOut: `not connected within ${timeoutMs} ms`,
+      late: (c) => c.close(),
+    },
+  );
   conn.setNoDelay(true);
   return conn;
 }
