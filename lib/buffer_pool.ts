@@ -1,13 +1,13 @@
 /**
- * Reusable large buffers: outbound SSH packets and the agent's read slabs.
+ * Reusable buffers: outbound SSH packets, the agent's read buffers, gathered inbound packets.
  *
  * Above 4 KiB `Buffer`'s own pool does not serve an allocation, so each sealed packet and each
- * read slab was an ArrayBuffer of its own: a busy agent sending 100 MB/s made about twice that
+ * read buffer was an ArrayBuffer of its own: a busy agent sending 100 MB/s made about twice that
  * in garbage buffers, which V8 collected only every few seconds (300–450 MB dead at a time, and
  * an RSS glibc never handed back). Whoever knows a buffer is no longer referenced gives it back
  * ({@link releaseBuffer}): the agent's WebSocket framing once it has copied a packet into its
- * frame, a read slab once every slice of it has been consumed. The next request of that size
- * class reuses it.
+ * frame, a read buffer once the channel has taken the chunk read into it. The next request of
+ * that size class reuses it.
  *
  * Only buffers made here are taken back, only whole (offset 0), only once while free. At most
  * {@link MAX_FREE_BYTES} wait in all: past that the buffers free the longest go to the GC, so
@@ -18,28 +18,43 @@
 
 import { Buffer } from "node:buffer";
 
-/** Smaller requests come from `Buffer`'s own pool (or a plain allocation). */
-export const MIN_POOLED = 16 * 1024;
+/**
+ * Smaller requests come from `Buffer`'s own pool (8 KiB slabs it hands out in slices, below 4
+ * KiB). Between 4 and 16 KiB (the packets of partial reads) each was an allocation of its own:
+ * 214 MiB of garbage on the agent in three passes of the 1,000-stream figure.
+ */
+export const MIN_POOLED = 4 * 1024;
 /**
  * Size classes (KiB): two an octave, so a class serves lengths up to a third apart, plus one
  * for the largest channel-data packet (256 KiB and its framing). Longer requests are not pooled.
  */
-const CLASSES = [16, 24, 32, 48, 64, 96, 128, 192, 272, 384, 512].map((k) => k * 1024);
+const CLASSES = [4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 272, 384, 512].map((k) => k * 1024);
 /** Most bytes kept free at once, all classes together. */
 export const MAX_FREE_BYTES = 16 * 1024 * 1024;
 
 /** Free buffers by size class; the last freed is reused first. */
 const free = new Map<number, ArrayBuffer[]>();
-/** Free buffers, longest free first (entries reused since are skipped and dropped lazily). */
-let freeOrder: ArrayBuffer[] = [];
+/**
+ * Release order, oldest first from `orderHead`, for eviction: each release appends the buffer
+ * with a new sequence number, and an entry counts only while it is the buffer's latest release
+ * and the buffer is still free (`freeSince`). Entries that no longer count are skipped, and
+ * dropped when they outnumber the free buffers. (Before, a buffer taken and given back again
+ * and again, a stream's read buffer, was appended each time and every copy looked valid: the
+ * list grew by one per release and was filtered whole at every release, ~19% of the agent's
+ * CPU in the sequential small-GET figure.)
+ */
+let orderBufs: ArrayBuffer[] = [];
+let orderSeqs: number[] = [];
+let orderHead = 0;
+let seq = 0;
 let freeCount = 0;
 /**
  * Buffers lent out, with the length of the view lent: only that exact view is taken back, once
- * (a slice of it, e.g. a read slab's first slice, is not the whole buffer's release).
+ * (a slice of it, e.g. the chunk a read filled part of, is not the whole buffer's release).
  */
 const lent = new WeakMap<ArrayBuffer, number>();
-/** Buffers on a free list (for eviction, whose order list may hold stale entries). */
-const isFree = new WeakSet<ArrayBuffer>();
+/** Free buffers, with the sequence number of their release. */
+const freeSince = new WeakMap<ArrayBuffer, number>();
 let freeBytes = 0;
 
 /** A buffer of exactly `len` bytes, contents undefined. */
@@ -49,7 +64,7 @@ export function takeBuffer(len: number): Buffer {
   if (size === undefined) return Buffer.allocUnsafe(len);
   let ab = free.get(size)?.pop();
   if (ab !== undefined) {
-    isFree.delete(ab);
+    freeSince.delete(ab);
     freeBytes -= size;
     freeCount--;
   } else ab = new ArrayBuffer(size);
@@ -69,27 +84,53 @@ export function releaseBuffer(buf: Uint8Array): void {
   let list = free.get(ab.byteLength);
   if (list === undefined) free.set(ab.byteLength, list = []);
   list.push(ab);
-  isFree.add(ab);
+  freeSince.set(ab, ++seq);
   freeBytes += ab.byteLength;
   freeCount++;
-  freeOrder.push(ab);
+  orderBufs.push(ab);
+  orderSeqs.push(seq);
   while (freeBytes > MAX_FREE_BYTES && evictOldest());
-  if (freeOrder.length > 4 * freeCount + 64) freeOrder = freeOrder.filter((b) => isFree.has(b));
+  if (orderBufs.length - orderHead > 4 * freeCount + 64) compactOrder();
+}
+
+/** Whether release-order entry `i` still counts. */
+function current(i: number): boolean {
+  return freeSince.get(orderBufs[i]) === orderSeqs[i];
 }
 
 /** Leave the buffer free the longest to the GC; false if there was none. */
 function evictOldest(): boolean {
-  for (;;) {
-    const ab = freeOrder.shift();
-    if (ab === undefined) return false;
-    if (!isFree.has(ab)) continue; // reused since it was freed
+  while (orderHead < orderBufs.length) {
+    const i = orderHead++;
+    if (!current(i)) continue; // taken since, or released again later
+    const ab = orderBufs[i];
     const list = free.get(ab.byteLength)!;
     list.splice(list.indexOf(ab), 1);
-    isFree.delete(ab);
+    freeSince.delete(ab);
     freeBytes -= ab.byteLength;
     freeCount--;
     return true;
   }
+  return false;
+}
+
+/** Keep only the entries that count (one per free buffer), oldest first. */
+function compactOrder(): void {
+  const bufs: ArrayBuffer[] = [];
+  const seqs: number[] = [];
+  for (let i = orderHead; i < orderBufs.length; i++) {
+    if (!current(i)) continue;
+    bufs.push(orderBufs[i]);
+    seqs.push(orderSeqs[i]);
+  }
+  orderBufs = bufs;
+  orderSeqs = seqs;
+  orderHead = 0;
+}
+
+/** Entries in the release order (for tests: bounded by the free buffers). */
+export function releaseOrderLength(): number {
+  return orderBufs.length - orderHead;
 }
 
 /** Bytes waiting on the free lists (for tests). */

@@ -43,12 +43,23 @@ export const TARGETS = [
   },
 ];
 
+/**
+ * V8 flags both binaries run with (`deno task bench` runs `proxy.ts` and `agent.ts` with them
+ * too). A young generation of 4 MiB semi-spaces instead of V8's default (up to 16 MiB, grown under
+ * load) collects short-lived buffers and objects sooner: in `scripts/bench/cost.ts`, 1,000
+ * streams peaked at 195–214 MiB proxy / 165–198 agent against 267–302 / 197–221, a 64-connection
+ * load at 163–166 / 91 against 182–186 / 102–103, with CPU per request or MB within the runs'
+ * spread (scripts/bench/README.md, issue 18).
+ */
+export const V8_FLAGS = "--max-semi-space-size=4";
+
 /** The `deno compile` arguments for one target (exported for tests). */
 export function compileArgs(target: (typeof TARGETS)[number], extra: string[] = []): string[] {
   return [
     "compile",
     "--quiet",
     "--no-prompt",
+    `--v8-flags=${V8_FLAGS}`,
     ...target.perms,
     "--output",
     `bin/${target.name}`,

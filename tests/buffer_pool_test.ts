@@ -11,6 +11,7 @@ import {
   MAX_FREE_BYTES,
   MIN_POOLED,
   releaseBuffer,
+  releaseOrderLength,
   takeBuffer,
 } from "../lib/buffer_pool.ts";
 
@@ -64,5 +65,23 @@ Deno.test("buffer pool: at most MAX_FREE_BYTES wait free; the longest free go fi
   releaseBuffer(other);
   assertEquals(takeBuffer(48 * 1024).buffer, other.buffer);
   // The most recently freed of the first size are the ones kept.
+  assertEquals(takeBuffer(size).buffer, bufs.at(-1)!.buffer);
+});
+
+Deno.test("buffer pool: a buffer taken and given back again and again keeps its bookkeeping small", () => {
+  // A stream's read buffer: taken, released, taken again, tens of thousands of times.
+  let prev = takeBuffer(256 * 1024);
+  for (let i = 0; i < 20_000; i++) {
+    const b = takeBuffer(256 * 1024);
+    releaseBuffer(prev);
+    prev = b;
+  }
+  releaseBuffer(prev);
+  assert(releaseOrderLength() <= 4 * 64 + 64, `${releaseOrderLength()} release-order entries`);
+  // Eviction still goes oldest first once the cap is passed.
+  const size = 512 * 1024;
+  const bufs = Array.from({ length: MAX_FREE_BYTES / size + 2 }, () => takeBuffer(size));
+  for (const b of bufs) releaseBuffer(b);
+  assert(freeBufferBytes() <= MAX_FREE_BYTES);
   assertEquals(takeBuffer(size).buffer, bufs.at(-1)!.buffer);
 });

@@ -22,14 +22,17 @@ import { logger, redact } from "../log.ts";
 import { type AgentConfig, encodeAgentConfig } from "../tunnel/handshake.ts";
 import { fingerprintOf } from "../tunnel/hostkey.ts";
 import { SSH_ALGORITHMS } from "../tunnel/protocol.ts";
-import { installFastChaChaPoly } from "../tunnel/ssh_cipher.ts";
+import { installFastChaChaPoly, keepsNoInput } from "../tunnel/ssh_cipher.ts";
+import type { WsConnStream } from "../tunnel/ws_stream.ts";
 import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
 import { acceptAnyIdent, onKubesphereChannel, OPEN_FAILURE } from "../tunnel/ssh_compat.ts";
 import { GlobalRequester, serveGlobalRequests } from "../tunnel/ssh_requests.ts";
 import { DRAIN_REQUEST } from "../handover.ts";
 import { VERSION } from "../version.ts";
 import { Backoff } from "../backoff.ts";
-import { dialTarget, pipeChannel } from "./forward.ts";
+import { DIAL_TIMEOUT_MS, dialTarget, pipeChannel } from "./forward.ts";
+import { SendBudget } from "../tunnel/send_budget.ts";
+import { limitReceive } from "../tunnel/receive_budget.ts";
 import { MemoryKnownProxies } from "./known_proxies.ts";
 import { type HostKeyCheck, HostKeyRefused, ProxyTrust } from "./proxy_trust.ts";
 import { dialProxy, tunnelUrl } from "./transport.ts";
@@ -67,15 +70,30 @@ export interface AgentOptions {
   proxyCaCerts?: string[];
   /** Deadline for connect + SSH + config (default 30 s). */
   handshakeTimeoutMs?: number;
-  /** Most tunnelled streams at once (default 1024). */
+  /**
+   * Most tunnelled streams at once (default 1024): channels open (or their target being dialed),
+   * as the proxy counts them. A stream whose channel is closed may still be finishing with its
+   * target (writing what the channel brought, then waiting up to `LINGER_MS` for the target to
+   * close): those count against twice this number, all streams together.
+   */
   maxStreams?: number;
+  /** How long a stream waits for its target to close once the channel is gone (`LINGER_MS`). */
+  lingerMs?: number;
   /** When the session exchanges SSH keys again (lib/tunnel/rekey.ts defaults). */
   rekey?: RekeyLimits;
   /** How a target is dialled (default: TCP, `dialTarget` of ./forward.ts); tests wrap it. */
-  dialTarget?: (target: string) => Promise<Deno.TcpConn>;
+  dialTarget?: (target: string, timeoutMs: number) => Promise<Deno.TcpConn>;
+  /** How long a target has to accept the connection (default `DIAL_TIMEOUT_MS`, 10 s). */
+  dialTimeoutMs?: number;
   /** Observer: session state changes (tests and metrics). */
   onState?: (state: "connected" | "disconnected", detail?: string) => void;
 }
+
+/**
+ * Bytes the session's streams may hold on their way to the targets (windows granted plus what
+ * the proxy sent that is not yet written to a target), see lib/tunnel/receive_budget.ts.
+ */
+export const AGENT_RECEIVE_BUDGET = 32 * 1024 * 1024;
 
 /** The proxy refused this agent's config (bad token, unknown name, …). */
 class RefusedError extends Error {
@@ -93,7 +111,10 @@ export class Agent {
   readonly #clients = new Set<ssh2.Client>();
   /** Reconnect loops running: one, or two during a handover. */
   #lanes = 0;
+  /** Channels open, or whose target is being dialed. */
   #streams = 0;
+  /** Pipes running, including those still finishing with their target after the channel. */
+  #pipes = 0;
 
   constructor(opts: AgentOptions) {
     this.#opts = opts;
@@ -105,7 +126,7 @@ export class Agent {
     );
   }
 
-  /** Open tunnelled streams right now. */
+  /** Open tunnelled streams right now (channels open, or their target being dialed). */
   get streams(): number {
     return this.#streams;
   }
@@ -302,6 +323,10 @@ export class Agent {
         }).catch((err: Error) => finish(err));
       });
 
+      // Once our decipher opens the proxy's packets, the WebSocket may read into one buffer.
+      (stream as Partial<WsConnStream>).setReadReuse?.(() => keepsNoInput(client));
+      // What the proxy may have in flight towards our targets, all streams together.
+      limitReceive(client, AGENT_RECEIVE_BUDGET);
       client.connect({
         sock: acceptAnyIdent(stream, client),
         username: cfg.Name,
@@ -313,6 +338,8 @@ export class Agent {
         authHandler: keyCallbacks.authHandler,
       } as ssh2.ConnectConfig);
       requester = new GlobalRequester(client);
+      // What this session's streams hold read from their targets and not yet sent.
+      const budget = new SendBudget();
       // The proxy's requests: its keepalives are refused as ssh2 does (proof enough that we are
       // alive), a drain starts the handover.
       serveGlobalRequests(client as unknown as ssh2.Connection, (name) => {
@@ -327,10 +354,13 @@ export class Agent {
             `target ${target} not allowed`,
           );
         }
-        if (this.#streams >= (this.#opts.maxStreams ?? 1024)) {
+        // The proxy counts a channel until our CLOSE: a limit on pipes still finishing with
+        // their targets after that refused its opens below its own limit of channels.
+        const max = this.#opts.maxStreams ?? 1024;
+        if (this.#streams >= max || this.#pipes >= 2 * max) {
           return rejectOpen(OPEN_FAILURE.RESOURCE_SHORTAGE, "too many streams");
         }
-        this.#serveStream(target, accept, rejectOpen, () => !settled);
+        this.#serveStream(target, accept, rejectOpen, () => !settled, budget);
       });
     });
   }
@@ -379,9 +409,12 @@ export class Agent {
     accept: () => ClientChannel,
     rejectOpen: (reason?: number, description?: string) => void,
     live: () => boolean,
+    budget: SendBudget,
   ): void {
     this.#streams++;
-    (this.#opts.dialTarget ?? dialTarget)(target).then(
+    this.#pipes++;
+    const dialMs = this.#opts.dialTimeoutMs ?? DIAL_TIMEOUT_MS;
+    (this.#opts.dialTarget ?? dialTarget)(target, dialMs).then(
       (conn) => {
         let channel: ClientChannel;
         try {
@@ -389,6 +422,7 @@ export class Agent {
           channel = accept();
         } catch (err) {
           this.#streams--;
+          this.#pipes--;
           conn.close();
           log.v(2, "Dialled the target, but the channel is gone", {
             target,
@@ -396,14 +430,24 @@ export class Agent {
           });
           return;
         }
+        // Counted out at the channel's close, or at the end of the pipe at the latest.
+        let counted = true;
+        const channelDone = () => {
+          if (counted) this.#streams--;
+          counted = false;
+        };
+        channel.once("close", channelDone);
         log.v(4, "Stream opened", { target, streams: this.#streams });
-        pipeChannel(channel as unknown as Duplex, conn).finally(() => {
-          this.#streams--;
-          log.v(4, "Stream closed", { target, streams: this.#streams });
+        const lingerMs = this.#opts.lingerMs;
+        pipeChannel(channel as unknown as Duplex, conn, { budget, lingerMs }).finally(() => {
+          channelDone();
+          this.#pipes--;
+          log.v(4, "Stream closed", { target, streams: this.#streams, pipes: this.#pipes });
         });
       },
       (err: Error) => {
         this.#streams--;
+        this.#pipes--;
         log.warn("Cannot dial target", { target, err: err.message });
         try {
           rejectOpen(OPEN_FAILURE.CONNECT_FAILED, `dial ${target}: ${err.message}`);

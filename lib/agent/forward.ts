@@ -7,44 +7,29 @@
  * (see {@link pipeChannel}).
  *
  * Performance notes (this is the agent's whole data path):
- * - TCP → channel reads go into slices of a slab that is replaced only when
- *   nearly used up, so a small read does not cost a fresh zero-filled 256 KiB
- *   buffer. ssh2 may keep a written chunk until the peer's window opens, so a
- *   slab goes back to the buffer pool only once the channel has taken every
- *   slice of it (the write callbacks).
- * - A stream holds at most its share of {@link READ_BUDGET} in chunks the
- *   channel has not taken yet (not the channel's whole 256 KiB write buffer):
- *   a thousand busy streams hold ~16 KiB each.
- * - channel → TCP keeps the channel flowing and queues chunks while a write is
- *   in progress; it pauses the channel only when the queue is large, instead
- *   of pausing and resuming around every 32 KiB SSH packet.
+ * - TCP → channel reads go into buffers from the buffer pool, sized to the stream's share of its
+ *   session's {@link SendBudget} (a power of two from 16 to 256 KiB), and a buffer goes back to
+ *   the pool once the channel has taken the chunk read into it (its write callback; ssh2 may keep
+ *   a chunk until the peer's window opens). A stream holds at most its share unsent: a thousand
+ *   busy streams hold ~16 KiB each, one bulk stream 256 KiB.
+ * - channel → TCP keeps the channel flowing and queues chunks while a write is in progress; it
+ *   pauses the channel only when the queue is large, instead of pausing and resuming around
+ *   every 32 KiB SSH packet.
  * @module
  */
 
 import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
-import { READ_MIN, SlabReader } from "../slab.ts";
+import { releaseBuffer, takeBuffer } from "../buffer_pool.ts";
+import { MIN_SHARE, SendBudget } from "../tunnel/send_budget.ts";
+import { deferConsumption } from "../tunnel/receive_budget.ts";
+import { within } from "../within.ts";
 
 /** Queued channel → TCP bytes above which the channel is paused. */
 const UP_HIGH_WATER = 1 << 20;
 
-/**
- * Bytes all target → channel reads of this process may hold at once. A stream's share is this
- * divided by the streams currently holding chunks the channel has not taken (waiting for their
- * SSH window or the transport), between 16 KiB and 256 KiB: it reads at most its share at a
- * time and holds at most its share unsent, so a bulk stream moves 256 KiB at a time while a
- * thousand busy streams hold ~16 KiB each instead of a quarter of a GiB together. Idle
- * keep-alive streams do not count.
- */
-export const READ_BUDGET = 16 << 20;
-
-/** Target → channel loops now holding bytes the channel has not taken. */
-let holders = 0;
-
-/** Read size for one of `readers` streams sharing {@link READ_BUDGET}. */
-export function readLimit(readers: number): number {
-  return Math.max(READ_MIN, Math.min(256 * 1024, Math.floor(READ_BUDGET / Math.max(1, readers))));
-}
+/** The budget of streams piped without one of their own (tests; one agent session). */
+const processBudget = new SendBudget();
 
 /** Parse `host:port` (with `[v6]` support) for `Deno.connect`. */
 export function splitHostPort(target: string): { hostname: string; port: number } {
@@ -53,9 +38,27 @@ export function splitHostPort(target: string): { hostname: string; port: number 
   return { hostname: m[1] ?? m[2], port: Number(m[3]) };
 }
 
-/** Dial `target` over TCP. */
-export async function dialTarget(target: string): Promise<Deno.TcpConn> {
-  const conn = await Deno.connect({ ...splitHostPort(target), transport: "tcp" });
+/**
+ * How long a target has to accept our TCP connection. Without a deadline a target that drops
+ * our SYNs (a full accept queue, a firewall) held the proxy's channel open, and the stream
+ * counted against the agent's limit, for the kernel's whole retry schedule (~2 min on Linux).
+ */
+export const DIAL_TIMEOUT_MS = 10_000;
+
+/** Dial `target` over TCP; fails after `timeoutMs` (a connection made later is closed). */
+export async function dialTarget(
+  target: string,
+  timeoutMs: number = DIAL_TIMEOUT_MS,
+): Promise<Deno.TcpConn> {
+  const conn = await within(
+    Deno.connect({ ...splitHostPort(target), transport: "tcp" }),
+    timeoutMs,
+    {
+      what: "connect",
+      timedOut: `not connected within ${timeoutMs} ms`,
+      late: (c) => c.close(),
+    },
+  );
   conn.setNoDelay(true);
   return conn;
 }
@@ -85,8 +88,9 @@ export const LINGER_MS = 5_000;
 export async function pipeChannel(
   channel: Duplex,
   conn: Deno.TcpConn,
-  opts: { lingerMs?: number } = {},
+  opts: { lingerMs?: number; budget?: SendBudget } = {},
 ): Promise<void> {
+  const budget = opts.budget ?? processBudget;
   let closed = false;
   /** The channel closed: nothing more can be written to it. */
   let channelGone = false;
@@ -122,6 +126,8 @@ export async function pipeChannel(
 
   // channel → TCP
   const up = new Promise<void>((resolve) => {
+    // Queued bytes stay in the session's receive budget until they are written to the target.
+    const written = deferConsumption(channel);
     const queue: Buffer[] = [];
     let queued = 0;
     let writing = false;
@@ -141,6 +147,7 @@ export async function pipeChannel(
           let off = 0;
           while (off < chunk.length) off += await conn.write(chunk.subarray(off));
           queued -= chunk.length;
+          written(chunk.length);
           if (queued < UP_HIGH_WATER / 2 && channel.isPaused() && !closed) channel.resume();
         }
       } catch {
@@ -172,22 +179,21 @@ export async function pipeChannel(
 
   // TCP → channel
   const down = (async () => {
-    const slab = new SlabReader();
-    /** Bytes written to the channel that it has not taken yet (write callbacks pending). */
+    /** Bytes of buffers written to the channel that it has not taken yet (callbacks pending). */
     let unsent = 0;
     let finished = false;
     let wake: (() => void) | undefined;
-    /** Chunks written and not yet taken, oldest first (writes complete in order). */
+    /** The pool buffers of the chunks written and not yet taken, oldest first (in order). */
     const written: Buffer[] = [];
     // One callback for every write: Node then batches the completions of a tick into one call
     // each (a fresh closure per write cost a tick of its own, ~15% of small-request req/s).
     const onTaken = (err?: Error | null) => {
-      const chunk = written.shift();
-      if (finished || chunk === undefined) return; // counted out already: the channel closed
-      unsent -= chunk.length;
-      if (unsent === 0) holders--;
-      // Once ssh2 has copied the chunk into packets, its slab may be reused.
-      if (!err) slab.release(chunk);
+      const buf = written.shift();
+      if (finished || buf === undefined) return; // counted out already: the channel closed
+      unsent -= buf.length;
+      budget.release(buf.length);
+      // Once ssh2 has copied the chunk into packets, its buffer may be reused.
+      if (!err) releaseBuffer(buf);
       wake?.();
     };
     /** Resolve once `unsent` is below `limit`, or the channel is gone (callbacks may never come). */
@@ -203,20 +209,36 @@ export async function pipeChannel(
         channel.on("close", check);
         check();
       });
+    /** The buffer of the next read, held in the budget from when it is taken. */
+    let buf: Buffer | undefined;
+    budget.join();
     try {
       try {
         while (!closed) {
-          const n = await conn.read(slab.room(readLimit(holders + (unsent > 0 ? 0 : 1))));
+          if (buf === undefined) {
+            // Reads the channel will not take (it is gone) are dropped: any size will do.
+            const dropping = channelGone || !channel.writable;
+            const size = dropping ? MIN_SHARE : budget.readable(unsent);
+            if (size === 0) {
+              // The session holds its limit: wait until this stream's own bytes are taken.
+              await taken(1);
+              continue;
+            }
+            buf = takeBuffer(size);
+            budget.hold(size);
+          }
+          const n = await conn.read(buf);
           if (n === null) break;
-          // The channel takes nothing more (the proxy closed it): drop (the room is read into
+          // The channel takes nothing more (the proxy closed it): drop (the buffer is read into
           // again), and read on to EOF.
           if (channelGone || !channel.writable) continue;
-          const chunk = slab.take(n);
-          if (unsent === 0) holders++;
-          unsent += n;
-          written.push(chunk);
+          // The whole buffer stays held until the channel has taken the chunk read into it.
+          unsent += buf.length;
+          written.push(buf);
+          const chunk = buf.subarray(0, n);
+          buf = undefined;
           const ok = channel.write(chunk, onTaken);
-          const share = readLimit(holders);
+          const share = budget.share();
           if (!ok) await channelEvent("drain");
           else if (unsent >= share) await taken(share);
         }
@@ -230,9 +252,12 @@ export async function pipeChannel(
         await sent;
       }
     } finally {
-      // A closed channel never calls back for what it still held: stop counting it.
+      // A closed channel never calls back for what it still held: stop counting it (those
+      // buffers go to the garbage collector, as ssh2 may still hold them).
       finished = true;
-      if (unsent > 0) holders--;
+      budget.release(unsent + (buf?.length ?? 0));
+      if (buf !== undefined) releaseBuffer(buf);
+      budget.leave();
     }
   })();
 

@@ -112,8 +112,8 @@ export function joinObjects(input: JoinInput): Record<string, unknown>[] {
               name: "agent",
               ports: [{ containerPort: 9090, name: "metrics" }],
               resources: {
-                limits: { cpu: "1", memory: "768Mi" },
-                requests: { cpu: "50m", memory: "160Mi" },
+                limits: { cpu: "1", memory: "384Mi" },
+                requests: { cpu: "50m", memory: "128Mi" },
               },
               securityContext: {
                 allowPrivilegeEscalation: false,

@@ -26,6 +26,11 @@ export interface SessionLimits {
   channelWindow?: number;
   /** SSH max packet size for each channel (bytes). */
   channelPacket?: number;
+  /**
+   * Bytes the session's channels may hold on their way in, all together (default
+   * `PROXY_RECEIVE_BUDGET`, see lib/tunnel/receive_budget.ts).
+   */
+  receiveBudget?: number;
 }
 
 /** Thrown by {@link ProxySession.openStream} when the session cannot take the stream. */

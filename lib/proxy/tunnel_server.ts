@@ -22,6 +22,9 @@ import type { HostKey } from "../tunnel/hostkey.ts";
 import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
 import { protocolOf, sendRawPacket, serveGlobalRequests } from "../tunnel/ssh_requests.ts";
 import { acceptAnyIdent } from "../tunnel/ssh_compat.ts";
+import { keepsNoInput } from "../tunnel/ssh_cipher.ts";
+import { limitReceive } from "../tunnel/receive_budget.ts";
+import type { WsConnStream } from "../tunnel/ws_stream.ts";
 import { SSH_ALGORITHMS, WS_PROTOCOL } from "../tunnel/protocol.ts";
 import { DRAIN_REQUEST } from "../handover.ts";
 import { AdmissionSlots } from "./admission.ts";
@@ -30,6 +33,12 @@ import type { SessionRegistry } from "./registry.ts";
 import { ProxySession, type SessionLimits } from "./session.ts";
 
 const log = logger("proxy/tunnel");
+/**
+ * Bytes an agent session's channels may hold on their way in (windows granted plus responses
+ * received and not yet written to the clients), see lib/tunnel/receive_budget.ts: 64 KiB each
+ * for a thousand streams, 2 MiB each (ssh2's window) for up to 32.
+ */
+export const PROXY_RECEIVE_BUDGET = 64 * 1024 * 1024;
 /** Warnings a flood can repeat (refusals, evictions) are logged at most this often. */
 const WARN_EVERY_MS = 5_000;
 const enc = new TextEncoder();
@@ -251,6 +260,10 @@ export class TunnelServer {
     const remote = info.ip ?? "unknown";
     // The transport ssh2 runs on: the key of this connection's handshake timer.
     const transport = (conn as unknown as { _sock?: object })._sock;
+    // Once our decipher opens the agent's packets, the WebSocket may read into one buffer.
+    (transport as Partial<WsConnStream> | undefined)?.setReadReuse?.(() => keepsNoInput(conn));
+    // What the agent's streams may have in flight towards us, all channels together.
+    limitReceive(conn, this.#opts.session?.receiveBudget ?? PROXY_RECEIVE_BUDGET);
     let authUser = "";
     let session: ProxySession | undefined;
     conn.on("error", (err: Error & { level?: string }) => {

@@ -6,7 +6,8 @@
  * of MiB with a thousand streams, and the garbage collector's work grows with it. Here a channel
  * write reaches ssh2 only when the transport is not congested and no key exchange is under way,
  * in turn with the other channels of that transport, so `channel.write()` returns false and
- * `drain` follows, and callers need not change.
+ * `drain` follows, and callers need not change. A channel's write buffer is its share of
+ * {@link SESSION_WRITE_BUFFER}, so what writers hold unsent stays bounded per connection.
  *
  * ssh2 internals used: a channel's `_write` and `_writableState.highWaterMark`; the connection's
  * `_sock` and `_protocol._kexinit` (set from our KEXINIT until the new keys are in use); its
@@ -23,8 +24,25 @@ import { logger } from "../log.ts";
 
 const log = logger("ssh-flow");
 
-/** Bytes a channel's writable side buffers before `write()` returns false. */
+/** Most bytes a channel's writable side buffers before `write()` returns false. */
 export const CHANNEL_WRITE_BUFFER = 256 * 1024;
+/** Least: with many channels each gets a share of {@link SESSION_WRITE_BUFFER}, not below this. */
+export const MIN_CHANNEL_WRITE_BUFFER = 16 * 1024;
+/**
+ * What a connection's channels buffer unsent together, as their writers see it: each channel's
+ * `write()` returns false past its share of this (between the two bounds above), so a thousand
+ * channels with uploads waiting for their windows hold ~16 MiB, not 256 MiB.
+ */
+export const SESSION_WRITE_BUFFER = 16 * 1024 * 1024;
+
+/** Open channels per connection (Client or Connection), for their write buffer shares. */
+const channelCounts = new WeakMap<object, { n: number }>();
+
+/** The write buffer share of a channel of a connection with `n` channels. */
+export function writeBufferShare(n: number): number {
+  const even = Math.floor(SESSION_WRITE_BUFFER / Math.max(1, n));
+  return Math.max(MIN_CHANNEL_WRITE_BUFFER, Math.min(CHANNEL_WRITE_BUFFER, even));
+}
 
 type WriteFn = (chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null) => void) => void;
 
@@ -143,11 +161,22 @@ export function followTransport(
 ): void {
   // ssh2 sets the channel's writable high-water mark to its 2 MiB window: with a thousand
   // streams waiting on a congested transport that is 2 GiB queued. A channel's write buffer
-  // only has to keep ssh2 fed; the window is what is in flight.
+  // only has to keep ssh2 fed; the window is what is in flight. Node reads the mark at every
+  // write, so it follows the connection's channel count.
   const state = (stream as unknown as { _writableState?: { highWaterMark: number } })
     ._writableState;
-  if (state && state.highWaterMark > CHANNEL_WRITE_BUFFER) {
-    state.highWaterMark = CHANNEL_WRITE_BUFFER;
+  if (state) {
+    let count = channelCounts.get(ssh);
+    if (count === undefined) channelCounts.set(ssh, count = { n: 0 });
+    const c = count;
+    c.n++;
+    (stream as unknown as Duplex).once("close", () => c.n--);
+    Object.defineProperty(state, "highWaterMark", {
+      configurable: true,
+      enumerable: true,
+      get: () => writeBufferShare(c.n),
+      set: () => {},
+    });
   }
   realDestroy(stream);
   const internals = ssh as unknown as { _sock?: Duplex; _protocol?: Transport["proto"] };

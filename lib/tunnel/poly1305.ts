@@ -2,7 +2,9 @@
  * Poly1305 for the tunnel's ChaCha20-Poly1305: our SIMD WebAssembly build (./poly1305.wat, ~1.8x
  * ssh2's scalar Emscripten build on large packets), or ssh2's scalar build where WebAssembly
  * SIMD is missing (a warning says why). Both are wrapped as one function over a reused region
- * of the module's memory.
+ * of the module's memory. Where SIMD works the link's packets go through ./packet_crypto.ts,
+ * which calls the SIMD module's `mac` from WebAssembly; this wrapper serves the scalar path and
+ * the tests that hold both builds to the references.
  * @module
  */
 

@@ -7,7 +7,7 @@
 ;; added to the pad. ~1.8x ssh2's Emscripten build (scalar donna) on 256 KiB messages.
 ;;
 ;; lib/tunnel/poly1305_wasm.ts holds the assembled module: regenerate it with
-;; `deno run -A scripts/gen_poly1305.ts` after changing this file (a test checks they match).
+;; `deno run -A scripts/gen_wasm.ts` after changing this file (a test checks they match).
 (module
   ;; Layout: key at 0 (32 bytes), MAC out at 32 (16), scratch block at 48 (16), message at 64.
   (memory (export "memory") 5)

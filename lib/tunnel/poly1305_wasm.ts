@@ -1,5 +1,5 @@
 /**
- * Poly1305 for WebAssembly with SIMD, assembled from ./poly1305.wat by scripts/gen_poly1305.ts
+ * Poly1305 for WebAssembly with SIMD, assembled from ./poly1305.wat by scripts/gen_wasm.ts
  * (generated: do not edit). Exports `memory` and `mac(msg, len, key, out)`.
  * @module
  */

@@ -8,6 +8,7 @@
  * - ./ssh_compat.ts: idents, `kubesphere` channels, half-close;
  * - ./ssh_requests.ts: global requests and their replies;
  * - ./channel_flow.ts: channel writes held while the transport is congested or rekeying;
+ * - ./receive_budget.ts: window grants decided per connection, what channel readers take counted;
  * - ./rekey.ts: starting key exchanges, counting packets;
  * - ./ssh_cipher.ts: ssh2's ChaCha20-Poly1305 packet methods replaced;
  * - ./poly1305.ts, lib/proxy/tunnel_server.ts: ssh2's Poly1305 build, a connection's transport.
@@ -56,23 +57,27 @@ export const SSH2_INTERNALS = {
     "_packetRW.write.alloc",
     "_packetRW.write.finalize",
     "_cipher.outSeqno", // packets sent under the current keys (rekey)
-    "_decipher", // inbound decipher, inSeqno (rekey) and whose it is (ssh_compat)
+    "_decipher", // inbound decipher, inSeqno (rekey) and whose it is (ssh_compat, ssh_cipher)
     "_kexinit", // set during a key exchange (channel_flow, rekey)
     "_destruct", // undefined once torn down (ssh_requests)
     "rekey()", // starts a key exchange (rekey)
     "channelOpenConfirm()", // (ssh_compat)
     "channelOpenFail()", // (ssh_compat)
+    "channelWindowAdjust()", // wrapped: grants follow the receive budget (receive_budget)
   ],
   ChannelManager: ["add()", "update()", "remove()", "get()"],
   Channel: [
     "server", // which side made it (ssh_compat)
     "incoming.state", // 'closed' once the peer's CLOSE arrived (channel_flow)
-    "outgoing",
+    "incoming.window", // what the peer may still send (receive_budget)
+    "outgoing.id", // the peer's number for it (receive_budget)
+    "outgoing.state", // 'eof'/'closed' once we sent ours (receive_budget)
     "eof()", // (ssh_compat)
     "close()", // (ssh_compat)
     "_write()", // wrapped to wait for the transport (channel_flow)
     "_writableState.highWaterMark", // lowered (channel_flow)
     "'finish' listener onFinish", // server side: swapped for EOF only (ssh_compat)
+    "emit()", // wrapped: what a reader takes is counted (receive_budget)
   ],
   "cipher (each offered)": ["outSeqno"],
   "decipher (each offered)": ["inSeqno"],

@@ -6,13 +6,14 @@
  * `createCipheriv("chacha20")` objects, a Poly1305 call through Emscripten's `cwrap` (which
  * copies the packet onto the WASM stack) and three separate writes (length, body, MAC), and
  * opens each with the same again. Here a packet is sealed in place in a buffer that already
- * has room for its MAC and leaves in one write; the length block, the Poly1305 key and bodies
- * up to 2 KiB come from {@link ./chacha20.ts} (no cipher object at all: most packets of small
- * requests), longer bodies from one `node:crypto` cipher; Poly1305 runs on our SIMD
- * WebAssembly build ({@link ./poly1305.ts}; ssh2's scalar one where SIMD is missing), called
- * on one reused region of its memory. Little-endian platforms only (x86-64, arm64); elsewhere
- * ssh2's own methods stay. `TOWER_SSH_CRYPTO` ({@link LINK_CRYPTO_ENV}) picks the scalar
- * Poly1305 or ssh2's own code instead, and a log line at start says which is in use.
+ * has room for its MAC and leaves in one write. Where WebAssembly SIMD works (`simd`), each
+ * packet is sealed or opened in one call into ./packet_crypto.ts (ChaCha20 and Poly1305 in
+ * WebAssembly, no cipher object, nothing allocated but the payload received); elsewhere
+ * (`scalar`) the length block, the Poly1305 key and bodies up to 2 KiB come from
+ * {@link ./chacha20.ts}, longer bodies from one `node:crypto` cipher, and Poly1305 from ssh2's
+ * scalar build. Little-endian platforms only (x86-64, arm64); elsewhere ssh2's own methods
+ * stay. `TOWER_SSH_CRYPTO` ({@link LINK_CRYPTO_ENV}) picks the scalar code or ssh2's own
+ * instead, and a log line at start says which is in use.
  *
  * It works by replacing `allocPacket`/`encrypt` and `decrypt` on the prototypes of ssh2's
  * `ChaChaPolyCipherNative`/`ChaChaPolyDecipherNative` ({@link installFastChaChaPoly}); the
@@ -27,7 +28,8 @@ import { createCipheriv, createDecipheriv, randomFillSync } from "node:crypto";
 import cryptoModule from "ssh2/lib/protocol/crypto.js";
 import { keyWords, LITTLE_ENDIAN, seqnoBlock, xorKeystream } from "./chacha20.ts";
 import { loadPoly1305, type Poly1305 } from "./poly1305.ts";
-import { takeBuffer } from "../buffer_pool.ts";
+import { loadPacketCrypto, type PacketCrypto } from "./packet_crypto.ts";
+import { releaseBuffer, takeBuffer } from "../buffer_pool.ts";
 import { logger } from "../log.ts";
 import { checkSsh2 } from "./ssh2_internals.ts";
 
@@ -248,6 +250,78 @@ function decrypt(
   }
 }
 
+/** The WebAssembly packet code, set by {@link installFastChaChaPoly} when SIMD works. */
+let wasm: PacketCrypto;
+
+function encryptWasm(this: CipherInstance, packet: Buffer): void {
+  if (this._dead) return;
+  wasm.seal(packet, this.outSeqno, this._encKeyMain, this._encKeyPktLen);
+  this._onWrite(packet);
+  this.outSeqno = (this.outSeqno + 1) >>> 0;
+}
+
+/**
+ * {@link decrypt} on {@link PacketCrypto}: the length field is decoded as soon as its 4 bytes
+ * are in; a packet (body and MAC) that arrived whole in `data` is opened from there, one split
+ * across reads is gathered in a pooled buffer first. Nothing keeps a view of `data` after the
+ * call, and each payload is a Buffer of its own.
+ */
+function decryptWasm(
+  this: DecipherInstance,
+  data: Uint8Array,
+  p: number,
+  dataLen: number,
+): number | undefined {
+  while (p < dataLen) {
+    if (this._lenPos < 4) {
+      let nb = Math.min(4 - this._lenPos, dataLen - p);
+      while (nb--) this._lenBuf[this._lenPos++] = data[p++];
+      if (this._lenPos < 4) return;
+      this._len = wasm.length(this._lenBuf, this.inSeqno, this._decKeyMain, this._decKeyPktLen);
+      if (this._len > MAX_PACKET_SIZE || this._len < 8 || (this._len & 7) !== 0) {
+        throw new Error("Bad packet length");
+      }
+    }
+    // Body and MAC.
+    const need = this._len + 16;
+    let sealed: Uint8Array;
+    if (this._pktLen === 0 && dataLen - p >= need) {
+      sealed = data.subarray(p, p + need);
+      p += need;
+    } else {
+      if (p >= dataLen) return;
+      const gather = this._packet ??= takeBuffer(need);
+      const nb = Math.min(need - this._pktLen, dataLen - p);
+      gather.set(data.subarray(p, p + nb), this._pktLen);
+      p += nb;
+      this._pktLen += nb;
+      if (this._pktLen < need) return;
+      sealed = gather;
+    }
+    const body = wasm.open(
+      this._lenBuf,
+      sealed,
+      this.inSeqno,
+      this._decKeyMain,
+      this._decKeyPktLen,
+    );
+    if (this._packet) releaseBuffer(this._packet);
+    if (body === undefined) throw new Error("Invalid MAC");
+    const padLen = body[0];
+    if (padLen + 1 > body.length) throw new Error("Bad padding length");
+    const payload = Buffer.from(body.buffer, body.byteOffset + 1, body.length - padLen - 1);
+
+    this.inSeqno = (this.inSeqno + 1) >>> 0;
+    this._len = 0;
+    this._lenPos = 0;
+    this._packet = null;
+    this._pktLen = 0;
+
+    const ret = this._onPayload(payload);
+    if (ret !== undefined) return ret === false ? p : (ret as number);
+  }
+}
+
 function probeConfigs(): { cipher: CipherInstance; decipher: DecipherInstance } {
   const info = ssh2Crypto.CIPHER_INFO[CHACHA_POLY];
   const cipher = ssh2Crypto.createCipher({
@@ -321,12 +395,26 @@ export function checkChaChaPoly(): {
  */
 export function acceptsLargePackets(decipher: unknown): boolean {
   if (typeof decipher !== "object" || decipher === null) return false;
-  return (decipher as { decrypt?: unknown }).decrypt === decrypt;
+  const method = (decipher as { decrypt?: unknown }).decrypt;
+  return method === decrypt || method === decryptWasm;
 }
 
 /**
- * Which code seals and opens `chacha20-poly1305@openssh.com` packets: this module with our SIMD
- * Poly1305, this module with ssh2's scalar Poly1305, or ssh2's own packet methods.
+ * Whether the bytes `ssh`'s (a Client's or Connection's) protocol is handed are dead once its
+ * `parse` returns: true while {@link decryptWasm} opens its inbound packets (a packet split over
+ * reads is gathered in a buffer of its own, payloads are copies); false before the first key
+ * exchange and with other ciphers, which keep views of their input (ssh2's null decipher hands
+ * out payloads that are views of it). A transport may reuse its read buffer only then.
+ */
+export function keepsNoInput(ssh: object): boolean {
+  const proto = (ssh as { _protocol?: { _decipher?: { decrypt?: unknown } } })._protocol;
+  return proto?._decipher?.decrypt === decryptWasm;
+}
+
+/**
+ * Which code seals and opens `chacha20-poly1305@openssh.com` packets: ChaCha20 and Poly1305 in
+ * our WebAssembly SIMD build, this module's scalar code (TypeScript and `node:crypto` ChaCha20,
+ * ssh2's scalar Poly1305), or ssh2's own packet methods.
  */
 export type LinkCrypto = "simd" | "scalar" | "ssh2";
 
@@ -361,6 +449,7 @@ export function installFastChaChaPoly(choice?: "auto" | LinkCrypto): Promise<Lin
     const use = await install(want);
     log.info("SSH link crypto", {
       chacha20poly1305: use === "ssh2" ? "ssh2's own" : "Tower's",
+      chacha20: use === "simd" ? "WebAssembly SIMD" : use === "scalar" ? "node:crypto" : "ssh2's",
       poly1305: use === "simd" ? "WebAssembly SIMD" : use === "scalar" ? "scalar" : "ssh2's",
       impl: use,
       requested: want,
@@ -379,10 +468,22 @@ async function install(want: "auto" | LinkCrypto): Promise<LinkCrypto> {
   }
   await ssh2Crypto.init;
   const { cipherProto, decipherProto } = checkChaChaPoly();
-  const loaded = await loadPoly1305(MAX_PACKET_SIZE, want === "scalar" ? "scalar" : undefined);
-  if (want === "simd" && loaded.kind !== "simd") {
-    throw new Error(`${LINK_CRYPTO_ENV}=simd: WebAssembly SIMD Poly1305 cannot load here`);
+  if (want !== "scalar") {
+    const pc = await loadPacketCrypto();
+    if (pc) {
+      wasm = pc;
+      cipherProto.allocPacket = allocPacket;
+      cipherProto.encrypt = encryptWasm;
+      decipherProto.decrypt = decryptWasm;
+      return "simd";
+    }
+    if (want === "simd") {
+      throw new Error(
+        `${LINK_CRYPTO_ENV}=simd: WebAssembly SIMD ChaCha20-Poly1305 cannot load here`,
+      );
+    }
   }
+  const loaded = await loadPoly1305(MAX_PACKET_SIZE, "scalar");
   poly1305 = loaded.poly1305;
   cipherProto.allocPacket = allocPacket;
   cipherProto.encrypt = encrypt;

@@ -44,6 +44,7 @@ import { Duplex } from "node:stream";
 import type { Client, ClientChannel, Connection, Server, ServerChannel } from "ssh2";
 import { logger } from "../log.ts";
 import { followTransport } from "./channel_flow.ts";
+import { receiveBudgetOf } from "./receive_budget.ts";
 import { KUBESPHERE_CHANNEL } from "./protocol.ts";
 import { checkConnection, checkSsh2, SSH2_MODULES } from "./ssh2_internals.ts";
 import { acceptsLargePackets, LARGE_PACKET_SIZE } from "./ssh_cipher.ts";
@@ -87,6 +88,7 @@ interface ProtocolInternals {
   /** The inbound packet decipher (replaced at each key exchange). */
   _decipher: unknown;
   channelOpenConfirm(remote: number, local: number, window: number, packetSize: number): void;
+  channelWindowAdjust(chan: number, amount: number): void;
   channelOpenFail(remote: number, reason: number, desc: string): void;
 }
 type OpenCallback = ((err: Error | undefined, ch?: ServerChannel) => void) & { type?: string };
@@ -463,11 +465,13 @@ function dispatchKubesphereOpen(
     if (answered) throw new Error(`ssh compat: kubesphere channel to ${target} already answered`);
     answered = true;
     const packetSize = localPacketSize(proto);
+    const budget = receiveBudgetOf(client);
+    const window = budget?.reserve() ?? DEFAULT_WINDOW;
     const chanInfo: ChannelInfo = {
       type: KUBESPHERE_CHANNEL,
       incoming: {
         id: localChan,
-        window: DEFAULT_WINDOW,
+        window,
         packetSize,
         state: "open",
       },
@@ -481,8 +485,9 @@ function dispatchKubesphereOpen(
     const stream = new chanLib.Channel(client, chanInfo);
     enableHalfClose(stream);
     followTransport(stream, client);
+    budget?.add(stream as unknown as Duplex, window, proto);
     mgr.update(localChan, stream);
-    proto.channelOpenConfirm(info.sender, localChan, DEFAULT_WINDOW, packetSize);
+    proto.channelOpenConfirm(info.sender, localChan, window, packetSize);
     return stream;
   };
   const reject = (reason: number = OPEN_FAILURE.CONNECT_FAILED, description = ""): void => {
@@ -511,7 +516,8 @@ function localPacketSize(proto: { _decipher?: unknown }): number {
 /** Options for {@link openKubesphereChannel}. */
 export interface OpenChannelOptions {
   /**
-   * Initial receive window we advertise (default ssh2's 2 MiB). ssh2 tops the window up to
+   * Initial receive window we advertise (default: the connection's receive budget decides, see
+   * receive_budget.ts; without one ssh2's 2 MiB). Without a budget ssh2 tops the window up to
    * 2 MiB whenever it falls to 1 MiB, so this only shapes the start of the stream.
    */
   window?: number;
@@ -559,16 +565,18 @@ export function openChannelWithExtraData(
 ): Promise<ServerChannel> {
   checkSsh2();
   checkConnection(conn);
-  const window = opts.window ?? DEFAULT_WINDOW;
   const what = `open ${type} channel to ${extra}`;
   const { _protocol: proto, _chanMgr: mgr } = internals(conn);
   if (!proto) return Promise.reject(new Error(`${what}: no session`));
+  const budget = receiveBudgetOf(conn);
+  const window = budget?.reserve(opts.window) ?? opts.window ?? DEFAULT_WINDOW;
   const packetSize = opts.packetSize ?? localPacketSize(proto);
   return new Promise<ServerChannel>((resolve, reject) => {
     // ssh2's CHANNEL_OPEN_CONFIRMATION/FAILURE handlers call the function stored under our
     // channel id; `type` names the channel it then builds (server.js openChannel does this).
     const cb: OpenCallback = (err, ch) => {
       if (err || !ch) {
+        budget?.unreserve(window);
         const e = err as (Error & { reason?: unknown }) | undefined;
         if (typeof e?.reason === "number") {
           const desc = e.message.replace(/^\(SSH\) Channel open failure: /, "");
@@ -585,15 +593,18 @@ export function openChannelWithExtraData(
         enableHalfClose(ch);
         followTransport(ch, conn);
       } catch (e) {
+        budget?.unreserve(window);
         ch.close();
         reject(e);
         return;
       }
+      budget?.add(ch as unknown as Duplex, window, proto);
       resolve(ch);
     };
     cb.type = type;
     const localChan = mgr.add(cb);
     if (localChan === -1) {
+      budget?.unreserve(window);
       reject(new Error(`${what}: no free channels`));
       return;
     }

@@ -143,7 +143,10 @@ export class FrameParser {
   #opcode = 0;
   #remaining = 0;
   #inPayload = false;
+  /** The current frame's masking key (in `#mask`), or undefined for an unmasked frame. */
   #maskKey: Uint8Array | undefined;
+  /** Room for a masking key: copied here, not sliced (a 4-byte ArrayBuffer per frame). */
+  readonly #mask = new Uint8Array(4);
   #maskPos = 0;
   #control: Uint8Array | undefined;
   #controlPos = 0;
@@ -220,7 +223,10 @@ export class FrameParser {
     if (this.#mustMask && !masked) {
       throw new WsProtocolError(CLOSE_PROTOCOL_ERROR, "unmasked websocket frame from a client");
     }
-    this.#maskKey = masked ? head.slice(off, off + 4) : undefined;
+    if (masked) {
+      this.#mask.set(head.subarray(off, off + 4));
+      this.#maskKey = this.#mask;
+    } else this.#maskKey = undefined;
     this.#maskPos = 0;
     this.#headLen = 0;
     this.#need = 2;

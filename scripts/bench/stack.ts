@@ -18,6 +18,7 @@ import { loadOrCreateHostKeyFile } from "../../lib/tunnel/hostkey.ts";
 import { randomToken } from "../../lib/secret.ts";
 import type { ByteConn } from "./http_client.ts";
 import { makeOriginTls, type OriginTls } from "./tls.ts";
+import { V8_FLAGS } from "../build.ts";
 
 /** How a client reaches the origin. */
 export interface BenchPath {
@@ -225,7 +226,7 @@ export async function startAgentProc(
       ...extraArgs,
     ],
     undefined,
-    envFlags("BENCH_AGENT_FLAGS"),
+    [`--v8-flags=${V8_FLAGS}`, ...envFlags("BENCH_AGENT_FLAGS")],
   );
   await proc.waitFor(/Connected\./, 30_000);
   return proc;
@@ -347,7 +348,7 @@ export async function startProxyProc(
       "127.0.0.1:0",
     ],
     undefined,
-    envFlags("BENCH_PROXY_FLAGS"),
+    [`--v8-flags=${V8_FLAGS}`, ...envFlags("BENCH_PROXY_FLAGS")],
   );
   await proc.waitFor(/Listening on/, 60_000);
   return proc;

@@ -256,3 +256,98 @@ Deno.test("a session that ends while the agent dials its target: the late connec
     await target.close();
   }
 });
+
+/**
+ * A TCP port on loopback that never completes a handshake: a listener that never accepts, its
+ * accept queue filled (Linux then drops further SYNs, and a connect stays in SYN_SENT, retried
+ * for about two minutes). Filled until a probe's connect is seen in SYN_SENT in /proc/net/tcp.
+ */
+async function unansweringPort(): Promise<{ port: number; close(): void }> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  const filled: Deno.TcpConn[] = [];
+  const close = () => {
+    for (const c of filled) c.close();
+    listener.close();
+  };
+  try {
+    for (let i = 0; i < 100_000; i++) {
+      let settled = false;
+      const probe = Deno.connect({ hostname: "127.0.0.1", port }).finally(() => settled = true);
+      const got = await Promise.race([probe, synSentTo(port, () => settled)]);
+      if (typeof got === "object") {
+        filled.push(got);
+        continue;
+      }
+      if (got === "stuck") {
+        // Left pending: the listener's close ends it (a reset at the next retry).
+        probe.then((c) => c.close(), () => {});
+        return { port, close };
+      }
+      filled.push(await probe);
+    }
+    throw new Error("the accept queue never filled");
+  } catch (err) {
+    close();
+    throw err;
+  }
+}
+
+/** Resolves "stuck" once a connect to `port` stays in SYN_SENT over two looks, or when `done()`. */
+async function synSentTo(port: number, done: () => boolean): Promise<"stuck" | undefined> {
+  const rem = `:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  let seen = 0;
+  while (!done()) {
+    const table = await Deno.readTextFile("/proc/net/tcp");
+    // sl local_address rem_address st …; SYN_SENT is state 02.
+    const stuck = table.split("\n").some((line) => {
+      const f = line.trim().split(/\s+/);
+      return f[2]?.endsWith(rem) && f[3] === "02";
+    });
+    seen = stuck ? seen + 1 : 0;
+    if (seen >= 2) return "stuck";
+    await new Promise((r) => setTimeout(r, 20)); // polling the kernel's table, not a wait
+  }
+}
+
+Deno.test("a target that never accepts: the agent refuses the channel at its dial deadline, and counts the stream out", async () => {
+  const fake = fakeProxy();
+  const target = await unansweringPort();
+  const connected = Promise.withResolvers<void>();
+  const agent = new Agent({
+    proxyServer: fake.url,
+    trust: new ProxyTrust({ kind: "any" }),
+    config: () =>
+      Promise.resolve({
+        Version: "v0.1.0",
+        Name: "alpha",
+        Token: TOKEN,
+        KubernetesSvcHost: `127.0.0.1:${target.port}`,
+        KubeSphereSvcHost: "127.0.0.1:2",
+      }),
+    dialTimeoutMs: 500,
+    onState: (s) => s === "connected" && connected.resolve(),
+  });
+  const stop = new AbortController();
+  const running = agent.run(stop.signal);
+  try {
+    await deadline(connected.promise, 30_000, "agent connected");
+    const conn = await fake.conn;
+    // Without a deadline the open waits out the kernel's SYN retries (~2 min).
+    const err = await deadline(
+      openKubesphereChannel(conn, `127.0.0.1:${target.port}`).then(() => undefined, (e) => e),
+      30_000,
+      "channel open refused",
+    );
+    assert(err instanceof ChannelOpenError, `refused, not ${err}`);
+    assertEquals(err.reason, 2, "CONNECT_FAILED");
+    assertStringIncludes(err.description, `dial 127.0.0.1:${target.port}`);
+    assertStringIncludes(err.description, "not connected within 500 ms");
+    assertEquals(agent.streams, 0, "the stream is counted out");
+  } finally {
+    stop.abort();
+    await running;
+    await fake.http.shutdown();
+    target.close();
+  }
+});

@@ -1,7 +1,7 @@
 /**
  * The agent's TCP pipe: bytes both ways with half-close, buffers handed to the channel reused
- * only after the channel is done with them, backpressure from a slow channel, and the read
- * budget.
+ * only after the channel is done with them, backpressure from a slow channel, and the session's
+ * send budget shared by its streams.
  */
 
 import { Buffer } from "node:buffer";
@@ -15,13 +15,8 @@ import {
   sourceServer,
   startTcpServer,
 } from "../helpers/tunnel.ts";
-import {
-  dialTarget,
-  pipeChannel,
-  READ_BUDGET,
-  readLimit,
-  splitHostPort,
-} from "../../lib/agent/forward.ts";
+import { dialTarget, pipeChannel, splitHostPort } from "../../lib/agent/forward.ts";
+import { SendBudget } from "../../lib/tunnel/send_budget.ts";
 
 /**
  * Stands in for an SSH channel: like ssh2, it holds each chunk written until it can send it
@@ -81,7 +76,7 @@ Deno.test("splitHostPort takes host:port and [v6]:port", () => {
   assertEquals(splitHostPort("ks-apiserver.kubesphere-system.svc:80").port, 80);
 });
 
-Deno.test("down: 24 MiB from the target arrive intact, then the channel ends; slabs are reused", async () => {
+Deno.test("down: 24 MiB from the target arrive intact, then the channel ends; buffers are reused", async () => {
   const size = 24 << 20;
   const source = sourceServer(size, 5);
   const ch = new FakeChannel();
@@ -89,7 +84,7 @@ Deno.test("down: 24 MiB from the target arrive intact, then the channel ends; sl
     await pipeChannel(ch, await dialTarget(target(source.port)));
     assert(ch.ended, "channel end() after the target's EOF");
     assertEquals(ch.writtenBytes, size);
-    // Had a slab been reused before the channel copied every chunk of it, the hash would differ.
+    // Had a buffer been reused before the channel copied the chunk in it, the hash would differ.
     const got = createHash("sha256");
     for (const c of ch.written) got.update(c);
     const want = createHash("sha256");
@@ -99,8 +94,8 @@ Deno.test("down: 24 MiB from the target arrive intact, then the channel ends; sl
     }
     assertEquals(got.digest("hex"), want.digest("hex"));
     assert(ch.destroyed, "channel destroyed once both directions are done");
-    // 24 MiB in slabs of at most 256 KiB: 98 distinct slabs when none is reused, ~20 here.
-    assert(ch.buffers.size <= 40, `${ch.buffers.size} distinct slabs`);
+    // 24 MiB in reads of at most 256 KiB: 96 distinct buffers or more when none is reused.
+    assert(ch.buffers.size <= 40, `${ch.buffers.size} distinct buffers`);
   } finally {
     await source.close();
   }
@@ -227,22 +222,32 @@ Deno.test("a target that ignores our FIN after the channel closed is closed afte
   }
 });
 
-Deno.test("read budget: 256 KiB reads for a few streams, a fair share each for a thousand held ones", () => {
-  const MIN = 16 * 1024;
-  const MAX = 256 * 1024;
-  assertEquals(readLimit(0), MAX, "no other stream holds anything: the largest read");
-  assertEquals(readLimit(1), MAX);
-  let prev = MAX;
-  for (let n = 1; n <= 10_000; n++) {
-    const share = readLimit(n);
-    assert(share >= MIN && share <= MAX, `${n} streams: ${share} outside [16 KiB, 256 KiB]`);
-    assert(share <= prev, `${n} streams: ${share} grew from ${prev}`);
-    prev = share;
-    // Above the floor, n streams holding their share stay within the budget, and use at least
-    // half of it (a share is not needlessly small).
-    if (share > MIN) assert(n * share <= READ_BUDGET, `${n} × ${share} over the budget`);
-    if (share < MAX) assert(n * share >= READ_BUDGET / 2 || share === MIN, `${n}: ${share}`);
+Deno.test("send budget: the streams of a session hold at most its limit and 16 KiB each", async () => {
+  // A session whose budget is two 16 KiB reads: three streams at once into slow channels.
+  const limit = 32 * 1024;
+  const budget = new SendBudget(limit);
+  const size = 4 << 20;
+  const sources = [sourceServer(size, 1), sourceServer(size, 2), sourceServer(size, 3)];
+  const chans = sources.map(() => new FakeChannel());
+  for (const ch of chans) ch.slow = true;
+  try {
+    const done = sources.map(async (s, i) =>
+      pipeChannel(chans[i], await dialTarget(target(s.port)), { budget })
+    );
+    await Promise.all(chans.map((ch) => ch.stalled.promise));
+    for (let i = 0; i < 50; i++) await new Promise<void>((r) => setTimeout(r, 0));
+    assertEquals(budget.streams, 3);
+    const unsent = chans.reduce((n, ch) => n + ch.writableLength, 0);
+    assert(unsent <= budget.bytes, `${unsent} bytes unsent, ${budget.bytes} counted`);
+    assert(budget.bytes <= limit + 3 * 16 * 1024, `the session holds ${budget.bytes} bytes`);
+    for (const ch of chans) {
+      ch.slow = false;
+      ch.release();
+    }
+    await Promise.all(done);
+    for (const ch of chans) assertEquals(ch.writtenBytes, size);
+    assertEquals([budget.streams, budget.bytes], [0, 0], "nothing held once every stream is done");
+  } finally {
+    for (const s of sources) await s.close();
   }
-  assert(readLimit(1000) < MAX, "a thousand busy streams read less than one alone");
-  assertEquals(readLimit(1_000_000), MIN, "never below the minimum read");
 });

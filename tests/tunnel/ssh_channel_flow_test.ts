@@ -1,6 +1,7 @@
 /**
  * Flow control of `kubesphere` channels over real TCP: channel writes wait for a congested
- * transport (bounded queues with many channels), the write buffer is small, and `destroy()` on
+ * transport (bounded queues with many channels), the write buffer is small and shared by a
+ * connection's channels, and `destroy()` on
  * a channel with unread data still ends in `close` (the proxy's channel count depends on it),
  * also after the peer's CLOSE without EOF, which ends reading only after every byte and makes a
  * later write fail without destroying the channel.
@@ -16,6 +17,7 @@ import {
   ChannelEndedError,
   openKubesphereChannel,
 } from "../../lib/tunnel/ssh_compat.ts";
+import { SESSION_WRITE_BUFFER, writeBufferShare } from "../../lib/tunnel/channel_flow.ts";
 
 /**
  * `n` proxy-opened channels on `l` whose agent has stopped reading its socket, so everything the
@@ -154,6 +156,35 @@ Deno.test("destroy() after the peer's CLOSE with data unread still ends in close
     const closed = new Promise((r) => ch.once("close", r));
     ch.destroy(); // the client went away before reading the tail
     await deadline(closed, 5_000, "close on the proxy side");
+  } finally {
+    await l.close();
+  }
+});
+
+Deno.test("a connection's channels share one write buffer: 400 channels buffer ~16 MiB, not 100 MiB", async () => {
+  const l = await sshPair();
+  try {
+    const { channels } = await stalledChannels(l, 400);
+    assertEquals(channels[0].writableHighWaterMark, writeBufferShare(400));
+    assert(writeBufferShare(400) * 400 <= SESSION_WRITE_BUFFER);
+    // Write 4 KiB pieces to each until it reports backpressure.
+    const piece = Buffer.alloc(4096, 3);
+    for (const ch of channels) {
+      for (let i = 0; i < 1024 && ch.write(piece); i++);
+    }
+    const buffered = channels.reduce((n, ch) => n + ch.writableLength, 0);
+    assert(
+      buffered <= SESSION_WRITE_BUFFER + channels.length * piece.length,
+      `${buffered} bytes buffered by 400 channels`,
+    );
+    // Fewer channels, larger shares (up to CHANNEL_WRITE_BUFFER).
+    const closed = channels.slice(100).map((ch) => new Promise((r) => ch.once("close", r)));
+    for (const ch of channels.slice(100)) ch.destroy();
+    l.agentSock.resume();
+    await deadline(Promise.all(closed), 20_000, "300 channels closed");
+    assertEquals(channels[0].writableHighWaterMark, writeBufferShare(100));
+    assert(writeBufferShare(100) > writeBufferShare(400));
+    for (const ch of channels.slice(0, 100)) ch.destroy();
   } finally {
     await l.close();
   }

@@ -345,3 +345,50 @@ Deno.test("server side: packet buffers go back to the pool once framed, and serv
     close();
   }
 });
+
+Deno.test("read reuse: one buffer while the reader takes bytes at once; none overwritten while bytes wait", async () => {
+  for (const mode of ["at once", "paused at times", "off"] as const) {
+    const { client: c, server: s } = await tcpPair();
+    const server = websocketServerStream(s);
+    const client = websocketClientStream(c);
+    if (mode !== "off") server.setReadReuse(() => true);
+    try {
+      const total = 8 << 20;
+      const got = createHash("sha256");
+      const buffers = new Set<ArrayBufferLike>();
+      let received = 0;
+      let chunks = 0;
+      const done = new Promise<void>((resolve) => {
+        server.on("data", (chunk: Buffer) => {
+          // The reader keeps nothing: it hashes each chunk as it is handed over.
+          got.update(chunk);
+          buffers.add(chunk.buffer);
+          received += chunk.length;
+          if (received >= total) resolve();
+          if (mode === "paused at times" && ++chunks % 7 === 0) {
+            // Chunks pushed meanwhile wait in the stream: their buffer must not be reused.
+            server.pause();
+            setTimeout(() => server.resume(), 0);
+          }
+        });
+      });
+      const want = createHash("sha256");
+      const pattern = patternChunk(4);
+      for (let sent = 0, i = 0; sent < total; i++) {
+        const piece = Buffer.from(
+          pattern.subarray(0, Math.min(1 + ((i * 7919) % 200_000), total - sent)),
+        );
+        want.update(piece);
+        sent += piece.length;
+        if (!client.write(piece)) await new Promise((r) => client.once("drain", r));
+      }
+      await done;
+      assertEquals(got.digest("hex"), want.digest("hex"), mode);
+      if (mode === "at once") assert(buffers.size < 20, `${buffers.size} read buffers`);
+      if (mode === "off") assert(buffers.size > 30, `${buffers.size} read buffers`);
+    } finally {
+      client.destroy();
+      server.destroy();
+    }
+  }
+});
