@@ -353,20 +353,38 @@ function checkCiphers(mods: Ssh2Modules, problem: (m: string) => void): void {
       problem(`${name}: cannot make one to look at (${(err as Error).message})`);
       continue;
     }
-    for (const k of SSH2_INTERNALS["cipher (each offered)"]) check(cipher, k, problem);
-    for (const k of SSH2_INTERNALS["decipher (each offered)"]) check(decipher, k, problem);
     if (name === "chacha20-poly1305@openssh.com") {
-      checkFields(cipher, SSH2_INTERNALS["chacha20-poly1305 cipher"], `${name} cipher`, problem);
-      checkFields(
-        decipher,
-        SSH2_INTERNALS["chacha20-poly1305 decipher"],
-        `${name} decipher`,
-        problem,
-      );
+      checkChaChaPolyShape(cipher, decipher, (m) => problem(`${name} ${m}`));
+    } else {
+      for (const k of SSH2_INTERNALS["cipher (each offered)"]) check(cipher, k, problem);
+      for (const k of SSH2_INTERNALS["decipher (each offered)"]) check(decipher, k, problem);
     }
     (cipher.free as (() => void) | undefined)?.();
     (decipher.free as (() => void) | undefined)?.();
   }
+}
+
+/**
+ * Check a `chacha20-poly1305@openssh.com` cipher and decipher made by ssh2 against
+ * {@link SSH2_INTERNALS}: their classes, sequence numbers, and every field and method of theirs
+ * that ./ssh_cipher.ts's replacement packet methods use. Each problem is reported with
+ * `cipher: ` or `decipher: ` in front.
+ */
+export function checkChaChaPolyShape(
+  cipher: object,
+  decipher: object,
+  problem: (m: string) => void,
+): void {
+  const c = cipher as Record<string, unknown>;
+  const d = decipher as Record<string, unknown>;
+  for (const k of SSH2_INTERNALS["cipher (each offered)"]) {
+    check(c, k, (m) => problem(`cipher: ${m}`));
+  }
+  for (const k of SSH2_INTERNALS["decipher (each offered)"]) {
+    check(d, k, (m) => problem(`decipher: ${m}`));
+  }
+  checkFields(c, SSH2_INTERNALS["chacha20-poly1305 cipher"], "cipher", problem);
+  checkFields(d, SSH2_INTERNALS["chacha20-poly1305 decipher"], "decipher", problem);
 }
 
 function checkFields(
