@@ -2,7 +2,7 @@
  * A WebSocket seen as a Node `Duplex` byte stream, which is what ssh2 runs on.
  *
  * Binary messages carry the SSH byte stream in order; their boundaries mean
- * nothing (SPEC §1). Writes made in the same tick are coalesced into one
+ * nothing (docs/protocol.md §1). Writes made in the same tick are coalesced into one
  * message, so ssh2's many small packet writes do not become many frames.
  *
  * {@link websocketClientStream} (the agent) and {@link websocketServerStream}
@@ -33,8 +33,6 @@ import {
   sealFrame,
   WsProtocolError,
 } from "./ws_frame.ts";
-
-export { encodeClientFrame } from "./ws_frame.ts";
 
 /** Options for {@link websocketClientStream} and {@link websocketServerStream}. */
 export interface WsConnStreamOptions {
