@@ -9,7 +9,7 @@
 import type { Connection } from "ssh2";
 import type { Duplex } from "node:stream";
 import type { AgentConfig } from "../tunnel/handshake.ts";
-import { openKubesphereChannel } from "../tunnel/ssh_compat.ts";
+import { openKubesphereChannel } from "../tunnel/channel_open.ts";
 import type { AgentSession } from "./registry.ts";
 import { logger } from "../log.ts";
 import { channelsGauge } from "../metrics.ts";

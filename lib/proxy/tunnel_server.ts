@@ -21,7 +21,7 @@ import { ConfigError, decodeAgentConfig } from "../tunnel/handshake.ts";
 import type { HostKey } from "../tunnel/hostkey.ts";
 import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
 import { protocolOf, sendRawPacket, serveGlobalRequests } from "../tunnel/ssh_requests.ts";
-import { acceptAnyIdent } from "../tunnel/ssh_compat.ts";
+import { acceptAnyIdent } from "../tunnel/ssh_ident.ts";
 import { keepsNoInput } from "../tunnel/ssh_cipher.ts";
 import { limitReceive } from "../tunnel/receive_budget.ts";
 import type { WsConnStream } from "../tunnel/ws_stream.ts";

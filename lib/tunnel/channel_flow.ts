@@ -27,7 +27,7 @@ const log = logger("ssh-flow");
 /** Most bytes a channel's writable side buffers before `write()` returns false. */
 export const CHANNEL_WRITE_BUFFER = 256 * 1024;
 /** Least: with many channels each gets a share of {@link SESSION_WRITE_BUFFER}, not below this. */
-export const MIN_CHANNEL_WRITE_BUFFER = 16 * 1024;
+const MIN_CHANNEL_WRITE_BUFFER = 16 * 1024;
 /**
  * What a connection's channels buffer unsent together, as their writers see it: each channel's
  * `write()` returns false past its share of this (between the two bounds above), so a thousand

@@ -272,7 +272,7 @@ export function deferConsumption(channel: Duplex): (taken: number) => void {
   return r.taken;
 }
 
-/** The budgets of connections, for the channel hooks in ssh_compat.ts. */
+/** The budgets of connections, for the channel hooks (channel_open.ts, channel_accept.ts). */
 const budgets = new WeakMap<object, ReceiveBudget>();
 
 /** Give `ssh`'s channels a receive budget of `limit` bytes (call before channels exist). */

@@ -51,7 +51,7 @@ const DEFAULT_REKEY_PACKETS = 2 ** 31;
 const DEFAULT_REKEY_INTERVAL_MS = 3_600_000;
 
 /** Why a key exchange was started by us. */
-export type RekeyReason = "bytes_out" | "bytes_in" | "packets_out" | "packets_in" | "interval";
+type RekeyReason = "bytes_out" | "bytes_in" | "packets_out" | "packets_in" | "interval";
 
 /** The ssh2 1.17.0 Protocol fields this module reads or calls (./ssh2_internals.ts). */
 interface ProtocolInternals {

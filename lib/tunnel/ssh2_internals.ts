@@ -5,7 +5,9 @@
  * payloads, write backpressure, rekeying, a faster ChaCha20-Poly1305), so these modules reach
  * into its objects:
  *
- * - ./ssh_compat.ts: idents, `kubesphere` channels, half-close;
+ * - ./ssh_ident.ts: idents;
+ * - ./channel_open.ts, ./channel_accept.ts: `kubesphere` channels (shapes: ./ssh2_shapes.ts);
+ * - ./channel_half_close.ts: half-close;
  * - ./ssh_requests.ts: global requests and their replies;
  * - ./channel_flow.ts: channel writes held while the transport is congested or rekeying;
  * - ./receive_budget.ts: window grants decided per connection, what channel readers take counted;
@@ -48,35 +50,35 @@ const MSG_REQUEST_FAILURE = 82;
 export const SSH2_INTERNALS = {
   "Client/Connection": ["_protocol", "_sock", "_chanMgr"],
   Protocol: [
-    "_onHeader", // called by parseHeader once the peer's ident is parsed (ssh_compat)
-    "_remoteIdentRaw", // peer ident in the exchange hash (ssh_compat)
-    "_identRaw", // own ident in the exchange hash (ssh_compat)
-    "_handlers", // per-connection message handlers (ssh_compat, ssh_requests)
-    "_packetRW.read.read", // decoded inbound packets (ssh_compat)
-    "_packetRW.write.allocStart", // packet building (ssh_compat, ssh_requests)
+    "_onHeader", // called by parseHeader once the peer's ident is parsed (ssh_ident)
+    "_remoteIdentRaw", // peer ident in the exchange hash (ssh_ident)
+    "_identRaw", // own ident in the exchange hash (ssh_ident)
+    "_handlers", // per-connection message handlers (channel_accept, ssh_requests)
+    "_packetRW.read.read", // decoded inbound packets (channel_accept)
+    "_packetRW.write.allocStart", // packet building (channel_open, ssh_requests)
     "_packetRW.write.alloc",
     "_packetRW.write.finalize",
     "_cipher.outSeqno", // packets sent under the current keys (rekey)
-    "_decipher", // inbound decipher, inSeqno (rekey) and whose it is (ssh_compat, ssh_cipher)
+    "_decipher", // inbound decipher, inSeqno (rekey) and whose it is (channel_open, ssh_cipher)
     "_kexinit", // set during a key exchange (channel_flow, rekey)
     "_destruct", // undefined once torn down (ssh_requests)
     "rekey()", // starts a key exchange (rekey)
-    "channelOpenConfirm()", // (ssh_compat)
-    "channelOpenFail()", // (ssh_compat)
+    "channelOpenConfirm()", // (channel_accept)
+    "channelOpenFail()", // (channel_accept)
     "channelWindowAdjust()", // wrapped: grants follow the receive budget (receive_budget)
   ],
   ChannelManager: ["add()", "update()", "remove()", "get()"],
   Channel: [
-    "server", // which side made it (ssh_compat)
+    "server", // which side made it (channel_half_close)
     "incoming.state", // 'closed' once the peer's CLOSE arrived (channel_flow)
     "incoming.window", // what the peer may still send (receive_budget)
     "outgoing.id", // the peer's number for it (receive_budget)
     "outgoing.state", // 'eof'/'closed' once we sent ours (receive_budget)
-    "eof()", // (ssh_compat)
-    "close()", // (ssh_compat)
+    "eof()", // (channel_half_close)
+    "close()", // (channel_half_close)
     "_write()", // wrapped to wait for the transport (channel_flow)
     "_writableState.highWaterMark", // lowered (channel_flow)
-    "'finish' listener onFinish", // server side: swapped for EOF only (ssh_compat)
+    "'finish' listener onFinish", // server side: swapped for EOF only (channel_half_close)
     "emit()", // wrapped: what a reader takes is counted (receive_budget)
   ],
   "cipher (each offered)": ["outSeqno"],
@@ -284,7 +286,7 @@ function checkProtocol(proto: unknown, problem: (m: string) => void): void {
   }
 }
 
-/** A channel made the way ./ssh_compat.ts makes one (not attached to any connection). */
+/** A channel made the way ./channel_accept.ts makes one (not attached to any connection). */
 function newChannel(mods: Ssh2Modules, server: boolean): Record<string, unknown> {
   const side = () => ({ id: 0, window: 1024, packetSize: 1024, state: "open" });
   const info = { type: "kubesphere", incoming: side(), outgoing: side() };
@@ -351,20 +353,38 @@ function checkCiphers(mods: Ssh2Modules, problem: (m: string) => void): void {
       problem(`${name}: cannot make one to look at (${(err as Error).message})`);
       continue;
     }
-    for (const k of SSH2_INTERNALS["cipher (each offered)"]) check(cipher, k, problem);
-    for (const k of SSH2_INTERNALS["decipher (each offered)"]) check(decipher, k, problem);
     if (name === "chacha20-poly1305@openssh.com") {
-      checkFields(cipher, SSH2_INTERNALS["chacha20-poly1305 cipher"], `${name} cipher`, problem);
-      checkFields(
-        decipher,
-        SSH2_INTERNALS["chacha20-poly1305 decipher"],
-        `${name} decipher`,
-        problem,
-      );
+      checkChaChaPolyShape(cipher, decipher, (m) => problem(`${name} ${m}`));
+    } else {
+      for (const k of SSH2_INTERNALS["cipher (each offered)"]) check(cipher, k, problem);
+      for (const k of SSH2_INTERNALS["decipher (each offered)"]) check(decipher, k, problem);
     }
     (cipher.free as (() => void) | undefined)?.();
     (decipher.free as (() => void) | undefined)?.();
   }
+}
+
+/**
+ * Check a `chacha20-poly1305@openssh.com` cipher and decipher made by ssh2 against
+ * {@link SSH2_INTERNALS}: their classes, sequence numbers, and every field and method of theirs
+ * that ./ssh_cipher.ts's replacement packet methods use. Each problem is reported with
+ * `cipher: ` or `decipher: ` in front.
+ */
+export function checkChaChaPolyShape(
+  cipher: object,
+  decipher: object,
+  problem: (m: string) => void,
+): void {
+  const c = cipher as Record<string, unknown>;
+  const d = decipher as Record<string, unknown>;
+  for (const k of SSH2_INTERNALS["cipher (each offered)"]) {
+    check(c, k, (m) => problem(`cipher: ${m}`));
+  }
+  for (const k of SSH2_INTERNALS["decipher (each offered)"]) {
+    check(d, k, (m) => problem(`decipher: ${m}`));
+  }
+  checkFields(c, SSH2_INTERNALS["chacha20-poly1305 cipher"], "cipher", problem);
+  checkFields(d, SSH2_INTERNALS["chacha20-poly1305 decipher"], "decipher", problem);
 }
 
 function checkFields(

@@ -1,6 +1,6 @@
 /**
  * A faster `chacha20-poly1305@openssh.com` for ssh2 1.17.0 under Deno, byte-for-byte the same
- * on the wire (it is the cipher the agent link prefers, SPEC §1).
+ * on the wire (it is the cipher the agent link prefers, docs/protocol.md §2, "Ciphers").
  *
  * Without its native addon (never available under Deno) ssh2 seals each packet with three
  * `createCipheriv("chacha20")` objects, a Poly1305 call through Emscripten's `cwrap` (which
@@ -31,7 +31,12 @@ import { loadPoly1305, type Poly1305 } from "./poly1305.ts";
 import { loadPacketCrypto, type PacketCrypto } from "./packet_crypto.ts";
 import { releaseBuffer, takeBuffer } from "../buffer_pool.ts";
 import { logger } from "../log.ts";
-import { checkSsh2 } from "./ssh2_internals.ts";
+import {
+  checkChaChaPolyShape,
+  checkSsh2,
+  SSH2_MODULES,
+  Ssh2InternalsError,
+} from "./ssh2_internals.ts";
 
 const log = logger("ssh-cipher");
 
@@ -346,8 +351,9 @@ function probeConfigs(): { cipher: CipherInstance; decipher: DecipherInstance } 
 }
 
 /**
- * The prototypes to patch, or an error naming what changed: ssh2 must be using its
- * pure-JavaScript ChaCha20-Poly1305 classes with the fields this module relies on.
+ * The prototypes to patch, or an {@link Ssh2InternalsError} naming what changed: ssh2 must be
+ * using its pure-JavaScript ChaCha20-Poly1305 classes with the fields this module relies on
+ * (listed once, in ./ssh2_internals.ts's `SSH2_INTERNALS`).
  */
 export function checkChaChaPoly(): {
   cipherProto: CipherInstance;
@@ -357,35 +363,8 @@ export function checkChaChaPoly(): {
   const cipherProto = Object.getPrototypeOf(cipher) as CipherInstance;
   const decipherProto = Object.getPrototypeOf(decipher) as DecipherInstance;
   const problems: string[] = [];
-  if (cipherProto.constructor.name !== "ChaChaPolyCipherNative") {
-    problems.push(`cipher class is ${cipherProto.constructor.name}`);
-  }
-  if (decipherProto.constructor.name !== "ChaChaPolyDecipherNative") {
-    problems.push(`decipher class is ${decipherProto.constructor.name}`);
-  }
-  for (const f of ["outSeqno", "_onWrite", "_encKeyMain", "_encKeyPktLen", "_dead"] as const) {
-    if (!(f in cipher)) problems.push(`cipher field ${f} missing`);
-  }
-  for (
-    const f of [
-      "inSeqno",
-      "_onPayload",
-      "_decKeyMain",
-      "_decKeyPktLen",
-      "_lenBuf",
-      "_lenPos",
-      "_packet",
-      "_pktLen",
-      "_mac",
-      "_calcMac",
-      "_macPos",
-    ] as const
-  ) {
-    if (!(f in decipher)) problems.push(`decipher field ${f} missing`);
-  }
-  if (problems.length > 0) {
-    throw new Error(`ssh2 chacha20-poly1305 internals changed: ${problems.join("; ")}`);
-  }
+  checkChaChaPolyShape(cipher, decipher, (m) => problems.push(m));
+  if (problems.length > 0) throw new Ssh2InternalsError(problems, SSH2_MODULES.version);
   return { cipherProto, decipherProto };
 }
 
@@ -422,10 +401,10 @@ export type LinkCrypto = "simd" | "scalar" | "ssh2";
  * Environment variable that picks the {@link LinkCrypto}: `auto` (default: `simd` where
  * WebAssembly SIMD works, else `scalar`), `scalar`, or `ssh2` (leave ssh2's methods alone).
  */
-export const LINK_CRYPTO_ENV = "TOWER_SSH_CRYPTO";
+const LINK_CRYPTO_ENV = "TOWER_SSH_CRYPTO";
 
 /** The choice in {@link LINK_CRYPTO_ENV}, checked. */
-export function linkCryptoFromEnv(
+function linkCryptoFromEnv(
   env: (name: string) => string | undefined = (n) => Deno.env.get(n),
 ): "auto" | LinkCrypto {
   const v = (env(LINK_CRYPTO_ENV) ?? "").trim().toLowerCase() || "auto";

@@ -15,7 +15,7 @@
 import { randomFillSync } from "node:crypto";
 
 export const OP_CONT = 0x0;
-export const OP_TEXT = 0x1;
+const OP_TEXT = 0x1;
 export const OP_BINARY = 0x2;
 export const OP_CLOSE = 0x8;
 export const OP_PING = 0x9;
@@ -23,9 +23,9 @@ export const OP_PONG = 0xa;
 
 /** Close codes used here (RFC 6455 §7.4.1). */
 export const CLOSE_NORMAL = 1000;
-export const CLOSE_PROTOCOL_ERROR = 1002;
-export const CLOSE_UNSUPPORTED_DATA = 1003;
-export const CLOSE_TOO_BIG = 1009;
+const CLOSE_PROTOCOL_ERROR = 1002;
+const CLOSE_UNSUPPORTED_DATA = 1003;
+const CLOSE_TOO_BIG = 1009;
 
 /** Room in front of a payload for the longest header (10 bytes + 4 mask bytes), 4-aligned. */
 export const FRAME_PAD = 16;
@@ -56,7 +56,7 @@ const maskWord = new Uint32Array(maskBytes.buffer);
  * XOR `data` in place with the 4-byte masking `key`, `data[0]` being payload byte `pos` of its
  * frame (RFC 6455 §5.3). Whole words at a time where `data` is 4-byte aligned.
  */
-export function xorMask(data: Uint8Array, key: Uint8Array, pos: number): void {
+function xorMask(data: Uint8Array, key: Uint8Array, pos: number): void {
   const n = data.length;
   let i = 0;
   while (i < n && ((data.byteOffset + i) & 3) !== 0) {

@@ -2,7 +2,7 @@
  * A WebSocket seen as a Node `Duplex` byte stream, which is what ssh2 runs on.
  *
  * Binary messages carry the SSH byte stream in order; their boundaries mean
- * nothing (SPEC §1). Writes made in the same tick are coalesced into one
+ * nothing (docs/protocol.md §1). Writes made in the same tick are coalesced into one
  * message, so ssh2's many small packet writes do not become many frames.
  *
  * {@link websocketClientStream} (the agent) and {@link websocketServerStream}
@@ -33,8 +33,6 @@ import {
   sealFrame,
   WsProtocolError,
 } from "./ws_frame.ts";
-
-export { encodeClientFrame } from "./ws_frame.ts";
 
 /** Options for {@link websocketClientStream} and {@link websocketServerStream}. */
 export interface WsConnStreamOptions {
@@ -127,82 +125,256 @@ function closePayload(code: number, reason = ""): Uint8Array {
   return out;
 }
 
-/**
- * The framing of both ends. One closure over a connection's whole state (write batch, control
- * frames, pump, read loop, close handling), which the Duplex callbacks all share: split into
- * pieces, each would need all of it.
- */
+/** The framing of both ends: a {@link WsLink} over `conn`, its read loop started. */
 function connStream(
   conn: Deno.Conn,
   initial: Uint8Array,
   opts: WsConnStreamOptions,
   role: "client" | "server",
 ): WsConnStream {
-  const masked = role === "client";
-  const highWater = opts.highWaterMark ?? 4 << 20;
-  const maxMessage = opts.maxMessage ?? (masked ? 1 << 20 : (512 << 10) - FRAME_PAD);
-  const closeWaitMs = opts.closeWaitMs ?? 5_000;
-  try {
-    (conn as Deno.TcpConn).setNoDelay?.(true);
-  } catch {
-    // not TCP (or already closed): nothing to tune
-  }
+  const link = new WsLink(conn, opts, role);
+  link.readLoop(initial);
+  return link.stream;
+}
 
-  const batch: Uint8Array[] = [];
-  let batchBytes = 0;
-  const control: Uint8Array[] = [];
-  let pumping = false;
-  let scheduled = false;
-  let closeSent = false;
-  let finished = false; // connection closed or being closed
-  /** Destroyed with control frames still to send: close once they are out. */
-  let closeWhenFlushed = false;
-  let closeTimer: ReturnType<typeof setTimeout> | undefined;
-  const drainWaiters: (() => void)[] = [];
-  let finalCb: ((err?: Error | null) => void) | undefined;
-  let readPaused = false;
-  let resumeRead: (() => void) | undefined;
+/**
+ * One connection's framing state, shared by the write side (a batch of writes and queued
+ * control frames, pumped out as frames), the read side (a read loop feeding a
+ * {@link FrameParser}) and the close handling; {@link WsLink.stream} is the byte stream.
+ */
+class WsLink {
+  /** The byte stream carried in binary messages. */
+  readonly stream: WsConnStream;
+  readonly #conn: Deno.Conn;
+  readonly #masked: boolean;
+  readonly #highWater: number;
+  readonly #maxMessage: number;
+  readonly #closeWaitMs: number;
+  readonly #parser: FrameParser;
 
-  const shutdown = (): void => {
-    if (finished) return;
-    finished = true;
-    if (closeTimer !== undefined) clearTimeout(closeTimer);
-    try {
-      conn.close();
-    } catch {
-      // already closed
-    }
-    for (const w of drainWaiters.splice(0)) w();
-    resumeRead?.();
-  };
-  /** Close the connection after `closeWaitMs` at the latest. */
-  const closeWithin = (): void => {
-    if (closeTimer === undefined && !finished) closeTimer = setTimeout(shutdown, closeWaitMs);
-  };
-
-  const writeAll = async (data: Uint8Array): Promise<void> => {
-    let off = 0;
-    while (off < data.length) off += await conn.write(data.subarray(off));
-  };
-
+  // Write side.
+  readonly #batch: Uint8Array[] = [];
+  #batchBytes = 0;
+  readonly #control: Uint8Array[] = [];
+  #pumping = false;
+  #scheduled = false;
+  #pumped: Promise<void> = Promise.resolve();
+  readonly #drainWaiters: (() => void)[] = [];
+  #finalCb: ((err?: Error | null) => void) | undefined;
   /**
    * Where frames are built. The client (an agent: one connection, often sending bulk) keeps one
    * buffer, grown to its largest frame. The server (the proxy: a connection per agent, mostly
    * idle) takes each frame from the pool and gives it back once written, since a buffer kept
    * per connection cost a proxy with 1,000 agents 64 MiB.
    */
-  let frameBuf = new Uint8Array(0);
-  let pooledFrame: Uint8Array | undefined;
-  /** Take up to `maxMessage` bytes of the batch as one frame. */
-  const takeFrame = (): Uint8Array => {
-    const len = Math.min(batchBytes, maxMessage);
-    let frame: Uint8Array;
-    if (!masked) frame = pooledFrame = takeBuffer(FRAME_PAD + len);
-    else {
-      if (frameBuf.length < FRAME_PAD + len) {
-        frameBuf = new Uint8Array(FRAME_PAD + Math.max(len, 64 * 1024));
+  #frameBuf = new Uint8Array(0);
+  #pooledFrame: Uint8Array | undefined;
+
+  // Close handling.
+  #closeSent = false;
+  /** Connection closed or being closed. */
+  #finished = false;
+  /** Destroyed with control frames still to send: close once they are out. */
+  #closeWhenFlushed = false;
+  #closeTimer: ReturnType<typeof setTimeout> | undefined;
+
+  // Read side.
+  #readPaused = false;
+  #resumeRead: (() => void) | undefined;
+  #keepsNothing: (() => boolean) | undefined;
+  /** The next buffer to read into, given how much the last read got (servers adapt). */
+  #buf: Uint8Array;
+  /** The last read went into `#buf` itself, to be reused if its bytes were taken at once. */
+  #inPlace = false;
+
+  constructor(conn: Deno.Conn, opts: WsConnStreamOptions, role: "client" | "server") {
+    this.#conn = conn;
+    this.#masked = role === "client";
+    this.#highWater = opts.highWaterMark ?? 4 << 20;
+    this.#maxMessage = opts.maxMessage ?? (this.#masked ? 1 << 20 : (512 << 10) - FRAME_PAD);
+    this.#closeWaitMs = opts.closeWaitMs ?? 5_000;
+    this.#buf = new Uint8Array(this.#masked ? READ_SIZE : MIN_READ);
+    try {
+      (conn as Deno.TcpConn).setNoDelay?.(true);
+    } catch {
+      // not TCP (or already closed): nothing to tune
+    }
+    this.stream = this.#makeStream();
+    this.#parser = new FrameParser(role, opts.maxReceive ?? 64 << 20, {
+      data: (piece) => {
+        const buf = Buffer.from(piece.buffer, piece.byteOffset, piece.length);
+        if (!this.stream.push(buf)) this.#readPaused = true;
+      },
+      control: (op, payload) => {
+        if (op === OP_PING) this.#sendControl(OP_PONG, payload);
+        else if (op === OP_CLOSE) {
+          this.#sendControl(
+            OP_CLOSE,
+            payload.length >= 2 ? payload.subarray(0, 2) : new Uint8Array(0),
+          );
+        }
+      },
+    });
+  }
+
+  /** The Duplex whose callbacks are this link's write side and close handling. */
+  #makeStream(): WsConnStream {
+    const stream = new Duplex({
+      allowHalfOpen: false,
+      readableHighWaterMark: 1 << 20,
+      writableHighWaterMark: 1 << 20,
+      read: () => {
+        if (this.#readPaused) {
+          this.#readPaused = false;
+          this.#resumeRead?.();
+        }
+      },
+      write: (chunk: Buffer, _enc, cb) => this.#write(chunk, cb),
+      final: (cb) => this.#final(cb),
+      destroy: (err, cb) => {
+        this.#destroy(err);
+        cb(err);
+      },
+    }) as WsConnStream;
+    stream.setMaxReceive = (bytes: number) => {
+      this.#parser.maxMessage = bytes;
+    };
+    stream.setReadReuse = (check: () => boolean) => {
+      this.#keepsNothing = check;
+    };
+    return stream;
+  }
+
+  // --- Close handling -------------------------------------------------------------------------
+
+  #shutdown(): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    if (this.#closeTimer !== undefined) clearTimeout(this.#closeTimer);
+    try {
+      this.#conn.close();
+    } catch {
+      // already closed
+    }
+    for (const w of this.#drainWaiters.splice(0)) w();
+    this.#resumeRead?.();
+  }
+
+  /** Close the connection after `closeWaitMs` at the latest. */
+  #closeWithin(): void {
+    if (this.#closeTimer === undefined && !this.#finished) {
+      this.#closeTimer = setTimeout(() => this.#shutdown(), this.#closeWaitMs);
+    }
+  }
+
+  /** Duplex `destroy`. */
+  #destroy(err: Error | null): void {
+    if (err instanceof WsProtocolError && !this.#masked && !this.#finished) {
+      // A server tells its client why, briefly: the close frame goes out, then the connection
+      // closes. (The agent, as it always has, just closes.)
+      this.#sendControl(OP_CLOSE, closePayload(err.code, err.message));
+      this.#closeWhenFlushed = true;
+      this.#closeWithin();
+      this.#schedule();
+    } else this.#shutdown();
+  }
+
+  // --- Write side -----------------------------------------------------------------------------
+
+  /** Duplex `write`: batched until the pump runs; calls back at once below the high water. */
+  #write(chunk: Buffer, cb: (err?: Error | null) => void): void {
+    if (this.#finished || this.#closeSent) return cb(new Error("websocket is closed"));
+    this.#batch.push(chunk);
+    this.#batchBytes += chunk.length;
+    this.#schedule();
+    if (this.#batchBytes > this.#highWater) this.#drainWaiters.push(() => cb());
+    else cb();
+  }
+
+  /** Duplex `final`: everything written goes out, then a normal close; the peer answers. */
+  #final(cb: (err?: Error | null) => void): void {
+    if (this.#finished) return cb();
+    this.#finalCb = cb;
+    this.#schedule();
+  }
+
+  #sendControl(opcode: number, payload: Uint8Array): void {
+    if (this.#finished || this.#closeSent) return;
+    if (opcode === OP_CLOSE) this.#closeSent = true;
+    this.#control.push(encodeFrame(opcode, payload, this.#masked));
+    this.#schedule();
+  }
+
+  /** Pump once the current tick's writes are in: they go out as one frame. */
+  #schedule(): void {
+    if (this.#pumping || this.#scheduled) return;
+    this.#scheduled = true;
+    queueMicrotask(() => {
+      this.#pumped = this.#pump();
+    });
+  }
+
+  async #writeAll(data: Uint8Array): Promise<void> {
+    let off = 0;
+    while (off < data.length) off += await this.#conn.write(data.subarray(off));
+  }
+
+  /** Write control frames and the batch as frames until both are empty, then a pending end. */
+  async #pump(): Promise<void> {
+    this.#scheduled = false;
+    if (this.#pumping) return;
+    this.#pumping = true;
+    try {
+      while (
+        !this.#finished &&
+        (this.#control.length > 0 || (this.#batchBytes > 0 && !this.stream.destroyed))
+      ) {
+        const frame = this.#control.length > 0 ? this.#control.shift()! : this.#takeFrame();
+        if (this.#batchBytes <= this.#highWater && this.#drainWaiters.length > 0) {
+          for (const w of this.#drainWaiters.splice(0)) w();
+        }
+        await this.#writeAll(frame);
+        if (this.#pooledFrame !== undefined) {
+          releaseBuffer(this.#pooledFrame);
+          this.#pooledFrame = undefined;
+        }
       }
-      frame = frameBuf;
+      if (this.#closeWhenFlushed && this.#control.length === 0) this.#shutdown();
+      if (this.#finalCb && this.#batchBytes === 0 && !this.#finished) await this.#finish();
+    } catch (err) {
+      if (!this.#finished && !this.stream.destroyed) {
+        this.stream.destroy(new Error(`websocket write: ${(err as Error).message}`));
+      }
+      this.#shutdown();
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  /** Everything written is out: now the close frame, then report the end as done. */
+  async #finish(): Promise<void> {
+    const cb = this.#finalCb!;
+    this.#finalCb = undefined;
+    if (!this.#closeSent) {
+      this.#closeSent = true;
+      await this.#writeAll(encodeFrame(OP_CLOSE, closePayload(CLOSE_NORMAL), this.#masked));
+      // A peer that never answers does not keep the connection.
+      this.#closeWithin();
+    }
+    cb();
+  }
+
+  /** Take up to `maxMessage` bytes of the batch as one frame. */
+  #takeFrame(): Uint8Array {
+    const batch = this.#batch;
+    const len = Math.min(this.#batchBytes, this.#maxMessage);
+    let frame: Uint8Array;
+    if (!this.#masked) frame = this.#pooledFrame = takeBuffer(FRAME_PAD + len);
+    else {
+      if (this.#frameBuf.length < FRAME_PAD + len) {
+        this.#frameBuf = new Uint8Array(FRAME_PAD + Math.max(len, 64 * 1024));
+      }
+      frame = this.#frameBuf;
     }
     let off = FRAME_PAD;
     while (off < FRAME_PAD + len) {
@@ -216,180 +388,75 @@ function connStream(
         releaseBuffer(c);
       } else batch[0] = c.subarray(k);
     }
-    batchBytes -= len;
-    return sealFrame(frame, OP_BINARY, len, masked);
-  };
+    this.#batchBytes -= len;
+    return sealFrame(frame, OP_BINARY, len, this.#masked);
+  }
 
-  let pumped: Promise<void> = Promise.resolve();
-  const pump = async (): Promise<void> => {
-    scheduled = false;
-    if (pumping) return;
-    pumping = true;
+  // --- Read side ------------------------------------------------------------------------------
+
+  /**
+   * Parse `initial`, then read and parse until the peer's close frame, the connection's end or
+   * our shutdown; pauses while the stream's reader does. Runs in the background.
+   */
+  async readLoop(initial: Uint8Array): Promise<void> {
+    const stream = this.stream;
     try {
-      while (!finished && (control.length > 0 || (batchBytes > 0 && !stream.destroyed))) {
-        const frame = control.length > 0 ? control.shift()! : takeFrame();
-        if (batchBytes <= highWater && drainWaiters.length > 0) {
-          for (const w of drainWaiters.splice(0)) w();
+      if (initial.length > 0) this.#parser.parse(initial.slice());
+      while (!this.#parser.closed && !this.#finished) {
+        if (this.#readPaused) {
+          await new Promise<void>((r) => this.#resumeRead = r);
+          this.#resumeRead = undefined;
         }
-        await writeAll(frame);
-        if (pooledFrame !== undefined) {
-          releaseBuffer(pooledFrame);
-          pooledFrame = undefined;
-        }
-      }
-      if (closeWhenFlushed && control.length === 0) shutdown();
-      if (finalCb && batchBytes === 0 && !finished) {
-        // Everything written is out: now the close frame, then report the end as done.
-        const cb = finalCb;
-        finalCb = undefined;
-        if (!closeSent) {
-          closeSent = true;
-          await writeAll(encodeFrame(OP_CLOSE, closePayload(CLOSE_NORMAL), masked));
-          // A peer that never answers does not keep the connection.
-          closeWithin();
-        }
-        cb();
-      }
-    } catch (err) {
-      if (!finished && !stream.destroyed) {
-        stream.destroy(new Error(`websocket write: ${(err as Error).message}`));
-      }
-      shutdown();
-    } finally {
-      pumping = false;
-    }
-  };
-
-  const schedule = (): void => {
-    if (pumping || scheduled) return;
-    scheduled = true;
-    queueMicrotask(() => {
-      pumped = pump();
-    });
-  };
-
-  const sendControl = (opcode: number, payload: Uint8Array): void => {
-    if (finished || closeSent) return;
-    if (opcode === OP_CLOSE) closeSent = true;
-    control.push(encodeFrame(opcode, payload, masked));
-    schedule();
-  };
-
-  const stream = new Duplex({
-    allowHalfOpen: false,
-    readableHighWaterMark: 1 << 20,
-    writableHighWaterMark: 1 << 20,
-    read() {
-      if (readPaused) {
-        readPaused = false;
-        resumeRead?.();
-      }
-    },
-    write(chunk: Buffer, _enc, cb) {
-      if (finished || closeSent) return cb(new Error("websocket is closed"));
-      batch.push(chunk);
-      batchBytes += chunk.length;
-      schedule();
-      if (batchBytes > highWater) drainWaiters.push(() => cb());
-      else cb();
-    },
-    final(cb) {
-      // Everything written goes out, then a normal close; the peer answers with its own.
-      if (finished) return cb();
-      finalCb = cb;
-      schedule();
-    },
-    destroy(err, cb) {
-      if (err instanceof WsProtocolError && !masked && !finished) {
-        // A server tells its client why, briefly: the close frame goes out, then the connection
-        // closes. (The agent, as it always has, just closes.)
-        sendControl(OP_CLOSE, closePayload(err.code, err.message));
-        closeWhenFlushed = true;
-        closeWithin();
-        schedule();
-      } else shutdown();
-      cb(err);
-    },
-  }) as WsConnStream;
-  stream.setMaxReceive = (bytes: number) => {
-    parser.maxMessage = bytes;
-  };
-  let keepsNothing: (() => boolean) | undefined;
-  stream.setReadReuse = (check: () => boolean) => {
-    keepsNothing = check;
-  };
-
-  const parser = new FrameParser(role, opts.maxReceive ?? 64 << 20, {
-    data(piece) {
-      const buf = Buffer.from(piece.buffer, piece.byteOffset, piece.length);
-      if (!stream.push(buf)) readPaused = true;
-    },
-    control(op, payload) {
-      if (op === OP_PING) sendControl(OP_PONG, payload);
-      else if (op === OP_CLOSE) {
-        sendControl(OP_CLOSE, payload.length >= 2 ? payload.subarray(0, 2) : new Uint8Array(0));
-      }
-    },
-  });
-
-  /** The next buffer to read into, given how much the last read got (servers adapt). */
-  let buf = new Uint8Array(masked ? READ_SIZE : MIN_READ);
-  /** The last read went into `buf` itself, to be reused if its bytes were taken at once. */
-  let inPlace = false;
-  const readOnce = async (): Promise<Uint8Array | null> => {
-    const n = await conn.read(buf);
-    if (n === null) return null;
-    let size = buf.length;
-    if (!masked) {
-      size = n === buf.length ? Math.min(size * 2, MAX_READ) : n < MIN_READ ? MIN_READ : size;
-    }
-    inPlace = keepsNothing?.() === true;
-    if (inPlace) {
-      const got = buf.subarray(0, n);
-      if (size !== buf.length) buf = new Uint8Array(size); // the old one is still parsed below
-      return got;
-    }
-    if (n >= ZERO_COPY_READ) {
-      // Hand the bytes on as they are (ssh2 may keep them); the next read gets a fresh buffer.
-      const got = buf.subarray(0, n);
-      buf = new Uint8Array(size);
-      return got;
-    }
-    const got = buf.slice(0, n);
-    if (size !== buf.length) buf = new Uint8Array(size);
-    return got;
-  };
-  /** After `got` was parsed: a reused buffer still referenced (bytes waiting) is replaced. */
-  const afterParse = (got: Uint8Array): void => {
-    if (!inPlace || got.buffer !== buf.buffer) return;
-    if (stream.readableLength > 0 || keepsNothing?.() !== true) buf = new Uint8Array(buf.length);
-  };
-
-  (async () => {
-    try {
-      if (initial.length > 0) parser.parse(initial.slice());
-      while (!parser.closed && !finished) {
-        if (readPaused) {
-          await new Promise<void>((r) => resumeRead = r);
-          resumeRead = undefined;
-        }
-        if (finished) break;
-        const got = await readOnce();
+        if (this.#finished) break;
+        const got = await this.#readOnce();
         if (got === null) break;
-        parser.parse(got);
-        afterParse(got);
+        this.#parser.parse(got);
+        this.#afterParse(got);
       }
       if (!stream.destroyed) stream.push(null);
       // Let a close we owe the peer go out before the connection goes away.
-      await pumped;
-      if (control.length > 0) await pump();
-      shutdown();
+      await this.#pumped;
+      if (this.#control.length > 0) await this.#pump();
+      this.#shutdown();
     } catch (err) {
-      if (!finished && !stream.destroyed) {
+      if (!this.#finished && !stream.destroyed) {
         stream.destroy(err instanceof Error ? err : new Error(String(err)));
-      } else if (!closeWhenFlushed) shutdown();
+      } else if (!this.#closeWhenFlushed) this.#shutdown();
     }
     if (!stream.destroyed) stream.destroy();
-  })();
-  return stream;
+  }
+
+  /** One read: the bytes to parse (see {@link WsConnStream.setReadReuse}), or null at the end. */
+  async #readOnce(): Promise<Uint8Array | null> {
+    let buf = this.#buf;
+    const n = await this.#conn.read(buf);
+    if (n === null) return null;
+    let size = buf.length;
+    if (!this.#masked) {
+      size = n === buf.length ? Math.min(size * 2, MAX_READ) : n < MIN_READ ? MIN_READ : size;
+    }
+    this.#inPlace = this.#keepsNothing?.() === true;
+    let got: Uint8Array;
+    if (this.#inPlace) {
+      got = buf.subarray(0, n);
+      if (size !== buf.length) buf = new Uint8Array(size); // the old one is still parsed below
+    } else if (n >= ZERO_COPY_READ) {
+      // Hand the bytes on as they are (ssh2 may keep them); the next read gets a fresh buffer.
+      got = buf.subarray(0, n);
+      buf = new Uint8Array(size);
+    } else {
+      got = buf.slice(0, n);
+      if (size !== buf.length) buf = new Uint8Array(size);
+    }
+    this.#buf = buf;
+    return got;
+  }
+
+  /** After `got` was parsed: a reused buffer still referenced (bytes waiting) is replaced. */
+  #afterParse(got: Uint8Array): void {
+    if (!this.#inPlace || got.buffer !== this.#buf.buffer) return;
+    if (this.stream.readableLength > 0 || this.#keepsNothing?.() !== true) {
+      this.#buf = new Uint8Array(this.#buf.length);
+    }
+  }
 }

@@ -27,11 +27,8 @@ import { ProxyTrust } from "../../lib/agent/proxy_trust.ts";
 import { AGENT_FLAGS } from "../../agent.ts";
 import { PROXY_FLAGS } from "../../proxy.ts";
 import { generateHostKeyPem } from "../../lib/tunnel/hostkey.ts";
-import {
-  acceptAnyIdent,
-  ChannelOpenError,
-  openKubesphereChannel,
-} from "../../lib/tunnel/ssh_compat.ts";
+import { ChannelOpenError, openKubesphereChannel } from "../../lib/tunnel/channel_open.ts";
+import { acceptAnyIdent } from "../../lib/tunnel/ssh_ident.ts";
 import { serveGlobalRequests } from "../../lib/tunnel/ssh_requests.ts";
 import { websocketStream } from "../helpers/ws_object_stream.ts";
 import { WS_PROTOCOL } from "../../lib/tunnel/protocol.ts";

@@ -13,7 +13,7 @@ import { createHash } from "node:crypto";
 import type { Duplex } from "node:stream";
 import fc from "fast-check";
 import { dialTarget, pipeChannel } from "../../lib/agent/forward.ts";
-import { openKubesphereChannel } from "../../lib/tunnel/ssh_compat.ts";
+import { openKubesphereChannel } from "../../lib/tunnel/channel_open.ts";
 import { deadline } from "../helpers/deadline.ts";
 import { assertEquals } from "../helpers/assert.ts";
 import { patternBytes, startClosingOrigin, writeChunked } from "../helpers/closing_origin.ts";

@@ -10,7 +10,7 @@
 import ssh2 from "ssh2";
 import { generateHostKeyPem, parseHostKey } from "../../lib/tunnel/hostkey.ts";
 import { WS_PROTOCOL } from "../../lib/tunnel/protocol.ts";
-import { acceptAnyIdent } from "../../lib/tunnel/ssh_compat.ts";
+import { acceptAnyIdent } from "../../lib/tunnel/ssh_ident.ts";
 import { serveGlobalRequests } from "../../lib/tunnel/ssh_requests.ts";
 import { websocketStream } from "../helpers/ws_object_stream.ts";
 

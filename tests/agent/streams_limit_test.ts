@@ -13,14 +13,10 @@ import ssh2 from "ssh2";
 import type { Duplex } from "node:stream";
 import { Agent } from "../../lib/agent/agent.ts";
 import { generateHostKeyPem } from "../../lib/tunnel/hostkey.ts";
-import {
-  acceptAnyIdent,
-  ChannelOpenError,
-  OPEN_FAILURE,
-  openKubesphereChannel,
-} from "../../lib/tunnel/ssh_compat.ts";
+import { ChannelOpenError, openKubesphereChannel } from "../../lib/tunnel/channel_open.ts";
+import { acceptAnyIdent } from "../../lib/tunnel/ssh_ident.ts";
 import { serveGlobalRequests } from "../../lib/tunnel/ssh_requests.ts";
-import { WS_PROTOCOL } from "../../lib/tunnel/protocol.ts";
+import { OPEN_FAILURE, WS_PROTOCOL } from "../../lib/tunnel/protocol.ts";
 import { assertEquals, assertRejects } from "../helpers/assert.ts";
 import { readBytes, startTcpServer } from "../helpers/tunnel.ts";
 import { websocketStream } from "../helpers/ws_object_stream.ts";

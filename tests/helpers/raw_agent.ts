@@ -9,7 +9,7 @@
 import ssh2 from "ssh2";
 import type { Duplex } from "node:stream";
 import { dialProxy, tunnelUrl } from "../../lib/agent/transport.ts";
-import { acceptAnyIdent } from "../../lib/tunnel/ssh_compat.ts";
+import { acceptAnyIdent } from "../../lib/tunnel/ssh_ident.ts";
 import { type GlobalReply, GlobalRequester } from "../../lib/tunnel/ssh_requests.ts";
 
 /** A connected raw agent. */

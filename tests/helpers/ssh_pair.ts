@@ -1,7 +1,7 @@
 /**
  * An ssh2 server (the proxy's role) and client (the agent's role) connected over TCP on
- * 127.0.0.1, with the `kubesphere` channel hooks of lib/tunnel/ssh_compat.ts on both ends, for
- * channel-level tests in one process. Also {@link goPipe}: a channel piped to a socket the way
+ * 127.0.0.1, with the `kubesphere` channel hooks of lib/tunnel/channel_open.ts and
+ * channel_accept.ts on both ends, for channel-level tests in one process. Also {@link goPipe}: a channel piped to a socket the way
  * the original Go tower does it.
  * @module
  */
@@ -13,7 +13,7 @@ import type { Duplex } from "node:stream";
 // @ts-types="@types/ssh2"
 import ssh2 from "ssh2";
 import type { ClientChannel, Connection } from "ssh2";
-import { onKubesphereChannel } from "../../lib/tunnel/ssh_compat.ts";
+import { onKubesphereChannel } from "../../lib/tunnel/channel_accept.ts";
 import { deadline } from "./deadline.ts";
 
 const { Client, Server } = ssh2;

@@ -1,6 +1,6 @@
 /**
- * Our SSH hooks (lib/tunnel/ssh_compat.ts: idents, raw channel extra data, global requests,
- * open failures) against golang.org/x/crypto/ssh with the original tower's SSH settings, over
+ * Our SSH hooks (lib/tunnel: ssh_ident.ts, channel_open.ts and channel_accept.ts, ssh_requests.ts:
+ * idents, raw channel extra data, global requests, open failures) against golang.org/x/crypto/ssh with the original tower's SSH settings, over
  * 127.0.0.1 TCP: the ssh-probe-* modes of tests/interop/go_tower (probe.go). The original's
  * own agent and proxy are exercised in go_agent_test.ts and go_proxy_test.ts.
  *
@@ -17,14 +17,10 @@ import assert from "node:assert/strict";
 // @ts-types="@types/ssh2"
 import ssh2 from "ssh2";
 import type { Connection } from "ssh2";
-import {
-  acceptAnyIdent,
-  ChannelOpenError,
-  onKubesphereChannel,
-  OPEN_FAILURE,
-  openKubesphereChannel,
-  sendCustomIdent,
-} from "../../lib/tunnel/ssh_compat.ts";
+import { onKubesphereChannel } from "../../lib/tunnel/channel_accept.ts";
+import { ChannelOpenError, openKubesphereChannel } from "../../lib/tunnel/channel_open.ts";
+import { OPEN_FAILURE } from "../../lib/tunnel/protocol.ts";
+import { acceptAnyIdent, sendCustomIdent } from "../../lib/tunnel/ssh_ident.ts";
 import { GlobalRequester, serveGlobalRequests } from "../../lib/tunnel/ssh_requests.ts";
 import { keepRekeying, type Rekeyer } from "../../lib/tunnel/rekey.ts";
 import { requireTools } from "../helpers/tools.ts";

@@ -24,7 +24,7 @@ import {
   CHACHA_POLY,
   installFastChaChaPoly,
 } from "../../lib/tunnel/ssh_cipher.ts";
-import { acceptAnyIdent } from "../../lib/tunnel/ssh_compat.ts";
+import { acceptAnyIdent } from "../../lib/tunnel/ssh_ident.ts";
 import { followTransport } from "../../lib/tunnel/channel_flow.ts";
 import { deadline } from "../helpers/deadline.ts";
 

@@ -9,7 +9,7 @@
 import { Buffer } from "node:buffer";
 import { parse } from "yaml";
 import { encodeAgentConfig } from "../../lib/tunnel/handshake.ts";
-import { onKubesphereChannel } from "../../lib/tunnel/ssh_compat.ts";
+import { onKubesphereChannel } from "../../lib/tunnel/channel_accept.ts";
 import { deadline } from "../helpers/deadline.ts";
 import { assertEquals } from "../helpers/assert.ts";
 import { denoRun, freePort, tempDir } from "../helpers/proc.ts";

@@ -9,7 +9,7 @@
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import type { Duplex } from "node:stream";
-import { openKubesphereChannel } from "../../lib/tunnel/ssh_compat.ts";
+import { openKubesphereChannel } from "../../lib/tunnel/channel_open.ts";
 import {
   deferConsumption,
   limitReceive,

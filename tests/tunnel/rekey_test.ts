@@ -15,12 +15,9 @@ import type { ClientChannel, Connection, ServerChannel } from "ssh2";
 import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
 import { generateHostKeyPem, parseHostKey } from "../../lib/tunnel/hostkey.ts";
 import { installFastChaChaPoly, LARGE_PACKET_SIZE } from "../../lib/tunnel/ssh_cipher.ts";
-import {
-  acceptAnyIdent,
-  onKubesphereChannel,
-  openKubesphereChannel,
-  sendCustomIdent,
-} from "../../lib/tunnel/ssh_compat.ts";
+import { onKubesphereChannel } from "../../lib/tunnel/channel_accept.ts";
+import { openKubesphereChannel } from "../../lib/tunnel/channel_open.ts";
+import { acceptAnyIdent, sendCustomIdent } from "../../lib/tunnel/ssh_ident.ts";
 import { SSH_ALGORITHMS as ALGOS } from "../../lib/tunnel/protocol.ts";
 import { keepRekeying, parseByteSize, type RekeyLimits } from "../../lib/tunnel/rekey.ts";
 import { deadline } from "../helpers/deadline.ts";

@@ -12,11 +12,9 @@ import type { Duplex } from "node:stream";
 import { deadline } from "../helpers/deadline.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { type SshPair, sshPair } from "../helpers/ssh_pair.ts";
-import {
-  CHANNEL_WRITE_BUFFER,
-  ChannelEndedError,
-  openKubesphereChannel,
-} from "../../lib/tunnel/ssh_compat.ts";
+import { CHANNEL_WRITE_BUFFER } from "../../lib/tunnel/channel_flow.ts";
+import { ChannelEndedError } from "../../lib/tunnel/channel_half_close.ts";
+import { openKubesphereChannel } from "../../lib/tunnel/channel_open.ts";
 import { SESSION_WRITE_BUFFER, writeBufferShare } from "../../lib/tunnel/channel_flow.ts";
 
 /**

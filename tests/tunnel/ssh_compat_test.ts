@@ -12,16 +12,14 @@ import assert from "node:assert/strict";
 // @ts-types="@types/ssh2"
 import ssh2 from "ssh2";
 import type { Connection, ServerChannel } from "ssh2";
+import { onKubesphereChannel } from "../../lib/tunnel/channel_accept.ts";
 import {
-  acceptAnyIdent,
   ChannelOpenError,
-  type IdentOptions,
-  onKubesphereChannel,
-  OPEN_FAILURE,
   openChannelWithExtraData,
   openKubesphereChannel,
-  sendCustomIdent,
-} from "../../lib/tunnel/ssh_compat.ts";
+} from "../../lib/tunnel/channel_open.ts";
+import { OPEN_FAILURE } from "../../lib/tunnel/protocol.ts";
+import { acceptAnyIdent, type IdentOptions, sendCustomIdent } from "../../lib/tunnel/ssh_ident.ts";
 import { checkConnection, checkSsh2 } from "../../lib/tunnel/ssh2_internals.ts";
 import { deadline } from "../helpers/deadline.ts";
 

@@ -11,7 +11,8 @@ import type { Duplex } from "node:stream";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { patternChunk, readAllNode, readBytes, writeAll } from "../helpers/tunnel.ts";
 import { freeBufferBytes, takeBuffer } from "../../lib/buffer_pool.ts";
-import { encodeClientFrame, websocketClientStream } from "../../lib/tunnel/ws_stream.ts";
+import { encodeClientFrame } from "../../lib/tunnel/ws_frame.ts";
+import { websocketClientStream } from "../../lib/tunnel/ws_stream.ts";
 import { websocketStream } from "../helpers/ws_object_stream.ts";
 
 const enc = new TextEncoder();

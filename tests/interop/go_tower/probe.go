@@ -1,6 +1,6 @@
 package main
 
-// Probes of our SSH hooks (lib/tunnel/ssh_compat.ts) against golang.org/x/crypto/ssh over plain
+// Probes of our SSH hooks (lib/tunnel/ssh_ident.ts, channel_open.ts, channel_accept.ts) against golang.org/x/crypto/ssh over plain
 // TCP, for tests/interop/go_tower_test.ts. They use the original's SSH settings, but their
 // requests and channel handling are fixtures of those tests, not the original's behaviour (the
 // agent and proxy modes are).

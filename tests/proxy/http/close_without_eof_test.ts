@@ -22,7 +22,7 @@ import fc from "fast-check";
 import { HttpProxy } from "../../../lib/proxy/http/forward.ts";
 import type { UpstreamAuth } from "../../../lib/proxy/http/upstream.ts";
 import { generateCA, issueServingCert } from "../../../lib/pki/mod.ts";
-import { openKubesphereChannel } from "../../../lib/tunnel/ssh_compat.ts";
+import { openKubesphereChannel } from "../../../lib/tunnel/channel_open.ts";
 import { deadline } from "../../helpers/deadline.ts";
 import { assert, assertEquals } from "../../helpers/assert.ts";
 import { patternBytes, startClosingOrigin, writeChunked } from "../../helpers/closing_origin.ts";
