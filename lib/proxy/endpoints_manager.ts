@@ -17,7 +17,12 @@
 import type { Duplex } from "node:stream";
 import { Buffer } from "node:buffer";
 import { logger } from "../log.ts";
-import { bytesCounter, requestDuration, requestsCounter } from "../metrics.ts";
+import {
+  bytesCounter,
+  channelLimitRefusals,
+  requestDuration,
+  requestsCounter,
+} from "../metrics.ts";
 import { type CA, issueServingCert, verifyClientCert } from "../pki/mod.ts";
 import type { AgentConfig } from "../tunnel/handshake.ts";
 import { clientAccess } from "./client_access.ts";
@@ -303,6 +308,7 @@ export class EndpointsManager {
         // channel must not fail the request when another agent can take it.
         const tried = new Set<string>();
         let lastErr: Error | undefined;
+        let allFull = true;
         for (;;) {
           const session = registry.pick(cluster, tried);
           if (!session) break;
@@ -330,6 +336,7 @@ export class EndpointsManager {
           } catch (err) {
             if (signal?.aborted) throw err; // the client went away: nothing to try elsewhere
             lastErr = err as Error;
+            if (!(err instanceof StreamLimitError)) allFull = false;
             // The agent refused the channel or never answered (its dial failed: → 502 unless
             // another session takes it); a full or dead session says nothing about its agent.
             if (session.alive && !(err instanceof StreamLimitError)) {
@@ -337,6 +344,7 @@ export class EndpointsManager {
             }
           }
         }
+        if (lastErr && allFull) channelLimitRefusals.inc({ cluster });
         if (lastErr) throw lastErr;
         throw new NoAgentError(`cluster ${cluster}: no agent connected`);
       },
