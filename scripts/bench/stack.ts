@@ -400,7 +400,9 @@ export async function startTowerStack(
   while (kcText === undefined) {
     kcText = await Deno.readTextFile(kcPath).catch(() => undefined);
     if (kcText === undefined) {
-      if (Date.now() > deadline) throw new Error(`proxy wrote no kubeconfig at ${kcPath}`);
+      if (Date.now() > deadline) {
+        throw new Error(`proxy wrote no kubeconfig at ${kcPath}; proxy said:\n${proxy.tail(20)}`);
+      }
       await new Promise((r) => setTimeout(r, 100));
     }
   }
