@@ -8,7 +8,7 @@
  */
 
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { Informer, type KubeObject } from "../../lib/kube/mod.ts";
+import { Informer, type KubeClient, type KubeObject } from "../../lib/kube/mod.ts";
 import { ENDPOINT_SLICES, PODS } from "../../lib/kube/types.ts";
 import {
   desiredSlice,
@@ -46,7 +46,12 @@ async function createPod(env: Env, name: string): Promise<string> {
 
 /** A publisher for Pod `tower-0` (created first); `before` runs before it starts. */
 async function setup(
-  opts: { resyncMs?: number; before?: (env: Env) => Promise<void> } = {},
+  opts: {
+    resyncMs?: number;
+    before?: (env: Env) => Promise<void>;
+    /** The client the publisher writes with, given the real one and the publisher's informer. */
+    client?: (real: KubeClient, slices: Informer<EndpointSliceObject>) => KubeClient;
+  } = {},
 ): Promise<Fixture> {
   const env = await startEnv();
   const me: ReplicaIdentity = {
@@ -72,7 +77,7 @@ async function setup(
   slices.start();
   const served = new Map<string, ServedCluster>();
   const publisher = new SlicePublisher({
-    client: env.client,
+    client: opts.client?.(env.client, slices) ?? env.client,
     slices,
     replica: me,
     served: (c) => served.get(c),
@@ -208,6 +213,53 @@ Deno.test("slice publisher: withdraw() deletes every slice, and nothing is publi
     f.publisher.changed("alpha");
     await f.publisher.whenIdle();
     assertEquals(f.seen.get(sliceName("alpha", "tower-0"), NS), undefined);
+  } finally {
+    await f.close();
+  }
+});
+
+Deno.test("slice publisher: a slice reaped before its create was answered is created again", async () => {
+  // The create is answered only after the slice was deleted (a reaper that thought this replica
+  // dead) and this replica's informer showed the deletion: the answer must not be taken as the
+  // slice's current state, or the cluster stays without one.
+  let firstUid: string | undefined;
+  const f = await setup({
+    client: (real, slices) => {
+      let first = true;
+      return {
+        create: async (...a: Parameters<KubeClient["create"]>) => {
+          const made = await real.create(...a);
+          if (!first) return made;
+          first = false;
+          firstUid = made.metadata.uid;
+          const shown = new Promise<void>((resolve) =>
+            slices.addHandlers({
+              onDelete: (s) => {
+                if (s.metadata.uid === firstUid) resolve();
+              },
+            })
+          );
+          await real.delete(ENDPOINT_SLICES, made.metadata.name!, { namespace: NS });
+          await shown;
+          return made;
+        },
+        update: (...a: Parameters<KubeClient["update"]>) => real.update(...a),
+        delete: (...a: Parameters<KubeClient["delete"]>) => real.delete(...a),
+        tryGet: (...a: Parameters<KubeClient["tryGet"]>) => real.tryGet(...a),
+      } as unknown as KubeClient;
+    },
+  });
+  try {
+    const name = sliceName("alpha", "tower-0");
+    f.served.set("alpha", alpha());
+    f.publisher.changed("alpha");
+    const again = await f.seen.until(
+      name,
+      (s) => !!s && !!firstUid && s.metadata.uid !== firstUid,
+      "alpha's slice created again (no resync in this test)",
+      { namespace: NS },
+    );
+    assertEquals(again!.endpoints?.[0].addresses, ["10.0.1.5"]);
   } finally {
     await f.close();
   }
