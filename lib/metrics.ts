@@ -122,6 +122,17 @@ export const requestsCounter: client.Counter<"cluster" | "endpoint" | "code"> = 
   registers: [registry],
 });
 
+/**
+ * Requests refused because every live session of their cluster was at its channel limit
+ * (`--max-channels-per-session`): the dial gave up (502) with nothing else wrong.
+ */
+export const channelLimitRefusals: client.Counter<"cluster"> = new client.Counter({
+  name: "tower_channel_limit_refusals_total",
+  help: "Requests refused because every agent session of the cluster was at its channel limit.",
+  labelNames: ["cluster"],
+  registers: [registry],
+});
+
 /** Latency of proxied requests until the response headers (upgrades and watches excluded). */
 export const requestDuration: client.Histogram<"cluster" | "endpoint"> = new client.Histogram({
   name: "tower_proxied_request_duration_seconds",

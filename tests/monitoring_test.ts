@@ -29,6 +29,7 @@ Deno.test("deploy/monitoring: every metric its alerts and dashboard use is in a 
   );
   assertEquals(alerts.map((a: { alert: string }) => a.alert).sort(), [
     "TowerAgentFlapping",
+    "TowerChannelLimitRefusals",
     "TowerClusterUnavailable",
     "TowerHandshakeFailures",
     "TowerReplicaImbalance",

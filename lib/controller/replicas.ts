@@ -25,6 +25,7 @@ import type { Informer } from "../kube/informer.ts";
 import type { Lease } from "../kube/leader.ts";
 import { sleep } from "../backoff.ts";
 import { ENDPOINT_SLICES, LEASES } from "../kube/types.ts";
+import { Slots } from "../slots.ts";
 import { logger } from "../log.ts";
 import {
   clusterOfSlice,
@@ -62,6 +63,8 @@ export interface ReplicaViewOptions {
   defaultLeaseMs?: number;
   /** Local clock (ms; tests). */
   now?: () => number;
+  /** Deletes of a dead replica's slices at a time (default 16). */
+  reapConcurrency?: number;
 }
 
 interface Seen {
@@ -269,19 +272,27 @@ export class ReplicaView {
       if (this.isLive(replica)) return;
     }
     const keys = [...this.#byReplica.get(replica) ?? []];
-    for (const key of keys) {
-      const [ns, name] = key.split("/");
-      const s = this.#o.slices.get(name, ns);
-      try {
-        await client.delete(ENDPOINT_SLICES, name, {
-          namespace: ns,
-          signal,
-          preconditions: s?.metadata.uid ? { uid: s.metadata.uid } : undefined,
-        });
-      } catch (err) {
-        if (!(err instanceof KubeApiError && (err.isNotFound || err.isConflict))) throw err;
-      }
-    }
+    // Several deletes at a time: one after the other, a replica with 931 clusters took 38 s to
+    // reap on a loaded API server (each request waiting its turn), while kube-proxy kept sending
+    // those clusters' connections to the dead address.
+    const slots = new Slots(this.#o.reapConcurrency ?? 16);
+    const results = await Promise.allSettled(keys.map((key) =>
+      slots.run(async () => {
+        const [ns, name] = key.split("/");
+        const s = this.#o.slices.get(name, ns);
+        try {
+          await client.delete(ENDPOINT_SLICES, name, {
+            namespace: ns,
+            signal,
+            preconditions: s?.metadata.uid ? { uid: s.metadata.uid } : undefined,
+          });
+        } catch (err) {
+          if (!(err instanceof KubeApiError && (err.isNotFound || err.isConflict))) throw err;
+        }
+      })
+    ));
+    const failed = results.find((r) => r.status === "rejected");
+    if (failed) throw (failed as PromiseRejectedResult).reason;
     if (fresh) {
       try {
         await client.delete(LEASES, leaseName, {

@@ -83,7 +83,7 @@ function hex10(s: string): string {
  * would pass 253 characters the prefix is cut and the hash also covers the cluster (two long
  * names sharing a prefix must not collide).
  */
-function sliceName(cluster: string, replica: string): string {
+export function sliceName(cluster: string, replica: string): string {
   const prefix = serviceName(cluster);
   if (prefix.length + 11 <= MAX_NAME) return `${prefix}-${hex10(replica)}`;
   const cut = prefix.slice(0, MAX_NAME - 11).replace(/[-.]+$/, "");

@@ -16,7 +16,12 @@
 
 import { Buffer } from "node:buffer";
 import { logger } from "../log.ts";
-import { bytesCounter, requestDuration, requestsCounter } from "../metrics.ts";
+import {
+  bytesCounter,
+  channelLimitRefusals,
+  requestDuration,
+  requestsCounter,
+} from "../metrics.ts";
 import { type CA, issueServingCert, verifyClientCert } from "../pki/mod.ts";
 import type { AgentConfig } from "../tunnel/handshake.ts";
 import { clientAccess } from "./client_access.ts";
@@ -272,6 +277,7 @@ export class EndpointsManager {
       // At the limit, an idle pooled stream of the session gives its channel back.
       reclaimIdle: (key) => this.#running.get(cluster)?.endpoints.dropIdle(key) ?? false,
       onChannelLimitRefusal: () => {
+        channelLimitRefusals.inc({ cluster });
         log.v(2, "every agent session is at its channel limit", { cluster, endpoint: kind });
       },
     });

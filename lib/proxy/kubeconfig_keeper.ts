@@ -10,10 +10,14 @@
  * (token or credential generation changed), or has less than a third of its
  * validity left. Checks are cheap when nothing changed (the verdict on a
  * kubeconfig text is remembered until its renewal time), so every cluster
- * can be checked again every tenth of the validity (at most an hour).
+ * can be checked again every tenth of the validity (at most an hour). A check
+ * that fails (the write was refused, the file system full) is tried again
+ * after a backoff (1 s doubling to a minute), not at the next sweep: a cluster
+ * must not go without its kubeconfig for hours because one write failed.
  * @module
  */
 
+import { backoffDelay } from "../backoff.ts";
 import { logger } from "../log.ts";
 import { bindingUri, type CA, issueClientCert } from "../pki/mod.ts";
 import { Slots } from "../slots.ts";
@@ -42,6 +46,10 @@ export interface KubeconfigKeeperOptions {
   mayWrite(): boolean;
   /** Clusters checked at once (default 4). */
   concurrency?: number;
+  /** First retry delay after a failed check (ms, default 1 000; doubles up to a minute). */
+  retryInitialMs?: number;
+  /** How long a cache may show the text from before our write (ms, default 30 000; tests). */
+  cacheLagMs?: number;
 }
 
 interface Verdict {
@@ -61,8 +69,15 @@ export class KubeconfigKeeper {
   /** The last verdict on each cluster's published text. */
   readonly #valid = new Map<string, Verdict>();
   /** What this process wrote last, and when (a cache may lag behind it). */
-  readonly #written = new Map<string, { key: string; text: string; at: number }>();
+  readonly #written = new Map<
+    string,
+    { key: string; text: string; at: number; before: string | undefined }
+  >();
   readonly #timer: ReturnType<typeof setInterval>;
+  /** Consecutive failed checks by cluster, and the timer of the retry. */
+  readonly #failures = new Map<string, number>();
+  /** A check of the cluster due later (a retry, or the end of a cache's lag). */
+  readonly #later = new Map<string, ReturnType<typeof setTimeout>>();
   #closed = false;
   /** Kubeconfigs issued (tests, logs). */
   issued = 0;
@@ -87,16 +102,41 @@ export class KubeconfigKeeper {
       this.#again.add(cluster);
       return;
     }
-    const p = this.#slots.run(() => this.#check(cluster)).catch((err) => {
-      log.error("Cannot publish the cluster's kubeconfig", {
-        cluster,
-        err: (err as Error).message,
-      });
-    }).finally(() => {
+    const p = this.#slots.run(() => this.#check(cluster)).then(() => {
+      this.#failures.delete(cluster); // the next failure starts the backoff afresh
+    }, (err) => this.#failed(cluster, err as Error)).finally(() => {
       this.#pending.delete(cluster);
       if (this.#again.delete(cluster)) this.check(cluster);
     });
     this.#pending.set(cluster, p);
+  }
+
+  /** Check `cluster` again after a backoff that grows with its consecutive failures. */
+  #failed(cluster: string, err: Error): void {
+    const failures = this.#failures.get(cluster) ?? 0;
+    this.#failures.set(cluster, failures + 1);
+    const retryInMs = backoffDelay(failures, {
+      initialMs: this.#o.retryInitialMs ?? 1_000,
+      maxMs: 60_000,
+    });
+    log.error("Cannot publish the cluster's kubeconfig, will retry", {
+      cluster,
+      err: err.message,
+      retryInMs,
+    });
+    this.#checkLater(cluster, retryInMs);
+  }
+
+  /** Check `cluster` in `ms` (a check already due sooner stands). */
+  #checkLater(cluster: string, ms: number): void {
+    if (this.#closed || this.#later.has(cluster)) return;
+    this.#later.set(
+      cluster,
+      setTimeout(() => {
+        this.#later.delete(cluster);
+        this.check(cluster);
+      }, ms),
+    );
   }
 
   /** Wait for the checks in flight (tests). */
@@ -137,8 +177,16 @@ export class KubeconfigKeeper {
       }
     }
     const w = this.#written.get(cluster);
-    // Ours, and the source does not show it yet (an informer's cache lags behind our write).
-    if (w && w.key === key && w.text !== current && now - w.at < CACHE_LAG_MS) return;
+    // We wrote it and the source still shows what was there before (an informer's cache lags
+    // behind our write): look again once the lag is over. Any other text is someone else's
+    // write, replaced at once.
+    if (
+      w && w.key === key && w.text !== current && current === w.before &&
+      now - w.at < (this.#o.cacheLagMs ?? CACHE_LAG_MS)
+    ) {
+      this.#checkLater(cluster, w.at + (this.#o.cacheLagMs ?? CACHE_LAG_MS) - now);
+      return;
+    }
     const client = await issueClientCert(this.#o.ca, {
       commonName: ADMIN_USER,
       organizations: ["system:masters"],
@@ -155,13 +203,15 @@ export class KubeconfigKeeper {
     });
     await this.#o.clusters.publishKubeconfig(cluster, text);
     this.issued++;
-    this.#written.set(cluster, { key, text, at: Date.now() });
+    this.#written.set(cluster, { key, text, at: Date.now(), before: current });
   }
 
   /** Stop; checks in flight finish. */
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#timer);
+    for (const t of this.#later.values()) clearTimeout(t);
+    this.#later.clear();
     await this.settled();
   }
 }

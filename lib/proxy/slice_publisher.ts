@@ -69,6 +69,8 @@ export class SlicePublisher {
   readonly #queue: WorkQueue;
   /** Cluster → this replica's slices of it, by name. */
   readonly #mine = new Map<string, Map<string, EndpointSliceObject>>();
+  /** Slice name → uid of its last deletion the informer showed (a late write result is no news). */
+  readonly #gone = new Map<string, string>();
   #withdrawing = false;
   #stopped = false;
   #ac?: AbortController;
@@ -88,9 +90,11 @@ export class SlicePublisher {
       if (present) {
         if (!m) this.#mine.set(cluster, m = new Map());
         m.set(s.metadata.name!, s);
+        this.#gone.delete(s.metadata.name!);
       } else {
         m?.delete(s.metadata.name!);
         if (m?.size === 0) this.#mine.delete(cluster);
+        if (s.metadata.uid) this.#gone.set(s.metadata.name!, s.metadata.uid);
       }
       this.#queue.add(cluster);
     };
@@ -133,8 +137,26 @@ export class SlicePublisher {
     this.#queue.reopen();
     this.#enqueueAll();
     const resync = this.#o.resyncMs ?? 60_000;
-    if (resync > 0) this.#resync = setInterval(() => this.#enqueueAll(), resync);
+    if (resync > 0) {
+      this.#resync = setInterval(() => {
+        this.#refresh();
+        this.#enqueueAll();
+      }, resync);
+    }
     for (let i = 0; i < (this.#o.workers ?? 8); i++) this.#workers.push(this.#work(signal));
+  }
+
+  /**
+   * Forget the slices of ours the informer does not show: what this replica remembers of its
+   * own writes must not outlive a deletion it missed (a slice it just created and not yet seen
+   * is created again, answered 409 and read back).
+   */
+  #refresh(): void {
+    for (const [cluster, m] of [...this.#mine]) {
+      for (const name of [...m.keys()]) {
+        if (!this.#o.slices.get(name, this.#o.replica.namespace)) this.#forget(cluster, name);
+      }
+    }
   }
 
   #enqueueAll(): void {
@@ -232,6 +254,9 @@ export class SlicePublisher {
 
   /** Note a write's result before the informer does (the next sync must not repeat it). */
   #remember(cluster: string, s: EndpointSliceObject): void {
+    // The informer already showed this very object deleted (the slice was reaped while the
+    // create was answered): remembering it would keep the cluster without a slice for good.
+    if (s.metadata.uid && this.#gone.get(s.metadata.name!) === s.metadata.uid) return;
     let m = this.#mine.get(cluster);
     if (!m) this.#mine.set(cluster, m = new Map());
     const old = m.get(s.metadata.name!);

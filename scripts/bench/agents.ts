@@ -5,7 +5,8 @@
  *     deno run -A scripts/bench/agents.ts --proxy-server URL --prefix scale- \
  *       --from 0 --count 250 --token-seed S
  *
- * Agent `i` is cluster `<prefix><i>` with token {@link scaleToken}(seed, i).
+ * Agent `i` is cluster `<prefix><i>` with token {@link scaleToken}(seed, i), or with line `i` of
+ * `--tokens-file` (tokens the controller generated; the replicas figure).
  * Prints `connected <n>` whenever the count changes (at most every 50 ms) and
  * `ready` once all agents have been started.
  * @module
@@ -30,8 +31,12 @@ if (import.meta.main) {
       from: { type: "string", default: "0" },
       count: { type: "string", default: "1" },
       "token-seed": { type: "string", default: "bench" },
+      "tokens-file": { type: "string" },
     },
   });
+  const tokens = values["tokens-file"]
+    ? (await Deno.readTextFile(values["tokens-file"])).split("\n")
+    : undefined;
   // Thousands of agents' info lines are not worth printing.
   setupLogging({ verbosity: 0, write: () => {} });
   const from = Number(values.from);
@@ -53,7 +58,7 @@ if (import.meta.main) {
   const runs: Promise<void>[] = [];
   for (let i = from; i < from + count; i++) {
     const name = `${values.prefix}${i}`;
-    const token = scaleToken(values["token-seed"]!, i);
+    const token = tokens ? tokens[i] : scaleToken(values["token-seed"]!, i);
     const agent = new Agent({
       proxyServer: values["proxy-server"]!,
       config: () =>

@@ -17,6 +17,7 @@ import { OPENSSH_CIPHER, openSshMissing, startOpenSshTunnel } from "./openssh.ts
 import { renderChanges, renderTable } from "./report.ts";
 import { peakRss, type Roles, rolesRss } from "./rss.ts";
 import { scale } from "./scale.ts";
+import { REPLICAS_FLAGS, replicasFigure } from "./replicas.ts";
 import { tcpMemPressureMiB } from "./tcp_mem.ts";
 import {
   type BenchPath,
@@ -30,7 +31,7 @@ import {
 import { compare, fmt, type Report, ResultSet } from "./stats.ts";
 
 const BASELINE = new URL("./baseline.json", import.meta.url).pathname;
-const FIGURES = ["bulk", "small", "concurrency", "fairness", "scale", "rss", "preauth"];
+const FIGURES = ["bulk", "small", "concurrency", "fairness", "scale", "rss", "preauth", "replicas"];
 
 /** The bench's flags. */
 export const BENCH_FLAGS: FlagSpecs = {
@@ -54,10 +55,11 @@ export const BENCH_FLAGS: FlagSpecs = {
     default: 30_000,
     help: "how long the scale figure watches the proxy's RSS settle with every agent connected",
   },
+  ...REPLICAS_FLAGS,
   only: {
     kind: "string",
     default: "",
-    help: `comma-separated figures to run (${FIGURES.join(",")}); default all`,
+    help: `comma-separated figures to run (${FIGURES.join(",")}); default all but replicas`,
   },
   paths: {
     kind: "string",
@@ -153,7 +155,8 @@ async function main(args: string[]): Promise<number> {
       return 2;
     }
   }
-  const want = (f: string) => only.size === 0 || only.has(f);
+  // The replicas figure (10,000 Clusters, ~10 min on 2 cores) runs only when asked for.
+  const want = (f: string) => only.size === 0 ? f !== "replicas" : only.has(f);
   const haveEndpoints = await endpointsAvailable();
   const pathNames = (v.paths as string)
     ? (v.paths as string).split(",").map((s) => s.trim())
@@ -414,6 +417,10 @@ async function main(args: string[]): Promise<number> {
         add("slot_flood", r.slotFloodMiB, "MiB");
         add("agent_in_flood", r.agentInFloodMs, "ms");
       }
+    }
+
+    if (want("replicas") && (v["replica-clusters"] as number) > 0) {
+      await replicasFigure(`${dir}/replicas`, v, results, say);
     }
 
     const report: Report = {

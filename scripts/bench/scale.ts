@@ -52,8 +52,8 @@ function connectedOf(worker: Proc): number {
   return 0;
 }
 
-/** Agents connected over all workers. */
-function connectedCount(workers: Proc[]): number {
+/** Agents connected over all workers (`agents.ts` processes). */
+export function connectedCount(workers: Proc[]): number {
   return workers.reduce((s, w) => s + connectedOf(w), 0);
 }
 

@@ -377,12 +377,34 @@ export async function waitHealthy(path: BenchPath, timeoutMs = 30_000): Promise<
   throw new Error(`${path.name}: not healthy within ${timeoutMs} ms: ${last}`);
 }
 
-/** Start proxy and agent processes and find the cluster's two endpoints. */
+/**
+ * Start proxy and agent processes and find the cluster's two endpoints.
+ *
+ * The endpoint ports are picked here and bound by the proxy a second later: on a shared machine
+ * another process may take one meanwhile (every `port: 0` listener draws from the same range).
+ * The proxy then cannot serve the cluster, so it never issues its kubeconfig, and whatever holds
+ * the port may even answer the health check. So the proxy's own word is awaited, and when it
+ * could not listen the stack is started again on other ports.
+ */
 export async function startTowerStack(
   dir: string,
   origin: Origin,
   token: string,
 ): Promise<TowerStack> {
+  for (let attempt = 1;; attempt++) {
+    const stack = await startTowerStackOnce(dir, origin, token);
+    if (typeof stack !== "string") return stack;
+    if (attempt === 3) throw new Error(`proxy could not serve the endpoints 3 times: ${stack}`);
+    console.error(`bench: endpoint ports taken meanwhile, trying others: ${stack}`);
+  }
+}
+
+/** One try of {@link startTowerStack}: the stack, or why the proxy could not serve. */
+async function startTowerStackOnce(
+  dir: string,
+  origin: Origin,
+  token: string,
+): Promise<TowerStack | string> {
   const kubernetesPort = freePort();
   const kubespherePort = freePort();
   const clustersPath = `${dir}/clusters.json`;
@@ -393,6 +415,16 @@ export async function startTowerStack(
   const proxyPort = freePort();
   const proxy = await startProxyProc(dir, proxyPort, clustersPath);
   const agent = await startAgentProc(dir, "bench", token, `http://127.0.0.1:${proxyPort}`, origin);
+  const said = await proxy.waitFor(
+    /Serving cluster endpoints|Cannot serve cluster endpoints/,
+    30_000,
+  )
+    .catch((err: Error) => err.message);
+  if (!/Serving cluster endpoints/.test(said)) {
+    await agent.stop();
+    await proxy.stop();
+    return said;
+  }
   const kubesphere = tcpPath("kubesphere", kubespherePort);
   await waitHealthy(kubesphere);
   const kcPath = `${dir}/bench.kubeconfig`;
@@ -401,7 +433,9 @@ export async function startTowerStack(
   while (kcText === undefined) {
     kcText = await Deno.readTextFile(kcPath).catch(() => undefined);
     if (kcText === undefined) {
-      if (Date.now() > deadline) throw new Error(`proxy wrote no kubeconfig at ${kcPath}`);
+      if (Date.now() > deadline) {
+        throw new Error(`proxy wrote no kubeconfig at ${kcPath}; proxy said:\n${proxy.tail(20)}`);
+      }
       await new Promise((r) => setTimeout(r, 100));
     }
   }

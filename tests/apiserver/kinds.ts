@@ -97,7 +97,7 @@ export function prepareWrite(
     }
   }
   if (def.group === "" && def.kind === "Service") {
-    const others = ctx.store.list(storageKeyOf(def)).filter((s) =>
+    const others = [...ctx.store.peek(storageKeyOf(def))].filter((s) =>
       !(s.metadata.namespace === obj.metadata.namespace && s.metadata.name === obj.metadata.name)
     );
     prepareService(def, obj, old, others, ctx.network);

@@ -54,7 +54,7 @@ export function prepareService(
   def: ResourceDef,
   svc: KubeObject,
   old: KubeObject | undefined,
-  others: KubeObject[],
+  others: readonly Readonly<KubeObject>[],
   net: ServiceNetwork,
 ): void {
   const name = svc.metadata.name ?? "";
@@ -89,8 +89,9 @@ export function prepareService(
     if (spec.clusterIP === undefined || spec.clusterIP === "") {
       let ip = "";
       // .0 is the network, .1 is the `kubernetes` Service's; scan deterministically.
+      const used = new Set([...usedIps].map((x) => ipToInt(String(x))));
       for (let n = range.first + 1; n < range.last; n++) {
-        if (!usedIps.has(intToIp(n))) {
+        if (!used.has(n)) {
           ip = intToIp(n);
           break;
         }

@@ -1,7 +1,9 @@
 /**
  * Several agents of one cluster (standalone proxy, real processes): requests
  * spread over the sessions; killing one agent ends only the streams it
- * carried, promptly, and requests keep succeeding through the other.
+ * carried, promptly, and requests keep succeeding through the other. At the
+ * channel limit new streams go to the other agent; a request refused because
+ * every session is full is counted in `tower_channel_limit_refusals_total`.
  */
 
 import { assert, assertEquals, assertStringIncludes } from "../helpers/assert.ts";
@@ -89,10 +91,19 @@ Deno.test("a session at its stream limit leaves new streams to another agent of 
   const stack = await startStandaloneStack({
     dir: dir.path,
     token: TOKEN,
-    proxyArgs: ["--max-channels-per-session", "2"],
+    proxyArgs: ["--max-channels-per-session", "2", "--metrics-address", "127.0.0.1:0"],
   });
   const watches: ReadableStreamDefaultReader<Uint8Array>[] = [];
   try {
+    const addr = /address="([^"]+)"/.exec(
+      await stack.proxy.waitFor(/Serving metrics and health/, 30_000),
+    )![1];
+    /** The refusals counted for cluster alpha (0 while the series does not exist). */
+    const refusals = async () => {
+      const text = await (await fetch(`http://${addr}/metrics`)).text();
+      const m = /^tower_channel_limit_refusals_total\{cluster="alpha"\} (\d+)$/m.exec(text);
+      return m ? Number(m[1]) : 0;
+    };
     // Agent a alone: two watches (each a stream of its own) fill its session.
     const a = stack.startAgent("agent-a");
     await a.waitFor(/Connected\./, 30_000);
@@ -112,11 +123,14 @@ Deno.test("a session at its stream limit leaves new streams to another agent of 
     await b.waitFor(/Connected\./, 30_000);
     assertEquals(await watch(), "open");
     assertEquals(await watch(), "open");
-    // Both full: the answer says what failed, the log says why.
+    // a's full session refused streams that b took: no request was refused.
+    assertEquals(await refusals(), 0);
+    // Both full: the answer says what failed, the log says why, the metric counts it.
     const full = await watch();
     assert(full.startsWith("502: ") && full.includes("API server unreachable"), full);
     assert(!full.includes("channel limit") && !full.includes("alpha#"), full);
     await stack.proxy.waitFor(/upstream unreachable.*channel limit 2 reached/);
+    assertEquals(await refusals(), 1);
   } finally {
     for (const w of watches) await w.cancel().catch(() => {});
     await stack.close();
