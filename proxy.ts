@@ -168,7 +168,7 @@ export const PROXY_FLAGS: FlagSpecs = {
   },
   "port-range": {
     kind: "string",
-    default: "6000-15999",
+    default: "6000-20080",
     help: "kubernetes ports new clusters get (kubesphere: +10000)",
     validate: (v) => {
       try {

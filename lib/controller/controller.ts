@@ -48,7 +48,7 @@ export interface ClusterControllerOptions {
   namespace?: string;
   /** `--publish-service-address`. */
   publishAddress?: string;
-  /** `--port-range`: kubernetes ports new pairs come from (default 6000–15999). */
+  /** `--port-range`: kubernetes ports new pairs come from (default 6000–20080). */
   portRange?: PortRange;
   /** Ports never handed out (the proxy's own listeners: agent port, metrics port). */
   reservedPorts?: ReadonlySet<number>;

@@ -2,9 +2,9 @@
  * Port allocation for the per-cluster endpoints (pure). The Go tower picked
  * the kubernetes port at random in 6000–7000 and used port + 10000 for
  * kubesphere; we keep the offset and the start of the range, but take the
- * range from `--port-range` (default 6000–15999: 10,000 pairs, all below the
- * Linux ephemeral range, a superset of the original's so existing allocations
- * stay) and pick the lowest free pair deterministically, so two clusters can
+ * range from `--port-range` (default 6000–20080: 10,000 pairs with the proxy's
+ * default agent and metrics ports reserved, all below the Linux ephemeral range,
+ * a superset of the original's so existing allocations stay) and pick the lowest free pair deterministically, so two clusters can
  * never get the same port of either kind. Ports browsers and `fetch` refuse
  * to dial, and the proxy's own listening ports, are never handed out.
  * {@link PortIndex} (`port_index.ts`) answers the same questions in O(log n)
@@ -21,8 +21,14 @@ export interface PortRange {
   max: number;
 }
 
-/** `--port-range` default: 10,000 pairs, kubesphere ports 16000–25999. */
-export const DEFAULT_PORT_RANGE: Readonly<PortRange> = Object.freeze({ min: 6000, max: 15999 });
+/**
+ * `--port-range` default: room for 10,000 clusters. Twelve kubernetes ports of 6000–15999 are
+ * never handed out (ten fetch-blocked, the agent port 8080 and metrics port 9090), so the range
+ * goes on to 20080: above 15999 a port is some lower cluster's kubesphere port, except the
+ * partners of those twelve (16000, 16566, …, 18080, 19090, 20080), which make up the 10,000.
+ * Kubesphere ports stay below 30081, under Linux's ephemeral range (32768).
+ */
+export const DEFAULT_PORT_RANGE: Readonly<PortRange> = Object.freeze({ min: 6000, max: 20080 });
 
 /**
  * Ports the Fetch standard's "bad port" list blocks in the ranges we use (X11, IRC, amanda…):
@@ -64,7 +70,7 @@ export interface PortPair {
  */
 export function parsePortRange(text: string): PortRange {
   const m = /^\s*(\d{1,5})\s*-\s*(\d{1,5})\s*$/.exec(text);
-  if (!m) throw new Error(`want MIN-MAX (e.g. 6000-15999), got ${JSON.stringify(text)}`);
+  if (!m) throw new Error(`want MIN-MAX (e.g. 6000-20080), got ${JSON.stringify(text)}`);
   const min = Number(m[1]);
   const max = Number(m[2]);
   if (min < 1024) throw new Error(`${min}: want ports from 1024 up`);

@@ -31,7 +31,7 @@ export interface FileClusterSourceOptions {
   publishAddress?: string;
   /** Watch the file for changes (default true). */
   watch?: boolean;
-  /** `--port-range`: kubernetes ports missing pairs come from (default 6000–15999). */
+  /** `--port-range`: kubernetes ports missing pairs come from (default 6000–20080). */
   portRange?: PortRange;
   /** Ports never handed out (the proxy's own listeners). */
   reservedPorts?: ReadonlySet<number>;

@@ -35,8 +35,8 @@ const NAMESPACE = "kubesphere-system";
 const IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
 const PREFIX = "rep-";
 /**
- * Kubernetes ports of the clusters. The default range (6000-15999) holds 9,990 pairs: ten of its
- * ports are on the Fetch blocked list. Above 15999 a port is some lower cluster's kubesphere port
+ * Kubernetes ports of the clusters: the proxy's default range. 6000-15999 alone holds 9,990
+ * pairs: ten of its ports are on the Fetch blocked list. Above 15999 a port is some lower cluster's kubesphere port
  * (+10,000), except where that lower port was blocked: 16000, 16566, 16665-16669, 16679, 16697
  * and 20080 make 10,000, the last one's kubesphere port (30080) still below the ephemeral range.
  */
