@@ -5,7 +5,14 @@
  */
 
 import process from "node:process";
-import client from "prom-client";
+import type client from "prom-client";
+// The classes from their own modules, not from prom-client's index: the index also loads its
+// Pushgateway (Deno's `node:http`, `node:https` and `node:zlib` polyfills), its cluster
+// aggregator (`node:cluster`) and the default-metrics module, none of which Tower uses.
+import registryModule from "prom-client/lib/registry.js";
+import counterModule from "prom-client/lib/counter.js";
+import gaugeModule from "prom-client/lib/gauge.js";
+import histogramModule from "prom-client/lib/histogram.js";
 import heapSizeAndUsed from "prom-client/lib/metrics/heapSizeAndUsed.js";
 import heapSpacesSizeAndUsed from "prom-client/lib/metrics/heapSpacesSizeAndUsed.js";
 import osMemoryHeap from "prom-client/lib/metrics/osMemoryHeap.js";
@@ -19,8 +26,13 @@ import gc from "prom-client/lib/metrics/gc.js";
 import processStartTime from "prom-client/lib/metrics/processStartTime.js";
 import version from "prom-client/lib/metrics/version.js";
 
+const Registry = registryModule as unknown as typeof client.Registry;
+const Counter = counterModule as unknown as typeof client.Counter;
+const Gauge = gaugeModule as unknown as typeof client.Gauge;
+const Histogram = histogramModule as unknown as typeof client.Histogram;
+
 /** The process-wide registry served on `/metrics`. */
-export const registry: client.Registry = new client.Registry();
+export const registry: client.Registry = new Registry();
 
 /**
  * prom-client's default metrics but one: its event-loop delay histogram samples every 10 ms, and
@@ -48,7 +60,7 @@ const defaultCollectors = [
 for (const collect of defaultCollectors) collect(registry, { prefix: "tower_" });
 
 /** Event-loop lag at scrape time (seconds). */
-export const eventLoopLag: client.Gauge = new client.Gauge({
+export const eventLoopLag: client.Gauge = new Gauge({
   name: "tower_nodejs_eventloop_lag_seconds",
   help: "Lag of event loop in seconds.",
   registers: [registry],
@@ -60,7 +72,7 @@ export const eventLoopLag: client.Gauge = new client.Gauge({
 });
 
 /** Live agent sessions by cluster. */
-export const sessionsGauge: client.Gauge<"cluster"> = new client.Gauge({
+export const sessionsGauge: client.Gauge<"cluster"> = new Gauge({
   name: "tower_agent_sessions",
   help: "Agent sessions currently connected, by cluster.",
   labelNames: ["cluster"],
@@ -68,7 +80,7 @@ export const sessionsGauge: client.Gauge<"cluster"> = new client.Gauge({
 });
 
 /** Agent session starts and ends. */
-export const agentConnects: client.Counter<"cluster"> = new client.Counter({
+export const agentConnects: client.Counter<"cluster"> = new Counter({
   name: "tower_agent_connects_total",
   help: "Agent sessions established, by cluster.",
   labelNames: ["cluster"],
@@ -76,7 +88,7 @@ export const agentConnects: client.Counter<"cluster"> = new client.Counter({
 });
 
 /** Agent session ends. */
-export const agentDisconnects: client.Counter<"cluster"> = new client.Counter({
+export const agentDisconnects: client.Counter<"cluster"> = new Counter({
   name: "tower_agent_disconnects_total",
   help: "Agent sessions ended, by cluster.",
   labelNames: ["cluster"],
@@ -84,7 +96,7 @@ export const agentDisconnects: client.Counter<"cluster"> = new client.Counter({
 });
 
 /** Failed agent handshakes by reason. */
-export const handshakeFailures: client.Counter<"reason"> = new client.Counter({
+export const handshakeFailures: client.Counter<"reason"> = new Counter({
   name: "tower_handshake_failures_total",
   help: "Agent handshakes that failed, by reason.",
   labelNames: ["reason"],
@@ -92,14 +104,14 @@ export const handshakeFailures: client.Counter<"reason"> = new client.Counter({
 });
 
 /** Open tunnel channels. */
-export const channelsGauge: client.Gauge = new client.Gauge({
+export const channelsGauge: client.Gauge = new Gauge({
   name: "tower_tunnel_channels",
   help: "Tunnel channels currently open.",
   registers: [registry],
 });
 
 /** SSH key exchanges after the first, by who started them and why (lib/tunnel/rekey.ts). */
-export const rekeysCounter: client.Counter<"reason"> = new client.Counter({
+export const rekeysCounter: client.Counter<"reason"> = new Counter({
   name: "tower_ssh_rekeys_total",
   help: "SSH key exchanges after the first; reason is the limit that started it, or peer.",
   labelNames: ["reason"],
@@ -107,7 +119,7 @@ export const rekeysCounter: client.Counter<"reason"> = new client.Counter({
 });
 
 /** Bytes carried by proxied requests, by cluster and direction. */
-export const bytesCounter: client.Counter<"cluster" | "direction"> = new client.Counter({
+export const bytesCounter: client.Counter<"cluster" | "direction"> = new Counter({
   name: "tower_proxied_bytes_total",
   help: "Bytes carried for proxied requests; direction is in (client to member) or out.",
   labelNames: ["cluster", "direction"],
@@ -115,7 +127,7 @@ export const bytesCounter: client.Counter<"cluster" | "direction"> = new client.
 });
 
 /** Proxied requests by cluster, endpoint and status code. */
-export const requestsCounter: client.Counter<"cluster" | "endpoint" | "code"> = new client.Counter({
+export const requestsCounter: client.Counter<"cluster" | "endpoint" | "code"> = new Counter({
   name: "tower_proxied_requests_total",
   help: "Requests proxied to member clusters, by cluster, endpoint and HTTP status code.",
   labelNames: ["cluster", "endpoint", "code"],
@@ -134,7 +146,7 @@ export const channelLimitRefusals: client.Counter<"cluster"> = new client.Counte
 });
 
 /** Latency of proxied requests until the response headers (upgrades and watches excluded). */
-export const requestDuration: client.Histogram<"cluster" | "endpoint"> = new client.Histogram({
+export const requestDuration: client.Histogram<"cluster" | "endpoint"> = new Histogram({
   name: "tower_proxied_request_duration_seconds",
   help: "Duration of proxied requests, by cluster and endpoint.",
   labelNames: ["cluster", "endpoint"],
@@ -143,7 +155,7 @@ export const requestDuration: client.Histogram<"cluster" | "endpoint"> = new cli
 });
 
 /** Reconciles of Cluster objects and their errors. */
-export const reconciles: client.Counter<"result"> = new client.Counter({
+export const reconciles: client.Counter<"result"> = new Counter({
   name: "tower_reconciles_total",
   help: "Cluster reconciles, by result (success or error).",
   labelNames: ["result"],

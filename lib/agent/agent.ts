@@ -13,7 +13,7 @@
  */
 
 // @ts-types="@types/ssh2"
-import ssh2 from "ssh2";
+import type ssh2 from "ssh2";
 // @ts-types="@types/ssh2"
 import type { ClientChannel } from "ssh2";
 import { Buffer } from "node:buffer";
@@ -27,6 +27,7 @@ import type { WsConnStream } from "../tunnel/ws_stream.ts";
 import { keepRekeying, type RekeyLimits } from "../tunnel/rekey.ts";
 import { onKubesphereChannel } from "../tunnel/channel_accept.ts";
 import { acceptAnyIdent } from "../tunnel/ssh_ident.ts";
+import { SSH2_CLIENT } from "../tunnel/ssh2_internals.ts";
 import { GlobalRequester, serveGlobalRequests } from "../tunnel/ssh_requests.ts";
 import { DRAIN_REQUEST } from "../handover.ts";
 import { VERSION } from "../version.ts";
@@ -272,7 +273,7 @@ export class Agent {
       caCerts: this.#opts.proxyCaCerts,
     });
     log.info("Handshaking...");
-    const client = new ssh2.Client();
+    const client = new SSH2_CLIENT();
     this.#clients.add(client);
     const allowed = new Set([cfg.KubernetesSvcHost, cfg.KubeSphereSvcHost].filter(Boolean));
     let connected = false;

@@ -7,7 +7,12 @@
 
 import { createHash, createPrivateKey, generateKeyPairSync, sign } from "node:crypto";
 // @ts-types="@types/ssh2"
-import ssh2 from "ssh2";
+import type ssh2 from "ssh2";
+// ssh2's key parser from its own module: the package's index would load ssh2's server, agent and
+// HTTP modules into the agent, which imports this module for `fingerprintOf` only.
+import keyParser from "ssh2/lib/protocol/keyParser.js";
+
+const parseKey = (keyParser as { parseKey: typeof ssh2.utils.parseKey }).parseKey;
 
 /** ssh2's parsed private key, as its `utils.parseKey` returns it. */
 export type ParsedSshKey = Exclude<ReturnType<typeof ssh2.utils.parseKey>, Error | unknown[]>;
@@ -35,7 +40,7 @@ export function generateHostKeyPem(): string {
  * @throws Error saying the key is unusable.
  */
 export function parseHostKey(pem: string, source = "host key"): HostKey {
-  const parsed = ssh2.utils.parseKey(pem);
+  const parsed = parseKey(pem);
   const key = Array.isArray(parsed) ? parsed[0] : parsed;
   if (!key || key instanceof Error) {
     throw new Error(`${source}: not a usable SSH private key: ${key ? key.message : "empty"}`);
