@@ -138,7 +138,7 @@ export const requestsCounter: client.Counter<"cluster" | "endpoint" | "code"> = 
  * Requests refused because every live session of their cluster was at its channel limit
  * (`--max-channels-per-session`): the dial gave up (502) with nothing else wrong.
  */
-export const channelLimitRefusals: client.Counter<"cluster"> = new client.Counter({
+export const channelLimitRefusals: client.Counter<"cluster"> = new Counter({
   name: "tower_channel_limit_refusals_total",
   help: "Requests refused because every agent session of the cluster was at its channel limit.",
   labelNames: ["cluster"],
