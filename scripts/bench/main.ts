@@ -15,7 +15,8 @@ import { bulk, concurrency, fairness, settle, small } from "./figures.ts";
 import { preauth } from "./preauth.ts";
 import { OPENSSH_CIPHER, openSshMissing, startOpenSshTunnel } from "./openssh.ts";
 import { renderChanges, renderTable } from "./report.ts";
-import { peakRss, type Roles, rolesRss } from "./rss.ts";
+import { type Memory, memoryFigure } from "./memory.ts";
+import { peakRss, SETTLE_RULE } from "./rss.ts";
 import { scale } from "./scale.ts";
 import { REPLICAS_FLAGS, replicasFigure } from "./replicas.ts";
 import { tcpMemPressureMiB } from "./tcp_mem.ts";
@@ -55,6 +56,15 @@ export const BENCH_FLAGS: FlagSpecs = {
     default: 30_000,
     help: "how long the scale figure watches the proxy's RSS settle with every agent connected",
   },
+  "rss-settle": {
+    kind: "duration",
+    default: SETTLE_RULE.boundMs,
+    help: "after the rss figure's load, wait at most this long with no traffic for each " +
+      "process's RSS to settle (sampled every 500 ms, watched at least 30 s, then until not " +
+      "fallen by more than 1 MiB over 10 s): rows *_after_load_settled and *_settle_s; a wait " +
+      "that ends at this bound is named under the table and its value is the RSS then; the " +
+      "bench's smoke test passes 1s (the bound, always hit, keeps it fast); 0: no settled rows",
+  },
   ...REPLICAS_FLAGS,
   only: {
     kind: "string",
@@ -90,13 +100,6 @@ export const BENCH_FLAGS: FlagSpecs = {
 };
 
 const say = (msg: string) => console.error(`bench: ${msg}`);
-
-/** A path whose processes' memory is measured, and the table column it is shown in. */
-interface Memory {
-  label: string;
-  path: BenchPath;
-  roles: Roles;
-}
 
 /** Where the endpoint implementation lives; without it only the raw path exists. */
 async function endpointsAvailable(): Promise<boolean> {
@@ -183,6 +186,7 @@ async function main(args: string[]): Promise<number> {
     fairMs,
     agents: v.agents,
     agentProcs: v["agent-procs"],
+    rssSettleMs: v["rss-settle"],
     paths: pathNames,
     against,
     cores: navigator.hardwareConcurrency,
@@ -274,30 +278,16 @@ async function main(args: string[]): Promise<number> {
       return result;
     };
 
-    // Memory first, on processes that have carried nothing yet: idle (connected, no request
-    // made), then the 64-connection load (its peak, and a second after it). Measured within the
+    // Memory first, on processes that have carried nothing yet (memory.ts). Measured within the
     // runs, runs 2 and 3 followed run 1's bulk transfers and 1,000 streams, whose peak RSS the
     // processes keep (glibc does not give it back), and read 2-3x run 1's. This load is not
     // counted in the concurrency figure.
-    for (const m of want("rss") ? memory : []) {
-      for (const [role, mib] of Object.entries(rolesRss(m.roles))) {
-        results.add("rss", `${role}_idle`, m.label, mib, "MiB", "lower");
-      }
-    }
-    for (const m of want("rss") ? memory : []) {
-      say(`memory: ${v.conns}-connection load on ${m.path.name}`);
-      const r = await measured(
-        m.path,
-        "load",
-        () => concurrency(m.path, v.conns as number, durationMs),
-      );
-      if (r.errors > 0) say(`${m.path.name}: ${r.errors} failed requests, first: ${r.firstError}`);
-      // Its connections closed, a second for the processes to see it.
-      await new Promise((res) => setTimeout(res, 1000));
-      for (const [role, mib] of Object.entries(rolesRss(m.roles))) {
-        results.add("rss", `${role}_after_load`, m.label, mib, "MiB", "lower");
-      }
-    }
+    const settleBounded = await memoryFigure(want("rss") ? memory : [], results, {
+      conns: v.conns as number,
+      durationMs,
+      settleMs: v["rss-settle"] as number,
+      say,
+    });
     for (let rep = 1; rep <= runs; rep++) {
       const tag = `run ${rep}/${runs}`;
       if (want("bulk")) {
@@ -449,9 +439,19 @@ async function main(args: string[]): Promise<number> {
     if (memory.length) {
       console.log(
         "rss: idle = connected, before any request; load = peak during a first 64-connection " +
-          "load (before any other figure); after_load = a second after it; streams_peak = peak " +
-          "during the fairness figure (1,000 streams)",
+          "load (before any other figure); after_load = a second after it; " +
+          "after_load_settled = then, with no traffic, once watched " +
+          `${SETTLE_RULE.minMs / 1000} s and not fallen by more than ${SETTLE_RULE.fallMiB} MiB ` +
+          `over ${SETTLE_RULE.quietMs / 1000} s (settle_s: seconds after after_load until it ` +
+          "had come down to within 1 MiB of that); streams_peak = peak during the fairness " +
+          "figure (1,000 streams)",
       );
+      if (settleBounded.length) {
+        console.log(
+          `rss: not settled within --rss-settle (${(v["rss-settle"] as number) / 1000} s), ` +
+            `the value at the bound: ${settleBounded.join(", ")}`,
+        );
+      }
     }
     if (sshVersion) {
       console.log(

@@ -71,3 +71,93 @@ export async function peakRss<T>(
     clearInterval(timer);
   }
 }
+
+/** How {@link settleRss} decides that a role's RSS has settled, and when it stops waiting. */
+export interface SettleRule {
+  /** Sampling period, ms. */
+  everyMs: number;
+  /** Watch at least this long, ms, however flat the RSS reads meanwhile. */
+  minMs: number;
+  /** Then until the RSS has not fallen by more than `fallMiB` over the last `quietMs`, ms. */
+  quietMs: number;
+  fallMiB: number;
+  /** Give up after this long and report the RSS then, ms. */
+  boundMs: number;
+}
+
+/**
+ * The rule of the `rss` figure's `*_after_load_settled` rows (the bound is `--rss-settle`). The
+ * minimum watch is there because the RSS does not fall steadily: after the 64-connection load
+ * the proxy read 165.6 MiB (±0.1) for 20 s, then 98.9 at +25 s (V8's memory reducer,
+ * whose first memory-reducing collection waits for a low allocation rate; the agent 92.7 → 84.8
+ * with it). A 10 s quiet window alone took the plateau for the floor.
+ */
+export const SETTLE_RULE: SettleRule = {
+  everyMs: 500,
+  minMs: 30_000,
+  quietMs: 10_000,
+  fallMiB: 1,
+  boundMs: 60_000,
+};
+
+/** A role's settled RSS, and whether the bound ended the wait rather than the rule. */
+export interface Settled {
+  mib: number;
+  /**
+   * Seconds from the start until the RSS came down to within `fallMiB` of `mib` and stayed
+   * there (what the fall took, the watch after it not counted); the bound when `bounded`.
+   */
+  seconds: number;
+  bounded: boolean;
+}
+
+/** A clock and a timer, replaceable to test the rule on a made-up series. */
+export interface SettleClock {
+  now(): number;
+  sleep(ms: number): Promise<void>;
+}
+
+const realClock: SettleClock = {
+  now: () => performance.now(),
+  sleep: (ms) => new Promise((res) => setTimeout(res, ms)),
+};
+
+/**
+ * Sample each role's RSS (`sample`, MiB per role) every `rule.everyMs`, for at least
+ * `rule.minMs` and then until it has not fallen by more than `rule.fallMiB` over the last
+ * `rule.quietMs`, or until `rule.boundMs` has passed, whichever comes first; every role is
+ * watched until it settles. A rise does not count against settling (nothing runs: the rule
+ * looks for the floor). At most `boundMs / everyMs + 2` samples per role are kept.
+ */
+export async function settleRss(
+  sample: () => Record<string, number>,
+  rule: SettleRule = SETTLE_RULE,
+  clock: SettleClock = realClock,
+): Promise<Record<string, Settled>> {
+  const start = clock.now();
+  const seen = new Map<string, { t: number; mib: number }[]>();
+  const out: Record<string, Settled> = {};
+  for (;;) {
+    const t = clock.now() - start;
+    const now = sample();
+    for (const [role, mib] of Object.entries(now)) {
+      if (out[role]) continue;
+      const series = seen.get(role) ?? [];
+      series.push({ t, mib });
+      seen.set(role, series);
+      // The quiet window, opened by the last sample at or before its start.
+      let open = series.length - 1;
+      while (open > 0 && series[open].t > t - rule.quietMs) open--;
+      const highest = Math.max(...series.slice(open).map((s) => s.mib));
+      const settled = t >= Math.max(rule.minMs, rule.quietMs) && highest - mib <= rule.fallMiB;
+      if (settled || t >= rule.boundMs) {
+        let from = series.length - 1;
+        while (from > 0 && series[from - 1].mib <= mib + rule.fallMiB) from--;
+        const seconds = (settled ? series[from].t : t) / 1000;
+        out[role] = { mib, seconds, bounded: !settled };
+      }
+    }
+    if (Object.keys(now).every((role) => out[role])) return out;
+    await clock.sleep(Math.max(0, Math.min(rule.everyMs, rule.boundMs - t)));
+  }
+}

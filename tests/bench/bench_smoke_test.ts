@@ -3,10 +3,12 @@
  * figures run direct, through the kubesphere endpoint, through the sealed reference pair and
  * through OpenSSH (`sshd` + `ssh -R`, which must be installed: `.ci/run` installs them), and
  * `--json` holds every result with plausible values (nothing else would notice it breaking),
- * memory side by side for Tower and OpenSSH.
+ * memory side by side for Tower and OpenSSH. The settled after-load rows run with a 1 s bound
+ * (`--rss-settle 1s`; the default watches 30–60 s): they must exist, read the value at the bound
+ * and say under the table that the bound ended the wait.
  */
 
-import { assert, assertEquals } from "../helpers/assert.ts";
+import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
 import { Proc } from "../helpers/proc.ts";
 
 interface Result {
@@ -45,6 +47,8 @@ Deno.test("bench: a tiny run measures every asked figure, direct and through Tow
     "direct,kubesphere,passthrough-sealed,openssh",
     "--agents",
     "0",
+    "--rss-settle",
+    "1s",
     "--json",
     out,
   ]);
@@ -88,13 +92,22 @@ Deno.test("bench: a tiny run measures every asked figure, direct and through Tow
     }
     for (const label of ["tower", "openssh"]) {
       for (const role of ["proxy", "agent"]) {
-        for (const when of ["idle", "load", "after_load", "streams_peak"]) {
+        for (const when of ["idle", "load", "after_load", "after_load_settled", "streams_peak"]) {
           const mib = got.get(`rss/${role}_${when}/${label}`) ?? 0;
           // OpenSSH's ssh is a few MiB; a Deno process at least ~30.
           assert(mib > 1 && mib < 4096, `rss/${role}_${when}/${label}: ${mib} MiB`);
         }
       }
     }
+    for (const label of ["tower", "openssh"]) {
+      for (const role of ["proxy", "agent"]) {
+        // The bound (1 s, well below the 30 s minimum watch) ended every wait, and says so.
+        const s = got.get(`rss/${role}_settle_s/${label}`) ?? 0;
+        assert(s >= 1, `rss/${role}_settle_s/${label}: ${s} s`);
+        assertStringIncludes(proc.output, `${label}/${role}`);
+      }
+    }
+    assertMatch(proc.output, /rss: not settled within --rss-settle \(1 s\)/);
     assert(
       (got.get("rss/agent_idle/tower") ?? 0) > 20 && (got.get("rss/agent_idle/openssh") ?? 0) < 20,
       "Tower's agent and ssh measured as themselves",
