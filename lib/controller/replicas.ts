@@ -65,6 +65,13 @@ export interface ReplicaViewOptions {
   now?: () => number;
   /** Deletes of a dead replica's slices at a time (default 16). */
   reapConcurrency?: number;
+  /**
+   * Whether this process may judge others dead now: false while its own Lease renewals are not
+   * getting through in time. A slow API server delays every replica's renewals alike; judged by
+   * the Leases alone, the replicas then reap each other's slices and kube-proxy routes no cluster
+   * (seen once in the 10,000-cluster bench). Default: always.
+   */
+  mayJudge?: () => boolean;
 }
 
 interface Seen {
@@ -236,12 +243,19 @@ export class ReplicaView {
 
   /**
    * Until `signal` aborts: every `periodMs`, reap the replicas whose
-   * Lease expired — after a fresh read confirms it — deleting their slices and their Lease.
+   * Lease expired — after a fresh read confirms it — deleting their slices and their Lease; not
+   * while `mayJudge` says this replica's own renewals lag.
    */
   async reap(signal: AbortSignal, periodMs = 500): Promise<void> {
     if (!await this.waitForSync(signal)) return;
+    let stalled = false;
     while (!signal.aborted) {
-      for (const r of this.replicas()) {
+      const judging = this.#o.mayJudge?.() ?? true;
+      if (!judging && !stalled) {
+        log.warn("not reaping other replicas while this replica's own Lease renewals lag");
+      } else if (judging && stalled) log.info("reaping other replicas again");
+      stalled = !judging;
+      for (const r of judging ? this.replicas() : []) {
         if (signal.aborted) break;
         if (this.isLive(r)) continue;
         if (!this.#expired.has(r)) {

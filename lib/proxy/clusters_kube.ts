@@ -204,6 +204,8 @@ export class KubeClusterSource implements ClusterSource {
         leases: this.#leases,
         self: opts.replica.name,
         defaultLeaseMs: opts.replicaLease?.durationMs,
+        // A replica that publishes judges others only while its own heartbeat gets through.
+        mayJudge: () => this.#lease?.renewedInTime() ?? true,
       });
       this.replicas.listen((name) => this.#notifyServing(name));
     }

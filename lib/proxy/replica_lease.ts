@@ -44,6 +44,8 @@ export class ReplicaLease {
   #last?: Lease;
   /** Renewals that reached the API (tests, logs). */
   renewals = 0;
+  /** `performance.now()` when the last renewal was answered. */
+  #renewedAt = -Infinity;
 
   constructor(opts: ReplicaLeaseOptions) {
     this.#o = opts;
@@ -143,6 +145,16 @@ export class ReplicaLease {
         : await client.create<Lease>(LEASES, this.#body(), { namespace, signal, timeoutMs });
     }
     this.renewals++;
+    this.#renewedAt = performance.now();
+  }
+
+  /**
+   * Whether a renewal was answered within the Lease's duration: while not, others may already
+   * judge this replica dead, and its own view of who is alive is no better (see `mayJudge` of
+   * ../controller/replicas.ts).
+   */
+  renewedInTime(): boolean {
+    return performance.now() - this.#renewedAt <= (this.#o.durationMs ?? 2_000);
   }
 
   /** Stop renewing; with `release` (default) delete the Lease so nobody waits for it to expire. */

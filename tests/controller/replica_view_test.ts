@@ -79,7 +79,7 @@ interface Deleted {
 }
 
 /** A view on memory informers; `api` is what a fresh GET of a Lease returns. */
-function setup(self?: string) {
+function setup(self?: string, mayJudge?: () => boolean) {
   const slices = new MemoryInformer<EndpointSliceObject>();
   const leases = new MemoryInformer<Lease>();
   const api = new Map<string, Lease>();
@@ -108,6 +108,7 @@ function setup(self?: string) {
     leases: leases.as(),
     self,
     now: () => now,
+    mayJudge,
   });
   const changed: string[] = [];
   view.listen((c) => changed.push(c));
@@ -231,4 +232,30 @@ Deno.test("reap: a Lease that moved when read again (a lagging watch) saves the 
   await reaping;
   assertEquals(t.deleted, []);
   assert(t.view.served("alpha"), "tower-0 lives and serves alpha");
+});
+
+Deno.test("reap: while this replica's own renewals lag it reaps nobody; once they get through, the dead one goes", async () => {
+  // A slow API server delays every replica's renewals alike: judged by Leases alone, the
+  // replicas would reap each other's slices.
+  let ownRenewalsInTime = false;
+  const t = setup("tower-2", () => ownRenewalsInTime);
+  t.renew(lease("tower-0", "t0", 2, "5"));
+  t.slices.put(slice("alpha", "tower-0"));
+  t.advance(3_000);
+  assert(!t.view.isLive("tower-0"), "no renewal of tower-0 seen for 3 s");
+  const ac = new AbortController();
+  const reaping = t.view.reap(ac.signal, 5);
+  try {
+    for (let i = 0; i < 10; i++) await new Promise((r) => setTimeout(r, 5)); // reaper rounds
+    assertEquals(t.deleted, [], "reaped while its own heartbeat lagged");
+    ownRenewalsInTime = true;
+    for (let i = 0; t.deleted.length < 2 && i < 2_000; i++) {
+      await new Promise((r) => setTimeout(r, 5)); // reaper rounds, bounded
+    }
+  } finally {
+    ac.abort();
+    await reaping;
+  }
+  assertEquals(t.deleted.map((d) => d.kind).sort(), ["EndpointSlice", "Lease"]);
+  assert(!t.view.served("alpha"));
 });
