@@ -141,7 +141,15 @@ export class ReplicaView {
   isLive(replica: string): boolean {
     if (replica === this.#o.self) return true;
     const s = this.#seen.get(replica);
-    return !!s && this.#now() - s.at <= s.durationMs;
+    if (!s) return false;
+    // While this process cannot judge (its own heartbeat lags), a replica it has seen stays live:
+    // AgentAvailable, kubeconfigs and handovers must not act on Leases that look stale only
+    // because the API server is slow for everyone.
+    return this.#now() - s.at <= s.durationMs || !this.#judging();
+  }
+
+  #judging(): boolean {
+    return this.#o.mayJudge?.() ?? true;
   }
 
   /** Whether a live replica publishes a ready endpoint for `cluster`. */
@@ -250,7 +258,7 @@ export class ReplicaView {
     if (!await this.waitForSync(signal)) return;
     let stalled = false;
     while (!signal.aborted) {
-      const judging = this.#o.mayJudge?.() ?? true;
+      const judging = this.#judging();
       if (!judging && !stalled) {
         log.warn("not reaping other replicas while this replica's own Lease renewals lag");
       } else if (judging && stalled) log.info("reaping other replicas again");
@@ -292,6 +300,9 @@ export class ReplicaView {
     const slots = new Slots(this.#o.reapConcurrency ?? 16);
     const results = await Promise.allSettled(keys.map((key) =>
       slots.run(async () => {
+        // A reap of a thousand slices takes seconds: stop when this process can no longer judge,
+        // or the replica shows a live Lease after all.
+        if (this.isLive(replica)) return;
         const [ns, name] = key.split("/");
         const s = this.#o.slices.get(name, ns);
         try {
@@ -307,6 +318,7 @@ export class ReplicaView {
     ));
     const failed = results.find((r) => r.status === "rejected");
     if (failed) throw (failed as PromiseRejectedResult).reason;
+    if (this.isLive(replica)) return; // stopped on the way (see above): its Lease stays
     if (fresh) {
       try {
         await client.delete(LEASES, leaseName, {

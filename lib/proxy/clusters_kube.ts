@@ -204,8 +204,9 @@ export class KubeClusterSource implements ClusterSource {
         leases: this.#leases,
         self: opts.replica.name,
         defaultLeaseMs: opts.replicaLease?.durationMs,
-        // A replica that publishes judges others only while its own heartbeat gets through.
-        mayJudge: () => this.#lease?.renewedInTime() ?? true,
+        // Others are judged only while this replica's own heartbeat gets through (not before its
+        // Lease runs: startPublishing starts it, after the endpoints are set up).
+        mayJudge: () => this.#lease?.renewedInTime() ?? false,
       });
       this.replicas.listen((name) => this.#notifyServing(name));
     }

@@ -234,6 +234,8 @@ export class EndpointsManager {
         bytesCounter.inc({ cluster, direction: "out" }, r.bytesOut);
       },
     });
+    // The series exists from the start, so that the alert's increase() sees the first refusal.
+    channelLimitRefusals.inc({ cluster }, 0);
     this.#running.set(cluster, {
       endpoints,
       kubernetesPort: rec.kubernetesPort,

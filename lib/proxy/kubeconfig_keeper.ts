@@ -127,7 +127,7 @@ export class KubeconfigKeeper {
     this.#checkLater(cluster, retryInMs);
   }
 
-  /** Check `cluster` in `ms` (a check already due sooner stands). */
+  /** Check `cluster` in `ms`, unless a check is already pending (which stands, sooner or later). */
   #checkLater(cluster: string, ms: number): void {
     if (this.#closed || this.#later.has(cluster)) return;
     this.#later.set(

@@ -44,8 +44,9 @@ export class ReplicaLease {
   #last?: Lease;
   /** Renewals that reached the API (tests, logs). */
   renewals = 0;
-  /** `performance.now()` when the last renewal was answered. */
+  /** `performance.now()` when the last renewal was answered, and how long it took. */
   #renewedAt = -Infinity;
+  #latencyMs = Infinity;
 
   constructor(opts: ReplicaLeaseOptions) {
     this.#o = opts;
@@ -117,6 +118,7 @@ export class ReplicaLease {
 
   async #renew(signal: AbortSignal): Promise<void> {
     const { client, namespace } = this.#o;
+    const sentAt = performance.now();
     const timeoutMs = this.#o.durationMs ?? 2_000;
     try {
       if (this.#last) {
@@ -146,15 +148,19 @@ export class ReplicaLease {
     }
     this.renewals++;
     this.#renewedAt = performance.now();
+    this.#latencyMs = this.#renewedAt - sentAt;
   }
 
   /**
-   * Whether a renewal was answered within the Lease's duration: while not, others may already
-   * judge this replica dead, and its own view of who is alive is no better (see `mayJudge` of
-   * ../controller/replicas.ts).
+   * Whether this replica's heartbeat gets through briskly: its last renewal was answered within
+   * the Lease's duration and took at most a quarter of it. When renewals queue on a slow API
+   * server, every replica's do alike, and peers' Leases then look stale for part of each cycle
+   * even to a fresh read: its view of who is alive is no better than theirs of it (see
+   * `mayJudge` of ../controller/replicas.ts).
    */
   renewedInTime(): boolean {
-    return performance.now() - this.#renewedAt <= (this.#o.durationMs ?? 2_000);
+    const durationMs = this.#o.durationMs ?? 2_000;
+    return performance.now() - this.#renewedAt <= durationMs && this.#latencyMs <= durationMs / 4;
   }
 
   /** Stop renewing; with `release` (default) delete the Lease so nobody waits for it to expire. */

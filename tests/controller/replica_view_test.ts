@@ -234,21 +234,32 @@ Deno.test("reap: a Lease that moved when read again (a lagging watch) saves the 
   assert(t.view.served("alpha"), "tower-0 lives and serves alpha");
 });
 
-Deno.test("reap: while this replica's own renewals lag it reaps nobody; once they get through, the dead one goes", async () => {
+Deno.test("reap: while this replica's own renewals lag it judges nobody dead and reaps nobody; once they get through, the dead one goes", async () => {
   // A slow API server delays every replica's renewals alike: judged by Leases alone, the
-  // replicas would reap each other's slices.
+  // replicas would reap each other's slices and turn AgentAvailable False.
   let ownRenewalsInTime = false;
-  const t = setup("tower-2", () => ownRenewalsInTime);
+  let asked = 0;
+  const t = setup("tower-2", () => {
+    asked++;
+    return ownRenewalsInTime;
+  });
   t.renew(lease("tower-0", "t0", 2, "5"));
   t.slices.put(slice("alpha", "tower-0"));
   t.advance(3_000);
-  assert(!t.view.isLive("tower-0"), "no renewal of tower-0 seen for 3 s");
+  assert(t.view.isLive("tower-0"), "judged dead while this replica's own heartbeat lags");
+  assert(t.view.served("alpha"), "alpha unserved while this replica's own heartbeat lags");
   const ac = new AbortController();
-  const reaping = t.view.reap(ac.signal, 5);
+  const reaping = t.view.reap(ac.signal, 1);
   try {
-    for (let i = 0; i < 10; i++) await new Promise((r) => setTimeout(r, 5)); // reaper rounds
+    // The reaper asks before each round: ten rounds asked and answered "no".
+    const from = asked;
+    for (let i = 0; asked - from < 10 && i < 2_000; i++) {
+      await new Promise((r) => setTimeout(r, 1)); // lets the reaper's rounds run, bounded
+    }
+    assert(asked - from >= 10, `the reaper asked ${asked - from} times`);
     assertEquals(t.deleted, [], "reaped while its own heartbeat lagged");
     ownRenewalsInTime = true;
+    assert(!t.view.isLive("tower-0"), "no renewal of tower-0 for 3 s, and this replica can judge");
     for (let i = 0; t.deleted.length < 2 && i < 2_000; i++) {
       await new Promise((r) => setTimeout(r, 5)); // reaper rounds, bounded
     }
