@@ -45,20 +45,28 @@ export function splitHostPort(target: string): { hostname: string; port: number 
  */
 export const DIAL_TIMEOUT_MS = 10_000;
 
-/** Dial `target` over TCP; fails after `timeoutMs` (a connection made later is closed). */
+/**
+ * Dial `target` over TCP; fails after `timeoutMs`, and then gives the connect up (its socket
+ * would otherwise stay in SYN_SENT for the kernel's retries; one that completes anyway is closed).
+ */
 export async function dialTarget(
   target: string,
   timeoutMs: number = DIAL_TIMEOUT_MS,
 ): Promise<Deno.TcpConn> {
+  // Aborted only if the dial fails (Deno documents the signal as closing the connection).
+  const giveUp = new AbortController();
   const conn = await within(
-    Deno.connect({ ...splitHostPort(target), transport: "tcp" }),
+    Deno.connect({ ...splitHostPort(target), transport: "tcp", signal: giveUp.signal }),
     timeoutMs,
     {
       what: "connect",
       timedOut: `not connected within ${timeoutMs} ms`,
       late: (c) => c.close(),
     },
-  );
+  ).catch((err) => {
+    giveUp.abort();
+    throw err;
+  });
   conn.setNoDelay(true);
   return conn;
 }

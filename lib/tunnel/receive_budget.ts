@@ -14,7 +14,8 @@
  * whole 2 MiB while the budget stays at most half used with that; a new one starts with
  * {@link FIRST_WINDOW}. It is topped up once it has consumed half of its target (one WINDOW_ADJUST per half share, as ssh2 does per 1 MiB); when
  * the budget has no room, channels wait in line and are granted in turn as readers consume.
- * Bound: `limit` plus {@link MIN_WINDOW} per channel, whatever the peer.
+ * Bound: `limit` plus {@link MIN_WINDOW} per channel, whatever the peer (one that sends beyond a
+ * window has that channel destroyed at the first packet over).
  *
  * How: ssh2 decides when to adjust a window (after data arrives, or when a reader drains a full
  * buffer) and has already raised `incoming.window` when it calls `Protocol.channelWindowAdjust`.
@@ -24,7 +25,7 @@
  * queues count until it has written them out).
  *
  * ssh2 internals used: a channel's `incoming.window` and `.state`, `outgoing.id` and `.state`,
- * `emit`; the connection's `_protocol.channelWindowAdjust` (listed and checked in
+ * `emit` and `push`; the connection's `_protocol.channelWindowAdjust` (listed and checked in
  * ./ssh2_internals.ts).
  * @module
  */
@@ -165,6 +166,17 @@ export class ReceiveBudget {
       defer: () => a.deferred = true,
       taken: consumed,
     });
+    // ssh2 drops a packet only when the window is exactly 0: a peer that sends more than it was
+    // granted drives it below 0 and would have every later packet queued. ssh2 calls `push`
+    // right after taking the packet off the window; a packet past it ends the channel instead.
+    const push = c.push;
+    c.push = function (this: Channel, chunk: unknown, encoding?: BufferEncoding) {
+      if (c.incoming.window >= 0) return push.call(this, chunk, encoding);
+      if (!c.destroyed) {
+        c.destroy(new Error(`the peer sent ${-c.incoming.window} bytes beyond the channel window`));
+      }
+      return false;
+    } as Channel["push"];
     c.once("close", () => this.#close(a));
   }
 
@@ -239,7 +251,9 @@ export class ReceiveBudget {
     a.closed = true;
     this.#held -= a.held;
     a.held = 0;
-    this.#accounts.delete(a.ch.outgoing.id);
+    // Peers may reuse a channel id once they have our CLOSE (x/crypto/ssh does at once), before
+    // this channel's `close` (after its reader drained it): the id may be another's by now.
+    if (this.#accounts.get(a.ch.outgoing.id) === a) this.#accounts.delete(a.ch.outgoing.id);
     this.#serveLine();
   }
 

@@ -84,6 +84,7 @@ export const SSH2_INTERNALS = {
     "_writableState.highWaterMark", // lowered (channel_flow)
     "'finish' listener onFinish", // server side: swapped for EOF only (channel_half_close)
     "emit()", // wrapped: what a reader takes is counted (receive_budget)
+    "push()", // wrapped: called after the window is charged; past it, the channel ends (receive_budget)
   ],
   "cipher (each offered)": ["outSeqno"],
   "decipher (each offered)": ["inSeqno"],

@@ -341,6 +341,14 @@ Deno.test("a target that never accepts: the agent refuses the channel at its dia
     assertStringIncludes(err.description, `dial 127.0.0.1:${target.port}`);
     assertStringIncludes(err.description, "not connected within 500 ms");
     assertEquals(agent.streams, 0, "the stream is counted out");
+    // And its connect is given up, not left to the kernel's retries: only the filler's probe
+    // stays in SYN_SENT (each abandoned connect would hold a socket for ~2 min).
+    let pending = synSentCount(target.port);
+    for (let i = 0; pending > 1 && i < 250; i++) {
+      await new Promise((r) => setTimeout(r, 20)); // polling the kernel's table, bounded
+      pending = synSentCount(target.port);
+    }
+    assertEquals(pending, 1, "connects to the target still in SYN_SENT");
   } finally {
     stop.abort();
     await running;
@@ -348,3 +356,12 @@ Deno.test("a target that never accepts: the agent refuses the channel at its dia
     target.close();
   }
 });
+
+/** Sockets in SYN_SENT towards `port` on this machine (/proc/net/tcp). */
+function synSentCount(port: number): number {
+  const rem = `:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  return Deno.readTextFileSync("/proc/net/tcp").split("\n").filter((line) => {
+    const f = line.trim().split(/\s+/);
+    return f[2]?.endsWith(rem) && f[3] === "02";
+  }).length;
+}

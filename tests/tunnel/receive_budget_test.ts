@@ -7,6 +7,7 @@
  */
 
 import { Buffer } from "node:buffer";
+import { EventEmitter } from "node:events";
 import { createHash } from "node:crypto";
 import type { Duplex } from "node:stream";
 import { openKubesphereChannel } from "../../lib/tunnel/channel_open.ts";
@@ -14,7 +15,7 @@ import {
   deferConsumption,
   limitReceive,
   MIN_WINDOW,
-  type ReceiveBudget,
+  ReceiveBudget,
 } from "../../lib/tunnel/receive_budget.ts";
 import { deadline } from "../helpers/deadline.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
@@ -162,4 +163,79 @@ Deno.test("receive budget: idle channels do not shrink the window of the one in 
   } finally {
     await pair.close();
   }
+});
+
+Deno.test("receive budget: a peer that sends beyond the window it was granted has that channel destroyed, not queued", async () => {
+  const pair = await sshPair();
+  const limit = 256 * 1024;
+  const budget = limitReceive(pair.conn, limit);
+  try {
+    const [c] = await openChannels(pair, 1);
+    c.ours.pause(); // a client that does not read: only the window may arrive
+    // The sender ignores our window (ssh2 keeps the peer's window in `outgoing.window`).
+    const sender = c.theirs as unknown as Duplex & { outgoing: { window: number } };
+    sender.outgoing.window = 1 << 30;
+    const closed = new Promise<Error | undefined>((resolve) => {
+      let error: Error | undefined;
+      c.ours.once("error", (e: Error) => error = e);
+      c.ours.once("close", () => resolve(error));
+    });
+    // Not a divisor of the window: a packet straddles its end (ssh2 itself drops packets that
+    // arrive when the window is exactly 0).
+    const chunk = Buffer.alloc(10_000, 7);
+    for (let i = 0; i < 4 * 1024 && !c.theirs.destroyed; i++) {
+      // 64 MiB at most, with the sender's own backpressure; stops once our side is gone.
+      if (!c.theirs.write(chunk)) {
+        const more = await deadline(
+          Promise.race([
+            new Promise<boolean>((r) => c.theirs.once("drain", () => r(true))),
+            closed.then(() => false),
+          ]),
+          20_000,
+          "drain or close",
+        );
+        if (!more) break;
+      }
+      if (c.ours.destroyed) break;
+    }
+    // ssh2's Channel.destroy closes the channel (CLOSE to the peer) and emits no error.
+    await deadline(closed, 20_000, "our end of the overrun channel closed");
+    assert(
+      c.ours.readableLength <= MIN_WINDOW,
+      `queued ${c.ours.readableLength} bytes beyond a window of ${MIN_WINDOW}`,
+    );
+    assertEquals([budget.held, budget.channels], [0, 0], "all given back");
+  } finally {
+    await pair.close();
+  }
+});
+
+Deno.test("receive budget: a channel id the peer reuses before the old channel's close keeps the new channel in the budget", () => {
+  // x/crypto/ssh frees a channel id once it has our CLOSE and hands it out again at once; our
+  // old channel emits 'close' only after its reader drained it, which may come later.
+  const fake = (id: number) =>
+    Object.assign(new EventEmitter(), {
+      incoming: { window: 0, state: "open" },
+      outgoing: { id, state: "open" },
+    }) as unknown as Duplex & { incoming: { window: number; state: string } };
+  const granted: [number, number][] = [];
+  const proto = { channelWindowAdjust: (c: number, n: number) => void granted.push([c, n]) };
+  const budget = new ReceiveBudget(1 << 20);
+  const old = fake(5);
+  const w1 = budget.reserve();
+  old.incoming.window = w1;
+  budget.add(old, w1, proto);
+  old.incoming.state = "closed"; // the peer's CLOSE arrived; ours is sent, its reader not done
+  const reused = fake(5);
+  const w2 = budget.reserve();
+  reused.incoming.window = w2;
+  budget.add(reused, w2, proto);
+  old.emit("close");
+  assertEquals(budget.channels, 1, "the reused id's channel is still accounted for");
+  assertEquals(budget.held, w2, "what it holds is still counted");
+  // ssh2 raises the window itself, then asks to send the adjustment: the budget decides.
+  reused.incoming.window += 2 * 1024 * 1024;
+  proto.channelWindowAdjust(5, 2 * 1024 * 1024);
+  assert(reused.incoming.window <= 2 * 1024 * 1024, `window ${reused.incoming.window}`);
+  assertEquals(budget.held, reused.incoming.window, "its window is the budget's grant");
 });
