@@ -70,6 +70,18 @@ class FakeChannel extends Duplex {
 
 const target = (port: number) => `127.0.0.1:${port}`;
 
+/** SHA-256 of `size` bytes of the sources' pattern `seed`, and of what `ch` was written. */
+function hashes(ch: FakeChannel, size: number, seed: number): { got: string; want: string } {
+  const got = createHash("sha256");
+  for (const c of ch.written) got.update(c);
+  const want = createHash("sha256");
+  const chunk = patternChunk(seed);
+  for (let left = size; left > 0; left -= chunk.length) {
+    want.update(chunk.subarray(0, Math.min(left, chunk.length)));
+  }
+  return { got: got.digest("hex"), want: want.digest("hex") };
+}
+
 Deno.test("splitHostPort takes host:port and [v6]:port", () => {
   assertEquals(splitHostPort("10.0.0.1:443"), { hostname: "10.0.0.1", port: 443 });
   assertEquals(splitHostPort("[::1]:6443"), { hostname: "::1", port: 6443 });
@@ -85,14 +97,8 @@ Deno.test("down: 24 MiB from the target arrive intact, then the channel ends; bu
     assert(ch.ended, "channel end() after the target's EOF");
     assertEquals(ch.writtenBytes, size);
     // Had a buffer been reused before the channel copied the chunk in it, the hash would differ.
-    const got = createHash("sha256");
-    for (const c of ch.written) got.update(c);
-    const want = createHash("sha256");
-    const chunk = patternChunk(5);
-    for (let left = size; left > 0; left -= chunk.length) {
-      want.update(chunk.subarray(0, Math.min(left, chunk.length)));
-    }
-    assertEquals(got.digest("hex"), want.digest("hex"));
+    const { got, want } = hashes(ch, size, 5);
+    assertEquals(got, want);
     assert(ch.destroyed, "channel destroyed once both directions are done");
     // 24 MiB in reads of at most 256 KiB: 96 distinct buffers or more when none is reused.
     assert(ch.buffers.size <= 40, `${ch.buffers.size} distinct buffers`);
@@ -143,6 +149,9 @@ Deno.test("a slow channel holds back reading from the target", async () => {
     ch.release();
     await done;
     assertEquals(ch.writtenBytes, size);
+    // And intact, though the channel copied each chunk only when its write completed.
+    const { got, want } = hashes(ch, size, 3);
+    assertEquals(got, want);
   } finally {
     await source.close();
   }
