@@ -33,6 +33,16 @@ import { compare, fmt, type Report, ResultSet } from "./stats.ts";
 
 const BASELINE = new URL("./baseline.json", import.meta.url).pathname;
 const FIGURES = ["bulk", "small", "concurrency", "fairness", "scale", "rss", "preauth", "replicas"];
+/** The paths of a default run, in the order the table shows them ("raw" and "tower" follow). */
+const DEFAULT_PATHS = [
+  "direct",
+  "direct-tls",
+  "kubesphere",
+  "kubernetes",
+  "passthrough",
+  "passthrough-sealed",
+  "openssh",
+] as const;
 
 /** The bench's flags. */
 export const BENCH_FLAGS: FlagSpecs = {
@@ -164,15 +174,7 @@ async function main(args: string[]): Promise<number> {
   const pathNames = (v.paths as string)
     ? (v.paths as string).split(",").map((s) => s.trim())
     : haveEndpoints
-    ? [
-      "direct",
-      "direct-tls",
-      "kubesphere",
-      "kubernetes",
-      "passthrough",
-      "passthrough-sealed",
-      "openssh",
-    ]
+    ? [...DEFAULT_PATHS]
     : ["direct", "raw"];
   const against = (v.against as string[] | undefined) ?? [];
   const settings = {
@@ -419,17 +421,7 @@ async function main(args: string[]): Promise<number> {
       settings,
       results: results.results(),
     };
-    const order = [
-      "direct",
-      "direct-tls",
-      "kubesphere",
-      "kubernetes",
-      "passthrough",
-      "passthrough-sealed",
-      "openssh",
-      "raw",
-      "tower",
-    ];
+    const order = [...DEFAULT_PATHS, "raw", "tower"];
     for (const p of paths) if (!order.includes(p.name)) order.push(p.name);
     console.log(`\n${renderTable(report.results, order)}\n`);
     console.log(

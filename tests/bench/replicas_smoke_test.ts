@@ -6,17 +6,10 @@
  */
 
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { Proc } from "../helpers/proc.ts";
+import { runBench } from "../helpers/bench_run.ts";
 
 Deno.test("bench: a tiny replicas figure reconciles, serves through slices and survives a kill", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "tower-bench-" });
-  const out = `${dir}/results.json`;
-  const main = new URL("../../scripts/bench/main.ts", import.meta.url).pathname;
-  const proc = new Proc("bench", Deno.execPath(), [
-    "run",
-    "-A",
-    "--quiet",
-    main,
+  const { got } = await runBench([
     "--only",
     "replicas",
     "--runs",
@@ -33,44 +26,31 @@ Deno.test("bench: a tiny replicas figure reconciles, serves through slices and s
     "500ms",
     "--replica-timeout",
     "60s",
-    "--json",
-    out,
   ]);
-  try {
-    const status = await proc.status();
-    assertEquals(status.code, 0, proc.tail(30));
-    const { results } = JSON.parse(await Deno.readTextFile(out)) as {
-      results: { key: string; sample: { median: number } }[];
-    };
-    const got = new Map(results.map((r) => [r.key, r.sample.median]));
-    const v = (metric: string) => got.get(`replicas/${metric}/tower`) ?? NaN;
-    assertEquals(v("clusters"), 30);
-    assertEquals(v("agents"), 9);
-    // The load balancer spreads 9 agents over 3 replicas; the most loaded standby is killed.
-    assert(
-      v("kill_clusters") >= 1 && v("kill_clusters") <= 9,
-      `kill_clusters ${v("kill_clusters")}`,
-    );
-    for (
-      const m of [
-        "reconcile_all",
-        "agents_connect",
-        "agents_served",
-        "kill_agents_back",
-        "kill_reaped",
-        "kill_all_served",
-      ]
-    ) {
-      assert(v(m) > 0 && Number.isFinite(v(m)), `${m}: ${v(m)} s`);
-    }
-    for (const m of ["leader_rss", "standby_rss", "replica_rss_idle", "replica_rss_agents"]) {
-      // A Deno process is at least ~30 MiB.
-      assert(v(m) > 20 && v(m) < 4096, `${m}: ${v(m)} MiB`);
-    }
-    assert(v("leader_heap") > 0 && v("standby_heap") > 0, "heap read from /metrics");
-    assert(Number.isFinite(v("rss_per_agent")), `rss_per_agent: ${v("rss_per_agent")}`);
-  } finally {
-    if (!proc.exited) await proc.stop();
-    await Deno.remove(dir, { recursive: true });
+  const v = (metric: string) => got.get(`replicas/${metric}/tower`) ?? NaN;
+  assertEquals(v("clusters"), 30);
+  assertEquals(v("agents"), 9);
+  // The load balancer spreads 9 agents over 3 replicas; the most loaded standby is killed.
+  assert(
+    v("kill_clusters") >= 1 && v("kill_clusters") <= 9,
+    `kill_clusters ${v("kill_clusters")}`,
+  );
+  for (
+    const m of [
+      "reconcile_all",
+      "agents_connect",
+      "agents_served",
+      "kill_agents_back",
+      "kill_reaped",
+      "kill_all_served",
+    ]
+  ) {
+    assert(v(m) > 0 && Number.isFinite(v(m)), `${m}: ${v(m)} s`);
   }
+  for (const m of ["leader_rss", "standby_rss", "replica_rss_idle", "replica_rss_agents"]) {
+    // A Deno process is at least ~30 MiB.
+    assert(v(m) > 20 && v(m) < 4096, `${m}: ${v(m)} MiB`);
+  }
+  assert(v("leader_heap") > 0 && v("standby_heap") > 0, "heap read from /metrics");
+  assert(Number.isFinite(v("rss_per_agent")), `rss_per_agent: ${v("rss_per_agent")}`);
 });
