@@ -199,6 +199,22 @@ Deno.test("the agent dials only its two configured targets", async () => {
   }
 });
 
+/** Options of an agent for cluster alpha at `proxy`, its kubernetes target on loopback `port`. */
+function alphaAgent(proxy: string, port: number) {
+  return {
+    proxyServer: proxy,
+    trust: new ProxyTrust({ kind: "any" }),
+    config: () =>
+      Promise.resolve({
+        Version: "v0.1.0",
+        Name: "alpha",
+        Token: TOKEN,
+        KubernetesSvcHost: `127.0.0.1:${port}`,
+        KubeSphereSvcHost: "127.0.0.1:2",
+      }),
+  };
+}
+
 Deno.test("a session that ends while the agent dials its target: the late connection is closed, the agent lives on", async () => {
   const fake = fakeProxy();
   const targetClosed = Promise.withResolvers<void>();
@@ -212,16 +228,7 @@ Deno.test("a session that ends while the agent dials its target: the late connec
   const connected = Promise.withResolvers<void>();
   const disconnected = Promise.withResolvers<void>();
   const agent = new Agent({
-    proxyServer: fake.url,
-    trust: new ProxyTrust({ kind: "any" }),
-    config: () =>
-      Promise.resolve({
-        Version: "v0.1.0",
-        Name: "alpha",
-        Token: TOKEN,
-        KubernetesSvcHost: `127.0.0.1:${target.port}`,
-        KubeSphereSvcHost: "127.0.0.1:2",
-      }),
+    ...alphaAgent(fake.url, target.port),
     // The dial is held until the session is gone.
     dialTarget: async (t) => {
       dialling.resolve();
@@ -312,16 +319,7 @@ Deno.test("a target that never accepts: the agent refuses the channel at its dia
   const target = await unansweringPort();
   const connected = Promise.withResolvers<void>();
   const agent = new Agent({
-    proxyServer: fake.url,
-    trust: new ProxyTrust({ kind: "any" }),
-    config: () =>
-      Promise.resolve({
-        Version: "v0.1.0",
-        Name: "alpha",
-        Token: TOKEN,
-        KubernetesSvcHost: `127.0.0.1:${target.port}`,
-        KubeSphereSvcHost: "127.0.0.1:2",
-      }),
+    ...alphaAgent(fake.url, target.port),
     dialTimeoutMs: 500,
     onState: (s) => s === "connected" && connected.resolve(),
   });
